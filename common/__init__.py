@@ -1,0 +1,1 @@
+"""Shared low-level utilities of pamtri: errors, atomic files, typed configs, checkpoints, runtime."""

@@ -1,0 +1,99 @@
+"""Pieces every training loop shares: the metrics CSV, the training-state checkpoint, the finite-loss guard."""
+from __future__ import annotations
+
+import csv
+import io
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .atomic import atomic_write_text
+from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .errors import PamtriError
+
+
+class NonFiniteLossError(PamtriError, FloatingPointError):
+    """A loss term became NaN or infinite; training stops and the last good checkpoint is kept."""
+
+
+def check_finite(losses: dict[str, torch.Tensor | float], step: int, epoch: int | None = None) -> None:
+    """Raise NonFiniteLossError naming the first non-finite loss term and the step."""
+    for name, value in losses.items():
+        v = float(value.detach()) if torch.is_tensor(value) else float(value)
+        if not math.isfinite(v):
+            where = f"epoch {epoch}, step {step}" if epoch is not None else f"step {step}"
+            raise NonFiniteLossError(
+                f"loss term '{name}' is {v} at {where}; training stopped, the last good checkpoint is kept "
+                f"(lower the learning rate, check the labels, or disable mixed precision)")
+
+
+class MetricsLog:
+    """A CSV with one row per epoch; rewritten atomically on each append; columns grow as needed."""
+
+    def __init__(self, path: str | os.PathLike, rows: list[dict] | None = None):
+        self.path = Path(path)
+        self.rows: list[dict] = list(rows or [])
+
+    @classmethod
+    def open(cls, path: str | os.PathLike, keep_epochs_below: int | None = None) -> "MetricsLog":
+        """Load an existing log (for resume), keeping rows with epoch < keep_epochs_below."""
+        path = Path(path)
+        rows: list[dict] = []
+        if path.is_file():
+            with open(path, newline="", encoding="utf-8") as fh:
+                rows = list(csv.DictReader(fh))
+            if keep_epochs_below is not None:
+                rows = [r for r in rows if int(r.get("epoch", 0)) < keep_epochs_below]
+        return cls(path, rows)
+
+    def append(self, row: dict[str, Any]) -> None:
+        self.rows.append({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+        columns: list[str] = []
+        for r in self.rows:
+            columns += [k for k in r if k not in columns]
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(self.rows)
+        atomic_write_text(self.path, buf.getvalue())
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The module inside DistributedDataParallel / torch.compile wrappers."""
+    model = getattr(model, "module", model)
+    return getattr(model, "_orig_mod", model)
+
+
+def save_training_state(path: str | os.PathLike, *, model: torch.nn.Module, optimizer, scheduler,
+                        epoch: int, config: dict, best: float | None = None, extra: dict | None = None) -> None:
+    """Atomic self-describing checkpoint: weights, optimiser, scheduler, next epoch, RNG, resolved config."""
+    state = {
+        "model": unwrap(model).state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict() if scheduler is not None else None,
+        "epoch": int(epoch),
+        "best": best,
+        "rng": rng_state(),
+        "config": config,
+        "format": "pamtri-checkpoint-1",
+    }
+    if extra:
+        state.update(extra)
+    save_checkpoint(state, path)
+
+
+def restore_training_state(path: str | os.PathLike, *, model: torch.nn.Module, optimizer, scheduler) -> dict:
+    """Load what save_training_state wrote into the objects; returns the checkpoint dict."""
+    from .checkpoint import match_state_dict
+    state = load_checkpoint(path)
+    if state.get("format") != "pamtri-checkpoint-1":
+        raise PamtriError(f"{path}: not a pamtri training checkpoint (use it as --weights instead of --resume)")
+    match_state_dict(unwrap(model), state["model"], str(path))
+    optimizer.load_state_dict(state["optimizer"])
+    if scheduler is not None and state.get("scheduler") is not None:
+        scheduler.load_state_dict(state["scheduler"])
+    set_rng_state(state["rng"])
+    return state

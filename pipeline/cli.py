@@ -1,0 +1,53 @@
+"""The ``pamtri`` console script: argparse subcommands, one-line errors, ``--debug`` for tracebacks."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from common.errors import PamtriError
+
+# Order is the order of ``pamtri --help``.
+COMMAND_MODULES = ("synth",)
+
+
+def add_config_args(parser: argparse.ArgumentParser, required: bool = False) -> None:
+    """--config FILE and repeatable --set key=value (dotted keys, YAML values)."""
+    parser.add_argument("--config", required=required, metavar="YAML",
+                        help="experiment YAML (overrides the built-in defaults)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override one config key, e.g. --set train.epochs=5 (repeatable)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pamtri",
+        description="Pose-aware vehicle re-identification (PAMTRI) with StRDAN domain-adaptive training.")
+    parser.add_argument("--debug", action="store_true", help="show Python tracebacks on errors")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug-level logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for name in COMMAND_MODULES:
+        importlib.import_module(f"pipeline.commands.{name}").register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from common.runtime import setup_logging
+    setup_logging(args.verbose)
+    try:
+        return int(args.func(args) or 0)
+    except PamtriError as exc:
+        if args.debug:
+            raise
+        print(f"pamtri: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("pamtri: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,91 @@
+"""Plain record types shared by both stages: one labelled image, and the pose stage's output for one image."""
+from __future__ import annotations
+
+import math
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from common.errors import DataError
+
+from .keypoints import NUM_KEYPOINTS
+
+REAL = 0
+SYNTHETIC = 1
+DOMAIN_NAMES = {REAL: "real", SYNTHETIC: "synthetic"}
+UNLABELLED = -1
+
+VERI_NAME = re.compile(r"^(\d+)_c(\d+)_([^_]+)_(\d+)\.[A-Za-z]+$")
+
+
+@dataclass
+class Record:
+    """One image of a data set split. Class ids are 0-based; -1 (UNLABELLED) means no label.
+
+    ``keypoints`` is (36, 3) float32: x, y in original-image pixels, then visibility (0/1, label files)
+    or confidence (predictions); None when the split has no keypoints.
+    """
+    path: str
+    vehicle_id: int = UNLABELLED
+    camera_id: int = UNLABELLED
+    color_id: int = UNLABELLED
+    type_id: int = UNLABELLED
+    orientation: float = math.nan
+    domain: int = REAL
+    keypoints: np.ndarray | None = None
+    width: int = 0
+    height: int = 0
+
+    @property
+    def name(self) -> str:
+        return os.path.basename(self.path)
+
+
+@dataclass
+class PoseResult:
+    """The pose stage's output for one image, whether predicted, cached or read from labels.
+
+    keypoints: (36, 3) float32, x, y in original-image pixels, confidence.
+    heatmaps: (36, h, w) float32 in [0, 1] (or uint8 when quantised), None when not kept.
+    segments: (13, H, W) uint8 {0, 1}, None when derived later from keypoints.
+    """
+    keypoints: np.ndarray
+    heatmaps: np.ndarray | None = None
+    segments: np.ndarray | None = None
+    image_size: tuple[int, int] = (0, 0)  # (width, height) in pixels
+    extra: dict = field(default_factory=dict)
+
+
+def parse_veri_name(name: str) -> tuple[int, int] | None:
+    """(vehicle id, camera id) from a VeRi-style name ``0002_c003_00084280_0.jpg``; None when not that form."""
+    m = VERI_NAME.match(os.path.basename(name))
+    if not m:
+        return None
+    return int(m.group(1)), int(m.group(2))
+
+
+def resolve_image(root: str | os.PathLike, name: str, source: str | os.PathLike, line: int | None = None) -> Path:
+    """Join ``name`` under ``root``, refusing absolute names and names that escape the root."""
+    if not name:
+        raise DataError(source, "empty image name", line)
+    if os.path.isabs(name) or name.startswith(("\\", "~")):
+        raise DataError(source, f"image name {name!r} is an absolute path; names must be relative to the data set root", line)
+    root = Path(root).resolve()
+    full = (root / name).resolve()
+    if full != root and root not in full.parents:
+        raise DataError(source, f"image name {name!r} points outside the data set root {root}", line)
+    return full
+
+
+def check_keypoints(kps: np.ndarray, source: str | os.PathLike, line: int | None = None) -> np.ndarray:
+    """Validate a keypoint array: shape (36, 3), finite; returns it as float32."""
+    kps = np.asarray(kps, dtype=np.float32)
+    if kps.shape != (NUM_KEYPOINTS, 3):
+        raise DataError(source, f"expected {NUM_KEYPOINTS} keypoints of (x, y, v), got array of shape {kps.shape}", line)
+    if not np.isfinite(kps).all():
+        bad = int(np.argwhere(~np.isfinite(kps))[0][0])
+        raise DataError(source, f"keypoint {bad} is not finite (NaN or infinity)", line)
+    return kps

@@ -1,0 +1,94 @@
+import os
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from common.atomic import RunLock, atomic_write, atomic_write_text
+from common.checkpoint import load_checkpoint, match_state_dict, rng_state, save_checkpoint, set_rng_state
+from common.errors import CheckpointError, PamtriError
+from common.training import MetricsLog, NonFiniteLossError, check_finite
+
+
+def test_atomic_write_keeps_old_content_on_failure(tmp_path):
+    p = tmp_path / "f.txt"
+    atomic_write_text(p, "old")
+    with pytest.raises(RuntimeError):
+        with atomic_write(p) as fh:
+            fh.write("new half")
+            raise RuntimeError("disk full")
+    assert p.read_text() == "old"
+    assert [x.name for x in tmp_path.iterdir()] == ["f.txt"]
+
+
+def test_run_lock_refuses_second_writer(tmp_path):
+    with RunLock(tmp_path):
+        with pytest.raises(PamtriError, match="another pamtri process"):
+            RunLock(tmp_path).acquire()
+    RunLock(tmp_path).acquire().release()  # free again after release
+
+
+def test_run_lock_takes_over_stale_lock(tmp_path):
+    (tmp_path / ".lock").write_text("999999999")  # no such pid
+    lock = RunLock(tmp_path).acquire()
+    assert (tmp_path / ".lock").read_text() == str(os.getpid())
+    lock.release()
+
+
+def test_checkpoint_round_trip_and_rng(tmp_path):
+    random.seed(1); np.random.seed(2); torch.manual_seed(3)
+    state = rng_state()
+    save_checkpoint({"w": torch.arange(4.0), "rng": state}, tmp_path / "c.pt")
+    expect = (random.random(), np.random.rand(), torch.rand(1).item())
+    loaded = load_checkpoint(tmp_path / "c.pt")
+    set_rng_state(loaded["rng"])
+    assert (random.random(), np.random.rand(), torch.rand(1).item()) == expect
+    assert torch.equal(loaded["w"], torch.arange(4.0))
+
+
+def test_truncated_and_unsafe_checkpoints_are_refused(tmp_path):
+    p = tmp_path / "c.pt"
+    save_checkpoint({"w": torch.zeros(1000)}, p)
+    data = p.read_bytes()
+    p.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="c.pt: cannot read checkpoint"):
+        load_checkpoint(p)
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("echo pwned",))
+    bad = tmp_path / "evil.pt"
+    torch.save({"x": Evil()}, bad)
+    with pytest.raises(CheckpointError, match="refused to load"):
+        load_checkpoint(bad)
+
+
+def test_match_state_dict_lists_mismatches():
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Conv2d(4, 2, 1))
+    state = model.state_dict()
+    state["0.weight"] = torch.zeros(4, 5, 3, 3)
+    state["extra"] = torch.zeros(1)
+    del state["1.bias"]
+    with pytest.raises(CheckpointError) as err:
+        match_state_dict(model, state, "ck.pt")
+    msg = str(err.value)
+    assert "0.weight: checkpoint (4, 5, 3, 3) vs model (4, 3, 3, 3)" in msg
+    assert "missing in checkpoint: 1.bias" in msg and "not in model: extra" in msg
+
+
+def test_check_finite_names_term():
+    check_finite({"a": torch.tensor(1.0)}, step=1)
+    with pytest.raises(NonFiniteLossError, match="'triplet' is nan at epoch 2, step 7"):
+        check_finite({"id": 1.0, "triplet": torch.tensor(float("nan"))}, step=7, epoch=2)
+
+
+def test_metrics_log_grows_columns_and_resumes(tmp_path):
+    log = MetricsLog.open(tmp_path / "m.csv")
+    log.append({"epoch": 0, "loss": 1.5})
+    log.append({"epoch": 1, "loss": 1.0, "pck": 50.0})
+    lines = (tmp_path / "m.csv").read_text().splitlines()
+    assert lines[0] == "epoch,loss,pck"
+    assert lines[1] == "0,1.5," and lines[2] == "1,1,50"
+    resumed = MetricsLog.open(tmp_path / "m.csv", keep_epochs_below=1)
+    assert len(resumed.rows) == 1

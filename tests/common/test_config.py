@@ -1,0 +1,77 @@
+from dataclasses import dataclass, field
+
+import pytest
+
+from common.config import load_config, parse_overrides, save_config, read_yaml
+from common.errors import ConfigError
+
+
+@dataclass
+class Optim:
+    lr: float = 1e-3
+    steps: list[int] = field(default_factory=lambda: [170, 200])
+    name: str = "adam"
+
+
+@dataclass
+class Cfg:
+    epochs: int = 210
+    amp: bool = True
+    note: str | None = None
+    optim: Optim = field(default_factory=Optim)
+
+    def validate(self):
+        if self.epochs <= 0:
+            raise ConfigError("epochs must be positive")
+
+
+def test_defaults_then_yaml_then_set(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("epochs: 5\noptim:\n  lr: 0.01\n")
+    cfg = load_config(Cfg, f, ["optim.steps=[1, 2, 3]", "note=hello"])
+    assert cfg.epochs == 5
+    assert cfg.optim.lr == 0.01
+    assert cfg.optim.steps == [1, 2, 3]
+    assert cfg.optim.name == "adam"
+    assert cfg.note == "hello"
+    assert cfg.amp is True
+
+
+def test_unknown_key_names_key_and_file(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("optim:\n  lrr: 0.01\n")
+    with pytest.raises(ConfigError, match=r"c\.yaml.*unknown key 'optim\.lrr'"):
+        load_config(Cfg, f)
+
+
+def test_wrong_type_names_key(tmp_path):
+    with pytest.raises(ConfigError, match=r"key 'epochs': expected an integer"):
+        load_config(Cfg, None, ["epochs=abc"])
+    with pytest.raises(ConfigError, match=r"key 'amp': expected true or false"):
+        load_config(Cfg, None, ["amp=3"])
+
+
+def test_validate_runs(tmp_path):
+    with pytest.raises(ConfigError, match="epochs must be positive"):
+        load_config(Cfg, None, ["epochs=0"])
+
+
+def test_base_inheritance_and_missing_file(tmp_path):
+    (tmp_path / "base.yaml").write_text("epochs: 7\noptim:\n  lr: 0.5\n  name: sgd\n")
+    (tmp_path / "child.yaml").write_text("_base_: base.yaml\noptim:\n  lr: 0.25\n")
+    data = read_yaml(tmp_path / "child.yaml")
+    assert data == {"epochs": 7, "optim": {"lr": 0.25, "name": "sgd"}}
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(Cfg, tmp_path / "nope.yaml")
+
+
+def test_set_requires_equals():
+    with pytest.raises(ConfigError, match="expected key=value"):
+        parse_overrides(["epochs"])
+
+
+def test_save_round_trip(tmp_path):
+    cfg = load_config(Cfg, None, ["epochs=3", "optim.steps=[4]"])
+    save_config(cfg, tmp_path / "resolved.yaml")
+    again = load_config(Cfg, tmp_path / "resolved.yaml")
+    assert again == cfg
