@@ -1,6 +1,7 @@
 """Plain record types shared by both stages: one labelled image, and the pose stage's output for one image."""
 from __future__ import annotations
 
+import logging
 import math
 import os
 import re
@@ -19,6 +20,8 @@ DOMAIN_NAMES = {REAL: "real", SYNTHETIC: "synthetic"}
 UNLABELLED = -1
 
 VERI_NAME = re.compile(r"^(\d+)_c(\d+)_([^_]+)_(\d+)\.[A-Za-z]+$")
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -68,16 +71,34 @@ def parse_veri_name(name: str) -> tuple[int, int] | None:
 
 
 def resolve_image(root: str | os.PathLike, name: str, source: str | os.PathLike, line: int | None = None) -> Path:
-    """Join ``name`` under ``root``, refusing absolute names and names that escape the root."""
+    """Absolute path of ``name`` under ``root``, refusing absolute names and names that escape the root.
+
+    The check is lexical (``..`` components), so image folders that are symlinks to elsewhere still work.
+    """
     if not name:
         raise DataError(source, "empty image name", line)
-    if os.path.isabs(name) or name.startswith(("\\", "~")):
+    if os.path.isabs(name) or name.startswith(("\\", "/", "~")) or re.match(r"^[A-Za-z]:", name):
         raise DataError(source, f"image name {name!r} is an absolute path; names must be relative to the data set root", line)
-    root = Path(root).resolve()
-    full = (root / name).resolve()
-    if full != root and root not in full.parents:
-        raise DataError(source, f"image name {name!r} points outside the data set root {root}", line)
-    return full
+    norm = os.path.normpath(name.replace("\\", "/"))
+    if norm == ".." or norm.startswith("../"):
+        raise DataError(source, f"image name {name!r} points outside the data set root {os.path.abspath(root)}", line)
+    if norm == ".":
+        raise DataError(source, f"image name {name!r} does not name a file", line)
+    return Path(os.path.abspath(os.path.join(root, norm)))
+
+
+def check_image(full: str | os.PathLike, name: str, source: str | os.PathLike, line: int | None = None) -> None:
+    """Raise DataError (naming ``source`` and ``line``) when the image file is missing or empty."""
+    try:
+        size = os.stat(full).st_size
+    except FileNotFoundError:
+        raise DataError(source, f"image {name!r} not found at {full}", line) from None
+    except NotADirectoryError:
+        raise DataError(source, f"image {name!r} not found at {full}", line) from None
+    if not os.path.isfile(full):
+        raise DataError(source, f"image {name!r} at {full} is not a file", line)
+    if size == 0:
+        raise DataError(source, f"image {name!r} at {full} is empty (0 bytes)", line)
 
 
 def check_keypoints(kps: np.ndarray, source: str | os.PathLike, line: int | None = None) -> np.ndarray:
@@ -89,3 +110,35 @@ def check_keypoints(kps: np.ndarray, source: str | os.PathLike, line: int | None
         bad = int(np.argwhere(~np.isfinite(kps))[0][0])
         raise DataError(source, f"keypoint {bad} is not finite (NaN or infinity)", line)
     return kps
+
+
+class Problems:
+    """Where readers send the problems they find: raised at once (strict) or collected (lenient).
+
+    Every reader takes ``problems=None`` (strict: the first DataError is raised) or a ``Problems()``
+    (lenient: errors are recorded, the bad row or item is skipped and reading goes on), so that
+    ``pamtri data check`` can list every problem in one pass. Warnings never stop a reader; in strict
+    mode they are logged.
+    """
+
+    def __init__(self, strict: bool = False):
+        self.strict = strict
+        self.errors: list[DataError] = []
+        self.warnings: list[DataError] = []
+
+    @staticmethod
+    def of(problems: "Problems | None") -> "Problems":
+        """The collector to use: ``problems`` itself, or a strict one when None."""
+        return Problems(strict=True) if problems is None else problems
+
+    def error(self, err: DataError) -> None:
+        """Raise ``err`` (strict) or record it (lenient)."""
+        if self.strict:
+            raise err
+        self.errors.append(err)
+
+    def warn(self, err: DataError) -> None:
+        """Record a warning (a questionable but usable value); logged in strict mode."""
+        if self.strict:
+            log.warning("%s", err)
+        self.warnings.append(err)

@@ -1,0 +1,192 @@
+"""Shared test fixtures: the real label files in ``<repo>/../shared/fixtures`` and small data set trees.
+
+The tree builders write tiny JPEGs and label files in each supported on-disk format; tests then edit a
+file to break it. Each builder returns the tree's root and documents the exact values it writes.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+FIXTURES = REPO.parent / "shared" / "fixtures"
+
+
+@pytest.fixture(scope="session")
+def fixtures_dir() -> Path:
+    """``<repo>/../shared/fixtures`` (CI clones the repo with shared/ beside it)."""
+    if not FIXTURES.is_dir():
+        pytest.skip(f"shared fixtures not found at {FIXTURES}")
+    return FIXTURES
+
+
+@pytest.fixture(scope="session")
+def veri_labels_dir(fixtures_dir) -> Path:
+    """The reference implementation's real VeRi label files (pose_label_train.csv, ...)."""
+    return fixtures_dir / "pamtri-veri"
+
+
+def write_jpeg(path: Path, width: int = 24, height: int = 16, gray: bool = False, seed: int = 0) -> Path:
+    """A small random JPEG (3 channels unless ``gray``)."""
+    rng = np.random.default_rng(seed)
+    shape = (height, width) if gray else (height, width, 3)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    assert cv2.imwrite(str(path), rng.integers(0, 255, shape, dtype=np.uint8))
+    return path
+
+
+def write_xml(path: Path, root_tag: str, items: list[dict], comment: str = "车辆标注") -> Path:
+    """A label XML declaring gb2312 and encoded in it (with a Chinese comment), one ``<Item>`` per line.
+
+    ``<Item>`` number k (0-based) is on line k + 4.
+    """
+    lines = ['<?xml version="1.0" encoding="gb2312"?>', f"<{root_tag} Version=\"1.0\"><!-- {comment} -->",
+             f'<Items number="{len(items)}">']
+    for it in items:
+        attrs = " ".join(f'{k}="{v}"' for k, v in it.items())
+        lines.append(f"<Item {attrs} />")
+    lines += ["</Items>", f"</{root_tag}>"]
+    path.write_bytes(("\r\n".join(lines) + "\r\n").encode("gb2312"))
+    return path
+
+
+def keypoint_row(seed: int, integer: bool) -> list[str]:
+    """36 x (x, y, v) as CSV fields: integers with visibility 0/1, or 3-decimal floats with confidence."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for k in range(36):
+        if integer:
+            out += [str(int(rng.integers(0, 24))), str(int(rng.integers(0, 16))), str(int(k % 3 != 0))]
+        else:
+            out += [f"{rng.uniform(0, 24):.3f}", f"{rng.uniform(0, 16):.3f}", f"{rng.uniform(0, 1.05):.3f}"]
+    return out
+
+
+# VeRi: (name, vehicleID, cameraID, colorID, typeID) as written in the XML (1-based colour/type).
+VERI_TRAIN = [
+    ("0001_c001_00016450_0.jpg", "0001", "c001", "1", "4"),
+    ("0001_c002_00016460_0.jpg", "0001", "c002", "1", "4"),
+    ("0005_c003_00010000_1.jpg", "0005", "c003", "10", "9"),
+    ("0005_c013_00010010_1.jpg", "0005", "c013", "10", "9"),
+]
+VERI_TEST = [
+    ("0002_c002_00030600_0.jpg", "0002", "c002", "4", "2"),
+    ("0002_c003_00084280_0.jpg", "0002", "c003", "4", "0"),  # the typeID="0" errata
+    ("0007_c011_00000100_0.jpg", "0007", "c011", "7", "1"),
+    ("0007_c012_00000200_0.jpg", "0007", "c012", "7", "1"),
+]
+VERI_QUERY = ["0002_c003_00084280_0.jpg", "0007_c011_00000100_0.jpg"]  # also in image_test/
+
+
+def make_veri_tree(root: Path) -> Path:
+    """A VeRi-776 tree: 4 train, 4 test (gallery), 2 query images; test_label.xml covers query and test."""
+    for split, names in (("train", [t[0] for t in VERI_TRAIN]), ("test", [t[0] for t in VERI_TEST]),
+                         ("query", VERI_QUERY)):
+        for i, n in enumerate(names):
+            write_jpeg(root / f"image_{split}" / n, seed=i)
+        (root / f"name_{split}.txt").write_text("".join(n + "\n" for n in names))
+    keys = ("imageName", "vehicleID", "cameraID", "colorID", "typeID")
+    write_xml(root / "train_label.xml", "TrainingImages", [dict(zip(keys, t)) for t in VERI_TRAIN])
+    write_xml(root / "test_label.xml", "TestImages", [dict(zip(keys, t)) for t in VERI_TEST])
+    return root
+
+
+# CityFlow: train items (name, vehicleID, cameraID); query/test are unlabelled name lists.
+CITYFLOW_TRAIN = [("000001.jpg", "0001", "c001"), ("000002.jpg", "0001", "c012"),
+                  ("000003.jpg", "0095", "c035"), ("000004.jpg", "0095", "c036")]
+CITYFLOW_QUERY = ["000001.jpg", "000002.jpg"]
+CITYFLOW_TEST = ["000001.jpg", "000002.jpg", "000003.jpg"]
+
+
+def make_cityflow_tree(root: Path) -> Path:
+    """A CityFlow-ReID tree: labelled train XML, unlabelled query/test name lists, test_track.txt."""
+    for split, names in (("train", [t[0] for t in CITYFLOW_TRAIN]), ("query", CITYFLOW_QUERY),
+                         ("test", CITYFLOW_TEST)):
+        for i, n in enumerate(names):
+            write_jpeg(root / f"image_{split}" / n, seed=i)
+    write_xml(root / "train_label.xml", "TrainingImages",
+              [dict(imageName=n, vehicleID=v, cameraID=c) for n, v, c in CITYFLOW_TRAIN])
+    (root / "name_query.txt").write_text("\n".join(CITYFLOW_QUERY) + "\n")
+    (root / "name_test.txt").write_text("\n".join(CITYFLOW_TEST) + "\n")
+    (root / "test_track.txt").write_text("000001.jpg 000003.jpg \n\n000002.jpg\n")
+    return root
+
+
+# VehicleX: (name, vehicleID, cameraID, colorID, typeID, orientation); colour/type 0-based in the file.
+VEHICLEX_TRAIN = [("000001.jpg", "0001", "c004", "0", "10", "25.5"),
+                  ("000002.jpg", "0001", "c005", "0", "10", "300"),
+                  ("000003.jpg", "0002", "c004", "11", "0", "0")]
+
+
+def make_vehiclex_tree(root: Path) -> Path:
+    """An AI City 2020 synthetic (VehicleX) tree: image_train/ and train_label.xml."""
+    for i, t in enumerate(VEHICLEX_TRAIN):
+        write_jpeg(root / "image_train" / t[0], seed=i)
+    keys = ("imageName", "vehicleID", "cameraID", "colorID", "typeID", "orientation")
+    write_xml(root / "train_label.xml", "TrainingImages", [dict(zip(keys, t)) for t in VEHICLEX_TRAIN])
+    return root
+
+
+# synth: meta rows per split (name, vehicle_id, camera_id, color_id, type_id, orientation_deg, domain), 0-based.
+SYNTH_META = {
+    "train": [("0001_c001_00000000_0.jpg", 1, 1, 0, 8, "12.5", "synthetic"),
+              ("0001_c002_00000001_0.jpg", 1, 2, 0, 8, "200.0", "synthetic"),
+              ("0002_c001_00000002_0.jpg", 2, 1, 9, 0, "359.0", "real"),
+              ("0002_c002_00000003_0.jpg", 2, 2, 9, 0, "", "real")],
+    "query": [("0003_c001_00000004_0.jpg", 3, 1, 4, 3, "90.0", "synthetic")],
+    "test": [("0003_c001_00000004_0.jpg", 3, 1, 4, 3, "90.0", "synthetic"),
+             ("0003_c002_00000005_0.jpg", 3, 2, 4, 3, "45.0", "synthetic")],
+}
+SYNTH_HEADER = "image,vehicle_id,camera_id,color_id,type_id,orientation_deg,domain"
+
+
+def make_synth_tree(root: Path) -> Path:
+    """A ``pamtri synth`` tree: images, name lists, meta / pose label / ReID label CSVs, synth.json.
+
+    Image sizes are 24x16; pose rows use ``keypoint_row(seed=i, integer=True)`` and ReID rows
+    ``keypoint_row(seed=100 + i, integer=False)`` where i is the row's index in its split.
+    """
+    for split, rows in SYNTH_META.items():
+        meta, pose, reid, names = [SYNTH_HEADER], [], [], []
+        for i, (n, vid, cam, col, typ, ori, dom) in enumerate(rows):
+            write_jpeg(root / f"image_{split}" / n, seed=i)
+            meta.append(f"{n},{vid},{cam},{col},{typ},{ori},{dom}")
+            pose.append(",".join([n, "24", "16"] + keypoint_row(i, True)))
+            reid.append(",".join([n, str(vid), str(col + 1), str(typ + 1)] + keypoint_row(100 + i, False)))
+            names.append(n)
+        (root / f"meta_{split}.csv").write_text("\n".join(meta) + "\n")
+        (root / f"pose_label_{split}.csv").write_text("\n".join(pose) + "\n")
+        (root / f"label_{split}.csv").write_text("\n".join(reid) + "\n")
+        (root / f"name_{split}.txt").write_text("\n".join(names) + "\n")
+    (root / "synth.json").write_text('{"generator": "test", "seed": 0}\n')
+    return root
+
+
+def replace_line(path: Path, lineno: int, text: str) -> None:
+    """Replace 1-based line ``lineno`` of a UTF-8 text file."""
+    lines = path.read_text().splitlines()
+    lines[lineno - 1] = text
+    path.write_text("\n".join(lines) + "\n")
+
+
+@pytest.fixture
+def veri_tree(tmp_path) -> Path:
+    return make_veri_tree(tmp_path / "veri")
+
+
+@pytest.fixture
+def cityflow_tree(tmp_path) -> Path:
+    return make_cityflow_tree(tmp_path / "cityflow")
+
+
+@pytest.fixture
+def vehiclex_tree(tmp_path) -> Path:
+    return make_vehiclex_tree(tmp_path / "vehiclex")
+
+
+@pytest.fixture
+def synth_tree(tmp_path) -> Path:
+    return make_synth_tree(tmp_path / "synth")
