@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from common.errors import CheckpointError, PamtriError
-from pipeline.cache import Cache, CacheSpec, CacheWriter, pack_segments, unpack_segments
+from pose.cache import Cache, CacheSpec, CacheWriter, pack_segments, unpack_segments
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -37,7 +37,7 @@ BUILD = textwrap.dedent('''
     import sys
     sys.path.insert(0, sys.argv[3])
     from producer import produce
-    from pipeline.cache import CacheSpec, CacheWriter
+    from pose.cache import CacheSpec, CacheWriter
     names = [f"{i:04d}_c001_{i:08d}_0.jpg" for i in range(int(sys.argv[2]))]
     spec = CacheSpec(weights_sha256="abc", pose_config={"w": 1}, input_size=(32, 32), heatmap_size=(8, 8), chunk_size=4)
     w = CacheWriter(sys.argv[1], names, spec)

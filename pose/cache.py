@@ -1,4 +1,6 @@
-"""The heatmap/keypoint cache: one per (data set split, pose weights), memory-mapped, resumable, checksummed.
+"""Stored pose-stage output: one cache per (data set split, pose weights), memory-mapped, resumable, checksummed.
+
+The pipeline fills caches (pipeline/cachebuild.py); the ReID stage reads them like any other pose source.
 
 Layout of a cache folder::
 
@@ -28,8 +30,8 @@ import numpy as np
 
 from common.atomic import atomic_write_text
 from common.errors import CheckpointError, PamtriError
-from pose.keypoints import NUM_KEYPOINTS, NUM_SEGMENTS
-from pose.records import PoseResult
+from .keypoints import NUM_KEYPOINTS, NUM_SEGMENTS
+from .records import PoseResult
 
 log = logging.getLogger(__name__)
 
