@@ -1,0 +1,224 @@
+"""Typed configuration of a ReID experiment (defaults = PAMTRI's VeRi RS+MT+K+H row, SPEC section 3).
+
+YAML files under ``configs/reid/`` override these defaults (``_base_`` inheritance) and ``--set`` overrides
+the YAML. ``ReIDConfig.validate`` rejects impossible combinations with a message naming the keys.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from common.errors import ConfigError
+
+
+@dataclass
+class DataSource:
+    """One training data set: its root, split, on-disk format and domain (real or synthetic)."""
+    root: str = ""
+    split: str = "train"
+    format: str = "auto"
+    domain: Literal["real", "synthetic"] = "real"
+
+
+@dataclass
+class DataConfig:
+    """Where the images come from, the input size, pose channels and augmentation."""
+    train: list[DataSource] = field(default_factory=lambda: [DataSource(root="data/VeRi")])
+    eval_root: str = ""            # data set root with query + test splits ("" = first training root)
+    eval_format: str = "auto"
+    query_split: str = "query"
+    gallery_split: str = "test"
+    height: int = 256              # input size in pixels
+    width: int = 256
+    pose_source: Literal["none", "keypoints", "cache"] = "keypoints"
+    pose_cache: str = ""           # folder of cached pose arrays (pose_source: cache)
+    heatmap_size: int = 64         # heatmaps are rendered at this size (cells), then resized to the image
+    heatmap_sigma: float = 2.0     # Gaussian sigma in heatmap cells
+    segment_threshold: float = 0.5
+    translate: bool = True         # enlarge by 1/8, then random crop back to (height, width)
+    flip: bool = True              # horizontal flip with left/right swaps of keypoints and channels
+    random_erasing: float = 0.0    # probability per image (image channels only)
+    color_jitter: float = 0.0      # strength in [0, 1] of brightness/contrast/saturation jitter (image only)
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    workers: int = 2
+
+    def validate(self) -> None:
+        if self.height <= 0 or self.width <= 0:
+            raise ConfigError(f"data.height/data.width must be positive, got {self.height}x{self.width}")
+        if not 0.0 <= self.random_erasing <= 1.0:
+            raise ConfigError(f"data.random_erasing is a probability in [0, 1], got {self.random_erasing}")
+        if not 0.0 <= self.color_jitter <= 1.0:
+            raise ConfigError(f"data.color_jitter must be in [0, 1], got {self.color_jitter}")
+        if self.heatmap_size <= 0 or self.heatmap_sigma <= 0:
+            raise ConfigError("data.heatmap_size and data.heatmap_sigma must be positive")
+        if self.pose_source == "cache" and not self.pose_cache:
+            raise ConfigError("data.pose_source is 'cache' but data.pose_cache names no folder")
+        if self.workers < 0:
+            raise ConfigError("data.workers must be >= 0")
+
+
+@dataclass
+class ModelConfig:
+    """The network: backbone, input channels (H, S), keypoint vector (K) and heads."""
+    backbone: Literal["densenet121", "resnet50"] = "densenet121"
+    pretrained: str | None = None  # local torchvision ImageNet state dict (weights/densenet121.pth); None = random
+    heatmaps: bool = True          # H: 36 heatmap input channels
+    segments: bool = False         # S: 13 segment input channels
+    keypoints: bool = True         # K: 108-d keypoint vector concatenated to the pooled feature
+    id_fc: int = 1024              # ReID FC width (Leaky ReLU); 0 = classifier directly on the pooled feature
+    attr_fc: int = 512             # colour/type/orientation FC width; 0 = classifier directly on the feature
+    id_head: bool = True           # vehicle-ID classifier
+    color: bool = True
+    type: bool = True
+    orientation: bool = False
+    orientation_bins: int = 6
+    domain: bool = False           # real-vs-synthetic classifier behind a gradient reversal layer
+    grl: Literal["ramp", "constant"] = "ramp"
+    grl_coefficient: float = 1.0   # constant coefficient, or the ramp's final value
+    embedding: Literal["fc", "pool"] = "fc"  # test feature: the ReID FC output or the pooled backbone feature
+    num_colors: int = 0            # 0 = from the training labels (max + 1)
+    num_types: int = 0
+
+    def validate(self) -> None:
+        if self.id_fc < 0 or self.attr_fc < 0:
+            raise ConfigError("model.id_fc and model.attr_fc must be >= 0")
+        if self.embedding == "fc" and self.id_fc == 0:
+            raise ConfigError("model.embedding is 'fc' but model.id_fc is 0 (no ReID FC layer); use embedding: pool")
+        if self.orientation_bins < 2:
+            raise ConfigError(f"model.orientation_bins must be >= 2, got {self.orientation_bins}")
+
+    @property
+    def in_channels(self) -> int:
+        from pose.keypoints import NUM_KEYPOINTS, NUM_SEGMENTS
+        return 3 + (NUM_KEYPOINTS if self.heatmaps else 0) + (NUM_SEGMENTS if self.segments else 0)
+
+
+@dataclass
+class LossConfig:
+    """Loss terms and weights: PAMTRI's weighted sum or StRDAN's L_joint + w * L_disjoint."""
+    objective: Literal["pamtri", "strdan"] = "pamtri"
+    triplet: float = 1.0
+    margin: float = 0.3
+    soft_margin: bool = False
+    id: float = 1.0
+    label_smoothing: float = 0.0
+    color: float = 0.125
+    type: float = 0.125
+    orientation: float = 0.125
+    domain: float = 1.0
+    disjoint_weight: float = 1.0   # StRDAN's w (colour, type, orientation)
+    id_real_only: bool = False     # StRDAN authors' code: ID cross-entropy on real images only
+
+    def validate(self) -> None:
+        for name in ("triplet", "id", "color", "type", "orientation", "domain", "disjoint_weight", "margin"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"loss.{name} must be >= 0, got {getattr(self, name)}")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ConfigError(f"loss.label_smoothing must be in [0, 1), got {self.label_smoothing}")
+
+
+@dataclass
+class SamplerConfig:
+    """Batch composition: P identities x K images, or StRDAN's n real + n synthetic identities x m images."""
+    kind: Literal["identity", "domain"] = "identity"
+    batch_size: int = 32
+    k: int = 4                     # images per identity (K; StRDAN's m)
+
+    @property
+    def ids_per_batch(self) -> int:
+        """P (identity sampler) or n per domain (domain sampler)."""
+        per = self.batch_size // self.k
+        return per // 2 if self.kind == "domain" else per
+
+    def validate(self) -> None:
+        if self.k <= 0 or self.batch_size <= 0:
+            raise ConfigError("sampler.k and sampler.batch_size must be positive")
+        if self.k > self.batch_size:
+            raise ConfigError(f"sampler.k = {self.k} images per identity exceeds sampler.batch_size = {self.batch_size}")
+        if self.batch_size % self.k:
+            raise ConfigError(f"sampler.batch_size = {self.batch_size} is not a multiple of sampler.k = {self.k}")
+        if self.kind == "domain" and (self.batch_size // self.k) % 2:
+            raise ConfigError(f"sampler.kind 'domain' needs an even number of identities per batch "
+                              f"(batch_size / k = {self.batch_size // self.k})")
+
+
+@dataclass
+class OptimConfig:
+    """Optimiser and step schedule (x gamma at each milestone), with an optional linear warm-up."""
+    name: Literal["adam", "amsgrad", "sgd"] = "adam"
+    lr: float = 3e-4
+    weight_decay: float = 5e-4
+    momentum: float = 0.9
+    epochs: int = 60
+    milestones: list[int] = field(default_factory=lambda: [20, 40])
+    gamma: float = 0.1
+    warmup_epochs: int = 0
+    warmup_factor: float = 0.1
+
+    def validate(self) -> None:
+        if self.lr <= 0 or self.epochs <= 0:
+            raise ConfigError("optim.lr and optim.epochs must be positive")
+        if sorted(self.milestones) != list(self.milestones):
+            raise ConfigError(f"optim.milestones must increase, got {self.milestones}")
+        if self.warmup_epochs < 0 or not 0 < self.warmup_factor <= 1:
+            raise ConfigError("optim.warmup_epochs must be >= 0 and optim.warmup_factor in (0, 1]")
+
+
+@dataclass
+class EvalConfig:
+    """Test-time protocol: distance, re-ranking, camera rule."""
+    every: int = 10                # evaluate every N epochs (and after the last); 0 = only at the end
+    metric: Literal["euclidean", "cosine"] = "euclidean"
+    rerank: bool = False
+    k1: int = 20
+    k2: int = 6
+    lambda_value: float = 0.3
+    batch_size: int = 64
+    ignore_cameras: bool = False   # keep same-id same-camera gallery images (data sets without cameras)
+    max_rank: int = 50
+    topk_map: int = 100
+
+    def validate(self) -> None:
+        if self.every < 0 or self.batch_size <= 0:
+            raise ConfigError("eval.every must be >= 0 and eval.batch_size positive")
+        if self.k1 < 1 or self.k2 < 1 or not 0 <= self.lambda_value <= 1:
+            raise ConfigError("eval.k1 and eval.k2 must be >= 1 and eval.lambda_value in [0, 1]")
+
+
+@dataclass
+class ReIDConfig:
+    """One ReID experiment."""
+    name: str = "reid"
+    seed: int = 0
+    device: str = "auto"
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    max_batches: int = 0           # per epoch; 0 = a full pass of the sampler (budgeted runs use a cap)
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def validate(self) -> None:
+        m, d, loss, s = self.model, self.data, self.loss, self.sampler
+        if (m.heatmaps or m.segments) and d.pose_source == "none":
+            raise ConfigError("model.heatmaps/model.segments need pose channels but data.pose_source is 'none'")
+        if m.keypoints and d.pose_source == "none":
+            raise ConfigError("model.keypoints needs keypoints but data.pose_source is 'none'")
+        if not d.train:
+            raise ConfigError("data.train lists no training data set")
+        if loss.id > 0 and not m.id_head:
+            raise ConfigError("loss.id > 0 but model.id_head is false (no ID classifier)")
+        if loss.triplet <= 0 and loss.id <= 0:
+            raise ConfigError("loss.triplet and loss.id are both 0: nothing trains the ReID feature")
+        if m.domain and loss.domain > 0 and len({src.domain for src in d.train}) < 2:
+            raise ConfigError("model.domain is on but data.train has only one domain; add a synthetic (or real) "
+                              "source or turn the domain head off")
+        if s.kind == "domain" and len({src.domain for src in d.train}) < 2:
+            raise ConfigError("sampler.kind 'domain' needs both a real and a synthetic training source")
+        if loss.id_real_only and "real" not in {src.domain for src in d.train}:
+            raise ConfigError("loss.id_real_only is set but no training source is real")
+        if self.max_batches < 0:
+            raise ConfigError("max_batches must be >= 0")

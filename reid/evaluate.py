@@ -1,0 +1,144 @@
+"""Test-time pipeline: features of query and gallery, distances (optionally re-ranked), metrics, attributes."""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from common.errors import DataError
+from common.runtime import autocast
+from pose.records import Record
+
+from .config import DataConfig, EvalConfig
+from .data import ReIDDataset, make_builder, make_pose_source
+from .metrics import attribute_accuracy, evaluate, pairwise_distance
+from .model import ReIDNet
+from .rerank import rerank
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Features:
+    """Features and labels of one split: features (N, D) float32, labels (N,) int64, attribute logits or None."""
+    features: torch.Tensor
+    pids: np.ndarray
+    camids: np.ndarray
+    colors: np.ndarray
+    types: np.ndarray
+    color_logits: torch.Tensor | None = None
+    type_logits: torch.Tensor | None = None
+
+
+@torch.no_grad()
+def extract_features(model: ReIDNet, loader: DataLoader, device: torch.device, dtype: torch.dtype | None = None,
+                     desc: str = "features") -> Features:
+    """Run ``model`` over a loader of ``ReIDDataset`` samples; colour/type logits when the model has those heads."""
+    model.eval()
+    feats, colors_l, types_l = [], [], []
+    labels = {k: [] for k in ("pid", "camid", "color", "type")}
+    attrs = model.color_classifier is not None or model.type_classifier is not None
+    for batch in tqdm(loader, desc=desc, leave=False, dynamic_ncols=True):
+        x = batch["image"].to(device, non_blocking=True)
+        kp = batch["keypoints"].to(device, non_blocking=True)
+        with autocast(device, dtype):
+            if attrs:
+                out = model(x, kp)
+                feats.append(out["feature"].float().cpu())
+                if "color" in out:
+                    colors_l.append(out["color"].float().cpu())
+                if "type" in out:
+                    types_l.append(out["type"].float().cpu())
+            else:
+                feats.append(model.embed(x, kp).float().cpu())
+        for k in labels:
+            labels[k].append(torch.as_tensor(batch[k]).numpy())
+    cat = {k: np.concatenate(v) if v else np.zeros(0, np.int64) for k, v in labels.items()}
+    return Features(torch.cat(feats) if feats else torch.zeros(0, model.embedding_dim), cat["pid"], cat["camid"],
+                    cat["color"], cat["type"], torch.cat(colors_l) if colors_l else None,
+                    torch.cat(types_l) if types_l else None)
+
+
+def read_eval_records(data: DataConfig, root: str | None = None) -> tuple[list[Record], list[Record]]:
+    """Query and gallery records of the evaluation data set (``data.eval_root`` or the first training root)."""
+    from reid.datasets import read_split
+    root = root or data.eval_root or data.train[0].root
+    query = read_split(root, data.query_split, data.eval_format)
+    gallery = read_split(root, data.gallery_split, data.eval_format)
+    for name, recs in (("query", query), ("gallery", gallery)):
+        if not recs:
+            raise DataError(root, f"the {name} split is empty")
+        unlabelled = sum(r.vehicle_id < 0 for r in recs)
+        if unlabelled:
+            raise DataError(root, f"{unlabelled} of {len(recs)} {name} images have no vehicle id; evaluation needs "
+                                  "identity labels (CityFlow: put the ground truth beside the data, see reid.datasets)")
+    return query, gallery
+
+
+def eval_loaders(query: list[Record], gallery: list[Record], data: DataConfig, model_cfg, batch_size: int,
+                 workers: int | None = None) -> tuple[DataLoader, DataLoader]:
+    """Test-time loaders (no augmentation) for query and gallery records."""
+    pose = make_pose_source(data, model_cfg)
+    builder = make_builder(data, model_cfg, train=False)
+    nw = data.workers if workers is None else workers
+
+    def loader(recs):
+        return DataLoader(ReIDDataset(recs, builder, pose, model_cfg.orientation_bins), batch_size=batch_size,
+                          shuffle=False, num_workers=nw, pin_memory=torch.cuda.is_available())
+    return loader(query), loader(gallery)
+
+
+def compute_distances(q: torch.Tensor, g: torch.Tensor, cfg: EvalConfig) -> np.ndarray:
+    """(Q, G) distances: Euclidean or cosine, k-reciprocal re-ranked when ``cfg.rerank``."""
+    qg = pairwise_distance(q, g, cfg.metric)
+    if not cfg.rerank:
+        return qg.numpy()
+    qq = pairwise_distance(q, q, cfg.metric)
+    gg = pairwise_distance(g, g, cfg.metric)
+    t = time.time()
+    out = rerank(qg, qq, gg, cfg.k1, cfg.k2, cfg.lambda_value)
+    log.info("re-ranking %dx%d took %.1f s", len(q), len(g), time.time() - t)
+    return out
+
+
+def summarise(metrics: dict, topk_map: int) -> dict:
+    """Plain JSON-able summary: mAP, rank-1/5/10/20, rank-K mAP, mINP, counts, the CMC curve."""
+    cmc = np.asarray(metrics["cmc"])
+    out = {"mAP": metrics["mAP"]}
+    for r in (1, 5, 10, 20):
+        if r <= len(cmc):
+            out[f"rank{r}"] = float(cmc[r - 1])
+    out[f"mAP@{topk_map}"] = metrics[f"mAP@{topk_map}"]
+    out["mINP"] = metrics["mINP"]
+    out["num_queries"] = metrics["num_queries"]
+    out["num_valid_queries"] = metrics["num_valid_queries"]
+    out["cmc"] = [float(v) for v in cmc]
+    return out
+
+
+def evaluate_features(qf: Features, gf: Features, cfg: EvalConfig) -> tuple[dict, np.ndarray]:
+    """(summary metrics incl. colour/type accuracy over query + gallery, distance matrix)."""
+    dist = compute_distances(qf.features, gf.features, cfg)
+    raw = evaluate(dist, qf.pids, gf.pids, qf.camids, gf.camids, cfg.max_rank, cfg.topk_map,
+                   ignore_cameras=cfg.ignore_cameras)
+    out = summarise(raw, cfg.topk_map)
+    for name, logits_attr, labels_attr in (("color_acc", "color_logits", "colors"), ("type_acc", "type_logits", "types")):
+        lq, lg = getattr(qf, logits_attr), getattr(gf, logits_attr)
+        if lq is not None and lg is not None:
+            out[name] = attribute_accuracy(torch.cat([lq, lg]), np.concatenate([getattr(qf, labels_attr),
+                                                                                 getattr(gf, labels_attr)]))
+    out["_first_rank"] = raw["first_rank"]
+    return out, dist
+
+
+def evaluate_model(model: ReIDNet, query_loader: DataLoader, gallery_loader: DataLoader, cfg: EvalConfig,
+                   device: torch.device, dtype: torch.dtype | None = None) -> tuple[dict, np.ndarray]:
+    """Features of both splits, then ``evaluate_features``."""
+    qf = extract_features(model, query_loader, device, dtype, "query")
+    gf = extract_features(model, gallery_loader, device, dtype, "gallery")
+    return evaluate_features(qf, gf, cfg)

@@ -1,0 +1,99 @@
+"""ReID losses: batch-hard triplet, (masked) cross-entropy, and the PAMTRI / StRDAN totals.
+
+Every attribute loss is masked per sample: a label of -1 (no label) contributes nothing, so a batch with
+no labelled image gives exactly 0 and no gradient into that head.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from pose.records import REAL
+
+from .config import LossConfig
+
+
+def pairwise_euclidean(x: torch.Tensor) -> torch.Tensor:
+    """(B, D) -> (B, B) Euclidean distances, with a safe gradient at zero distance."""
+    sq = (x * x).sum(1)
+    d2 = (sq[:, None] + sq[None, :] - 2.0 * x @ x.t()).clamp_min(1e-12)
+    return d2.sqrt()
+
+
+def triplet_batch_hard(features: torch.Tensor, labels: torch.Tensor, margin: float = 0.3,
+                       soft_margin: bool = False) -> torch.Tensor:
+    """Batch-hard triplet loss (Hermans et al. 2017): features (B, D), labels (B,) -> scalar.
+
+    For each anchor: hardest positive (largest distance, same label, not itself) and hardest negative
+    (smallest distance, other label); hinge max(0, d_ap - d_an + margin), or softplus(d_ap - d_an) when
+    ``soft_margin``. Anchors without a positive or without a negative are left out.
+    """
+    d = pairwise_euclidean(features.float())
+    same = labels[:, None] == labels[None, :]
+    eye = torch.eye(len(labels), dtype=torch.bool, device=labels.device)
+    pos = same & ~eye
+    neg = ~same
+    usable = pos.any(1) & neg.any(1)
+    if not usable.any():
+        return features.sum() * 0.0
+    d_ap = torch.where(pos, d, torch.full_like(d, -1.0)).max(1).values
+    d_an = torch.where(neg, d, torch.full_like(d, float("inf"))).min(1).values
+    d_ap, d_an = d_ap[usable], d_an[usable]
+    if soft_margin:
+        return F.softplus(d_ap - d_an).mean()
+    return F.relu(d_ap - d_an + margin).mean()
+
+
+def masked_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, smoothing: float = 0.0,
+                         mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean cross-entropy over samples whose label is >= 0 (and ``mask`` is true): logits (B, C), labels (B,).
+
+    With ``smoothing`` e, the target is (1 - e) one-hot + e / C uniform. No usable sample -> exactly 0,
+    with a zero gradient.
+    """
+    keep = labels >= 0
+    if mask is not None:
+        keep = keep & mask
+    logp = F.log_softmax(logits.float(), dim=1)
+    nll = -logp.gather(1, labels.clamp_min(0).long()[:, None]).squeeze(1)
+    if smoothing > 0:
+        nll = (1.0 - smoothing) * nll - smoothing * logp.mean(1)
+    per = torch.where(keep, nll, torch.zeros_like(nll))
+    return per.sum() / keep.sum().clamp_min(1)
+
+
+def reid_losses(outputs: dict[str, torch.Tensor], batch: dict[str, torch.Tensor], cfg: LossConfig
+                ) -> dict[str, torch.Tensor]:
+    """Named losses of one batch and their weighted ``total`` (PAMTRI or StRDAN objective, SPEC sections 3-4).
+
+    ``outputs``: the model's dict (feature, id, color, type, orientation, domain logits as present);
+    ``batch``: pid (B,), color (B,), type (B,), orientation (B,) bins, domain (B,); -1 = no label.
+    Heads whose loss weight is 0 are still reported (for logging) and add nothing to the total.
+    """
+    pid = batch["pid"]
+    eps = cfg.label_smoothing
+    out: dict[str, torch.Tensor] = {}
+    weights: dict[str, float] = {}
+    if cfg.triplet > 0:
+        out["triplet"] = triplet_batch_hard(outputs["feature"], pid, cfg.margin, cfg.soft_margin)
+        weights["triplet"] = cfg.triplet
+    if "id" in outputs:
+        mask = batch["domain"] == REAL if cfg.id_real_only else None
+        out["id"] = masked_cross_entropy(outputs["id"], pid, eps, mask)
+        weights["id"] = cfg.id
+    for name in ("color", "type", "orientation"):
+        if name in outputs:
+            out[name] = masked_cross_entropy(outputs[name], batch[name], eps)
+            weights[name] = getattr(cfg, name)
+    if "domain" in outputs:
+        out["domain"] = masked_cross_entropy(outputs["domain"], batch["domain"])
+        weights["domain"] = cfg.domain
+    zero = outputs["feature"].sum() * 0.0
+    if cfg.objective == "strdan":
+        joint = sum((weights[k] * out[k] for k in ("id", "domain", "triplet") if k in out), zero)
+        disjoint = sum((weights[k] * out[k] for k in ("color", "type", "orientation") if k in out), zero)
+        out["joint"], out["disjoint"] = joint, disjoint
+        out["total"] = joint + cfg.disjoint_weight * disjoint
+    else:
+        out["total"] = sum((w * out[k] for k, w in weights.items() if w > 0), zero)
+    return out

@@ -1,0 +1,321 @@
+"""PAMTRI's pose-aware multi-task network and StRDAN's domain-adaptive variant: one configurable module.
+
+Input: images (B, 3 [+36 heatmaps] [+13 segments], H, W), normalised; keypoints (B, 108) in [-0.5, 0.5].
+Backbone (torchvision DenseNet121 or ResNet-50 convolutional part) -> global average pooling -> pooled
+feature (1024 / 2048), concatenated with the keypoint vector when ``keypoints`` is on -> heads:
+
+- ID: FC ``id_fc`` + Leaky ReLU (the ReID feature) -> classifier over training identities;
+- colour / type / orientation: FC ``attr_fc`` + Leaky ReLU -> classifier;
+- domain (real vs synthetic): gradient reversal layer -> FC ``attr_fc`` + Leaky ReLU -> classifier.
+
+Also here: local ImageNet weights (torchvision state dicts) and the official PAMTRI MultiTaskNet checkpoint
+layout (``base.*`` = ``densenet121.features``, ``fc_vid`` / ``fc`` , ``fc_vcolor``, ``fc_vtype``,
+``classifier_vid``, ``classifier_vcolor``, ``classifier_vtype``; its DenseNet pools the ``norm5`` output
+without a final ReLU, and so does ours, so the official weights give the official features).
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import re
+from collections import OrderedDict
+from dataclasses import asdict, replace
+
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch import nn
+
+from common.checkpoint import load_checkpoint, match_state_dict
+from common.errors import CheckpointError
+from pose.keypoints import NUM_KEYPOINTS, NUM_SEGMENTS
+
+from .config import ModelConfig
+
+log = logging.getLogger(__name__)
+
+KEYPOINT_DIM = NUM_KEYPOINTS * 3  # 108
+NEW_CHANNEL_STD = 0.02
+_FIRST_CONV = {"densenet121": "conv0", "resnet50": "conv1"}
+_FEATURE_DIM = {"densenet121": 1024, "resnet50": 2048}
+
+
+class _GradientReversal(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, coefficient):
+        ctx.coefficient = float(coefficient)
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return -ctx.coefficient * grad, None
+
+
+def grad_reverse(x: torch.Tensor, coefficient: float) -> torch.Tensor:
+    """Identity forward; backward multiplies the gradient by ``-coefficient`` (Ganin & Lempitsky 2015)."""
+    return _GradientReversal.apply(x, coefficient)
+
+
+def grl_ramp(progress: float) -> float:
+    """The usual reversal-coefficient ramp 2 / (1 + exp(-10 p)) - 1 for training progress p in [0, 1]."""
+    p = min(max(float(progress), 0.0), 1.0)
+    return 2.0 / (1.0 + math.exp(-10.0 * p)) - 1.0
+
+
+def _backbone(name: str) -> nn.Sequential:
+    """The convolutional part of a torchvision model (random weights), named as in torchvision."""
+    if name == "densenet121":
+        return torchvision.models.densenet121(weights=None).features
+    if name == "resnet50":
+        r = torchvision.models.resnet50(weights=None)
+        return nn.Sequential(OrderedDict((n, getattr(r, n)) for n in
+                                         ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4")))
+    raise ValueError(f"unknown backbone {name!r}")
+
+
+def widen_first_conv(conv: nn.Conv2d, in_channels: int, rgb_weight: torch.Tensor | None = None) -> nn.Conv2d:
+    """A copy of ``conv`` taking ``in_channels`` inputs: channels 0-2 keep ``rgb_weight`` (default: conv's own),
+    the new channels are drawn from N(0, 0.02)."""
+    rgb = conv.weight.detach() if rgb_weight is None else rgb_weight.detach()
+    new = nn.Conv2d(in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+                    conv.dilation, conv.groups, bias=conv.bias is not None)
+    with torch.no_grad():
+        new.weight.normal_(0.0, NEW_CHANNEL_STD)
+        new.weight[:, :3] = rgb.to(new.weight.dtype)
+        if conv.bias is not None:
+            new.bias.copy_(conv.bias)
+    return new
+
+
+def _head(in_dim: int, hidden: int, out_dim: int) -> tuple[nn.Linear | None, nn.Linear]:
+    fc = nn.Linear(in_dim, hidden) if hidden > 0 else None
+    return fc, nn.Linear(hidden if hidden > 0 else in_dim, out_dim)
+
+
+class ReIDNet(nn.Module):
+    """The configurable ReID network; ``forward`` returns a dict of the feature and each head's logits."""
+
+    def __init__(self, cfg: ModelConfig, num_ids: int, num_colors: int = 10, num_types: int = 9):
+        super().__init__()
+        if num_ids < 1 and cfg.id_head:
+            raise ValueError("num_ids must be >= 1 when the ID head is on")
+        self.cfg = cfg
+        self.num_ids, self.num_colors, self.num_types = int(num_ids), int(num_colors), int(num_types)
+        self.backbone = _backbone(cfg.backbone)
+        first = _FIRST_CONV[cfg.backbone]
+        if cfg.in_channels != 3:
+            setattr(self.backbone, first, widen_first_conv(getattr(self.backbone, first), cfg.in_channels))
+        self.feature_dim = _FEATURE_DIM[cfg.backbone]
+        head_in = self.feature_dim + (KEYPOINT_DIM if cfg.keypoints else 0)
+        self.id_fc = nn.Linear(head_in, cfg.id_fc) if cfg.id_fc > 0 else None
+        id_dim = cfg.id_fc if cfg.id_fc > 0 else head_in
+        self.id_classifier = nn.Linear(id_dim, self.num_ids) if cfg.id_head else None
+        self.color_fc, self.color_classifier = _head(head_in, cfg.attr_fc, num_colors) if cfg.color else (None, None)
+        self.type_fc, self.type_classifier = _head(head_in, cfg.attr_fc, num_types) if cfg.type else (None, None)
+        self.orientation_fc, self.orientation_classifier = (
+            _head(head_in, cfg.attr_fc, cfg.orientation_bins) if cfg.orientation else (None, None))
+        self.domain_fc, self.domain_classifier = _head(head_in, cfg.attr_fc, 2) if cfg.domain else (None, None)
+        self.embedding_dim = cfg.id_fc if cfg.embedding == "fc" else self.feature_dim
+        self.grl_coefficient = cfg.grl_coefficient if cfg.grl == "constant" else 0.0
+
+    def set_progress(self, progress: float) -> float:
+        """Update the reversal coefficient for training progress p in [0, 1]; returns it."""
+        c = self.cfg.grl_coefficient
+        self.grl_coefficient = c if self.cfg.grl == "constant" else c * grl_ramp(progress)
+        return self.grl_coefficient
+
+    def pooled(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) normalised input -> (B, 1024 | 2048) globally average-pooled backbone feature."""
+        if images.shape[1] != self.cfg.in_channels:
+            raise ValueError(f"the model takes {self.cfg.in_channels} input channels, got {images.shape[1]}")
+        x = self.backbone(images)
+        return F.adaptive_avg_pool2d(x, 1).flatten(1)
+
+    def _head_input(self, pooled: torch.Tensor, keypoints: torch.Tensor | None) -> torch.Tensor:
+        if not self.cfg.keypoints:
+            return pooled
+        if keypoints is None:
+            raise ValueError("this model concatenates the 108-d keypoint vector: pass keypoints (B, 108)")
+        return torch.cat([pooled, keypoints.to(pooled.dtype).reshape(len(pooled), KEYPOINT_DIM)], dim=1)
+
+    def _id_feature(self, f: torch.Tensor) -> torch.Tensor:
+        return F.leaky_relu(self.id_fc(f)) if self.id_fc is not None else f
+
+    def embed(self, images: torch.Tensor, keypoints: torch.Tensor | None = None) -> torch.Tensor:
+        """Test-time feature (B, embedding_dim): the ReID FC output, or the pooled feature; no logits."""
+        pooled = self.pooled(images)
+        if self.cfg.embedding == "pool":
+            return pooled
+        return self._id_feature(self._head_input(pooled, keypoints))
+
+    def forward(self, images: torch.Tensor, keypoints: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """{'feature': (B, D), 'id': (B, ids), 'color', 'type', 'orientation', 'domain': logits} for the heads on."""
+        pooled = self.pooled(images)
+        f = self._head_input(pooled, keypoints)
+        fid = self._id_feature(f)
+        out = {"feature": fid if self.cfg.embedding == "fc" else pooled}
+        if self.id_classifier is not None:
+            out["id"] = self.id_classifier(fid)
+        for name in ("color", "type", "orientation", "domain"):
+            classifier = getattr(self, f"{name}_classifier")
+            if classifier is None:
+                continue
+            x = grad_reverse(f, self.grl_coefficient) if name == "domain" else f
+            fc = getattr(self, f"{name}_fc")
+            if fc is not None:
+                x = F.leaky_relu(fc(x))
+            out[name] = classifier(x)
+        return out
+
+    def describe(self) -> dict:
+        """What is needed to rebuild this model: the model config and the class counts."""
+        return {"model": asdict(self.cfg), "num_ids": self.num_ids, "num_colors": self.num_colors,
+                "num_types": self.num_types}
+
+
+def build_model(cfg: ModelConfig, num_ids: int, num_colors: int = 10, num_types: int = 9) -> ReIDNet:
+    """The network of ``cfg``, with local ImageNet weights loaded into the backbone when ``cfg.pretrained``."""
+    model = ReIDNet(cfg, num_ids, num_colors, num_types)
+    if cfg.pretrained:
+        load_imagenet_weights(model, cfg.pretrained)
+    return model
+
+
+def model_from_description(desc: dict) -> ReIDNet:
+    """Rebuild (random weights, no ImageNet loading) the model a checkpoint's ``describe()`` dict names."""
+    from common.config import from_dict
+    cfg = from_dict(ModelConfig, dict(desc["model"]), "checkpoint model description")
+    cfg = replace(cfg, pretrained=None)
+    return ReIDNet(cfg, desc["num_ids"], desc.get("num_colors", 10), desc.get("num_types", 9))
+
+
+# ----------------------------------------------------------------------------------------------- weights
+
+_OLD_DENSENET_KEY = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var|num_batches_tracked))$")
+
+
+def _unwrap_state(obj: dict) -> dict:
+    for key in ("state_dict", "model"):
+        if key in obj and isinstance(obj[key], dict):
+            obj = obj[key]
+    return {(k[7:] if k.startswith("module.") else k): v for k, v in obj.items()}
+
+
+def imagenet_backbone_state(state: dict, backbone: str) -> dict:
+    """Backbone-only keys of a torchvision ImageNet state dict (classifier dropped, old DenseNet names fixed)."""
+    out = {}
+    for k, v in _unwrap_state(state).items():
+        if backbone == "densenet121":
+            if not k.startswith("features."):
+                continue
+            k = k[len("features."):]
+            k = _OLD_DENSENET_KEY.sub(lambda m: m.group(1) + m.group(2), k)
+        elif k.startswith("fc."):
+            continue
+        out[k] = v
+    return out
+
+
+def load_imagenet_weights(model: ReIDNet, path: str | os.PathLike) -> None:
+    """Load a local torchvision ImageNet state dict into ``model.backbone``; the widened conv keeps RGB weights."""
+    state = imagenet_backbone_state(load_checkpoint(path), model.cfg.backbone)
+    first = _FIRST_CONV[model.cfg.backbone] + ".weight"
+    rgb = state.get(first)
+    if rgb is None or rgb.shape[1] != 3:
+        raise CheckpointError(f"{path}: not a torchvision {model.cfg.backbone} ImageNet state dict "
+                              f"(no 3-channel '{first}')")
+    conv = getattr(model.backbone, _FIRST_CONV[model.cfg.backbone])
+    if conv.in_channels != 3:
+        setattr(model.backbone, _FIRST_CONV[model.cfg.backbone], widen_first_conv(conv, conv.in_channels, rgb))
+        state[first] = getattr(model.backbone, _FIRST_CONV[model.cfg.backbone]).weight.detach().clone()
+    own = model.backbone.state_dict()
+    for k in own:  # PyTorch < 0.4.1 files lack BatchNorm counters
+        if k.endswith("num_batches_tracked") and k not in state:
+            state[k] = own[k]
+    match_state_dict(model.backbone, state, f"{path} (ImageNet {model.cfg.backbone})")
+    log.info("loaded ImageNet weights for %s from %s", model.cfg.backbone, path)
+
+
+_PAMTRI_NAMES = {
+    "fc_vid": "id_fc", "fc": "id_fc", "classifier_vid": "id_classifier",
+    "fc_vcolor": "color_fc", "classifier_vcolor": "color_classifier",
+    "fc_vtype": "type_fc", "classifier_vtype": "type_classifier",
+}
+
+
+def is_pamtri_state(state: dict) -> bool:
+    """True when a state dict has the official MultiTaskNet layout (``base.*`` + ``classifier_vid``)."""
+    keys = _unwrap_state(state)
+    return "classifier_vid.weight" in keys and any(k.startswith("base.") for k in keys)
+
+
+def pamtri_layout(state: dict) -> tuple[ModelConfig, int, int, int]:
+    """(model config, num_ids, num_colors, num_types) of an official PAMTRI MultiTaskNet state dict."""
+    s = _unwrap_state(state)
+    if not is_pamtri_state(s):
+        raise CheckpointError("not an official PAMTRI MultiTaskNet state dict (expected base.* and classifier_vid.*)")
+    conv = s.get("base.conv0.weight")
+    if conv is None:
+        raise CheckpointError("official PAMTRI checkpoint without base.conv0.weight (only DenseNet121 is published)")
+    extra = int(conv.shape[1]) - 3
+    heat = extra in (NUM_KEYPOINTS, NUM_KEYPOINTS + NUM_SEGMENTS)
+    seg = extra in (NUM_SEGMENTS, NUM_KEYPOINTS + NUM_SEGMENTS)
+    if extra not in (0, NUM_KEYPOINTS, NUM_SEGMENTS, NUM_KEYPOINTS + NUM_SEGMENTS):
+        raise CheckpointError(f"official PAMTRI checkpoint with {extra + 3} input channels (expected 3, 16, 39 or 52)")
+    fc = s.get("fc_vid.weight", s.get("fc.weight"))
+    multitask = "fc_vcolor.weight" in s
+    keypoints = fc is not None and int(fc.shape[1]) == 1024 + KEYPOINT_DIM
+    cfg = ModelConfig(backbone="densenet121", pretrained=None, heatmaps=heat, segments=seg, keypoints=keypoints,
+                      id_fc=int(fc.shape[0]) if fc is not None else 0, attr_fc=512, id_head=True,
+                      color=multitask, type=multitask, orientation=False, domain=False,
+                      embedding="fc" if fc is not None else "pool")
+    num_colors = int(s["classifier_vcolor.weight"].shape[0]) if multitask else 10
+    num_types = int(s["classifier_vtype.weight"].shape[0]) if multitask else 9
+    return cfg, int(s["classifier_vid.weight"].shape[0]), num_colors, num_types
+
+
+def convert_pamtri_state(state: dict) -> dict:
+    """Rename an official MultiTaskNet state dict into this module's names (``base.`` -> ``backbone.`` ...)."""
+    out = {}
+    for k, v in _unwrap_state(state).items():
+        head, _, rest = k.partition(".")
+        if head == "base":
+            out["backbone." + rest] = v
+        elif head in _PAMTRI_NAMES:
+            out[_PAMTRI_NAMES[head] + "." + rest] = v
+        else:
+            raise CheckpointError(f"unexpected key {k!r} in an official PAMTRI checkpoint")
+    return out
+
+
+def load_pamtri_checkpoint(path: str | os.PathLike) -> ReIDNet:
+    """The network of an official PAMTRI MultiTaskNet checkpoint (torchreid ``{'state_dict': ...}`` file)."""
+    raw = load_checkpoint(path)
+    cfg, num_ids, num_colors, num_types = pamtri_layout(raw)
+    model = ReIDNet(cfg, num_ids, num_colors, num_types)
+    state = convert_pamtri_state(raw)
+    own = model.state_dict()
+    for k in own:
+        if k.endswith("num_batches_tracked") and k not in state:
+            state[k] = own[k]
+    match_state_dict(model, state, str(path))
+    log.info("loaded official PAMTRI checkpoint %s (%d ids, H=%s S=%s K=%s MT=%s)", path, num_ids,
+             cfg.heatmaps, cfg.segments, cfg.keypoints, cfg.color)
+    return model
+
+
+def load_reid_weights(path: str | os.PathLike) -> tuple[ReIDNet, dict]:
+    """A model from a pamtri ReID checkpoint (training state or best weights) or an official PAMTRI file;
+    returns (model in eval mode, the checkpoint dict)."""
+    raw = load_checkpoint(path)
+    if "describe" in raw or "model_description" in raw:
+        desc = raw.get("model_description") or raw["describe"]
+        model = model_from_description(desc)
+        match_state_dict(model, raw["model"], str(path))
+    elif is_pamtri_state(raw):
+        model = load_pamtri_checkpoint(path)
+    else:
+        raise CheckpointError(f"{path}: neither a pamtri ReID checkpoint (with a model description) nor an "
+                              "official PAMTRI MultiTaskNet checkpoint")
+    return model.eval(), raw
