@@ -1,0 +1,130 @@
+"""Filling caches: from a pose model over a data set split (single process or torchrun), and from/to the
+reference implementation's 49-JPEG folders."""
+from __future__ import annotations
+
+import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from common.distributed import barrier, init_distributed
+from common.errors import DataError
+from common.images import read_image
+from pose.cache import Cache, CacheSpec, CacheWriter, dequantise, file_sha256
+from pose.labels import read_reid_csv, write_reid_csv
+from pose.legacy import legacy_folders, read_legacy_heatmaps, write_legacy_maps
+from pose.records import Record, parse_veri_name
+from pose.segments import rasterise
+
+from .infer import HEATMAP_GRID, run_pose
+
+log = logging.getLogger(__name__)
+
+
+def split_images(root: str | os.PathLike, split: str, fmt: str = "auto") -> list[str]:
+    """Absolute image paths of a data set split, in the reader's order."""
+    from reid.datasets import read_split
+    return [r.path for r in read_split(root, split, fmt)]
+
+
+def build_cache(pose_weights: str | os.PathLike, images: Sequence[str], out: str | os.PathLike, *,
+                batch_size: int = 32, chunk_size: int = 256, heatmap_dtype: str = "uint8",
+                device: str = "auto", precision: str = "auto", flip_test: bool | None = None,
+                rebuild: bool = False, progress: bool = True, io_threads: int = 4) -> Path:
+    """Run the pose model over ``images`` (paths) and store heatmaps + keypoints in a cache at ``out``.
+
+    Under torchrun each rank builds every world_size-th chunk and rank 0 writes the manifest.
+    Returns the cache folder.
+    """
+    from pose.predict import PosePredictor, load_pose_model
+    info = init_distributed()
+    model, cfg = load_pose_model(pose_weights)
+    predictor = PosePredictor.from_config(model, cfg, device=device, precision=precision, flip_test=flip_test)
+    from common.config import to_dict
+    names = [os.path.basename(p) for p in images]
+    spec = CacheSpec(weights_sha256=file_sha256(pose_weights), pose_config=to_dict(cfg),
+                     input_size=tuple(cfg.data.input_size), heatmap_size=HEATMAP_GRID,
+                     heatmap_dtype=heatmap_dtype, chunk_size=chunk_size)
+    if info.is_main:
+        writer = CacheWriter(out, names, spec, rebuild=rebuild)
+    barrier(info)
+    if not info.is_main:
+        writer = CacheWriter(out, names, spec)
+    by_name = dict(zip(names, images))
+    pool = ThreadPoolExecutor(max(1, io_threads))  # JPEG decoding releases the GIL
+
+    def produce(batch_names: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        heat, kps = [], []
+        paths = [by_name[n] for n in batch_names]
+        for i in range(0, len(paths), batch_size):
+            imgs = list(pool.map(read_image, paths[i:i + batch_size]))
+            out_b = run_pose(predictor, imgs)
+            heat.append(out_b.heatmaps.cpu().numpy())
+            kps.append(out_b.keypoints)
+        return np.concatenate(heat), np.concatenate(kps)
+
+    writer.build(produce, rank=info.rank, world_size=info.world_size, progress=progress)
+    pool.shutdown()
+    barrier(info)
+    if info.is_main:
+        writer.finalise()
+    barrier(info)
+    return Path(out)
+
+
+def import_legacy(root: str | os.PathLike, split: str, labels: str | os.PathLike, out: str | os.PathLike,
+                  heatmap_dtype: str = "uint8", chunk_size: int = 256, rebuild: bool = False) -> Path:
+    """Convert the reference layout (``heatmap_<split>/<stem>/NN.jpg`` + a ReID label CSV with keypoints)
+    into a cache. Heatmaps keep the reference's grid (resized to 64 x 64 when it differs); segments are
+    derived from the keypoints on read, as in our own caches."""
+    import cv2
+    records = read_reid_csv(labels)
+    names = [r.name for r in records]
+    kps = {r.name: r.keypoints for r in records}
+    spec = CacheSpec(weights_sha256=f"legacy:{file_sha256(labels)}", pose_config={"source": "reference layout"},
+                     input_size=(0, 0), heatmap_size=HEATMAP_GRID, heatmap_dtype=heatmap_dtype,
+                     chunk_size=chunk_size)
+    writer = CacheWriter(out, names, spec, rebuild=rebuild)
+
+    def produce(batch: Sequence[str]):
+        heat = []
+        for name in batch:
+            folder, _ = legacy_folders(root, split, name)
+            maps = read_legacy_heatmaps(folder)
+            if maps.shape[1:] != HEATMAP_GRID:
+                maps = cv2.resize(maps.transpose(1, 2, 0), HEATMAP_GRID[::-1], interpolation=cv2.INTER_LINEAR
+                                  ).transpose(2, 0, 1)
+            heat.append(maps.astype(np.float32) / 255.0)
+        return np.stack(heat), np.stack([kps[n] for n in batch])
+
+    writer.build(produce)
+    writer.finalise()
+    return Path(out)
+
+
+def export_legacy(cache_dir: str | os.PathLike, root: str | os.PathLike, split: str,
+                  image_root: str | os.PathLike, quality: int = 95) -> int:
+    """Write a cache in the reference layout under ``root``: heatmap/segment JPEG folders (segments
+    rasterised at each image's size) and ``label_<split>.csv`` with the keypoints. Returns the image count."""
+    import cv2
+    cache = Cache(cache_dir)
+    records: list[Record] = []
+    for i, name in enumerate(cache.names):
+        hm, kp, _ = cache.raw(i)
+        path = Path(image_root) / name
+        image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+        if image is None:
+            raise DataError(path, "image not found or unreadable (needed for the segment size)")
+        h, w = image.shape[:2]
+        heat_dir, seg_dir = legacy_folders(root, split, name)
+        kp = np.asarray(kp)
+        write_legacy_maps(heat_dir, dequantise(np.asarray(hm)), rasterise(kp, (h, w)).astype(bool),
+                          segment_folder=seg_dir, quality=quality)
+        ids = parse_veri_name(name)
+        records.append(Record(path=name, vehicle_id=ids[0] if ids else 0, keypoints=kp))
+    write_reid_csv(records, Path(root) / f"label_{split}.csv")
+    return len(records)
+

@@ -1,0 +1,108 @@
+"""``pamtri reid train`` and ``pamtri reid eval``: the ReID stage from the command line."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from pipeline.cli import add_config_args
+
+log = logging.getLogger(__name__)
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("reid", help="train and evaluate the ReID network (PAMTRI / StRDAN)")
+    sub = p.add_subparsers(dest="reid_command", metavar="ACTION")
+    sub.required = True
+
+    t = sub.add_parser("train", help="train a ReID network from an experiment YAML",
+                       description="Train the ReID network of an experiment YAML (configs/reid/*.yaml).")
+    add_config_args(t, required=True)
+    t.add_argument("--out", metavar="RUN", help="run folder (default runs/reid/<config name>)")
+    t.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")
+    t.set_defaults(func=_train)
+
+    e = sub.add_parser("eval", help="evaluate ReID weights on a data set's query and test splits",
+                       description="Evaluate weights (a pamtri run's best.pt / last.pt, or an official PAMTRI "
+                                   "MultiTaskNet checkpoint) on the query and test splits of a data set.")
+    e.add_argument("--weights", required=True, metavar="W", help="checkpoint file")
+    e.add_argument("--data", required=True, metavar="ROOT", help="data set root with query and test splits")
+    e.add_argument("--format", default="auto", help="data set format (default: detect)")
+    e.add_argument("--rerank", action="store_true", help="k-reciprocal re-ranking (k1=20, k2=6, lambda=0.3)")
+    e.add_argument("--ignore-cameras", action="store_true",
+                   help="keep same-vehicle same-camera gallery images (data sets without camera ids)")
+    e.add_argument("--out", metavar="DIR", help="output folder (default: <weights folder>/eval)")
+    e.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: the checkpoint's, else auto)")
+    add_config_args(e)
+    e.set_defaults(func=_eval)
+
+
+def _train(args: argparse.Namespace) -> int:
+    from common.config import load_config
+    from reid.config import ReIDConfig
+    from reid.train import train
+    cfg = load_config(ReIDConfig, args.config, args.overrides)
+    out = Path(args.out) if args.out else Path("runs") / "reid" / Path(args.config).stem
+    result = train(cfg, out, resume=args.resume)
+    print(f"run folder: {out}")
+    if result["best_epoch"] >= 0:
+        print(f"best mAP {100 * result['best_mAP']:.2f}% at epoch {result['best_epoch']}")
+    return 0
+
+
+def _eval_config(ckpt: dict, args: argparse.Namespace):
+    """The checkpoint's resolved config (or defaults), then --config and --set on top."""
+    from common.config import deep_update, from_dict, parse_overrides, read_yaml
+    from reid.config import ReIDConfig
+    data = dict(ckpt.get("config") or {})
+    data.pop("model", None)  # the model comes from the checkpoint itself
+    if args.config:
+        deep_update(data, read_yaml(args.config))
+    deep_update(data, parse_overrides(args.overrides))
+    return from_dict(ReIDConfig, data, "checkpoint config" + (f" + {args.config}" if args.config else ""))
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from common.atomic import atomic_write_text
+    from common.runtime import autocast_dtype, pick_device
+    from reid.evaluate import eval_loaders, evaluate_model, read_eval_records
+    from reid.model import load_reid_weights
+    from reid.visualize import plot_cmc, rank_list_image
+
+    model, ckpt = load_reid_weights(args.weights)
+    cfg = _eval_config(ckpt, args)
+    ev = replace(cfg.eval, rerank=args.rerank or cfg.eval.rerank,
+                 ignore_cameras=args.ignore_cameras or cfg.eval.ignore_cameras)
+    data = replace(cfg.data, eval_root=args.data, eval_format=args.format)
+    device = pick_device(args.device or cfg.device)
+    dtype = autocast_dtype(device, cfg.precision)
+    model.to(device)
+    query, gallery = read_eval_records(data, args.data)
+    ql, gl = eval_loaders(query, gallery, data, model.cfg, ev.batch_size)
+    res, dist = evaluate_model(model, ql, gl, ev, device, dtype)
+    res.pop("_first_rank", None)
+    out = Path(args.out) if args.out else Path(args.weights).resolve().parent / "eval"
+    out.mkdir(parents=True, exist_ok=True)
+    res.update({"weights": str(args.weights), "data": str(args.data), "rerank": ev.rerank,
+                "metric": ev.metric, "ignore_cameras": ev.ignore_cameras})
+    atomic_write_text(out / "metrics.json", json.dumps(res, indent=2) + "\n")
+    plot_cmc(res["cmc"], out / "cmc.png", label=Path(args.weights).parent.name)
+    rank_list_image(dist, [r.path for r in query], [r.path for r in gallery], [r.vehicle_id for r in query],
+                    [r.vehicle_id for r in gallery], [r.camera_id for r in query], [r.camera_id for r in gallery],
+                    out / "ranklist.png", ignore_cameras=ev.ignore_cameras)
+    k = ev.topk_map
+    lines = [f"queries       {res['num_valid_queries']} of {res['num_queries']} with a match in {len(gallery)} "
+             "gallery images" + (" (re-ranked)" if ev.rerank else ""),
+             f"mAP           {100 * res['mAP']:6.2f}%"]
+    lines += [f"rank-{r:<8d} {100 * res[f'rank{r}']:6.2f}%" for r in (1, 5, 10, 20) if f"rank{r}" in res]
+    lines += [f"rank-{k} mAP  {100 * res[f'mAP@{k}']:6.2f}%", f"mINP          {100 * res['mINP']:6.2f}%"]
+    for name, key in (("colour acc", "color_acc"), ("type acc", "type_acc")):
+        if res.get(key) is not None:
+            lines.append(f"{name:<13} {100 * res[key]:6.2f}%")
+    lines.append(f"written       {out / 'metrics.json'}, {out / 'cmc.png'}, {out / 'ranklist.png'}")
+    sys.stdout.write("\n".join(lines) + "\n")
+    return 0

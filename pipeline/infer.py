@@ -1,0 +1,208 @@
+"""Two-stage inference: images -> pose stage -> pose channels in the image frame -> ReID features.
+
+The pose network sees a crop (the image enlarged 1.25 and padded to its input aspect), so its heatmaps
+live in crop cells. The ReID stage stacks pose channels onto the whole image, so heatmaps are resampled
+into an image-frame grid (``heatmaps_to_image_frame``) on the batch, on the device, before they are
+cached or stacked.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from common.images import read_image
+from pose.transforms import invert
+
+log = logging.getLogger(__name__)
+
+HEATMAP_GRID = (64, 64)  # image-frame heatmap grid (h, w) stored in caches and stacked for ReID
+
+
+def heatmaps_to_image_frame(heatmaps: torch.Tensor, cell_to_pixel: np.ndarray, image_sizes: np.ndarray,
+                            out_size: tuple[int, int] = HEATMAP_GRID) -> torch.Tensor:
+    """Resample crop-frame heatmaps into a grid spanning each whole image.
+
+    heatmaps (N, K, h, w) in crop cells; cell_to_pixel (N, 2, 3) maps crop cells to image pixels;
+    image_sizes (N, 2) as (width, height) pixels -> (N, K, Ho, Wo) where output cell (i, j) covers image
+    pixels [j W / Wo, (j + 1) W / Wo) x [i H / Ho, (i + 1) H / Ho). Zero outside the crop.
+    """
+    n, _, h, w = heatmaps.shape
+    ho, wo = out_size
+    dev = heatmaps.device
+    to_cell = torch.as_tensor(invert(np.asarray(cell_to_pixel, dtype=np.float64)), dtype=torch.float32, device=dev)
+    sizes = torch.as_tensor(np.asarray(image_sizes, dtype=np.float32), device=dev)  # (N, 2)
+    # image pixel coordinates of the output cell centres (pixel centres at integers)
+    gx = (torch.arange(wo, device=dev, dtype=torch.float32) + 0.5)[None] * (sizes[:, 0:1] / wo) - 0.5  # (N, Wo)
+    gy = (torch.arange(ho, device=dev, dtype=torch.float32) + 0.5)[None] * (sizes[:, 1:2] / ho) - 0.5  # (N, Ho)
+    px = gx[:, None, :].expand(n, ho, wo)
+    py = gy[:, :, None].expand(n, ho, wo)
+    cx = to_cell[:, 0, 0, None, None] * px + to_cell[:, 0, 1, None, None] * py + to_cell[:, 0, 2, None, None]
+    cy = to_cell[:, 1, 0, None, None] * px + to_cell[:, 1, 1, None, None] * py + to_cell[:, 1, 2, None, None]
+    # align_corners=True: -1 and +1 are the centres of the first and last cells
+    grid = torch.stack([cx / (w - 1) * 2 - 1, cy / (h - 1) * 2 - 1], dim=-1)
+    return F.grid_sample(heatmaps.float(), grid, mode="bilinear", padding_mode="zeros", align_corners=True)
+
+
+@dataclass
+class PoseBatch:
+    """Pose stage output for a batch: keypoints (N, 36, 3) image pixels + confidence (numpy) and
+    image-frame heatmaps (N, 36, 64, 64) float32 (torch, on the predictor's device)."""
+    keypoints: np.ndarray
+    heatmaps: torch.Tensor
+
+
+def run_pose(predictor, images: Sequence[np.ndarray]) -> PoseBatch:
+    """Run a pose.predict.PosePredictor on uint8 RGB images of any sizes; heatmaps end in the image frame."""
+    crops, inverses = zip(*(predictor.crop(im) for im in images))
+    inverses = np.stack(inverses)
+    hm = predictor.heatmaps(torch.from_numpy(np.stack(crops)))
+    kps = predictor.keypoints(hm, inverses)
+    sizes = np.array([[im.shape[1], im.shape[0]] for im in images], dtype=np.float32)
+    return PoseBatch(keypoints=kps, heatmaps=heatmaps_to_image_frame(hm, inverses, sizes))
+
+
+class Pipeline:
+    """Both stages chained on one device: images -> pose -> stacked channels -> ReID embeddings.
+
+    Preprocessing is vectorised on the batch (resize of the stacked pose channels with F.interpolate,
+    normalisation, keypoint vector); models run under ``torch.inference_mode``, channels-last, with
+    bfloat16/float16 autocast where the device supports it.
+    """
+
+    def __init__(self, predictor, reid_model, data_cfg, batch_size: int = 32, channels_last: bool = True):
+        from common.runtime import autocast_dtype
+        from reid.data import IMAGENET_MEAN, IMAGENET_STD
+        self.predictor = predictor
+        self.device = predictor.device
+        self.model = reid_model.to(self.device).eval()
+        self.cfg = reid_model.cfg
+        self.height, self.width = int(data_cfg.height), int(data_cfg.width)
+        self.dtype = predictor.dtype if predictor.dtype is not None else autocast_dtype(self.device, "fp32")
+        self.batch_size = int(batch_size)
+        self.channels_last = channels_last
+        if channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+            self.predictor.model = self.predictor.model.to(memory_format=torch.channels_last)
+        mean = torch.tensor(getattr(data_cfg, "mean", IMAGENET_MEAN), dtype=torch.float32, device=self.device)
+        std = torch.tensor(getattr(data_cfg, "std", IMAGENET_STD), dtype=torch.float32, device=self.device)
+        self.mean, self.std = mean.view(1, 3, 1, 1), std.view(1, 3, 1, 1)
+        self.pose_mean, self.pose_std = float(mean.mean()), float(std.mean())
+        self.segment_threshold = float(getattr(data_cfg, "segment_threshold", 0.5))
+        self.needs_pose = self.cfg.heatmaps or self.cfg.segments or self.cfg.keypoints
+
+    @classmethod
+    def from_weights(cls, pose_weights: str | os.PathLike | None, reid_weights: str | os.PathLike,
+                     device: str = "auto", precision: str = "auto", batch_size: int = 32,
+                     flip_test: bool | None = None) -> "Pipeline":
+        """Load a pose checkpoint (``pamtri pose train``) and a ReID checkpoint (``pamtri reid train``)."""
+        from common.config import from_dict
+        from common.errors import ConfigError
+        from pose.predict import PosePredictor, load_pose_model
+        from reid.config import DataConfig
+        from reid.model import load_reid_weights
+        reid_model, ckpt = load_reid_weights(reid_weights)
+        data = dict((ckpt.get("config") or {}).get("data") or {})
+        data_cfg = from_dict(DataConfig, data, f"{reid_weights} (stored data config)")
+        needs_pose = reid_model.cfg.heatmaps or reid_model.cfg.segments or reid_model.cfg.keypoints
+        if needs_pose and not pose_weights:
+            raise ConfigError(f"{reid_weights}: this ReID model uses pose input; pass the pose weights too")
+        if pose_weights:
+            pose_model, pose_cfg = load_pose_model(pose_weights)
+            predictor = PosePredictor.from_config(pose_model, pose_cfg, device=device, precision=precision,
+                                                  flip_test=flip_test)
+        else:
+            predictor = _NoPose(device, precision)
+        return cls(predictor, reid_model, data_cfg, batch_size=batch_size)
+
+    def reid_inputs(self, images: Sequence[np.ndarray], pose: PoseBatch | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(N, C, H, W) normalised network input on the device and the (N, 108) keypoint vector (or None)."""
+        import cv2
+
+        from pose.segments import rasterise_batch
+        h, w = self.height, self.width
+        resized = np.stack([cv2.resize(im, (w, h), interpolation=cv2.INTER_LINEAR) for im in images])
+        x = torch.from_numpy(resized).to(self.device).permute(0, 3, 1, 2).float().div_(255.0)
+        parts = [(x - self.mean) / self.std]
+        kv = None
+        if pose is not None:
+            sizes = np.array([[im.shape[1], im.shape[0]] for im in images], dtype=np.float32)
+            maps = []
+            if self.cfg.heatmaps:
+                maps.append(pose.heatmaps.to(self.device))
+            if self.cfg.segments:
+                gh, gw = HEATMAP_GRID
+                cells = pose.keypoints.copy()
+                cells[..., 0] = (cells[..., 0] + 0.5) * (gw / sizes[:, None, 0]) - 0.5
+                cells[..., 1] = (cells[..., 1] + 0.5) * (gh / sizes[:, None, 1]) - 0.5
+                seg = rasterise_batch(cells, HEATMAP_GRID, self.segment_threshold)
+                maps.append(torch.from_numpy(seg).to(self.device).float())
+            if maps:
+                stacked = F.interpolate(torch.cat(maps, 1).float(), size=(h, w), mode="bilinear", align_corners=False)
+                parts.append((stacked - self.pose_mean) / self.pose_std)
+            if self.cfg.keypoints:
+                k = pose.keypoints
+                v = np.empty_like(k)
+                v[..., 0] = ((k[..., 0] + 0.5) * (w / sizes[:, None, 0]) - 0.5) / w - 0.5
+                v[..., 1] = ((k[..., 1] + 0.5) * (h / sizes[:, None, 1]) - 0.5) / h - 0.5
+                v[..., 2] = k[..., 2] - 0.5
+                kv = torch.from_numpy(np.clip(v, -0.5, 0.5).reshape(len(k), -1)).to(self.device)
+        x = torch.cat(parts, 1)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x, kv
+
+    @torch.inference_mode()
+    def embed_arrays(self, images: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
+        """uint8 RGB images -> {'features' (N, D), 'keypoints' (N, 36, 3), 'color' (N,), 'type' (N,)}."""
+        from common.runtime import autocast
+        pose = run_pose(self.predictor, images) if self.needs_pose else None
+        x, kv = self.reid_inputs(images, pose)
+        with autocast(self.device, self.dtype):
+            out = self.model(x, kv)
+        n = len(images)
+        result = {"features": out["feature"].float().cpu().numpy(),
+                  "keypoints": pose.keypoints if pose is not None else np.zeros((n, 36, 3), np.float32)}
+        for head in ("color", "type"):
+            result[head] = (out[head].argmax(1).cpu().numpy() if head in out else np.full(n, -1)).astype(np.int64)
+        return result
+
+    def embed(self, images: Sequence[str | os.PathLike | np.ndarray], progress: bool = False,
+              io_threads: int = 4) -> dict[str, np.ndarray]:
+        """Embed image files or arrays in batches (decoding overlapped with compute) -> embed_arrays' dict."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        from tqdm import tqdm
+
+        def load(item):
+            return item if isinstance(item, np.ndarray) else read_image(item)
+
+        chunks = [images[i:i + self.batch_size] for i in range(0, len(images), self.batch_size)]
+        parts: list[dict] = []
+        with ThreadPoolExecutor(max(1, io_threads)) as pool, tqdm(total=len(images), desc="embed", unit="img",
+                                                                  disable=not progress) as bar:
+            pending = pool.submit(lambda c: list(map(load, c)), chunks[0]) if chunks else None
+            for i in range(len(chunks)):
+                batch = pending.result()
+                pending = pool.submit(lambda c: list(map(load, c)), chunks[i + 1]) if i + 1 < len(chunks) else None
+                parts.append(self.embed_arrays(batch))
+                bar.update(len(batch))
+        if not parts:
+            raise ValueError("no images to embed")
+        return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+
+class _NoPose:
+    """Stands in for the pose predictor when the ReID model takes RGB only."""
+
+    def __init__(self, device: str, precision: str):
+        from common.runtime import autocast_dtype, pick_device
+        self.device = pick_device(device)
+        self.dtype = autocast_dtype(self.device, precision)
+        self.model = torch.nn.Identity()

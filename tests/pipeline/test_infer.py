@@ -1,0 +1,110 @@
+import numpy as np
+import torch
+
+from pipeline.infer import heatmaps_to_image_frame
+from pose.heatmaps import decode, encode
+from pose.transforms import apply, compose, crop_matrix, image_box, input_to_heatmap, invert
+
+
+def test_heatmaps_land_on_the_keypoint_in_the_image_frame():
+    rng = np.random.default_rng(0)
+    sizes = np.array([[100, 60], [40, 90]], dtype=np.float32)
+    kp_px = np.stack([rng.uniform([10, 10], s - 10, (36, 2)) for s in sizes])  # (2, 36, 2)
+    inverses, cells, cell_px = [], [], []
+    for (w, h), pts in zip(sizes, kp_px):
+        centre, box = image_box(int(w), int(h), 1.0, 1.25)
+        cell_px.append(box[0] / 32)  # image pixels per crop heatmap cell
+        to_cell = compose(input_to_heatmap(4), crop_matrix(centre, box, (128, 128)))  # 32x32 heatmap cells
+        inverses.append(invert(to_cell))
+        cells.append(apply(to_cell, pts))
+    crop_hm, _ = encode(np.stack(cells), np.ones((2, 36)), (32, 32), sigma=1.5)
+    out = heatmaps_to_image_frame(torch.from_numpy(crop_hm), np.stack(inverses), sizes, (64, 64))
+    assert out.shape == (2, 36, 64, 64)
+    xy, conf = decode(out.numpy(), method="dark")
+    expected = (kp_px + 0.5) * (64 / sizes[:, None, :]) - 0.5
+    # bilinear resampling peaks at crop-grid nodes: the error is bounded by half a crop cell, in pixels
+    err_px = np.abs(xy - expected) * (sizes[:, None, :] / 64)
+    assert (err_px.max(axis=(1, 2)) <= 0.5 * np.array(cell_px) + 0.1).all(), err_px.max(axis=(1, 2))
+    assert np.abs((xy - expected).mean(axis=1)).max() < 0.3  # and unbiased
+    assert (conf > 0.5).all()
+    # swapping width and height (a classic axis bug) moves the peaks far away
+    bad = heatmaps_to_image_frame(torch.from_numpy(crop_hm), np.stack(inverses), sizes[:, ::-1].copy(), (64, 64))
+    assert np.abs(decode(bad.numpy(), method="dark")[0] - expected).max() > 3
+
+
+def _reid_checkpoint(path, heatmaps, segments, keypoints, height=32, width=32):
+    from common.checkpoint import save_checkpoint
+    from common.config import to_dict
+    from reid.config import ModelConfig, ReIDConfig
+    from reid.model import build_model
+    cfg = ReIDConfig()
+    cfg.data.height, cfg.data.width = height, width
+    cfg.model = ModelConfig(heatmaps=heatmaps, segments=segments, keypoints=keypoints)
+    torch.manual_seed(0)
+    model = build_model(cfg.model, num_ids=5)
+    save_checkpoint({"model": model.state_dict(), "model_description": model.describe(), "config": to_dict(cfg)},
+                    path)
+    return cfg
+
+
+def test_pipeline_inputs_match_the_training_sample_builder(tmp_path):
+    """The vectorised batch preparation gives what the ReID data pipeline gives for the same pose output."""
+    from pipeline.infer import PoseBatch, Pipeline, _NoPose
+    from reid.data import ArrayPose, make_builder
+    from reid.model import load_reid_weights
+    from pose.records import Record
+    cfg = _reid_checkpoint(tmp_path / "r.pt", heatmaps=True, segments=True, keypoints=True)
+    model, _ = load_reid_weights(tmp_path / "r.pt")
+    pipe = Pipeline(_NoPose("cpu", "fp32"), model, cfg.data, channels_last=False)
+    rng = np.random.default_rng(3)
+    images = [rng.integers(0, 255, (50, 70, 3), dtype=np.uint8), rng.integers(0, 255, (40, 30, 3), dtype=np.uint8)]
+    kps = np.stack([np.concatenate([rng.uniform(0, [im.shape[1] - 1, im.shape[0] - 1], (36, 2)),
+                                    rng.uniform(0, 1, (36, 1))], 1) for im in images]).astype(np.float32)
+    heat = rng.uniform(0, 1, (2, 36, 64, 64)).astype(np.float32)
+    x, kv = pipe.reid_inputs(images, PoseBatch(kps, torch.from_numpy(heat)))
+    builder = make_builder(cfg.data, model.cfg, train=False)
+    from pipeline.infer import HEATMAP_GRID
+    from pose.segments import rasterise
+    for i, im in enumerate(images):
+        h, w = im.shape[:2]
+        cells = kps[i].copy()
+        cells[:, 0] = (cells[:, 0] + 0.5) * 64 / w - 0.5
+        cells[:, 1] = (cells[:, 1] + 0.5) * 64 / h - 0.5
+        source = ArrayPose(kps[i:i + 1], heat[i:i + 1], rasterise(cells, HEATMAP_GRID)[None])
+        ref_x, ref_kv = builder(im, source(0, Record(path="x"), (w, h)))
+        assert ref_x.shape == x[i].shape == (3 + 36 + 13, 32, 32)
+        np.testing.assert_allclose(x[i, :3].numpy(), ref_x[:3].numpy(), atol=0.03)   # uint8 resize rounding
+        np.testing.assert_allclose(x[i, 3:].numpy(), ref_x[3:].numpy(), atol=1e-4)
+        np.testing.assert_allclose(kv[i].numpy(), ref_kv.numpy(), atol=1e-5)
+
+
+def test_pipeline_embeds_image_files_end_to_end(tmp_path):
+    import cv2
+
+    from common.checkpoint import save_checkpoint
+    from common.config import to_dict
+    from pipeline.cli import main
+    from pose.config import PoseConfig
+    from pose.model import build_pose_model
+    pcfg = PoseConfig()
+    pcfg.model.name = "hrnet_w18_small"
+    pcfg.data.input_size = (64, 64)
+    torch.manual_seed(0)
+    save_checkpoint({"model": build_pose_model("hrnet_w18_small").state_dict(), "config": to_dict(pcfg)},
+                    tmp_path / "p.pt")
+    _reid_checkpoint(tmp_path / "r.pt", heatmaps=True, segments=False, keypoints=True)
+    rng = np.random.default_rng(0)
+    (tmp_path / "img").mkdir()
+    for i in range(3):
+        cv2.imwrite(str(tmp_path / "img" / f"{i:04d}_c001_0000000{i}_0.jpg"),
+                    rng.integers(0, 255, (40 + 5 * i, 60, 3), dtype=np.uint8))
+    assert main(["embed", "--pose-weights", str(tmp_path / "p.pt"), "--reid-weights", str(tmp_path / "r.pt"),
+                 "--images", str(tmp_path / "img"), "--out", str(tmp_path / "g.npz"), "--precision", "fp32",
+                 "--batch-size", "2"]) == 0
+    g = np.load(tmp_path / "g.npz")
+    assert g["features"].shape == (3, 1024) and g["keypoints"].shape == (3, 36, 3)
+    assert np.isfinite(g["features"]).all()
+    query = str(tmp_path / "img" / "0001_c001_00000001_0.jpg")
+    assert main(["search", "--query", query, "--gallery", str(tmp_path / "g.npz"), "--top", "2",
+                 "--precision", "fp32", "--out", str(tmp_path / "s.png")]) == 0
+    assert (tmp_path / "s.png").stat().st_size > 0
