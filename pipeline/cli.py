@@ -8,7 +8,7 @@ import sys
 from common.errors import PamtriError
 
 # Order is the order of ``pamtri --help``.
-COMMAND_MODULES = ("synth",)
+COMMAND_MODULES = ("demo", "synth", "data", "pose", "reid", "cache", "embed", "bench")
 
 
 def add_config_args(parser: argparse.ArgumentParser, required: bool = False) -> None:
