@@ -140,7 +140,7 @@ def write_report(run: Path, cfg: DemoConfig, results: dict, timings: dict) -> No
           "## ReID stage (query vs gallery of held-out identities)", "",
           "| variant | mAP | rank-1 | rank-5 | rank-10 | rank-100 mAP | mINP | colour acc | type acc |",
           "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
-    names = {"baseline": "RGB only (baseline)", "pose": "pose-aware (MT+K+H, cached heatmaps)"}
+    names = {"baseline": "RGB only, MT (baseline)", "pose": "pose-aware, MT+K+H (cached heatmaps)"}
     for label, r in results.items():
         md.append(f"| {names[label]} | {_pct(r['mAP'])} | {_pct(r.get('rank1'))} | {_pct(r.get('rank5'))} | "
                   f"{_pct(r.get('rank10'))} | {_pct(r.get('mAP@100'))} | {_pct(r.get('mINP'))} | "

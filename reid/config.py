@@ -13,11 +13,12 @@ from common.errors import ConfigError
 
 @dataclass
 class DataSource:
-    """One training data set: its root, split, on-disk format and domain (real or synthetic)."""
+    """One training data set: its root, split, on-disk format, domain (real or synthetic) and pose cache."""
     root: str = ""
     split: str = "train"
     format: str = "auto"
     domain: Literal["real", "synthetic"] = "real"
+    pose_cache: str = ""           # cache folder of this split (data.pose_source: cache)
 
 
 @dataclass
@@ -31,7 +32,8 @@ class DataConfig:
     height: int = 256              # input size in pixels
     width: int = 256
     pose_source: Literal["none", "keypoints", "cache"] = "keypoints"
-    pose_cache: str = ""           # folder of cached pose arrays (pose_source: cache)
+    query_cache: str = ""          # pose cache folders of the query / gallery split (pose_source: cache)
+    gallery_cache: str = ""
     heatmap_size: int = 64         # heatmaps are rendered at this size (cells), then resized to the image
     heatmap_sigma: float = 2.0     # Gaussian sigma in heatmap cells
     segment_threshold: float = 0.5
@@ -52,8 +54,12 @@ class DataConfig:
             raise ConfigError(f"data.color_jitter must be in [0, 1], got {self.color_jitter}")
         if self.heatmap_size <= 0 or self.heatmap_sigma <= 0:
             raise ConfigError("data.heatmap_size and data.heatmap_sigma must be positive")
-        if self.pose_source == "cache" and not self.pose_cache:
-            raise ConfigError("data.pose_source is 'cache' but data.pose_cache names no folder")
+        if self.pose_source == "cache":
+            for i, src in enumerate(self.train):
+                if not src.pose_cache:
+                    raise ConfigError(f"data.pose_source is 'cache' but data.train[{i}].pose_cache names no "
+                                      f"folder (build one with: pamtri cache build --data {src.root or 'ROOT'} "
+                                      f"--split {src.split} --out DIR)")
         if self.workers < 0:
             raise ConfigError("data.workers must be >= 0")
 

@@ -4,9 +4,10 @@ One sample, channels first: ``image`` (3 [+36] [+13], H, W) float32, normalised 
 ImageNet mean/std, pose channels by the mean of those means and stds), ``keypoints`` (108,) float32 in
 [-0.5, 0.5] (x / W - 0.5, y / H - 0.5, confidence - 0.5, in the augmented image), and the labels.
 
-Pose channels come from a pluggable source (``PoseSource``): today ``KeypointPose`` renders Gaussian
-heatmaps (``pose.heatmaps.encode``) and segments (``pose.segments.rasterise``) from the record's
-keypoints at 64 x 64; ``ArrayPose`` serves precomputed (e.g. memory-mapped cached) arrays.
+Pose channels come from a pluggable source (``PoseSource``): ``KeypointPose`` renders Gaussian heatmaps
+(``pose.heatmaps.encode``) and segments (``pose.segments.rasterise``) from the record's label keypoints at
+64 x 64; ``CachePose`` reads the pose stage's predictions from caches (``pose.cache``, built by ``pamtri
+cache build``); ``ArrayPose`` serves any precomputed arrays.
 
 Augmentation is one geometric transform applied to the image, every pose channel and the keypoints:
 resize (to the size enlarged by 1/8 when translating), random crop back to (H, W), horizontal flip that
@@ -25,7 +26,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from common.errors import DataError
+from common.errors import ConfigError, DataError
+from pose.cache import Cache, dequantise
 from pose.heatmaps import encode
 from pose.keypoints import FLIP_INDEX, NUM_KEYPOINTS, NUM_SEGMENTS, SEGMENT_FLIP
 from pose.records import REAL, SYNTHETIC, UNLABELLED, Record
@@ -67,6 +69,15 @@ def _record_keypoints(record: Record) -> np.ndarray:
     return np.asarray(record.keypoints, dtype=np.float32)
 
 
+def _cells(kps: np.ndarray, image_size: tuple[int, int], size: int) -> np.ndarray:
+    """(36, 3) image pixels -> (36, 3) cells of a size x size grid spanning the image (pixel centres stay centres)."""
+    w, h = image_size
+    cells = np.array(kps, dtype=np.float32, copy=True)
+    cells[:, 0] = (kps[:, 0] + 0.5) * (size / w) - 0.5
+    cells[:, 1] = (kps[:, 1] + 0.5) * (size / h) - 0.5
+    return cells
+
+
 class KeypointPose:
     """Pose channels rendered from label keypoints: Gaussian heatmaps and/or segments at ``size`` x ``size``."""
 
@@ -77,17 +88,66 @@ class KeypointPose:
 
     def __call__(self, index: int, record: Record, image_size: tuple[int, int]) -> PoseChannels:
         kps = _record_keypoints(record)
-        w, h = image_size
-        cells = kps.copy()
-        # pixel centres stay centres: x_cell = (x + 0.5) * size / width - 0.5
-        cells[:, 0] = (kps[:, 0] + 0.5) * (self.size / w) - 0.5
-        cells[:, 1] = (kps[:, 1] + 0.5) * (self.size / h) - 0.5
+        cells = _cells(kps, image_size, self.size)
         heat = seg = None
         if self.heatmaps:
             heat = encode(cells[None, :, :2], cells[None, :, 2] >= self.threshold, (self.size, self.size),
                           self.sigma)[0][0]
         if self.segments:
             seg = rasterise(cells, (self.size, self.size), self.threshold)
+        return PoseChannels(kps, heat, seg)
+
+
+class CachePose:
+    """Pose channels of the pose stage's predictions, read from pose caches: one memory-map slice per sample.
+
+    ``folders`` are cache folders (``pamtri cache build``); ``sources[i]`` is the folder of record i (all 0
+    when omitted); records are found in their cache by image name. Heatmaps come from the cache (image-frame
+    grid); segments are rasterised from the cached keypoints on a ``size`` x ``size`` grid, as for labels.
+    Every folder must come from the same pose weights. Caches are opened lazily in each loader worker.
+    """
+
+    def __init__(self, records: Sequence[Record], folders: Sequence[str], sources: Sequence[int] | None = None,
+                 heatmaps: bool = True, segments: bool = False, size: int = 64, threshold: float = 0.5):
+        self.folders = [str(f) for f in folders]
+        self.heatmaps, self.segments = heatmaps, segments
+        self.size, self.threshold = int(size), float(threshold)
+        self._caches: list[Cache] | None = None
+        caches = self._open()
+        weights = {c.manifest["spec"]["weights_sha256"] for c in caches}
+        if len(weights) > 1:
+            raise ConfigError(f"pose caches {', '.join(self.folders)} were built with different pose weights; "
+                              "rebuild them with one pose checkpoint")
+        self.sources = np.zeros(len(records), np.int64) if sources is None else np.asarray(sources, np.int64)
+        self.rows = np.empty(len(records), np.int64)
+        for i, (rec, src) in enumerate(zip(records, self.sources)):
+            cache = caches[src]
+            if rec.name not in cache:
+                raise DataError(rec.path, f"not in the pose cache {cache.folder} ({len(cache)} images); build the "
+                                          "cache for this split: pamtri cache build --split ...")
+            self.rows[i] = cache.position(rec.name)
+
+    @property
+    def weights_sha256(self) -> str:
+        """Checksum of the pose weights the caches were built with."""
+        return self._open()[0].manifest["spec"]["weights_sha256"]
+
+    def _open(self) -> list[Cache]:
+        if self._caches is None:
+            self._caches = [Cache(f) for f in self.folders]
+        return self._caches
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state["_caches"] = None  # memory maps are reopened in the worker, never pickled as copies
+        return state
+
+    def __call__(self, index: int, record: Record, image_size: tuple[int, int]) -> PoseChannels:
+        hm, kps, _ = self._open()[self.sources[index]].raw(int(self.rows[index]))
+        kps = np.array(kps, dtype=np.float32)
+        heat = dequantise(np.asarray(hm)) if self.heatmaps else None
+        seg = rasterise(_cells(kps, image_size, self.size), (self.size, self.size), self.threshold) \
+            if self.segments else None
         return PoseChannels(kps, heat, seg)
 
 
@@ -339,6 +399,7 @@ def combine_training_sets(sets: Sequence[tuple[Sequence[Record], int]]) -> tuple
     order = sorted(range(len(sets)), key=lambda i: (sets[i][1] != REAL, i))
     mapping: dict[tuple[int, int], int] = {}
     out: list[Record] = []
+    source: list[int] = []
     for i in order:
         records, domain = sets[i]
         if domain not in (REAL, SYNTHETIC):
@@ -350,9 +411,11 @@ def combine_training_sets(sets: Sequence[tuple[Sequence[Record], int]]) -> tuple
             if key not in mapping:
                 mapping[key] = len(mapping)
             out.append(replace(r, vehicle_id=mapping[key], domain=domain))
+            source.append(i)
     info = {"num_ids": len(mapping), "num_images": len(out),
             "ids_per_domain": {d: len({mapping[(i, r.vehicle_id)] for i in order if sets[i][1] == d
-                                       for r in sets[i][0]}) for d in (REAL, SYNTHETIC)}}
+                                       for r in sets[i][0]}) for d in (REAL, SYNTHETIC)},
+            "source": source}
     return out, info
 
 
@@ -361,17 +424,21 @@ def collate_labels(batch: dict) -> dict:
     return {k: torch.as_tensor(batch[k]).long() for k in ("pid", "color", "type", "orientation", "domain", "camid")}
 
 
-def make_pose_source(data_cfg, model_cfg) -> PoseSource | None:
-    """The pose source a config asks for: label keypoints rendered (``keypoints``), cached arrays, or none."""
-    from common.errors import ConfigError
+def make_pose_source(data_cfg, model_cfg, records: Sequence[Record] = (), caches: Sequence[str] = (),
+                     sources: Sequence[int] | None = None) -> PoseSource | None:
+    """The pose source a config asks for: label keypoints rendered (``keypoints``), pose caches (``cache``:
+    ``caches`` are the folders, ``sources[i]`` the folder of ``records[i]``), or none."""
     needs = model_cfg.heatmaps or model_cfg.segments or model_cfg.keypoints
     if not needs or data_cfg.pose_source == "none":
         return None
     if data_cfg.pose_source == "keypoints":
         return KeypointPose(heatmaps=model_cfg.heatmaps, segments=model_cfg.segments, size=data_cfg.heatmap_size,
                             sigma=data_cfg.heatmap_sigma, threshold=data_cfg.segment_threshold)
-    raise ConfigError("data.pose_source 'cache' is not available in this version: the pose cache is built by a later "
-                      "stage; use pose_source: keypoints (label-file keypoints) for now")
+    if not caches or not all(caches):
+        raise ConfigError("data.pose_source is 'cache' but no pose cache folder is given for these images "
+                          "(data.train[i].pose_cache, data.query_cache, data.gallery_cache)")
+    return CachePose(records, caches, sources, heatmaps=model_cfg.heatmaps, segments=model_cfg.segments,
+                     size=data_cfg.heatmap_size, threshold=data_cfg.segment_threshold)
 
 
 def make_builder(data_cfg, model_cfg, train: bool) -> SampleBuilder:

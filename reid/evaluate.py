@@ -10,12 +10,12 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from common.errors import DataError
+from common.errors import ConfigError, DataError
 from common.runtime import autocast
 from pose.records import Record
 
 from .config import DataConfig, EvalConfig
-from .data import ReIDDataset, make_builder, make_pose_source
+from .data import CachePose, ReIDDataset, make_builder, make_pose_source
 from .metrics import attribute_accuracy, evaluate, pairwise_distance
 from .model import ReIDNet
 from .rerank import rerank
@@ -82,15 +82,20 @@ def read_eval_records(data: DataConfig, root: str | None = None) -> tuple[list[R
 
 def eval_loaders(query: list[Record], gallery: list[Record], data: DataConfig, model_cfg, batch_size: int,
                  workers: int | None = None) -> tuple[DataLoader, DataLoader]:
-    """Test-time loaders (no augmentation) for query and gallery records."""
-    pose = make_pose_source(data, model_cfg)
+    """Test-time loaders (no augmentation) for query and gallery records (pose caches: data.query_cache and
+    data.gallery_cache, which must come from the same pose weights)."""
     builder = make_builder(data, model_cfg, train=False)
     nw = data.workers if workers is None else workers
+    q_pose = make_pose_source(data, model_cfg, query, [data.query_cache])
+    g_pose = make_pose_source(data, model_cfg, gallery, [data.gallery_cache])
+    if isinstance(q_pose, CachePose) and q_pose.weights_sha256 != g_pose.weights_sha256:
+        raise ConfigError(f"data.query_cache {data.query_cache} and data.gallery_cache {data.gallery_cache} were "
+                          "built with different pose weights; rebuild them with one pose checkpoint")
 
-    def loader(recs):
+    def loader(recs, pose):
         return DataLoader(ReIDDataset(recs, builder, pose, model_cfg.orientation_bins), batch_size=batch_size,
                           shuffle=False, num_workers=nw, pin_memory=torch.cuda.is_available())
-    return loader(query), loader(gallery)
+    return loader(query, q_pose), loader(gallery, g_pose)
 
 
 def compute_distances(q: torch.Tensor, g: torch.Tensor, cfg: EvalConfig) -> np.ndarray:

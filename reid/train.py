@@ -21,7 +21,7 @@ from tqdm import tqdm
 from common.atomic import RunLock, atomic_write_text
 from common.checkpoint import save_checkpoint
 from common.config import save_config, to_dict
-from common.distributed import DistInfo, barrier, init_distributed, shutdown
+from common.distributed import DistInfo, barrier, init_distributed, mean_over_ranks, shutdown
 from common.errors import ConfigError, DataError, PamtriError
 from common.runtime import autocast, autocast_dtype, pick_device, seed_everything
 from common.training import MetricsLog, check_finite, restore_training_state, save_training_state, unwrap
@@ -39,7 +39,8 @@ DOMAINS = {"real": REAL, "synthetic": SYNTHETIC}
 
 
 def load_training_records(cfg: ReIDConfig) -> tuple[list[Record], dict]:
-    """Every training source read and merged (contiguous ids, real first, domain set per source)."""
+    """Every training source read and merged (contiguous ids, real first, domain set per source; info["source"]
+    gives each record's index in ``cfg.data.train``)."""
     from reid.datasets import read_split
     sets = []
     for src in cfg.data.train:
@@ -77,7 +78,7 @@ def build_optimizer(model: torch.nn.Module, cfg) -> torch.optim.Optimizer:
     return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay, amsgrad=cfg.name == "amsgrad")
 
 
-def _train_loader(records: list[Record], cfg: ReIDConfig, info: DistInfo) -> DataLoader:
+def _train_loader(records: list[Record], sources: list[int], cfg: ReIDConfig, info: DistInfo) -> DataLoader:
     pids = [r.vehicle_id for r in records]
     s = cfg.sampler
     if s.kind == "domain":
@@ -86,8 +87,8 @@ def _train_loader(records: list[Record], cfg: ReIDConfig, info: DistInfo) -> Dat
     else:
         sampler = IdentitySampler(pids, s.ids_per_batch, s.k, seed=cfg.seed, rank=info.rank,
                                   world_size=info.world_size)
-    ds = ReIDDataset(records, make_builder(cfg.data, cfg.model, train=True), make_pose_source(cfg.data, cfg.model),
-                     cfg.model.orientation_bins)
+    pose = make_pose_source(cfg.data, cfg.model, records, [src.pose_cache for src in cfg.data.train], sources)
+    ds = ReIDDataset(records, make_builder(cfg.data, cfg.model, train=True), pose, cfg.model.orientation_bins)
     return DataLoader(ds, batch_sampler=SeededBatches(sampler, cfg.seed, info.rank), num_workers=cfg.data.workers,
                       pin_memory=torch.cuda.is_available(), persistent_workers=cfg.data.workers > 0)
 
@@ -130,12 +131,12 @@ def _train(cfg: ReIDConfig, out: Path, resume: bool, info: DistInfo) -> dict:
     log.info("training on %d images of %d identities (%d real, %d synthetic ids); device %s, autocast %s",
              data_info["num_images"], data_info["num_ids"], data_info["ids_per_domain"][REAL],
              data_info["ids_per_domain"][SYNTHETIC], device, dtype)
-    loader = _train_loader(records, cfg, info)
+    loader = _train_loader(records, data_info["source"], cfg, info)
     eval_sets = None
     if info.is_main:
         try:
             eval_sets = eval_loaders(*read_eval_records(cfg.data), cfg.data, cfg.model, cfg.eval.batch_size)
-        except DataError as exc:
+        except (DataError, ConfigError) as exc:
             log.warning("no evaluation during training: %s", exc)
     model = build_model(cfg.model, data_info["num_ids"], num_colors, num_types).to(device)
     description = model.describe()
@@ -149,9 +150,11 @@ def _train(cfg: ReIDConfig, out: Path, resume: bool, info: DistInfo) -> dict:
         log.info("resumed %s at epoch %d (best mAP so far %.4f)", out, start, best)
     if info.enabled:
         ddp_ids = [device.index] if device.type == "cuda" else None
-        # a head whose loss weight is 0 gets no gradient; DDP must then be told to expect unused parameters
+        # a head whose loss weight is 0 gets no gradient, nor does the ReID FC when neither the ID head nor the
+        # embedding uses it; DDP must then be told to expect unused parameters
         idle = any(getattr(cfg.loss, h) == 0 for h in ("id", "color", "type", "orientation", "domain")
                    if getattr(unwrap(model), f"{h}_classifier", None) is not None)
+        idle = idle or (unwrap(model).id_fc is not None and not cfg.model.id_head and cfg.model.embedding == "pool")
         model = torch.nn.parallel.DistributedDataParallel(model, device_ids=ddp_ids, find_unused_parameters=idle)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     # rows hold 1-based epoch numbers: keep the epochs already done (<= start)
@@ -189,7 +192,9 @@ def _train(cfg: ReIDConfig, out: Path, resume: bool, info: DistInfo) -> dict:
         bar.close()
         scheduler.step()
         row = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"], "time_s": round(time.time() - t0, 1)}
-        row.update({f"loss_{k}": v / max(batches, 1) for k, v in sums.items()})
+        # each rank saw other batches: log the mean over ranks (a collective, so every rank calls it)
+        means = mean_over_ranks({k: v / max(batches, 1) for k, v in sums.items()}, info)
+        row.update({f"loss_{k}": v for k, v in means.items()})
         last_epoch = epoch + 1 == cfg.optim.epochs
         due = cfg.eval.every > 0 and (epoch + 1) % cfg.eval.every == 0
         if info.is_main and eval_sets is not None and (due or last_epoch):

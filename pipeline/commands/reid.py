@@ -52,12 +52,12 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _eval_config(ckpt: dict, args: argparse.Namespace):
+def _eval_config(ckpt: dict, model, args: argparse.Namespace):
     """The checkpoint's resolved config (or defaults), then --config and --set on top."""
-    from common.config import deep_update, from_dict, parse_overrides, read_yaml
+    from common.config import deep_update, from_dict, parse_overrides, read_yaml, to_dict
     from reid.config import ReIDConfig
     data = dict(ckpt.get("config") or {})
-    data.pop("model", None)  # the model comes from the checkpoint itself
+    data["model"] = to_dict(model.cfg)  # the model is the one the checkpoint holds
     if args.config:
         deep_update(data, read_yaml(args.config))
     deep_update(data, parse_overrides(args.overrides))
@@ -74,7 +74,7 @@ def _eval(args: argparse.Namespace) -> int:
     from reid.visualize import plot_cmc, rank_list_image
 
     model, ckpt = load_reid_weights(args.weights)
-    cfg = _eval_config(ckpt, args)
+    cfg = _eval_config(ckpt, model, args)
     ev = replace(cfg.eval, rerank=args.rerank or cfg.eval.rerank,
                  ignore_cameras=args.ignore_cameras or cfg.eval.ignore_cameras)
     data = replace(cfg.data, eval_root=args.data, eval_format=args.format)
