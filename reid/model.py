@@ -137,7 +137,8 @@ class ReIDNet(nn.Module):
             return pooled
         if keypoints is None:
             raise ValueError("this model concatenates the 108-d keypoint vector: pass keypoints (B, 108)")
-        return torch.cat([pooled, keypoints.to(pooled.dtype).reshape(len(pooled), KEYPOINT_DIM)], dim=1)
+        # -1, not len(pooled): a traced len() is a constant and would freeze the batch size in ONNX exports
+        return torch.cat([pooled, keypoints.to(pooled.dtype).reshape(-1, KEYPOINT_DIM)], dim=1)
 
     def _id_feature(self, f: torch.Tensor) -> torch.Tensor:
         return F.leaky_relu(self.id_fc(f)) if self.id_fc is not None else f
