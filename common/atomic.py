@@ -8,7 +8,7 @@ import tempfile
 from pathlib import Path
 from typing import IO, Iterator
 
-from .errors import PamtriError
+from .errors import PamtriError, WriteError
 
 
 def _file_mode() -> int:
@@ -24,11 +24,16 @@ _MODE = _file_mode()  # mkstemp creates 0600 files; written files get the usual 
 def atomic_write(path: str | os.PathLike, mode: str = "w", **kwargs) -> Iterator[IO]:
     """Open a temporary file beside ``path``; on success fsync and rename it onto ``path``.
 
-    On any exception the temporary file is removed and ``path`` keeps its previous content.
+    On any exception the temporary file is removed and ``path`` keeps its previous content. A failure to
+    write (disk full, read-only file system, no permission) is raised as a ``WriteError`` naming ``path``.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    existed = path.exists()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise WriteError(path, exc, existed) from exc
     try:
         os.fchmod(fd, _MODE)
         with os.fdopen(fd, mode, **kwargs) as fh:
@@ -36,9 +41,13 @@ def atomic_write(path: str | os.PathLike, mode: str = "w", **kwargs) -> Iterator
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        # OSErrors about this file (a write, the flush, the rename) name it; others (a file the caller
+        # reads inside the block) pass through unchanged.
+        if isinstance(exc, OSError) and not isinstance(exc, PamtriError) and exc.filename in (None, tmp, str(path)):
+            raise WriteError(path, exc, existed) from exc
         raise
 
 

@@ -5,6 +5,7 @@ import io
 import os
 import pickle
 import random
+import re
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -33,10 +34,11 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict:
     try:
         obj = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
+        found = re.search(r"(?:unsupported|Unsupported global:) GLOBAL (\S+)", str(exc))
+        detail = f"it references {found.group(1)}" if found else "it is not a weights-only file"
         raise CheckpointError(
             f"{path}: refused to load: the file holds Python objects other than tensors and plain data "
-            f"(loading it could run code). Re-save it as a plain state_dict. Detail: {str(exc).splitlines()[0]}"
-        ) from None
+            f"(loading it could run code; {detail}). Re-save it as a plain state_dict") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as exc:
         raise CheckpointError(f"{path}: cannot read checkpoint (truncated or corrupt file?): "
                               f"{str(exc).splitlines()[0]}") from None

@@ -1,7 +1,9 @@
 """Reading images robustly: every format quirk is converted, every broken file is a clear DataError."""
 from __future__ import annotations
 
+import io
 import os
+import struct
 from pathlib import Path
 
 import cv2
@@ -11,10 +13,94 @@ from .errors import DataError
 
 MIN_SIDE = 4          # smaller images cannot hold a vehicle crop
 MAX_SIDE = 4096       # larger images are decoded reduced / resized so the longer side fits
+_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+_PNG_CHANNELS = {0: 1, 2: 3, 3: 3, 4: 2, 6: 4}
 
 
-def read_image(path: str | os.PathLike, max_side: int = MAX_SIDE, min_side: int = MIN_SIDE) -> np.ndarray:
-    """Decode an image file to RGB uint8 (H, W, 3): grayscale/RGBA/16-bit are converted, huge images shrunk.
+def image_header(path: str | os.PathLike) -> tuple[int, int, int]:
+    """(width, height, channels) read from a JPEG, PNG or BMP header without decoding; DataError otherwise."""
+    path = Path(path)
+    with open(path, "rb") as fh:
+        return _header(fh, path)
+
+
+def _header(fh, path) -> tuple[int, int, int]:
+    """(width, height, channels) from the header bytes of an open binary file."""
+    head = fh.read(32)
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        if len(head) < 26 or head[12:16] != b"IHDR":
+            raise DataError(path, "truncated PNG header")
+        w, h = struct.unpack(">II", head[16:24])
+        return w, h, _PNG_CHANNELS.get(head[25], 3)
+    if head.startswith(b"BM"):
+        if len(head) < 30:
+            raise DataError(path, "truncated BMP header")
+        w, h = struct.unpack("<ii", head[18:26])
+        bpp = struct.unpack("<H", head[28:30])[0]
+        return w, abs(h), 1 if bpp <= 8 else (4 if bpp == 32 else 3)
+    if not head.startswith(b"\xff\xd8"):
+        raise DataError(path, "not a JPEG, PNG or BMP file (unknown header bytes)")
+    fh.seek(2)
+    while True:
+        b = fh.read(1)
+        if not b:
+            raise DataError(path, "truncated JPEG: no frame header before the end of the file")
+        if b != b"\xff":
+            raise DataError(path, f"corrupt JPEG: expected a marker at byte {fh.tell() - 1}")
+        marker = fh.read(1)
+        while marker == b"\xff":
+            marker = fh.read(1)
+        if not marker:
+            raise DataError(path, "truncated JPEG: no frame header before the end of the file")
+        m = marker[0]
+        if m == 0x01 or 0xD0 <= m <= 0xD8:
+            continue
+        if m in (0xD9, 0xDA):
+            raise DataError(path, "corrupt JPEG: image data starts before any frame header")
+        seg = fh.read(2)
+        if len(seg) < 2:
+            raise DataError(path, "truncated JPEG header")
+        length = struct.unpack(">H", seg)[0]
+        if m in _SOF:
+            body = fh.read(6)
+            if len(body) < 6:
+                raise DataError(path, "truncated JPEG frame header")
+            h, w = struct.unpack(">HH", body[1:5])
+            return w, h, body[5]
+        if length < 2:
+            raise DataError(path, f"corrupt JPEG: segment length {length} at byte {fh.tell() - 2}")
+        fh.seek(length - 2, os.SEEK_CUR)
+
+
+def too_small(width: int, height: int, min_side: int = MIN_SIDE) -> str | None:
+    """The problem with an image of ``width`` x ``height`` pixels that is too small to use, or None."""
+    if min(width, height) < min_side:
+        return f"image is {width}x{height} pixels, smaller than the minimum {min_side}x{min_side}"
+    return None
+
+
+_REDUCED = ((8, cv2.IMREAD_REDUCED_COLOR_8), (4, cv2.IMREAD_REDUCED_COLOR_4), (2, cv2.IMREAD_REDUCED_COLOR_2))
+
+
+def _reduced_jpeg_flags(data: np.ndarray, max_side: int | None) -> int | None:
+    """For a JPEG at least twice ``max_side``: the flag that lets libjpeg decode it at 1/2, 1/4 or 1/8 size
+    (still at least ``max_side``), so a huge image never takes its full size in memory; else None."""
+    if not max_side or data[:2].tobytes() != b"\xff\xd8":
+        return None
+    try:
+        w, h, _ = _header(io.BytesIO(data[:1 << 20].tobytes()), "<jpeg>")
+    except (DataError, struct.error):
+        return None
+    for factor, flag in _REDUCED:
+        if max(w, h) >= factor * max_side:
+            return flag
+    return None
+
+
+def read_image(path: str | os.PathLike, max_side: int | None = MAX_SIDE, min_side: int = MIN_SIDE) -> np.ndarray:
+    """Decode an image file to RGB uint8 (H, W, 3): grayscale/RGBA/16-bit are converted, huge images shrunk
+    so the longer side is ``max_side`` (None: kept at full size, for callers whose keypoints are in
+    original-image pixels).
 
     Raises DataError naming the file for a missing, empty, truncated, corrupt or too small image, or a
     folder where a file should be.
@@ -32,15 +118,18 @@ def read_image(path: str | os.PathLike, max_side: int = MAX_SIDE, min_side: int 
         raise DataError(path, "image file is empty (0 bytes)")
     if data[:2].tobytes() == b"\xff\xd8" and b"\xff\xd9" not in data[-1024:].tobytes():
         raise DataError(path, "truncated JPEG (no end-of-image marker); re-copy or re-encode the file")
-    flags = cv2.IMREAD_UNCHANGED
-    img = cv2.imdecode(data, flags)
+    flags = _reduced_jpeg_flags(data, max_side) or cv2.IMREAD_UNCHANGED
+    try:
+        img = cv2.imdecode(data, flags)
+    except cv2.error:  # e.g. more pixels than OpenCV's decoding limit
+        img = None
     if img is None:
         raise DataError(path, "cannot decode image (corrupt file or not an image format OpenCV reads)")
     if img.ndim == 2:
         img = img[:, :, None]
     h, w = img.shape[:2]
-    if min(h, w) < min_side:
-        raise DataError(path, f"image is {w}x{h} pixels, smaller than the minimum {min_side}x{min_side}")
+    if (small := too_small(w, h, min_side)) is not None:
+        raise DataError(path, small)
     if img.dtype == np.uint16:
         img = (img >> 8).astype(np.uint8)
     elif img.dtype in (np.float32, np.float64):
@@ -56,7 +145,7 @@ def read_image(path: str | os.PathLike, max_side: int = MAX_SIDE, min_side: int 
         img = cv2.cvtColor(img, cv2.COLOR_BGRA2RGB)
     else:
         raise DataError(path, f"image has {c} channels; expected 1 (gray), 3 (colour) or 4 (with alpha)")
-    if max(h, w) > max_side:
+    if max_side and max(h, w) > max_side:
         scale = max_side / max(h, w)
         img = cv2.resize(img, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
     return np.ascontiguousarray(img)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import io
+import logging
 import math
 import os
 from pathlib import Path
@@ -13,6 +14,8 @@ import torch
 from .atomic import atomic_write_text
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .errors import PamtriError
+
+log = logging.getLogger(__name__)
 
 
 class NonFiniteLossError(PamtriError, FloatingPointError):
@@ -31,14 +34,23 @@ def check_finite(losses: dict[str, torch.Tensor | float], step: int, epoch: int 
 
 
 class MetricsLog:
-    """A CSV with one row per epoch; rewritten atomically on each append; columns grow as needed."""
+    """A CSV with one row per epoch; rewritten atomically on each append; columns grow as needed.
 
-    def __init__(self, path: str | os.PathLike, rows: list[dict] | None = None):
+    When the optional ``tensorboard`` package is installed, each row's numbers also go to TensorBoard
+    event files in ``<csv folder>/tb/`` (global step = the row's epoch).
+    """
+
+    def __init__(self, path: str | os.PathLike, rows: list[dict] | None = None, tensorboard: bool = True,
+                 purge_step: int | None = None):
         self.path = Path(path)
         self.rows: list[dict] = list(rows or [])
+        self.tensorboard = tensorboard
+        self.purge_step = purge_step  # events at steps >= this from an earlier (crashed) run are hidden
+        self._writer = None
 
     @classmethod
-    def open(cls, path: str | os.PathLike, keep_epochs_below: int | None = None) -> "MetricsLog":
+    def open(cls, path: str | os.PathLike, keep_epochs_below: int | None = None,
+             tensorboard: bool = True) -> "MetricsLog":
         """Load an existing log (for resume), keeping rows with epoch < keep_epochs_below."""
         path = Path(path)
         rows: list[dict] = []
@@ -47,7 +59,7 @@ class MetricsLog:
                 rows = list(csv.DictReader(fh))
             if keep_epochs_below is not None:
                 rows = [r for r in rows if int(r.get("epoch", 0)) < keep_epochs_below]
-        return cls(path, rows)
+        return cls(path, rows, tensorboard, purge_step=keep_epochs_below)
 
     def append(self, row: dict[str, Any]) -> None:
         self.rows.append({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
@@ -59,6 +71,33 @@ class MetricsLog:
         writer.writeheader()
         writer.writerows(self.rows)
         atomic_write_text(self.path, buf.getvalue())
+        self._add_scalars(row)
+
+    def _add_scalars(self, row: dict[str, Any]) -> None:
+        """Numbers of ``row`` (not 'epoch') as TensorBoard scalars at step = row['epoch'] (else the row count)."""
+        if not self.tensorboard:
+            return
+        if self._writer is None:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:  # the optional extra [tensorboard] is not installed: CSV only
+                self.tensorboard = False
+                return
+            # purge_step: on resume, TensorBoard hides the crashed run's events from that epoch on, so
+            # the redone epochs are not plotted twice.
+            self._writer = SummaryWriter(str(self.path.parent / "tb"), purge_step=self.purge_step)
+            log.info("TensorBoard events in %s", self.path.parent / "tb")
+        step = int(row.get("epoch", len(self.rows)))
+        for key, value in row.items():
+            if key != "epoch" and isinstance(value, (int, float)) and not isinstance(value, bool):
+                self._writer.add_scalar(key, value, step)
+        self._writer.flush()
+
+    def close(self) -> None:
+        """Close the TensorBoard writer (the CSV needs no closing)."""
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:

@@ -10,6 +10,7 @@ from typing import Sequence
 
 import numpy as np
 
+from common.atomic import RunLock
 from common.distributed import barrier, init_distributed
 from common.errors import DataError
 from common.images import read_image
@@ -48,30 +49,39 @@ def build_cache(pose_weights: str | os.PathLike, images: Sequence[str], out: str
     spec = CacheSpec(weights_sha256=file_sha256(pose_weights), pose_config=to_dict(cfg),
                      input_size=tuple(cfg.data.input_size), heatmap_size=HEATMAP_GRID,
                      heatmap_dtype=heatmap_dtype, chunk_size=chunk_size)
-    if info.is_main:
-        writer = CacheWriter(out, names, spec, rebuild=rebuild)
-    barrier(info)
-    if not info.is_main:
-        writer = CacheWriter(out, names, spec)
-    by_name = dict(zip(names, images))
-    pool = ThreadPoolExecutor(max(1, io_threads))  # JPEG decoding releases the GIL
+    # one writer per cache folder: a second build into it is refused (rank 0 holds the lock for the job)
+    lock = RunLock(out).acquire() if info.is_main else None
+    try:
+        if info.is_main:
+            writer = CacheWriter(out, names, spec, rebuild=rebuild)
+        barrier(info)
+        if not info.is_main:
+            writer = CacheWriter(out, names, spec)
+        by_name = dict(zip(names, images))
+        pool = ThreadPoolExecutor(max(1, io_threads))  # JPEG decoding releases the GIL
 
-    def produce(batch_names: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-        heat, kps = [], []
-        paths = [by_name[n] for n in batch_names]
-        for i in range(0, len(paths), batch_size):
-            imgs = list(pool.map(read_image, paths[i:i + batch_size]))
-            out_b = run_pose(predictor, imgs)
-            heat.append(out_b.heatmaps.cpu().numpy())
-            kps.append(out_b.keypoints)
-        return np.concatenate(heat), np.concatenate(kps)
+        def produce(batch_names: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+            heat, kps = [], []
+            paths = [by_name[n] for n in batch_names]
+            for i in range(0, len(paths), batch_size):
+                # full size: the cache's keypoints are in original-image pixels
+                imgs = list(pool.map(lambda p: read_image(p, max_side=None), paths[i:i + batch_size]))
+                out_b = run_pose(predictor, imgs)
+                heat.append(out_b.heatmaps.cpu().numpy())
+                kps.append(out_b.keypoints)
+            return np.concatenate(heat), np.concatenate(kps)
 
-    writer.build(produce, rank=info.rank, world_size=info.world_size, progress=progress)
-    pool.shutdown()
-    barrier(info)
-    if info.is_main:
-        writer.finalise()
-    barrier(info)
+        try:
+            writer.build(produce, rank=info.rank, world_size=info.world_size, progress=progress)
+        finally:
+            pool.shutdown()
+        barrier(info)
+        if info.is_main:
+            writer.finalise()
+        barrier(info)
+    finally:
+        if lock is not None:
+            lock.release()
     return Path(out)
 
 
@@ -80,29 +90,34 @@ def import_legacy(root: str | os.PathLike, split: str, labels: str | os.PathLike
     """Convert the reference layout (``heatmap_<split>/<stem>/NN.jpg`` + a ReID label CSV with keypoints)
     into a cache. Heatmaps keep the reference's grid (resized to 64 x 64 when it differs); segments are
     derived from the keypoints on read, as in our own caches."""
-    import cv2
     records = read_reid_csv(labels)
     names = [r.name for r in records]
     kps = {r.name: r.keypoints for r in records}
     spec = CacheSpec(weights_sha256=f"legacy:{file_sha256(labels)}", pose_config={"source": "reference layout"},
                      input_size=(0, 0), heatmap_size=HEATMAP_GRID, heatmap_dtype=heatmap_dtype,
                      chunk_size=chunk_size)
-    writer = CacheWriter(out, names, spec, rebuild=rebuild)
-
-    def produce(batch: Sequence[str]):
-        heat = []
-        for name in batch:
-            folder, _ = legacy_folders(root, split, name)
-            maps = read_legacy_heatmaps(folder)
-            if maps.shape[1:] != HEATMAP_GRID:
-                maps = cv2.resize(maps.transpose(1, 2, 0), HEATMAP_GRID[::-1], interpolation=cv2.INTER_LINEAR
-                                  ).transpose(2, 0, 1)
-            heat.append(maps.astype(np.float32) / 255.0)
-        return np.stack(heat), np.stack([kps[n] for n in batch])
-
-    writer.build(produce)
-    writer.finalise()
+    lock = RunLock(out).acquire()
+    try:
+        writer = CacheWriter(out, names, spec, rebuild=rebuild)
+        writer.build(lambda batch: _legacy_chunk(root, split, batch, kps))
+        writer.finalise()
+    finally:
+        lock.release()
     return Path(out)
+
+
+def _legacy_chunk(root, split: str, batch: Sequence[str], kps: dict) -> tuple[np.ndarray, np.ndarray]:
+    """Heatmaps (read from the reference folders, on our grid) and keypoints of one chunk's images."""
+    import cv2
+    heat = []
+    for name in batch:
+        folder, _ = legacy_folders(root, split, name)
+        maps = read_legacy_heatmaps(folder)
+        if maps.shape[1:] != HEATMAP_GRID:
+            maps = cv2.resize(maps.transpose(1, 2, 0), HEATMAP_GRID[::-1], interpolation=cv2.INTER_LINEAR
+                              ).transpose(2, 0, 1)
+        heat.append(maps.astype(np.float32) / 255.0)
+    return np.stack(heat), np.stack([kps[n] for n in batch])
 
 
 def export_legacy(cache_dir: str | os.PathLike, root: str | os.PathLike, split: str,

@@ -8,7 +8,7 @@ import sys
 from common.errors import PamtriError
 
 # Order is the order of ``pamtri --help``.
-COMMAND_MODULES = ("demo", "synth", "data", "pose", "reid", "cache", "embed", "bench")
+COMMAND_MODULES = ("demo", "synth", "data", "pose", "reid", "cache", "embed", "bench", "export", "weights")
 
 
 def add_config_args(parser: argparse.ArgumentParser, required: bool = False) -> None:
@@ -32,6 +32,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def one_line(message: str) -> str:
+    """``message`` on one line (a multi-line text, e.g. a YAML parser's, joined with spaces)."""
+    return " ".join(part.strip() for part in message.splitlines() if part.strip())
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -42,7 +47,14 @@ def main(argv: list[str] | None = None) -> int:
     except PamtriError as exc:
         if args.debug:
             raise
-        print(f"pamtri: error: {exc}", file=sys.stderr)
+        print(f"pamtri: error: {one_line(str(exc))}", file=sys.stderr)
+        return 1
+    except OSError as exc:  # a file, the disk, a permission: the user's to fix, so one line as well
+        if args.debug:
+            raise
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"pamtri: error: {where}{one_line(exc.strerror or str(exc))} (--debug shows the traceback)",
+              file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("pamtri: interrupted", file=sys.stderr)

@@ -6,14 +6,18 @@ and skipped, so one pass lists all problems), then checked further:
 - images: every listed image must exist and be non-empty; its header (JPEG frame header, PNG IHDR, BMP)
   is parsed for all images (cheap: a few small reads per file), giving size and channels; a full decode
   (``common.images.read_image``) runs on at most ``max_decodes`` images spread evenly over each split
-  (0 = headers only, -1 = decode all). A size that disagrees with the pose labels is an error; grayscale,
-  CMYK / alpha images and very small or very elongated images are warnings.
+  (0 = headers only, -1 = decode all). A file whose header does not parse is reported with the decoder's
+  message and an image under 4 pixels a side as an error, so every image error reads as the training commands
+  word it. A size that disagrees with the pose labels is an error; grayscale, CMYK / alpha images and very
+  small or very elongated images are warnings.
 - across splits: an image name (VeRi-style names only; CityFlow numbers each split from 1) in train and in
   query/test is an error; identities in both train and test are a warning; a labelled query identity
   absent from the gallery is an error (a gallery match only from the same camera: warning); train
   identities with a single image, splits without camera ids, unlabelled query/test (CityFlow without
-  ground truth) and images in an image folder that no label lists are warnings; CityFlow track files
-  must be well-formed and name only images of their split.
+  ground truth) and images in an image folder that no label lists are warnings (the first two are errors
+  for training with the triplet loss and for evaluation with the same-camera rule, with these words:
+  ``reid.datasets.single_image_identities`` / ``missing_cameras``); CityFlow track files must be
+  well-formed and name only images of their split.
 
 Errors make the check fail (exit 1); warnings are reported but do not.
 """
@@ -21,74 +25,21 @@ from __future__ import annotations
 
 import math
 import os
-import struct
 from collections import Counter, defaultdict
 from pathlib import Path
 
 import numpy as np
 
 from common.errors import DataError
+from common.images import image_header, too_small
 from pose.records import DOMAIN_NAMES, Problems, Record, parse_veri_name
-from reid.datasets import available_splits, check_format, read_split, read_tracks
+from reid.datasets import (available_splits, check_format, missing_cameras, queries_without_gallery,
+                           read_split, read_tracks, single_image_identities)
 from reid.datasets._common import IMAGE_SUFFIXES, image_dir
 
 DEFAULT_MAX_DECODES = 200
 MIN_SIDE_WARN = 16          # pixels; smaller crops carry little identity information
 MAX_ASPECT_WARN = 6.0       # longer side / shorter side
-_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
-_PNG_CHANNELS = {0: 1, 2: 3, 3: 3, 4: 2, 6: 4}
-
-
-def image_header(path: str | os.PathLike) -> tuple[int, int, int]:
-    """(width, height, channels) read from a JPEG, PNG or BMP header without decoding; DataError otherwise."""
-    path = Path(path)
-    with open(path, "rb") as fh:
-        head = fh.read(32)
-        if head.startswith(b"\x89PNG\r\n\x1a\n"):
-            if len(head) < 26 or head[12:16] != b"IHDR":
-                raise DataError(path, "truncated PNG header")
-            w, h = struct.unpack(">II", head[16:24])
-            return w, h, _PNG_CHANNELS.get(head[25], 3)
-        if head.startswith(b"BM"):
-            if len(head) < 30:
-                raise DataError(path, "truncated BMP header")
-            w, h = struct.unpack("<ii", head[18:26])
-            bpp = struct.unpack("<H", head[28:30])[0]
-            return w, abs(h), 1 if bpp <= 8 else (4 if bpp == 32 else 3)
-        if not head.startswith(b"\xff\xd8"):
-            raise DataError(path, "not a JPEG, PNG or BMP file (unknown header bytes)")
-        fh.seek(2)
-        while True:
-            b = fh.read(1)
-            if not b:
-                raise DataError(path, "truncated JPEG: no frame header before the end of the file")
-            if b != b"\xff":
-                raise DataError(path, f"corrupt JPEG: expected a marker at byte {fh.tell() - 1}")
-            marker = fh.read(1)
-            while marker == b"\xff":
-                marker = fh.read(1)
-            if not marker:
-                raise DataError(path, "truncated JPEG: no frame header before the end of the file")
-            m = marker[0]
-            if m == 0x01 or 0xD0 <= m <= 0xD8:
-                continue
-            if m in (0xD9, 0xDA):
-                raise DataError(path, "corrupt JPEG: image data starts before any frame header")
-            seg = fh.read(2)
-            if len(seg) < 2:
-                raise DataError(path, "truncated JPEG header")
-            length = struct.unpack(">H", seg)[0]
-            if m in _SOF:
-                body = fh.read(6)
-                if len(body) < 6:
-                    raise DataError(path, "truncated JPEG frame header")
-                h, w = struct.unpack(">HH", body[1:5])
-                return w, h, body[5]
-            if length < 2:
-                raise DataError(path, f"corrupt JPEG: segment length {length} at byte {fh.tell() - 2}")
-            fh.seek(length - 2, os.SEEK_CUR)
-
-
 def _problem(err: DataError, severity: str, split: str | None) -> dict:
     return {"severity": severity, "split": split, "file": err.path, "line": err.line, "element": err.element,
             "message": err.reason, "text": str(err)}
@@ -125,10 +76,18 @@ def _decode_indices(n: int, max_decodes: int) -> set[int]:
     return {int(i) for i in np.linspace(0, n - 1, max_decodes).round()}
 
 
+def _decode_error(path: str) -> DataError | None:
+    """The DataError ``common.images.read_image`` (what training reads images with) raises for ``path``, or None."""
+    from common.images import read_image
+    try:
+        read_image(path)
+    except DataError as err:
+        return err
+    return None
+
+
 def _check_images(records: list[Record], sink: Problems, max_decodes: int, seen: dict) -> tuple[int, int]:
     """Header for every record, full decode for a spread-out sample; returns (headers read, decoded)."""
-    from common.images import read_image
-
     headers = decoded = 0
     decode = _decode_indices(len(records), max_decodes)
     for i, r in enumerate(records):
@@ -140,7 +99,8 @@ def _check_images(records: list[Record], sink: Problems, max_decodes: int, seen:
                 seen[path] = image_header(path)
             except DataError as err:
                 seen[path] = None
-                sink.error(err)
+                # the decoder's message is the one training gives; the header's when OpenCV reads the file
+                sink.error(_decode_error(path) or err)
             except OSError as exc:
                 seen[path] = None
                 sink.error(DataError(path, f"cannot read ({exc.strerror})"))
@@ -152,15 +112,16 @@ def _check_images(records: list[Record], sink: Problems, max_decodes: int, seen:
                     sink.warn(DataError(path, "grayscale image (1 channel); it will be read as 3 equal channels"))
                 elif c in (2, 4):
                     sink.warn(DataError(path, f"{c}-channel image (alpha or CMYK); it will be converted to RGB"))
-                if min(w, h) < MIN_SIDE_WARN:
+                if too_small(w, h) is not None:
+                    sink.error(DataError(path, too_small(w, h)))  # what decoding it says, without decoding
+                    seen[path] = info = None
+                elif min(w, h) < MIN_SIDE_WARN:
                     sink.warn(DataError(path, f"very small image ({w}x{h} pixels)"))
                 elif max(w, h) > MAX_ASPECT_WARN * min(w, h):
                     sink.warn(DataError(path, f"very elongated image ({w}x{h} pixels)"))
             if i in decode and info is not None:
                 decoded += 1
-                try:
-                    read_image(path)
-                except DataError as err:
+                if (err := _decode_error(path)) is not None:
                     sink.error(err)
         info = seen.get(path)
         if info is not None and r.width > 0 and r.height > 0 and (r.width, r.height) != info[:2]:
@@ -199,30 +160,27 @@ def _cross_split(root: Path, splits: dict[str, list[Record]], sink: Problems) ->
     if shared:
         sink.warn(DataError(root, f"{len(shared)} identities appear in both train and test "
                                   f"(ReID protocols keep them disjoint): {_ids_text(shared)}"))
-    counts = Counter(r.vehicle_id for r in train if r.vehicle_id >= 0)
-    single = [v for v, c in counts.items() if c == 1]
-    if single:
-        sink.warn(DataError(root, f"{len(single)} train identities have a single image (a triplet needs two): "
-                                  f"{_ids_text(single)}"))
+    if (single := single_image_identities(train, root)) is not None:
+        sink.warn(single)  # an error for training with the triplet loss on (reid.train)
     query, gallery = splits.get("query"), splits.get("test")
     if query and gallery is not None:
+        for err in queries_without_gallery(query, gallery):
+            sink.error(err)
         cams_of = defaultdict(set)
         for r in gallery:
             if r.vehicle_id >= 0:
                 cams_of[r.vehicle_id].add(r.camera_id)
         for r in query:
-            if r.vehicle_id < 0:
-                continue
             cams = cams_of.get(r.vehicle_id)
-            if not cams:
-                sink.error(DataError(r.path, f"query identity {r.vehicle_id} has no image in the gallery (test)"))
-            elif r.camera_id >= 0 and cams == {r.camera_id}:
+            if r.vehicle_id >= 0 and cams and r.camera_id >= 0 and cams == {r.camera_id}:
                 sink.warn(DataError(r.path, f"query identity {r.vehicle_id} appears in the gallery only in its own "
                                             f"camera {r.camera_id}, so evaluation finds no valid match"))
     for split, records in splits.items():
-        if records and all(r.camera_id < 0 for r in records):
-            sink.warn(DataError(root, f"split {split!r} has no camera ids"
-                                      + ("; evaluation cannot apply the same-camera rule" if split != "train" else "")))
+        if split == "train":
+            if records and all(r.camera_id < 0 for r in records):
+                sink.warn(DataError(root, "split 'train' has no camera ids"))
+        elif (cams := missing_cameras(records, split, root)) is not None:
+            sink.warn(cams)  # an error for evaluation unless eval.ignore_cameras
         if split != "train" and records and all(r.vehicle_id < 0 for r in records):
             sink.warn(DataError(root, f"split {split!r} has no identity labels; evaluation needs a ground-truth "
                                       f"file (--gt)"))

@@ -7,15 +7,15 @@ the same budget) -> ``reid eval`` for both -> ``report.md`` / ``index.html`` wit
 from __future__ import annotations
 
 import html
+import io
 import json
 import logging
-import shutil
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-from common.atomic import atomic_write_text
+from common.atomic import atomic_write_bytes, atomic_write_text
 from common.config import save_config
 from common.errors import PamtriError
 
@@ -133,6 +133,7 @@ def write_report(run: Path, cfg: DemoConfig, results: dict, timings: dict) -> No
           "Everything below was produced by `pamtri demo` on synthetic data generated in this run "
           f"({cfg.synth.ids} identities x {cfg.synth.images_per_id} images, {cfg.synth.size} px, "
           f"style {cfg.synth.style}; train and test identities disjoint).", "",
+          "![generated samples with their keypoints and segments](data/preview.png)", "",
           f"## Pose stage: PCK (%) on held-out identities ({pck['n_images']} images)", "",
           "| " + " | ".join(pose_cols) + " |", "|" + " ---: |" * len(pose_cols),
           "| " + " | ".join("n/a" if v is None else f"{v:.2f}" for v in pose_vals) + " |", "",
@@ -151,8 +152,6 @@ def write_report(run: Path, cfg: DemoConfig, results: dict, timings: dict) -> No
     plot_cmc_curves(results, run / "cmc.png")
     atomic_write_text(run / "report.md", "\n".join(md) + "\n")
     atomic_write_text(run / "index.html", markdown_to_html("\n".join(md)))
-    if (run / "data" / "preview.png").exists():
-        shutil.copyfile(run / "data" / "preview.png", run / "synth_preview.png")
 
 
 def plot_cmc_curves(results: dict, path: Path) -> None:
@@ -170,8 +169,10 @@ def plot_cmc_curves(results: dict, path: Path) -> None:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
     plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
 
 
 def markdown_to_html(md: str) -> str:

@@ -217,6 +217,11 @@ class CacheWriter:
         if heatmaps.shape[0] != n or keypoints.shape != (n, NUM_KEYPOINTS, 3):
             raise PamtriError(f"chunk {i}: producer returned {heatmaps.shape[0]} heatmaps / keypoints "
                               f"{keypoints.shape} for {n} images")
+        finite = np.isfinite(heatmaps).reshape(n, -1).all(1) & np.isfinite(keypoints).reshape(n, -1).all(1)
+        if not finite.all():
+            name = self.names[rows.start + int(np.argmin(finite))]
+            raise PamtriError(f"{self.folder}: the pose output for image {name!r} is not finite (NaN or infinity); "
+                              "nothing of it was stored: check the pose weights")
         self.arrays["heatmaps"][rows] = quantise(heatmaps, self.spec.heatmap_dtype)
         self.arrays["keypoints"][rows] = keypoints.astype(np.float32)
         if "segments" in self.arrays:
@@ -237,12 +242,14 @@ class CacheWriter:
             log.info("%s: resuming, %d of %d chunks already committed", self.folder, len(mine) - len(todo), len(mine))
         bar = tqdm(total=sum(self.chunk_rows(i).stop - self.chunk_rows(i).start for i in todo),
                    desc=f"cache {self.folder.name}", unit="img", disable=not progress or rank != 0)
-        for i in todo:
-            rows = self.chunk_rows(i)
-            out = producer(self.names[rows])
-            self.write_chunk(i, *out)
-            bar.update(rows.stop - rows.start)
-        bar.close()
+        try:
+            for i in todo:
+                rows = self.chunk_rows(i)
+                out = producer(self.names[rows])
+                self.write_chunk(i, *out)
+                bar.update(rows.stop - rows.start)
+        finally:
+            bar.close()  # ends the bar's line, also before an error message
         return len(todo)
 
     def finalise(self) -> Path:

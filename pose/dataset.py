@@ -11,12 +11,12 @@ import math
 from pathlib import Path
 from typing import Iterator, Sequence
 
-import cv2
 import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
 from common.errors import DataError
+from common.images import MAX_SIDE, read_image as decode_image
 
 from .config import DataConfig, DataSource
 from .heatmaps import encode
@@ -41,18 +41,16 @@ def read_source(source: DataSource) -> list[Record]:
     if not labels.is_file():
         raise DataError(labels, f"pose labels of split {source.split!r} not found under {source.root}")
     domain = SYNTHETIC if source.format == "synthetic" else REAL
-    records = read_pose_csv(labels, image_root=images, domain=domain)
+    records = read_pose_csv(labels, image_root=images, domain=domain, check_images=True)
     if not records:
         raise DataError(labels, "no labelled images")
     return records
 
 
-def read_image(path: str) -> np.ndarray:
-    """uint8 RGB (H, W, 3) of an image file; DataError when it cannot be read."""
-    image = cv2.imread(path, cv2.IMREAD_COLOR)
-    if image is None:
-        raise DataError(path, "cannot read image (missing or not an image)")
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+def read_image(path: str, max_side: int | None = None) -> np.ndarray:
+    """uint8 RGB (H, W, 3) of an image file, at full size unless ``max_side``; DataError naming the file when it
+    is missing, empty, truncated, corrupt or too small (``common.images.read_image``)."""
+    return decode_image(path, max_side=max_side)
 
 
 class PoseDataset(Dataset):
@@ -79,7 +77,8 @@ class PoseDataset(Dataset):
     def __getitem__(self, item) -> dict:
         index, seed = item if isinstance(item, tuple) else (item, index_seed(item))
         rec = self.records[index]
-        image = read_image(rec.path)
+        # label sizes let a huge image be decoded shrunk: the keypoints follow below
+        image = read_image(rec.path, MAX_SIDE if rec.width and rec.height else None)
         kps = rec.keypoints
         if rec.width and rec.height and (rec.width, rec.height) != (image.shape[1], image.shape[0]):
             # Labels refer to the size written in the label file; follow the actual image.

@@ -92,13 +92,16 @@ def check_image(full: str | os.PathLike, name: str, source: str | os.PathLike, l
     try:
         size = os.stat(full).st_size
     except FileNotFoundError:
-        raise DataError(source, f"image {name!r} not found at {full}", line) from None
+        raise DataError(source, f"image {name!r} not found at {full}; restore the file or drop it from the labels",
+                        line) from None
     except NotADirectoryError:
-        raise DataError(source, f"image {name!r} not found at {full}", line) from None
+        raise DataError(source, f"image {name!r} not found at {full}; restore the file or drop it from the labels",
+                        line) from None
     if not os.path.isfile(full):
-        raise DataError(source, f"image {name!r} at {full} is not a file", line)
+        raise DataError(source, f"image {name!r} at {full} is not a file; the labels must name image files", line)
     if size == 0:
-        raise DataError(source, f"image {name!r} at {full} is empty (0 bytes)", line)
+        raise DataError(source, f"image {name!r} at {full} is empty (0 bytes); re-copy the file or drop it from "
+                                "the labels", line)
 
 
 def check_keypoints(kps: np.ndarray, source: str | os.PathLike, line: int | None = None) -> np.ndarray:

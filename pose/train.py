@@ -1,7 +1,7 @@
 """Training the pose model: one plain function, read top to bottom (SPEC section 2).
 
 Single process by default; under ``torchrun`` (WORLD_SIZE > 1) DistributedDataParallel with a sharded
-sampler, and rank 0 alone validates and writes the run folder.
+sampler; every rank validates its shard of the validation set, and rank 0 alone writes the run folder.
 """
 from __future__ import annotations
 
@@ -13,13 +13,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.distributed as dist
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
 from common.atomic import RunLock
 from common.checkpoint import save_checkpoint
 from common.config import save_config, to_dict
+from common.distributed import (DistInfo, all_gather_objects, barrier, broadcast_buffers, init_distributed,
+                                mean_over_ranks, shutdown)
 from common.errors import PamtriError
 from common.runtime import autocast, autocast_dtype, pick_device, seed_everything
 from common.training import MetricsLog, check_finite, restore_training_state, save_training_state, unwrap
@@ -39,39 +40,40 @@ def weighted_mse(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor)
     return 0.5 * ((pred - target) * w).pow(2).mean()
 
 
-def validate(model: torch.nn.Module, loader: DataLoader, cfg: PoseConfig, device: torch.device) -> dict[str, float]:
-    """PCK (Table 5 row, percent) of ``model`` on the validation loader, with cfg.eval's decoding."""
+def validate(model: torch.nn.Module, loader: DataLoader, cfg: PoseConfig, device: torch.device,
+             info: DistInfo = DistInfo()) -> dict[str, float]:
+    """PCK (Table 5 row, percent) of ``model`` on the validation loader, with cfg.eval's decoding.
+
+    Under DDP each rank's loader holds its shard; the predictions of all ranks are gathered, so every rank
+    returns the table over the whole validation set (every rank must call this).
+    """
     predictor = PosePredictor.from_config(model, cfg, device=device)
-    pred, gt, _ = predict_loader(predictor, loader, progress="val")
+    pred, gt, _ = predict_loader(predictor, loader, progress="val" if info.is_main else None)
     model.train()
+    if info.enabled:
+        parts = all_gather_objects((pred, gt), info)
+        pred, gt = np.concatenate([p for p, _ in parts]), np.concatenate([g for _, g in parts])
     return pck_table(pred[..., :2], gt, cfg.eval.pck_threshold)
-
-
-def _distributed() -> tuple[int, int, int]:
-    """(rank, local rank, world size), initialising torch.distributed when launched by torchrun."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return 0, 0, 1
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    return dist.get_rank(), int(os.environ.get("LOCAL_RANK", "0")), world
 
 
 def train(cfg: PoseConfig, out_dir: str | os.PathLike, resume: bool = False) -> dict:
     """Train per ``cfg`` into ``out_dir`` (last.pt every epoch, best.pt by PCK mean, metrics.csv,
     config.yaml); ``resume`` continues from last.pt exactly. Returns the final metrics row."""
     out_dir = Path(out_dir)
-    rank, local_rank, world = _distributed()
-    main = rank == 0
+    info = init_distributed()
+    rank, world, main = info.rank, info.world_size, info.is_main
     lock = RunLock(out_dir).acquire() if main else None
     try:
+        if not resume and (out_dir / "last.pt").exists():  # before anything in it is overwritten
+            raise PamtriError(f"{out_dir} already holds a training run (last.pt); pass --resume to continue it or "
+                              "choose another --out")
         # --- setup -------------------------------------------------------------------------------
         if cfg.train.threads:
             torch.set_num_threads(cfg.train.threads)
         seed_everything(cfg.train.seed + rank)
         device = pick_device(cfg.train.device)
         if device.type == "cuda" and world > 1:
-            device = torch.device("cuda", local_rank)
+            device = torch.device("cuda", info.local_rank)
             torch.cuda.set_device(device)
         dtype = autocast_dtype(device, cfg.train.precision)
         if cfg.train.batch_size % world:
@@ -91,8 +93,9 @@ def train(cfg: PoseConfig, out_dir: str | os.PathLike, resume: bool = False) -> 
                             collate_fn=collate, drop_last=True, pin_memory=device.type == "cuda",
                             persistent_workers=workers > 0)
         val_loader = None
-        if main and val_set is not None:
-            val_loader = DataLoader(val_set, batch_size=cfg.eval.batch_size, shuffle=False, num_workers=workers,
+        if val_set is not None:  # each rank predicts every world-th image; validate() gathers them
+            shard = Subset(val_set, range(rank, len(val_set), world))
+            val_loader = DataLoader(shard, batch_size=cfg.eval.batch_size, shuffle=False, num_workers=workers,
                                     collate_fn=collate)
 
         # --- model, optimiser, schedule ----------------------------------------------------------
@@ -146,15 +149,17 @@ def train(cfg: PoseConfig, out_dir: str | os.PathLike, resume: bool = False) -> 
             lr = optimizer.param_groups[0]["lr"]
             scheduler.step()
 
-            # --- validate and checkpoint (rank 0) ------------------------------------------------
-            row = {"epoch": epoch + 1, "lr": lr, "loss": total / max(steps, 1), "train_seconds": time.time() - started}
+            # --- validate (every rank, its shard), checkpoint (rank 0) ---------------------------
+            loss = mean_over_ranks({"loss": total / max(steps, 1)}, info)["loss"]
+            row = {"epoch": epoch + 1, "lr": lr, "loss": loss, "train_seconds": time.time() - started}
+            is_last = epoch + 1 == cfg.train.epochs
+            score = None
+            if val_loader is not None and ((epoch + 1) % cfg.train.val_every == 0 or is_last):
+                broadcast_buffers(unwrap(model), info)  # validate the weights rank 0 saves, on every rank
+                table = validate(unwrap(model), val_loader, cfg, device, info)
+                row.update({f"pck_{k}": v for k, v in table.items()})
+                score = table["mean"]
             if main:
-                is_last = epoch + 1 == cfg.train.epochs
-                score = None
-                if val_loader is not None and ((epoch + 1) % cfg.train.val_every == 0 or is_last):
-                    table = validate(unwrap(model), val_loader, cfg, device)
-                    row.update({f"pck_{k}": v for k, v in table.items()})
-                    score = table["mean"]
                 is_best = score is not None and score > best
                 if is_best:
                     best = score
@@ -172,11 +177,9 @@ def train(cfg: PoseConfig, out_dir: str | os.PathLike, resume: bool = False) -> 
                                     extra=extra)
                 log.info("epoch %d/%d: loss %.4g%s (%.0fs)", epoch + 1, cfg.train.epochs, row["loss"],
                          f", PCK mean {score:.2f}" if score is not None else "", row["train_seconds"])
-            if world > 1:
-                dist.barrier()
+            barrier(info)
         return row
     finally:
         if lock is not None:
             lock.release()
-        if world > 1 and dist.is_initialized():
-            dist.destroy_process_group()
+        shutdown(info)

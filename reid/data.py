@@ -330,11 +330,10 @@ class SampleBuilder:
 
 
 def read_image(path: str) -> np.ndarray:
-    """RGB uint8 (h, w, 3) of an image file; DataError when it cannot be read."""
-    img = cv2.imread(path, cv2.IMREAD_COLOR)
-    if img is None:
-        raise DataError(path, "cannot read image (missing or not an image)")
-    return np.ascontiguousarray(img[:, :, ::-1])
+    """RGB uint8 (h, w, 3) of an image file at full size (label keypoints are in its pixels); DataError naming
+    the file when it is missing, empty, truncated, corrupt or too small (``common.images.read_image``)."""
+    from common.images import read_image as decode
+    return decode(path, max_side=None)
 
 
 class ReIDDataset(Dataset):

@@ -64,12 +64,14 @@ def extract_features(model: ReIDNet, loader: DataLoader, device: torch.device, d
                     torch.cat(types_l) if types_l else None)
 
 
-def read_eval_records(data: DataConfig, root: str | None = None) -> tuple[list[Record], list[Record]]:
-    """Query and gallery records of the evaluation data set (``data.eval_root`` or the first training root)."""
-    from reid.datasets import read_split
+def read_eval_records(data: DataConfig, root: str | None = None, cameras: bool = False
+                      ) -> tuple[list[Record], list[Record]]:
+    """Query and gallery records of the evaluation data set (``data.eval_root`` or the first training root);
+    every query identity must have gallery images, and with ``cameras`` every image a camera id."""
+    from reid.datasets import missing_cameras, queries_without_gallery, read_split
     root = root or data.eval_root or data.train[0].root
-    query = read_split(root, data.query_split, data.eval_format)
-    gallery = read_split(root, data.gallery_split, data.eval_format)
+    query = read_split(root, data.query_split, data.eval_format, check_images=True)
+    gallery = read_split(root, data.gallery_split, data.eval_format, check_images=True)
     for name, recs in (("query", query), ("gallery", gallery)):
         if not recs:
             raise DataError(root, f"the {name} split is empty")
@@ -77,6 +79,10 @@ def read_eval_records(data: DataConfig, root: str | None = None) -> tuple[list[R
         if unlabelled:
             raise DataError(root, f"{unlabelled} of {len(recs)} {name} images have no vehicle id; evaluation needs "
                                   "identity labels (CityFlow: put the ground truth beside the data, see reid.datasets)")
+        if cameras and (err := missing_cameras(recs, name, root)) is not None:
+            raise err
+    for err in queries_without_gallery(query, gallery, data.gallery_split):
+        raise err
     return query, gallery
 
 

@@ -41,12 +41,14 @@ DOMAINS = {"real": REAL, "synthetic": SYNTHETIC}
 def load_training_records(cfg: ReIDConfig) -> tuple[list[Record], dict]:
     """Every training source read and merged (contiguous ids, real first, domain set per source; info["source"]
     gives each record's index in ``cfg.data.train``)."""
-    from reid.datasets import read_split
+    from reid.datasets import read_split, single_image_identities
     sets = []
     for src in cfg.data.train:
-        recs = read_split(src.root, src.split, src.format)
+        recs = read_split(src.root, src.split, src.format, check_images=True)
         if not recs:
             raise DataError(src.root, f"training split {src.split!r} is empty")
+        if cfg.loss.triplet > 0 and (single := single_image_identities(recs, src.root, src.split)) is not None:
+            raise single
         sets.append((recs, DOMAINS[src.domain]))
     return combine_training_sets(sets)
 
@@ -56,7 +58,9 @@ def class_counts(records: list[Record], cfg: ReIDConfig) -> tuple[int, int]:
     def count(configured: int, values: list[int], key: str) -> int:
         top = max(values, default=-1) + 1
         if configured and top > configured:
-            raise ConfigError(f"model.{key} = {configured} but the training labels go up to {top - 1}")
+            where = next(r.path for r, v in zip(records, values) if v >= configured)
+            raise ConfigError(f"model.{key} = {configured} but the training labels go up to {top - 1} (e.g. {where}); "
+                              f"raise model.{key}, set it to 0 (= from the labels) or fix the labels")
         return configured or max(top, 1)
     return (count(cfg.model.num_colors, [r.color_id for r in records], "num_colors"),
             count(cfg.model.num_types, [r.type_id for r in records], "num_types"))
@@ -135,7 +139,8 @@ def _train(cfg: ReIDConfig, out: Path, resume: bool, info: DistInfo) -> dict:
     eval_sets = None
     if info.is_main:
         try:
-            eval_sets = eval_loaders(*read_eval_records(cfg.data), cfg.data, cfg.model, cfg.eval.batch_size)
+            eval_sets = eval_loaders(*read_eval_records(cfg.data, cameras=not cfg.eval.ignore_cameras),
+                                     cfg.data, cfg.model, cfg.eval.batch_size)
         except (DataError, ConfigError) as exc:
             log.warning("no evaluation during training: %s", exc)
     model = build_model(cfg.model, data_info["num_ids"], num_colors, num_types).to(device)
@@ -181,7 +186,7 @@ def _train(cfg: ReIDConfig, out: Path, resume: bool, info: DistInfo) -> dict:
             with autocast(device, dtype):
                 outputs = model(x, kp)
             losses = reid_losses({k: v.float() for k, v in outputs.items()}, labels, cfg.loss)
-            check_finite(losses, step, epoch)
+            check_finite(losses, step, epoch + 1)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(losses["total"]).backward()
             scaler.step(optimizer)

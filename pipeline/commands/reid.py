@@ -81,7 +81,7 @@ def _eval(args: argparse.Namespace) -> int:
     device = pick_device(args.device or cfg.device)
     dtype = autocast_dtype(device, cfg.precision)
     model.to(device)
-    query, gallery = read_eval_records(data, args.data)
+    query, gallery = read_eval_records(data, args.data, cameras=not ev.ignore_cameras)
     ql, gl = eval_loaders(query, gallery, data, model.cfg, ev.batch_size)
     res, dist = evaluate_model(model, ql, gl, ev, device, dtype)
     res.pop("_first_rank", None)

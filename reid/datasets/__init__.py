@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections import Counter
 from pathlib import Path
 
 from common.errors import DataError
@@ -31,7 +32,8 @@ FORMATS = ("veri", "cityflow", "vehiclex", "pamtri-csv", "synth")
 
 __all__ = ["FORMATS", "SPLITS", "Problems", "detect_format", "read_split", "available_splits", "check_split",
            "read_veri_split", "read_cityflow_split", "read_vehiclex_split", "read_pamtri_csv_split",
-           "read_synth_split", "read_tracks", "read_ground_truth", "require_ground_truth"]
+           "read_synth_split", "read_tracks", "read_ground_truth", "require_ground_truth",
+           "single_image_identities", "queries_without_gallery", "missing_cameras"]
 
 _ITEM = re.compile(rb"<Item\b([^>]*)>")
 
@@ -114,3 +116,41 @@ def read_split(root: str | os.PathLike, split: str, fmt: str = "auto", *, check_
     if fmt == "pamtri-csv":
         return read_pamtri_csv_split(root, split, check_images=check_images, problems=problems)
     return read_synth_split(root, split, check_images=check_images, problems=problems)
+
+
+# --- checks across a split's records: one message each, shared by training, evaluation and `pamtri data check` ---
+
+def _ids_text(ids) -> str:
+    ids = sorted(ids)
+    return ", ".join(str(i) for i in ids[:10]) + (", ..." if len(ids) > 10 else "")
+
+
+def single_image_identities(records: list[Record], root: str | os.PathLike | None,
+                            split: str = "train") -> DataError | None:
+    """The problem of identities with a single image (a P x K batch's triplet loss needs two), or None."""
+    counts = Counter(r.vehicle_id for r in records if r.vehicle_id >= 0)
+    single = [v for v, c in counts.items() if c == 1]
+    if not single:
+        return None
+    return DataError(root, f"{len(single)} {split} identities have a single image (a triplet needs two): "
+                           f"{_ids_text(single)}; remove them from the split, or set loss.triplet: 0")
+
+
+def queries_without_gallery(query: list[Record], gallery: list[Record], gallery_split: str = "test"
+                            ) -> list[DataError]:
+    """One problem per labelled query image whose identity has no image at all in the gallery."""
+    ids = {r.vehicle_id for r in gallery if r.vehicle_id >= 0}
+    return [DataError(r.path, f"query identity {r.vehicle_id} has no image in the gallery ({gallery_split}); "
+                              "remove the query image or add the identity's gallery images")
+            for r in query if r.vehicle_id >= 0 and r.vehicle_id not in ids]
+
+
+def missing_cameras(records: list[Record], split: str, root: str | os.PathLike | None) -> DataError | None:
+    """The problem of evaluation images without a camera id (the same-camera rule needs them), or None."""
+    missing = sum(r.camera_id < 0 for r in records)
+    if not records or not missing:
+        return None
+    what = f"split {split!r} has no camera ids" if missing == len(records) else \
+        f"{missing} of {len(records)} {split} images have no camera id"
+    return DataError(root, f"{what}; evaluation cannot apply the same-camera rule: set eval.ignore_cameras: true "
+                           "(reid eval --ignore-cameras) to keep every same-identity gallery image")

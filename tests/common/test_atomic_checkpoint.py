@@ -92,3 +92,55 @@ def test_metrics_log_grows_columns_and_resumes(tmp_path):
     assert lines[1] == "0,1.5," and lines[2] == "1,1,50"
     resumed = MetricsLog.open(tmp_path / "m.csv", keep_epochs_below=1)
     assert len(resumed.rows) == 1
+
+
+def test_disk_full_is_a_write_error_naming_the_file_and_keeps_the_old_content(tmp_path):
+    import errno
+    from common.errors import WriteError
+    p = tmp_path / "last.pt"
+    atomic_write_text(p, "complete")
+    with pytest.raises(WriteError) as err:
+        with atomic_write(p) as fh:
+            fh.write("half")
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    assert str(err.value) == f"{p}: cannot write (No space left on device); the previous last.pt is unchanged; " \
+                             "free some disk space and run the command again"
+    assert isinstance(err.value, OSError) and err.value.errno == errno.ENOSPC
+    assert p.read_text() == "complete" and sorted(x.name for x in tmp_path.iterdir()) == ["last.pt"]
+    with pytest.raises(WriteError, match="no new.txt was written"):
+        with atomic_write(tmp_path / "new.txt") as fh:
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS))
+    # an error about another file (one the caller reads inside the block) is not the write's
+    with pytest.raises(FileNotFoundError):
+        with atomic_write(p) as fh:
+            open(tmp_path / "missing.txt").read()
+    assert p.read_text() == "complete"
+
+
+def test_errors_raised_in_dataloader_workers_stay_one_line():
+    """torch re-raises a worker's exception as cls(<traceback text>); ours keep their own message."""
+    from torch.utils.data import DataLoader, Dataset
+    from common.errors import ConfigError, DataError
+
+    class Broken(Dataset):
+        def __init__(self, exc):
+            self.exc = exc
+
+        def __len__(self):
+            return 1
+
+        def __getitem__(self, i):
+            raise self.exc
+
+    for exc in (DataError("/d/x.jpg", "truncated JPEG", 3, "<Item>"), ConfigError("key 'a': bad")):
+        with pytest.raises(type(exc)) as err:
+            next(iter(DataLoader(Broken(exc), num_workers=1)))
+        assert str(err.value) == str(exc)
+
+
+def test_data_error_pickles_with_its_fields():
+    import pickle
+    from common.errors import DataError
+    e = pickle.loads(pickle.dumps(DataError("/x/labels.csv", "bad value", 7, "<Item>")))
+    assert (e.path, e.line, e.element, e.reason, str(e)) == \
+        ("/x/labels.csv", 7, "<Item>", "bad value", "/x/labels.csv, line 7, <Item>: bad value")

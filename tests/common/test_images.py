@@ -59,3 +59,32 @@ def test_broken_images_name_file_and_problem(tmp_path, case, match):
     with pytest.raises(DataError, match=match) as err:
         read_image(p)
     assert str(p) in str(err.value)
+
+
+def test_10000_pixel_jpeg_is_decoded_reduced_and_resized(tmp_path):
+    """A 10000 x 10000 JPEG is decoded by libjpeg at 1/2 scale (never 300 MB), then resized to max_side."""
+    p = tmp_path / "huge.jpg"
+    img = np.zeros((10000, 10000, 3), np.uint8)
+    img[:, 5000:] = (0, 0, 255)  # right half red (BGR)
+    assert cv2.imwrite(str(p), img)
+    del img
+    out = read_image(p)
+    assert out.shape == (4096, 4096, 3) and out.dtype == np.uint8
+    assert out[2048, 1000].tolist() == [0, 0, 0] and abs(int(out[2048, 3000, 0]) - 255) <= 2
+    from common import images
+    flags = images._reduced_jpeg_flags(np.fromfile(p, np.uint8), images.MAX_SIDE)
+    assert flags == cv2.IMREAD_REDUCED_COLOR_2
+    assert images._reduced_jpeg_flags(np.fromfile(p, np.uint8), None) is None
+
+
+def test_full_size_when_asked(tmp_path):
+    p = write(tmp_path / "wide.png", np.zeros((30, 5000, 3), np.uint8))
+    assert read_image(p, max_side=None).shape == (30, 5000, 3)
+    assert read_image(p, max_side=1000).shape == (6, 1000, 3)
+
+
+def test_header_and_small_size_messages(tmp_path):
+    from common.images import image_header, too_small
+    assert image_header(write(tmp_path / "a.png", np.zeros((9, 13, 4), np.uint8))) == (13, 9, 4)
+    assert too_small(1, 1) == "image is 1x1 pixels, smaller than the minimum 4x4"
+    assert too_small(4, 4) is None

@@ -89,7 +89,7 @@ def test_non_finite_loss_stops_and_keeps_last_checkpoint(tiny, tmp_path, monkeyp
         return out
     monkeypatch.setattr(rt, "reid_losses", poisoned)
     run = tmp_path / "nan"
-    with pytest.raises(NonFiniteLossError, match="'color'.*epoch 1, step 0"):
+    with pytest.raises(NonFiniteLossError, match="'color'.*epoch 2, step 0"):
         rt.train(cfg, run)
     state = load_checkpoint(run / "last.pt")
     assert state["epoch"] == 1 and all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
