@@ -14,6 +14,40 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 FIXTURES = REPO.parent / "shared" / "fixtures"
 
+TINY_REID_YAML = """\
+data:
+  train:
+    - {{root: '{root}', split: train, domain: real}}
+  eval_root: '{root}'
+  height: 32
+  width: 32
+  workers: 0
+  random_erasing: {erasing}
+model: {{backbone: densenet121, pretrained: null, heatmaps: true, keypoints: true, color: true, type: true}}
+sampler: {{batch_size: 8, k: 4}}
+optim: {{epochs: {epochs}, milestones: [1]}}
+max_batches: {batches}
+eval: {{every: {every}, batch_size: 16}}
+"""
+
+
+def write_tiny_reid_config(path: Path, root: Path, epochs: int = 2, batches: int = 2, every: int = 1,
+                           erasing: float = 0.0) -> Path:
+    """A ReID experiment YAML small enough for a test: DenseNet121 at 32x32, MT+K+H, 8-image P x K batches
+    (``batches`` per epoch, 0 = a full pass), data from the synth tree at ``root``."""
+    path.write_text(TINY_REID_YAML.format(root=root, epochs=epochs, batches=batches, every=every, erasing=erasing))
+    return path
+
+
+@pytest.fixture()
+def one_torch_thread():
+    """One torch thread for the test (small models on a busy 2-core machine run far faster that way)."""
+    import torch
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
 
 @pytest.fixture(scope="session")
 def fixtures_dir() -> Path:

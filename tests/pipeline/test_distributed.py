@@ -21,6 +21,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import write_tiny_reid_config
+
 REPO = Path(__file__).resolve().parents[2]
 WORLD = 2
 
@@ -199,19 +201,6 @@ def test_pose_train_ddp(pose_data, tmp_path):
 
 # ------------------------------------------------------------------------------------------- reid
 
-REID_CONFIG = """
-data:
-  train: [{{root: '{root}', split: train, domain: real}}]
-  eval_root: '{root}'
-  height: 32
-  width: 32
-  workers: 0
-model: {{backbone: densenet121, pretrained: null, heatmaps: true, keypoints: true, color: true, type: true}}
-sampler: {{batch_size: 8, k: 4}}
-optim: {{epochs: 2, milestones: [1]}}
-max_batches: 0
-eval: {{every: 1, batch_size: 16}}
-"""
 
 
 @pytest.fixture(scope="module")
@@ -221,8 +210,7 @@ def reid_data(tmp_path_factory):
     root = base / "data"
     # 8 training identities x 4 images: 4 batches of 2 ids x 4 images per epoch, 2 per rank
     generate(root, seed=5, ids=16, images_per_id=4, size=32, style="realistic", cameras=2, progress=False)
-    cfg = base / "tiny.yaml"
-    cfg.write_text(REID_CONFIG.format(root=root))
+    cfg = write_tiny_reid_config(base / "tiny.yaml", root, batches=0)
     return root, cfg
 
 

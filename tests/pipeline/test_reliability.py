@@ -25,25 +25,11 @@ import torch
 
 from common.checkpoint import load_checkpoint, save_checkpoint
 from pipeline.cli import main
-from tests.conftest import replace_line
+from tests.conftest import replace_line, write_tiny_reid_config
 from tests.pose.posedata import make_pose_set
 
 REPO = Path(__file__).resolve().parents[2]
 
-REID_YAML = """\
-data:
-  train:
-    - {{root: '{root}', split: train, domain: real}}
-  eval_root: '{root}'
-  height: 32
-  width: 32
-  workers: 0
-model: {{backbone: densenet121, pretrained: null, heatmaps: true, keypoints: true, color: true, type: true}}
-sampler: {{batch_size: 8, k: 4}}
-optim: {{epochs: {epochs}, milestones: [1]}}
-max_batches: {batches}
-eval: {{every: {every}, batch_size: 16}}
-"""
 
 POSE_YAML = """\
 data:
@@ -58,11 +44,8 @@ eval: {{batch_size: 4}}
 
 
 @pytest.fixture(autouse=True)
-def _one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _one_torch_thread(one_torch_thread):
     yield
-    torch.set_num_threads(before)
 
 
 # --- helpers -------------------------------------------------------------------------------------------------
@@ -113,7 +96,7 @@ def reid_run(reid_tree, tmp_path):
 
     def config(epochs=1, batches=1, every=0, name="tiny.yaml"):
         path = tmp_path / name
-        path.write_text(REID_YAML.format(root=root, epochs=epochs, batches=batches, every=every))
+        write_tiny_reid_config(path, root, epochs=epochs, batches=batches, every=every)
         return path
     return root, config
 
@@ -123,7 +106,7 @@ def trained_reid(reid_tree, tmp_path_factory):
     """A finished one-epoch ReID run (best.pt, last.pt) on the module's tree."""
     base = tmp_path_factory.mktemp("trained")
     cfg = base / "tiny.yaml"
-    cfg.write_text(REID_YAML.format(root=reid_tree, epochs=1, batches=1, every=1))
+    write_tiny_reid_config(cfg, reid_tree, epochs=1, batches=1, every=1)
     assert main(["reid", "train", "--config", str(cfg), "--out", str(base / "run")]) == 0
     return base / "run", cfg
 

@@ -8,23 +8,7 @@ import torch
 from common.checkpoint import load_checkpoint
 from common.training import NonFiniteLossError
 from pipeline.cli import main
-
-CONFIG = """
-name: tiny
-data:
-  train:
-    - {{root: {root}, split: train, domain: real}}
-  eval_root: {root}
-  height: 32
-  width: 32
-  workers: 0
-  random_erasing: 0.5
-model: {{backbone: densenet121, pretrained: null, heatmaps: true, keypoints: true, color: true, type: true}}
-sampler: {{batch_size: 8, k: 4}}
-optim: {{epochs: 2, milestones: [1]}}
-max_batches: 2
-eval: {{every: 1, batch_size: 16}}
-"""
+from tests.conftest import write_tiny_reid_config
 
 
 @pytest.fixture(scope="module")
@@ -33,8 +17,7 @@ def tiny(tmp_path_factory):
     base = tmp_path_factory.mktemp("reid_e2e")
     root = base / "data"
     generate(root, seed=5, ids=8, images_per_id=4, size=32, style="realistic", cameras=2, progress=False)
-    cfg = base / "tiny.yaml"
-    cfg.write_text(CONFIG.format(root=root))
+    cfg = write_tiny_reid_config(base / "tiny.yaml", root, erasing=0.5)
     return root, cfg
 
 

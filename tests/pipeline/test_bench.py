@@ -1,0 +1,52 @@
+"""The benchmark's baselines compute what ours compute, and its JSON has the promised shape."""
+import json
+
+import numpy as np
+import pytest
+
+from pipeline import bench
+
+
+def test_ratio_reads_times_better():
+    assert bench.make_row("x", 2.0, 6.0, "s").ratio == pytest.approx(3.0)        # time: baseline / ours
+    assert bench.make_row("x", 30.0, 10.0, "img/s").ratio == pytest.approx(3.0)  # rate: ours / baseline
+    assert bench.make_row("x", 100.0, 400.0, "MiB").ratio == pytest.approx(4.0)  # memory: baseline / ours
+
+
+def test_decode_loop_is_the_reference_rule():
+    from pose.heatmaps import decode
+    hm = np.random.default_rng(0).random((3, 36, 16, 16), dtype=np.float32)
+    xy, conf = decode(hm, method="reference")
+    bxy, bconf = bench.decode_loop(hm)
+    np.testing.assert_allclose(xy, bxy)
+    np.testing.assert_allclose(conf, bconf)
+
+
+def test_evaluate_loop_matches_the_metrics_module():
+    from reid.metrics import evaluate
+    qf, gf, qi, gi, qc, gc = bench.veri_like(40, 300, ids=20, cams=4, dim=16)
+    dist = bench.euclidean(qf, gf)
+    ours, base = evaluate(dist, qi, gi, qc, gc), bench.evaluate_loop(dist, qi, gi, qc, gc)
+    assert ours["mAP"] == pytest.approx(base["mAP"], abs=1e-9)
+    assert ours["mINP"] == pytest.approx(base["mINP"], abs=1e-9)
+    np.testing.assert_allclose(ours["cmc"], base["cmc"], atol=1e-9)
+
+
+def test_dense_rerank_baseline_agrees_with_ours():
+    from reid.rerank import rerank
+    qf, gf, *_ = bench.veri_like(20, 120, ids=15, cams=4, dim=16)
+    q_g, q_q, g_g = bench.euclidean(qf, gf), bench.euclidean(qf, qf), bench.euclidean(gf, gf)
+    ours, base = rerank(q_g, q_q, g_g), bench.rerank_dense(q_g, q_q, g_g).astype(np.float32)
+    assert np.abs(ours - base).max() < 2e-3  # the dense baseline keeps its encoding in float16
+    assert (np.argsort(ours, 1)[:, 0] == np.argsort(base, 1)[:, 0]).mean() >= 0.9
+
+
+def test_run_bench_writes_the_json_rows(tmp_path):
+    out = tmp_path / "bench.json"
+    result = bench.run_bench(quick=True, only=["decode"], out=out)
+    saved = json.loads(out.read_text())
+    assert saved["rows"] == result["rows"] and "machine" in saved
+    (row,) = saved["rows"]
+    assert set(row) >= {"name", "ours", "baseline", "unit", "ratio", "roofline_share"}
+    assert row["name"] == "decode" and row["ratio"] == pytest.approx(row["ours"] / row["baseline"])
+    assert "| decode |" in bench.format_table(saved)
