@@ -143,38 +143,30 @@ def bench_cache(quick: bool) -> list[Row]:
         writer.finalise()
         cache = Cache(work / "cache")
 
-        def ours():
-            for i, name in enumerate(names):
-                read_image(images / name)
-                hm, kp, _ = cache.raw(i)
-                np.asarray(hm)
-                rasterise(kp, (size, size))
+        def pose_ours(i: int, name: str) -> None:
+            hm, kp, _ = cache.raw(i)
+            np.asarray(hm)
+            rasterise(kp, (size, size))
 
-        def reference():
-            for name in names:
-                stem = Path(name).stem
-                read_image(images / name)
-                read_legacy_maps(legacy_h / stem, legacy_s / stem)
+        def pose_reference(i: int, name: str) -> None:
+            stem = Path(name).stem
+            read_legacy_maps(legacy_h / stem, legacy_s / stem)
 
-        def pose_ours():
-            for i in range(n):
-                hm, kp, _ = cache.raw(i)
-                np.asarray(hm)
-                rasterise(kp, (size, size))
+        def image(i: int, name: str) -> None:
+            read_image(images / name)
 
-        def pose_reference():
-            for name in names:
-                stem = Path(name).stem
-                read_legacy_maps(legacy_h / stem, legacy_s / stem)
+        def over_all(*parts):
+            """A pass over every sample doing ``parts`` in order."""
+            def run():
+                for i, name in enumerate(names):
+                    for part in parts:
+                        part(i, name)
+            return run
 
-        def images_only():
-            for name in names:
-                read_image(images / name)
-
-        t_ours = timed(ours, repeat=2)
-        t_ref = timed(reference, repeat=2)
-        t_pose_ours, t_pose_ref = timed(pose_ours, repeat=2), timed(pose_reference, repeat=2)
-        t_img = timed(images_only, repeat=2)
+        t_ours = timed(over_all(image, pose_ours), repeat=2)
+        t_ref = timed(over_all(image, pose_reference), repeat=2)
+        t_pose_ours, t_pose_ref = timed(over_all(pose_ours), repeat=2), timed(over_all(pose_reference), repeat=2)
+        t_img = timed(over_all(image), repeat=2)
         ours_bytes = du_bytes([work / "cache"]) / n
         ref_bytes = du_bytes([legacy_h, legacy_s]) / n
         note = (f"{n} images {size}x{size}: image + 36 heatmaps + 13 segments + keypoints; the RGB JPEG decode "

@@ -39,6 +39,25 @@ def write_tiny_reid_config(path: Path, root: Path, epochs: int = 2, batches: int
     return path
 
 
+def write_tiny_reid_checkpoint(path: Path, heatmaps: bool, segments: bool, keypoints: bool, height: int = 32,
+                               width: int = 32, **model_kw):
+    """A pamtri ReID checkpoint of a random DenseNet121 (5 ids) with the given inputs; returns its ReIDConfig."""
+    import torch
+
+    from common.checkpoint import save_checkpoint
+    from common.config import to_dict
+    from reid.config import ModelConfig, ReIDConfig
+    from reid.model import build_model
+    cfg = ReIDConfig()
+    cfg.data.height, cfg.data.width = height, width
+    cfg.model = ModelConfig(heatmaps=heatmaps, segments=segments, keypoints=keypoints, **model_kw)
+    torch.manual_seed(0)
+    model = build_model(cfg.model, num_ids=5)
+    save_checkpoint({"model": model.state_dict(), "model_description": model.describe(), "config": to_dict(cfg)},
+                    path)
+    return cfg
+
+
 @pytest.fixture()
 def one_torch_thread():
     """One torch thread for the test (small models on a busy 2-core machine run far faster that way)."""

@@ -11,6 +11,7 @@ ort = pytest.importorskip("onnxruntime")
 
 from common.errors import PamtriError  # noqa: E402
 from pipeline.cli import main  # noqa: E402
+from tests.conftest import write_tiny_reid_checkpoint  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -31,17 +32,7 @@ def pose_weights(tmp_path_factory):
 
 def _reid_weights(path, heatmaps, segments, keypoints):
     """A pamtri ReID checkpoint made small: 32x48 input, 64-d ReID FC, 32-d attribute FCs."""
-    from common.checkpoint import save_checkpoint
-    from common.config import to_dict
-    from reid.config import ModelConfig, ReIDConfig
-    from reid.model import build_model
-    cfg = ReIDConfig()
-    cfg.data.height, cfg.data.width = 32, 48
-    cfg.model = ModelConfig(heatmaps=heatmaps, segments=segments, keypoints=keypoints, id_fc=64, attr_fc=32)
-    torch.manual_seed(0)
-    model = build_model(cfg.model, num_ids=5)
-    save_checkpoint({"model": model.state_dict(), "model_description": model.describe(), "config": to_dict(cfg)},
-                    path)
+    write_tiny_reid_checkpoint(path, heatmaps, segments, keypoints, height=32, width=48, id_fc=64, attr_fc=32)
     return path
 
 

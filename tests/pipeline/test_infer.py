@@ -4,6 +4,7 @@ import torch
 from pipeline.infer import heatmaps_to_image_frame
 from pose.heatmaps import decode, encode
 from pose.transforms import apply, compose, crop_matrix, image_box, input_to_heatmap, invert
+from tests.conftest import write_tiny_reid_checkpoint
 
 
 def test_heatmaps_land_on_the_keypoint_in_the_image_frame():
@@ -32,28 +33,13 @@ def test_heatmaps_land_on_the_keypoint_in_the_image_frame():
     assert np.abs(decode(bad.numpy(), method="dark")[0] - expected).max() > 3
 
 
-def _reid_checkpoint(path, heatmaps, segments, keypoints, height=32, width=32):
-    from common.checkpoint import save_checkpoint
-    from common.config import to_dict
-    from reid.config import ModelConfig, ReIDConfig
-    from reid.model import build_model
-    cfg = ReIDConfig()
-    cfg.data.height, cfg.data.width = height, width
-    cfg.model = ModelConfig(heatmaps=heatmaps, segments=segments, keypoints=keypoints)
-    torch.manual_seed(0)
-    model = build_model(cfg.model, num_ids=5)
-    save_checkpoint({"model": model.state_dict(), "model_description": model.describe(), "config": to_dict(cfg)},
-                    path)
-    return cfg
-
-
 def test_pipeline_inputs_match_the_training_sample_builder(tmp_path):
     """The vectorised batch preparation gives what the ReID data pipeline gives for the same pose output."""
     from pipeline.infer import PoseBatch, Pipeline, _NoPose
     from reid.data import ArrayPose, make_builder
     from reid.model import load_reid_weights
     from pose.records import Record
-    cfg = _reid_checkpoint(tmp_path / "r.pt", heatmaps=True, segments=True, keypoints=True)
+    cfg = write_tiny_reid_checkpoint(tmp_path / "r.pt", heatmaps=True, segments=True, keypoints=True)
     model, _ = load_reid_weights(tmp_path / "r.pt")
     pipe = Pipeline(_NoPose("cpu", "fp32"), model, cfg.data, channels_last=False)
     rng = np.random.default_rng(3)
@@ -92,7 +78,7 @@ def test_pipeline_embeds_image_files_end_to_end(tmp_path):
     torch.manual_seed(0)
     save_checkpoint({"model": build_pose_model("hrnet_w18_small").state_dict(), "config": to_dict(pcfg)},
                     tmp_path / "p.pt")
-    _reid_checkpoint(tmp_path / "r.pt", heatmaps=True, segments=False, keypoints=True)
+    write_tiny_reid_checkpoint(tmp_path / "r.pt", heatmaps=True, segments=False, keypoints=True)
     rng = np.random.default_rng(0)
     (tmp_path / "img").mkdir()
     for i in range(3):
