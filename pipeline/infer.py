@@ -76,7 +76,8 @@ class Pipeline:
     bfloat16/float16 autocast where the device supports it.
     """
 
-    def __init__(self, predictor, reid_model, data_cfg, batch_size: int = 32, channels_last: bool = True):
+    def __init__(self, predictor, reid_model, data_cfg, batch_size: int = 32, channels_last: bool = True,
+                 compile: bool = False):
         from common.runtime import autocast_dtype
         from reid.data import IMAGENET_MEAN, IMAGENET_STD
         self.predictor = predictor
@@ -90,6 +91,11 @@ class Pipeline:
         if channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
             self.predictor.model = self.predictor.model.to(memory_format=torch.channels_last)
+        if compile:
+            # Off by default: see docs/perf.md for what it measured here (compile time vs steady-state gain).
+            self.model = torch.compile(self.model)
+            if not isinstance(self.predictor, _NoPose):
+                self.predictor.model = torch.compile(self.predictor.model)
         mean = torch.tensor(getattr(data_cfg, "mean", IMAGENET_MEAN), dtype=torch.float32, device=self.device)
         std = torch.tensor(getattr(data_cfg, "std", IMAGENET_STD), dtype=torch.float32, device=self.device)
         self.mean, self.std = mean.view(1, 3, 1, 1), std.view(1, 3, 1, 1)
@@ -100,7 +106,7 @@ class Pipeline:
     @classmethod
     def from_weights(cls, pose_weights: str | os.PathLike | None, reid_weights: str | os.PathLike,
                      device: str = "auto", precision: str = "auto", batch_size: int = 32,
-                     flip_test: bool | None = None) -> "Pipeline":
+                     flip_test: bool | None = None, compile: bool = False) -> "Pipeline":
         """Load a pose checkpoint (``pamtri pose train``) and a ReID checkpoint (``pamtri reid train``)."""
         from common.config import from_dict
         from common.errors import ConfigError
@@ -119,7 +125,7 @@ class Pipeline:
                                                   flip_test=flip_test)
         else:
             predictor = _NoPose(device, precision)
-        return cls(predictor, reid_model, data_cfg, batch_size=batch_size)
+        return cls(predictor, reid_model, data_cfg, batch_size=batch_size, compile=compile)
 
     def reid_inputs(self, images: Sequence[np.ndarray], pose: PoseBatch | None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(N, C, H, W) normalised network input on the device and the (N, 108) keypoint vector (or None)."""

@@ -37,12 +37,16 @@ def _runtime_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto")
     p.add_argument("--no-flip-test", action="store_true", help="skip the pose flip test (faster)")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile both networks (off by default: on a 2-core CPU it compiled for 144 s and then "
+                        "ran 4%% slower than eager, docs/perf.md; try it on a GPU)")
 
 
 def _pipeline(args, pose_weights, reid_weights):
     from pipeline.infer import Pipeline
     return Pipeline.from_weights(pose_weights, reid_weights, device=args.device, precision=args.precision,
-                                 batch_size=args.batch_size, flip_test=False if args.no_flip_test else None)
+                                 batch_size=args.batch_size, flip_test=False if args.no_flip_test else None,
+                                 compile=args.compile)
 
 
 def run_embed(args: argparse.Namespace) -> int:

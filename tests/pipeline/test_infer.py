@@ -94,3 +94,20 @@ def test_pipeline_embeds_image_files_end_to_end(tmp_path):
     assert main(["search", "--query", query, "--gallery", str(tmp_path / "g.npz"), "--top", "2",
                  "--precision", "fp32", "--out", str(tmp_path / "s.png")]) == 0
     assert (tmp_path / "s.png").stat().st_size > 0
+
+
+def test_compile_flag_wraps_both_networks(tmp_path, monkeypatch):
+    """--compile hands both networks to torch.compile (compiling for real takes minutes on 2 cores)."""
+    from pipeline.infer import Pipeline
+    from pose.model import build_pose_model
+    from pose.predict import PosePredictor
+    from reid.model import load_reid_weights
+    compiled = []
+    monkeypatch.setattr(torch, "compile", lambda m, **kw: compiled.append(m) or m)
+    cfg = write_tiny_reid_checkpoint(tmp_path / "r.pt", heatmaps=True, segments=False, keypoints=True)
+    reid, _ = load_reid_weights(tmp_path / "r.pt")
+    pose = build_pose_model("hrnet_w18_small")
+    Pipeline(PosePredictor(pose, (64, 64), device="cpu", precision="fp32"), reid, cfg.data)
+    assert compiled == []
+    Pipeline(PosePredictor(pose, (64, 64), device="cpu", precision="fp32"), reid, cfg.data, compile=True)
+    assert compiled == [reid, pose]
