@@ -169,6 +169,11 @@ class ArrayPose:
         return PoseChannels(np.asarray(self.keypoints[index], dtype=np.float32), heat, seg)
 
 
+def cache_weights_sha256(pose: PoseSource | None) -> str | None:
+    """Checksum of the pose weights behind a pose source that reads caches; None for any other source."""
+    return pose.weights_sha256 if isinstance(pose, CachePose) else None
+
+
 @dataclass
 class AugParams:
     """One draw of the augmentation: crop offset in the enlarged image (pixels), flip, colour, erasing."""

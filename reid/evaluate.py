@@ -15,7 +15,7 @@ from common.runtime import autocast
 from pose.records import Record
 
 from .config import DataConfig, EvalConfig
-from .data import CachePose, ReIDDataset, make_builder, make_pose_source
+from .data import ReIDDataset, cache_weights_sha256, make_builder, make_pose_source
 from .metrics import attribute_accuracy, evaluate, pairwise_distance
 from .model import ReIDNet
 from .rerank import rerank
@@ -94,7 +94,7 @@ def eval_loaders(query: list[Record], gallery: list[Record], data: DataConfig, m
     nw = data.workers if workers is None else workers
     q_pose = make_pose_source(data, model_cfg, query, [data.query_cache])
     g_pose = make_pose_source(data, model_cfg, gallery, [data.gallery_cache])
-    if isinstance(q_pose, CachePose) and q_pose.weights_sha256 != g_pose.weights_sha256:
+    if cache_weights_sha256(q_pose) != cache_weights_sha256(g_pose):
         raise ConfigError(f"data.query_cache {data.query_cache} and data.gallery_cache {data.gallery_cache} were "
                           "built with different pose weights; rebuild them with one pose checkpoint")
 

@@ -28,7 +28,8 @@ from common.training import MetricsLog, check_finite, restore_training_state, sa
 from pose.records import REAL, SYNTHETIC, Record
 
 from .config import ReIDConfig
-from .data import ReIDDataset, SeededBatches, collate_labels, combine_training_sets, make_builder, make_pose_source
+from .data import (ReIDDataset, SeededBatches, cache_weights_sha256, collate_labels, combine_training_sets, make_builder,
+                   make_pose_source)
 from .evaluate import eval_loaders, evaluate_model, read_eval_records
 from .losses import reid_losses
 from .model import build_model
@@ -137,14 +138,29 @@ def _train(cfg: ReIDConfig, out: Path, resume: bool, info: DistInfo) -> dict:
              data_info["ids_per_domain"][SYNTHETIC], device, dtype)
     loader = _train_loader(records, data_info["source"], cfg, info)
     eval_sets = None
-    if info.is_main:
+    if info.is_main and cfg.data.pose_source == "cache" and not (cfg.data.query_cache and cfg.data.gallery_cache):
+        log.warning("no evaluation during training: data.query_cache and data.gallery_cache name no pose caches")
+    elif info.is_main:
         try:
             eval_sets = eval_loaders(*read_eval_records(cfg.data, cameras=not cfg.eval.ignore_cameras),
                                      cfg.data, cfg.model, cfg.eval.batch_size)
-        except (DataError, ConfigError) as exc:
+        except DataError as exc:
             log.warning("no evaluation during training: %s", exc)
+    pose_sha = cache_weights_sha256(loader.dataset.pose)
+    if eval_sets is not None and pose_sha is not None:
+        eval_sha = cache_weights_sha256(eval_sets[0].dataset.pose)
+        if eval_sha != pose_sha:
+            raise ConfigError(f"data.query_cache / data.gallery_cache ({cfg.data.query_cache}) were built with other "
+                              "pose weights than the training caches (data.train[i].pose_cache); rebuild them with "
+                              "the same pose checkpoint")
     model = build_model(cfg.model, data_info["num_ids"], num_colors, num_types).to(device)
     description = model.describe()
+
+    def weights_file(epoch: int, metrics: dict) -> dict:
+        """What best.pt holds: the weights and everything needed to use them."""
+        return {"model": unwrap(model).state_dict(), "model_description": description, "config": to_dict(cfg),
+                "epoch": epoch, "metrics": metrics, "pose_weights_sha256": pose_sha,
+                "format": "pamtri-reid-weights-1"}
     optimizer = build_optimizer(model, cfg.optim)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: lr_factor(e, cfg.optim))
     start, best, best_epoch = 0, -1.0, -1
@@ -209,9 +225,7 @@ def _train(cfg: ReIDConfig, out: Path, resume: bool, info: DistInfo) -> dict:
             summary = {k: v for k, v in res.items() if not k.startswith("_")}
             if res["mAP"] > best:
                 best, best_epoch = res["mAP"], epoch + 1
-                save_checkpoint({"model": unwrap(model).state_dict(), "model_description": description,
-                                 "config": to_dict(cfg), "epoch": epoch + 1, "metrics": summary,
-                                 "format": "pamtri-reid-weights-1"}, best_path)
+                save_checkpoint(weights_file(epoch + 1, summary), best_path)
         if info.is_main:
             log.info("epoch %d: %s", epoch + 1, ", ".join(f"{k} {v:.4g}" for k, v in row.items()
                                                          if k.startswith("loss_")))
@@ -221,9 +235,7 @@ def _train(cfg: ReIDConfig, out: Path, resume: bool, info: DistInfo) -> dict:
                                 extra={"model_description": description, "best_epoch": best_epoch})
         barrier(info)
     if info.is_main and eval_sets is None and not best_path.exists():
-        save_checkpoint({"model": unwrap(model).state_dict(), "model_description": description,
-                         "config": to_dict(cfg), "epoch": cfg.optim.epochs, "metrics": {},
-                         "format": "pamtri-reid-weights-1"}, best_path)
+        save_checkpoint(weights_file(cfg.optim.epochs, {}), best_path)
     if info.is_main:
         atomic_write_text(out / "DONE", f"best mAP {best:.6f} at epoch {best_epoch}\n")
     return {"best_mAP": best, "best_epoch": best_epoch, "last": summary}

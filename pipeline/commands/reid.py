@@ -69,6 +69,7 @@ def _eval(args: argparse.Namespace) -> int:
 
     from common.atomic import atomic_write_text
     from common.runtime import autocast_dtype, pick_device
+    from reid.data import cache_weights_sha256
     from reid.evaluate import eval_loaders, evaluate_model, read_eval_records
     from reid.model import load_reid_weights
     from reid.visualize import plot_cmc, rank_list_image
@@ -83,6 +84,11 @@ def _eval(args: argparse.Namespace) -> int:
     model.to(device)
     query, gallery = read_eval_records(data, args.data, cameras=not ev.ignore_cameras)
     ql, gl = eval_loaders(query, gallery, data, model.cfg, ev.batch_size)
+    trained_with, eval_with = ckpt.get("pose_weights_sha256"), cache_weights_sha256(ql.dataset.pose)
+    if trained_with and eval_with and trained_with != eval_with:
+        from common.errors import ConfigError
+        raise ConfigError(f"{data.query_cache}: this pose cache was built with other pose weights than the ones "
+                          f"{args.weights} was trained with; rebuild the query/gallery caches with that pose checkpoint")
     res, dist = evaluate_model(model, ql, gl, ev, device, dtype)
     res.pop("_first_rank", None)
     out = Path(args.out) if args.out else Path(args.weights).resolve().parent / "eval"

@@ -4,6 +4,7 @@ import pickle
 import numpy as np
 import pytest
 
+from common.checkpoint import load_checkpoint
 from common.errors import ConfigError, DataError
 from pose.cache import CacheSpec, CacheWriter
 from pose.records import Record
@@ -80,3 +81,39 @@ def test_config_names_the_source_without_a_cache():
     data = DataConfig(pose_source="cache", train=[DataSource(root="r", pose_cache="c"), DataSource(root="s")])
     with pytest.raises(ConfigError, match=r"data\.train\[1\]\.pose_cache"):
         data.validate()
+
+
+def test_training_and_evaluation_refuse_caches_of_other_pose_weights(tmp_path, capsys):
+    from pipeline.cli import main
+    from pipeline.synth.dataset import generate
+    from reid.datasets import read_split
+    from tests.conftest import write_tiny_reid_config
+    root = tmp_path / "data"
+    generate(root, seed=5, ids=8, images_per_id=4, size=32, style="realistic", cameras=2, progress=False)
+    caches = {}
+    for split in ("train", "query", "test"):
+        names = [r.name for r in read_split(root, split)]
+        caches[split] = _cache(tmp_path / f"cache_{split}", names, weights="w1")
+    caches["other"] = _cache(tmp_path / "cache_other", [r.name for r in read_split(root, "query")], weights="w2")
+    caches["other_test"] = _cache(tmp_path / "cache_other_test", [r.name for r in read_split(root, "test")], "w2")
+    cfg = write_tiny_reid_config(tmp_path / "tiny.yaml", root, epochs=1, batches=1)
+
+    def train(out, query_cache, gallery_cache=caches["test"]):
+        return main(["reid", "train", "--config", str(cfg), "--out", str(out), "--set", "data.pose_source=cache",
+                     "--set", f"data.train=[{{root: '{root}', split: train, pose_cache: '{caches['train']}'}}]",
+                     "--set", f"data.query_cache={query_cache}", "--set", f"data.gallery_cache={gallery_cache}"])
+
+    assert train(tmp_path / "bad", caches["other"]) == 1
+    assert "built with different pose weights" in capsys.readouterr().err
+    assert train(tmp_path / "bad2", caches["other"], caches["other_test"]) == 1
+    assert "other pose weights than the training caches" in capsys.readouterr().err
+    assert train(tmp_path / "run", caches["query"]) == 0
+    assert load_checkpoint(tmp_path / "run" / "best.pt")["pose_weights_sha256"] == "w1"
+    capsys.readouterr()
+    evaluate = ["reid", "eval", "--weights", str(tmp_path / "run" / "best.pt"), "--data", str(root),
+                "--out", str(tmp_path / "eval"), "--set", f"data.gallery_cache={caches['other_test']}"]
+    assert main(evaluate + ["--set", f"data.query_cache={caches['other']}"]) == 1
+    err = capsys.readouterr().err
+    assert "other pose weights than the ones" in err and str(caches["other"]) in err
+    assert main(["reid", "eval", "--weights", str(tmp_path / "run" / "best.pt"), "--data", str(root),
+                 "--out", str(tmp_path / "eval")]) == 0
