@@ -120,6 +120,11 @@ class Pipeline:
         if needs_pose and not pose_weights:
             raise ConfigError(f"{reid_weights}: this ReID model uses pose input; pass the pose weights too")
         if pose_weights:
+            from pose.cache import file_sha256
+            trained_with = ckpt.get("pose_weights_sha256")
+            if trained_with and trained_with != file_sha256(pose_weights):
+                log.warning("%s was trained on pose channels of other pose weights than %s; its features may "
+                            "be worse than in evaluation", reid_weights, pose_weights)
             pose_model, pose_cfg = load_pose_model(pose_weights)
             predictor = PosePredictor.from_config(pose_model, pose_cfg, device=device, precision=precision,
                                                   flip_test=flip_test)

@@ -111,3 +111,25 @@ def test_compile_flag_wraps_both_networks(tmp_path, monkeypatch):
     assert compiled == []
     Pipeline(PosePredictor(pose, (64, 64), device="cpu", precision="fp32"), reid, cfg.data, compile=True)
     assert compiled == [reid, pose]
+
+
+def test_pose_weights_other_than_the_trained_ones_are_warned_about(tmp_path, caplog):
+    from common.checkpoint import load_checkpoint, save_checkpoint
+    from common.config import to_dict
+    from pipeline.infer import Pipeline
+    from pose.cache import file_sha256
+    from pose.config import PoseConfig
+    from pose.model import build_pose_model
+    cfg = PoseConfig()
+    cfg.model.name = "hrnet_w18_small"
+    cfg.data.input_size = (64, 64)
+    pose = tmp_path / "pose.pt"
+    save_checkpoint({"model": build_pose_model("hrnet_w18_small").state_dict(), "config": to_dict(cfg)}, pose)
+    write_tiny_reid_checkpoint(tmp_path / "r.pt", heatmaps=True, segments=False, keypoints=True)
+    for trained_with, warned in ((file_sha256(pose), False), ("0" * 64, True)):
+        ckpt = load_checkpoint(tmp_path / "r.pt")
+        ckpt["pose_weights_sha256"] = trained_with
+        save_checkpoint(ckpt, tmp_path / "r.pt")
+        caplog.clear()
+        Pipeline.from_weights(pose, tmp_path / "r.pt", device="cpu", precision="fp32")
+        assert ("other pose weights" in caplog.text) == warned
