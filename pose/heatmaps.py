@@ -11,7 +11,6 @@ from typing import Literal
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from .keypoints import FLIP_INDEX
 
@@ -54,17 +53,6 @@ def _gaussian_kernel(sigma: float, dtype, device) -> torch.Tensor:
     return (k / k.sum()).to(dtype=dtype, device=device)
 
 
-def blur(heatmaps: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Separable Gaussian blur of (N, K, H, W) heatmaps, sigma in cells, zero beyond the edges; same shape."""
-    n, k, h, w = heatmaps.shape
-    kern = _gaussian_kernel(sigma, heatmaps.dtype, heatmaps.device)
-    r = kern.numel() // 2
-    x = heatmaps.reshape(n * k, 1, h, w)
-    x = F.conv2d(F.pad(x, (r, r, 0, 0), mode="constant"), kern.view(1, 1, 1, -1))
-    x = F.conv2d(F.pad(x, (0, 0, r, r), mode="constant"), kern.view(1, 1, -1, 1))
-    return x.reshape(n, k, h, w)
-
-
 def _argmax(hm: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Integer peak column, row and the peak value of (N, K, H, W) heatmaps, each (N, K)."""
     n, k, h, w = hm.shape
@@ -91,7 +79,8 @@ def _patches(grid: torch.Tensor, px: torch.Tensor, py: torch.Tensor, r: int) -> 
 
 
 def _blurred_neighbourhood(hm: torch.Tensor, px: torch.Tensor, py: torch.Tensor, sigma: float) -> torch.Tensor:
-    """The 3 x 3 neighbourhood of each peak in ``blur(hm, sigma)``, computed from a patch: (N, K, 3, 3)."""
+    """The 3 x 3 neighbourhood of each peak in hm Gaussian-smoothed (sigma cells, zero beyond the edges),
+    computed from a patch around the peak rather than the whole map: (N, K, 3, 3)."""
     kern = _gaussian_kernel(sigma, hm.dtype, hm.device)
     r = kern.numel() // 2
     p = _patches(hm, px, py, r + 1)                       # (N, K, P, P), P = 2r + 3

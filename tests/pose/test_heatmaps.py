@@ -111,3 +111,24 @@ def test_flip_back_permutes_channels():
     hm[0, 3, 1, 0] = 1.0
     back = flip_back(hm)
     assert back[0, FLIP_INDEX[3], 1, 7] == 1.0 and back.sum() == 1.0
+
+
+def test_patch_smoothing_equals_smoothing_the_whole_map():
+    """DARK smooths only around each peak; the values must be those of a full zero-padded Gaussian blur."""
+    import torch.nn.functional as F
+    from pose.heatmaps import _argmax, _blurred_neighbourhood, _gaussian_kernel
+    hm = torch.rand(2, 36, 20, 24)
+    hm[0, :, 0, 0] = 5.0   # peaks on a corner and an edge: the patch reaches beyond the map there
+    hm[1, :, 10, 23] = 5.0
+    px, py, _ = _argmax(hm)
+    kern = _gaussian_kernel(2.0, hm.dtype, hm.device)
+    r = kern.numel() // 2
+    x = F.conv2d(F.pad(hm.reshape(72, 1, 20, 24), (r, r, r, r)), (kern[:, None] * kern[None, :])[None, None])
+    full = F.pad(x.reshape(2, 36, 20, 24), (1, 1, 1, 1))  # one cell of zeros so corners have 3 x 3 windows
+    expected = torch.stack([torch.stack([full[n, k, py[n, k]:py[n, k] + 3, px[n, k]:px[n, k] + 3]
+                                         for k in range(36)]) for n in range(2)])
+    got = _blurred_neighbourhood(hm, px, py, 2.0)
+    inside = torch.ones(2, 36, 3, 3, dtype=torch.bool)  # cells off the map are not compared (never used)
+    inside[0, :, 0, :] = inside[0, :, :, 0] = False
+    inside[1, :, :, 2] = False
+    torch.testing.assert_close(got[inside], expected[inside], atol=1e-5, rtol=1e-5)
