@@ -31,6 +31,14 @@ eval: {{every: {every}, batch_size: 16}}
 """
 
 
+def write_tiny_synth_tree(root: Path, ids: int) -> Path:
+    """A `pamtri synth` tree of 32 px images (seed 5, 4 images per identity, 2 cameras, realistic style):
+    half the identities train, the other half make query and test."""
+    from pipeline.synth.dataset import generate
+    generate(root, seed=5, ids=ids, images_per_id=4, size=32, style="realistic", cameras=2, progress=False)
+    return root
+
+
 def write_tiny_reid_config(path: Path, root: Path, epochs: int = 2, batches: int = 2, every: int = 1,
                            erasing: float = 0.0) -> Path:
     """A ReID experiment YAML small enough for a test: DenseNet121 at 32x32, MT+K+H, 8-image P x K batches

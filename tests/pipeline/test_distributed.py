@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import write_tiny_reid_config
+from tests.conftest import write_tiny_reid_config, write_tiny_synth_tree
 
 REPO = Path(__file__).resolve().parents[2]
 WORLD = 2
@@ -205,11 +205,9 @@ def test_pose_train_ddp(pose_data, tmp_path):
 
 @pytest.fixture(scope="module")
 def reid_data(tmp_path_factory):
-    from pipeline.synth.dataset import generate
     base = tmp_path_factory.mktemp("ddp_reid")
-    root = base / "data"
     # 8 training identities x 4 images: 4 batches of 2 ids x 4 images per epoch, 2 per rank
-    generate(root, seed=5, ids=16, images_per_id=4, size=32, style="realistic", cameras=2, progress=False)
+    root = write_tiny_synth_tree(base / "data", ids=16)
     cfg = write_tiny_reid_config(base / "tiny.yaml", root, batches=0)
     return root, cfg
 

@@ -25,7 +25,7 @@ import torch
 
 from common.checkpoint import load_checkpoint, save_checkpoint
 from pipeline.cli import main
-from tests.conftest import replace_line, write_tiny_reid_config
+from tests.conftest import replace_line, write_tiny_reid_config, write_tiny_synth_tree
 from tests.pose.posedata import make_pose_set
 
 REPO = Path(__file__).resolve().parents[2]
@@ -82,10 +82,7 @@ def check_warnings(root: Path, capsys) -> list[str]:
 @pytest.fixture(scope="module")
 def reid_tree(tmp_path_factory) -> Path:
     """A `pamtri synth` tree: 3 train identities x 4 images of 32 px, query and test of the other 3."""
-    from pipeline.synth.dataset import generate
-    root = tmp_path_factory.mktemp("reid") / "data"
-    generate(root, seed=5, ids=6, images_per_id=4, size=32, style="realistic", cameras=2, progress=False)
-    return root
+    return write_tiny_synth_tree(tmp_path_factory.mktemp("reid") / "data", ids=6)
 
 
 @pytest.fixture

@@ -85,11 +85,9 @@ def test_config_names_the_source_without_a_cache():
 
 def test_training_and_evaluation_refuse_caches_of_other_pose_weights(tmp_path, capsys):
     from pipeline.cli import main
-    from pipeline.synth.dataset import generate
     from reid.datasets import read_split
-    from tests.conftest import write_tiny_reid_config
-    root = tmp_path / "data"
-    generate(root, seed=5, ids=8, images_per_id=4, size=32, style="realistic", cameras=2, progress=False)
+    from tests.conftest import write_tiny_reid_config, write_tiny_synth_tree
+    root = write_tiny_synth_tree(tmp_path / "data", ids=8)
     caches = {}
     for split in ("train", "query", "test"):
         names = [r.name for r in read_split(root, split)]

@@ -8,15 +8,13 @@ import torch
 from common.checkpoint import load_checkpoint
 from common.training import NonFiniteLossError
 from pipeline.cli import main
-from tests.conftest import write_tiny_reid_config
+from tests.conftest import write_tiny_reid_config, write_tiny_synth_tree
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    from pipeline.synth.dataset import generate
     base = tmp_path_factory.mktemp("reid_e2e")
-    root = base / "data"
-    generate(root, seed=5, ids=8, images_per_id=4, size=32, style="realistic", cameras=2, progress=False)
+    root = write_tiny_synth_tree(base / "data", ids=8)
     cfg = write_tiny_reid_config(base / "tiny.yaml", root, erasing=0.5)
     return root, cfg
 
