@@ -107,12 +107,15 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def save_training_state(path: str | os.PathLike, *, model: torch.nn.Module, optimizer, scheduler,
-                        epoch: int, config: dict, best: float | None = None, extra: dict | None = None) -> None:
-    """Atomic self-describing checkpoint: weights, optimiser, scheduler, next epoch, RNG, resolved config."""
+                        epoch: int, config: dict, best: float | None = None, extra: dict | None = None,
+                        scaler: torch.amp.GradScaler | None = None) -> None:
+    """Atomic self-describing checkpoint: weights, optimiser, scheduler, fp16 loss scale, next epoch, RNG,
+    resolved config."""
     state = {
         "model": unwrap(model).state_dict(),
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict() if scheduler is not None else None,
+        "scaler": scaler.state_dict() if scaler is not None and scaler.is_enabled() else None,
         "epoch": int(epoch),
         "best": best,
         "rng": rng_state(),
@@ -124,7 +127,8 @@ def save_training_state(path: str | os.PathLike, *, model: torch.nn.Module, opti
     save_checkpoint(state, path)
 
 
-def restore_training_state(path: str | os.PathLike, *, model: torch.nn.Module, optimizer, scheduler) -> dict:
+def restore_training_state(path: str | os.PathLike, *, model: torch.nn.Module, optimizer, scheduler,
+                           scaler: torch.amp.GradScaler | None = None) -> dict:
     """Load what save_training_state wrote into the objects; returns the checkpoint dict."""
     from .checkpoint import match_state_dict
     state = load_checkpoint(path)
@@ -134,5 +138,7 @@ def restore_training_state(path: str | os.PathLike, *, model: torch.nn.Module, o
     optimizer.load_state_dict(state["optimizer"])
     if scheduler is not None and state.get("scheduler") is not None:
         scheduler.load_state_dict(state["scheduler"])
+    if scaler is not None and scaler.is_enabled() and state.get("scaler"):
+        scaler.load_state_dict(state["scaler"])
     set_rng_state(state["rng"])
     return state

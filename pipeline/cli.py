@@ -11,12 +11,17 @@ from common.errors import PamtriError
 COMMAND_MODULES = ("demo", "synth", "data", "pose", "reid", "cache", "embed", "bench", "export", "weights")
 
 
-def add_config_args(parser: argparse.ArgumentParser, required: bool = False) -> None:
-    """--config FILE and repeatable --set key=value (dotted keys, YAML values)."""
+def add_config_args(parser: argparse.ArgumentParser, required: bool = False, printable: bool = False) -> None:
+    """--config FILE and repeatable --set key=value (dotted keys, YAML values); with ``printable``, also
+    --print-config (print the resolved config as YAML and exit, touching no file)."""
     parser.add_argument("--config", required=required, metavar="YAML",
                         help="experiment YAML (overrides the built-in defaults)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override one config key, e.g. --set train.epochs=5 (repeatable)")
+    if printable:
+        parser.add_argument("--print-config", action="store_true",
+                            help="print the fully resolved config (defaults <- YAML and its _base_ chain <- --set) "
+                                 "as YAML and exit without creating or touching any file")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -119,7 +119,8 @@ def decode(heatmaps, method: DecodeMethod = "dark", blur_sigma: float | None = 2
     argmax by one Newton step (-Hessian^-1 gradient) of its second-order Taylor expansion (Zhang et al.,
     CVPR 2020); the step is skipped where the log-heatmap is not locally concave. Only the 3 x 3
     neighbourhood of each peak is smoothed (from a patch), which gives the same values as smoothing the map.
-    ``reference``: argmax plus a quarter cell towards the higher neighbour on each axis (HRNet / PAMTRI).
+    ``reference``: argmax plus a quarter cell towards the higher neighbour on each axis (HRNet / PAMTRI), only
+    for peaks with 1 < x < W-1 and 1 < y < H-1, as HRNet's ``get_final_preds`` does.
     Confidence is the maximum of the raw heatmap. Returns numpy for numpy input, torch otherwise.
     """
     if method not in DECODE_METHODS:
@@ -133,11 +134,13 @@ def decode(heatmaps, method: DecodeMethod = "dark", blur_sigma: float | None = 2
     x = px.to(hm.dtype)
     y = py.to(hm.dtype)
     if method == "reference":
+        # HRNet's get_final_preds (which the official PoseEstNet checkpoints were evaluated with) steps on
+        # both axes only when 1 < x < W-1 and 1 < y < H-1 both hold; a peak in the first two rows/columns or
+        # the last one keeps its integer position on both axes.
         nb = _patches(hm, px, py, 1)
-        inner_x = (px > 0) & (px < w - 1)
-        inner_y = (py > 0) & (py < h - 1)
-        x = x + 0.25 * torch.sign(nb[..., 1, 2] - nb[..., 1, 0]) * inner_x
-        y = y + 0.25 * torch.sign(nb[..., 2, 1] - nb[..., 0, 1]) * inner_y
+        inner = (px > 1) & (px < w - 1) & (py > 1) & (py < h - 1)
+        x = x + 0.25 * torch.sign(nb[..., 1, 2] - nb[..., 1, 0]) * inner
+        y = y + 0.25 * torch.sign(nb[..., 2, 1] - nb[..., 0, 1]) * inner
     else:
         ox, oy, ok = _taylor_step(torch.log(_patches(hm, px, py, 1).clamp_min(1e-10)), px, py, h, w)
         if blur_sigma:

@@ -108,9 +108,8 @@ def train(cfg: PoseConfig, out_dir: str | os.PathLike, resume: bool = False) -> 
             last = out_dir / "last.pt"
             if not last.is_file():
                 raise PamtriError(f"{out_dir}: nothing to resume (no last.pt)")
-            state = restore_training_state(last, model=model, optimizer=optimizer, scheduler=scheduler)
-            if state.get("scaler"):
-                scaler.load_state_dict(state["scaler"])
+            state = restore_training_state(last, model=model, optimizer=optimizer, scheduler=scheduler,
+                                           scaler=scaler)
             start_epoch = int(state["epoch"])
             best = -math.inf if state.get("best") is None else float(state["best"])
             log.info("resuming %s at epoch %d (best PCK %.2f)", out_dir, start_epoch + 1, best)
@@ -163,7 +162,7 @@ def train(cfg: PoseConfig, out_dir: str | os.PathLike, resume: bool = False) -> 
                 is_best = score is not None and score > best
                 if is_best:
                     best = score
-                extra = {"kind": "pose", "scaler": scaler.state_dict() if scaler.is_enabled() else None,
+                extra = {"kind": "pose",
                          "metrics": {k: v for k, v in row.items() if isinstance(v, (int, float))}}
                 # Order matters for crash safety: a row or best.pt written before last.pt is simply
                 # redone on resume, which restarts after the epoch last.pt records.
@@ -174,7 +173,7 @@ def train(cfg: PoseConfig, out_dir: str | os.PathLike, resume: bool = False) -> 
                                      "format": "pamtri-weights-1"}, out_dir / "best.pt")
                 save_training_state(out_dir / "last.pt", model=model, optimizer=optimizer, scheduler=scheduler,
                                     epoch=epoch + 1, config=to_dict(cfg), best=None if best == -math.inf else best,
-                                    extra=extra)
+                                    extra=extra, scaler=scaler)
                 log.info("epoch %d/%d: loss %.4g%s (%.0fs)", epoch + 1, cfg.train.epochs, row["loss"],
                          f", PCK mean {score:.2f}" if score is not None else "", row["train_seconds"])
             barrier(info)

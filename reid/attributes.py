@@ -21,8 +21,8 @@ def orientation_bin(degrees, bins: int = DEFAULT_ORIENTATION_BINS) -> np.ndarray
     """
     d = np.asarray(degrees, dtype=np.float64)
     width = 360.0 / bins
-    wrapped = np.mod(d, 360.0)
+    finite = np.isfinite(d)
+    wrapped = np.mod(np.where(finite, d, 0.0), 360.0)  # NaN replaced before the cast: no invalid-cast warning
     wrapped = np.where(wrapped == 0.0, 360.0, wrapped)
-    out = np.ceil(wrapped / width).astype(np.int64) - 1
-    out = np.clip(out, 0, bins - 1)
-    return np.where(np.isfinite(d), out, -1)
+    out = np.clip(np.ceil(wrapped / width).astype(np.int64) - 1, 0, bins - 1)
+    return np.where(finite, out, -1)

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -25,7 +26,8 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Features:
-    """Features and labels of one split: features (N, D) float32, labels (N,) int64, attribute logits or None."""
+    """Features and labels of one split: features (N, D) float32, labels (N,) int64, attribute logits or None,
+    image file names (N,)."""
     features: torch.Tensor
     pids: np.ndarray
     camids: np.ndarray
@@ -33,6 +35,7 @@ class Features:
     types: np.ndarray
     color_logits: torch.Tensor | None = None
     type_logits: torch.Tensor | None = None
+    names: list[str] = field(default_factory=list)
 
 
 @torch.no_grad()
@@ -41,7 +44,7 @@ def extract_features(model: ReIDNet, loader: DataLoader, device: torch.device, d
     """Run ``model`` over a loader of ``ReIDDataset`` samples; colour/type logits when the model has those heads."""
     model.eval()
     feats, colors_l, types_l = [], [], []
-    labels = {k: [] for k in ("pid", "camid", "color", "type")}
+    labels = {k: [] for k in ("pid", "camid", "color", "type", "index")}
     attrs = model.color_classifier is not None or model.type_classifier is not None
     for batch in tqdm(loader, desc=desc, leave=False, dynamic_ncols=True):
         x = batch["image"].to(device, non_blocking=True)
@@ -59,9 +62,10 @@ def extract_features(model: ReIDNet, loader: DataLoader, device: torch.device, d
         for k in labels:
             labels[k].append(torch.as_tensor(batch[k]).numpy())
     cat = {k: np.concatenate(v) if v else np.zeros(0, np.int64) for k, v in labels.items()}
+    records = loader.dataset.records
     return Features(torch.cat(feats) if feats else torch.zeros(0, model.embedding_dim), cat["pid"], cat["camid"],
                     cat["color"], cat["type"], torch.cat(colors_l) if colors_l else None,
-                    torch.cat(types_l) if types_l else None)
+                    torch.cat(types_l) if types_l else None, [Path(records[i].path).name for i in cat["index"]])
 
 
 def read_eval_records(data: DataConfig, root: str | None = None, cameras: bool = False
@@ -132,17 +136,30 @@ def summarise(metrics: dict, topk_map: int) -> dict:
     return out
 
 
+def queries_not_in_gallery(qf: Features, gf: Features) -> np.ndarray:
+    """(Q,) bool: query images that are not also gallery images (same file name, vehicle and camera).
+
+    On VeRi-776 every query image is also a test image; counting the union once keeps attribute accuracy
+    a share of distinct test images.
+    """
+    if not qf.names:  # features without file names: nothing is known to repeat
+        return np.ones(len(qf.pids), bool)
+    gallery = set(zip(gf.names, gf.pids.tolist(), gf.camids.tolist()))
+    return np.array([key not in gallery for key in zip(qf.names, qf.pids.tolist(), qf.camids.tolist())], bool)
+
+
 def evaluate_features(qf: Features, gf: Features, cfg: EvalConfig) -> tuple[dict, np.ndarray]:
-    """(summary metrics incl. colour/type accuracy over query + gallery, distance matrix)."""
+    """(summary metrics incl. colour/type accuracy over the distinct test images, distance matrix)."""
     dist = compute_distances(qf.features, gf.features, cfg)
     raw = evaluate(dist, qf.pids, gf.pids, qf.camids, gf.camids, cfg.max_rank, cfg.topk_map,
                    ignore_cameras=cfg.ignore_cameras)
     out = summarise(raw, cfg.topk_map)
+    extra = torch.from_numpy(queries_not_in_gallery(qf, gf))
     for name, logits_attr, labels_attr in (("color_acc", "color_logits", "colors"), ("type_acc", "type_logits", "types")):
         lq, lg = getattr(qf, logits_attr), getattr(gf, logits_attr)
         if lq is not None and lg is not None:
-            out[name] = attribute_accuracy(torch.cat([lq, lg]), np.concatenate([getattr(qf, labels_attr),
-                                                                                 getattr(gf, labels_attr)]))
+            labels = np.concatenate([getattr(qf, labels_attr)[extra.numpy()], getattr(gf, labels_attr)])
+            out[name] = attribute_accuracy(torch.cat([lq[extra], lg]), labels)
     out["_first_rank"] = raw["first_rank"]
     return out, dist
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from pose.records import REAL
+from pose.records import REAL, SYNTHETIC
 
 from .config import LossConfig
 
@@ -64,11 +64,16 @@ def masked_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, smoothing: 
 
 def reid_losses(outputs: dict[str, torch.Tensor], batch: dict[str, torch.Tensor], cfg: LossConfig
                 ) -> dict[str, torch.Tensor]:
-    """Named losses of one batch and their weighted ``total`` (PAMTRI or StRDAN objective, SPEC sections 3-4).
+    """Named losses of one batch and their weighted ``total``.
 
     ``outputs``: the model's dict (feature, id, color, type, orientation, domain logits as present);
     ``batch``: pid (B,), color (B,), type (B,), orientation (B,) bins, domain (B,); -1 = no label.
     Heads whose loss weight is 0 are still reported (for logging) and add nothing to the total.
+
+    PAMTRI: ``triplet + id + color * CE(colour) + type * CE(type)``, attributes on every labelled image.
+    StRDAN: ``L_joint + disjoint_weight * L_disjoint`` with L_joint = ID + domain + triplet on every image
+    and L_disjoint = colour + type + orientation on synthetic images only, whatever labels a real image
+    carries (Lee et al. 2020, Sec. 3).
     """
     pid = batch["pid"]
     eps = cfg.label_smoothing
@@ -81,9 +86,10 @@ def reid_losses(outputs: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]
         mask = batch["domain"] == REAL if cfg.id_real_only else None
         out["id"] = masked_cross_entropy(outputs["id"], pid, eps, mask)
         weights["id"] = cfg.id
+    attr_mask = batch["domain"] == SYNTHETIC if cfg.objective == "strdan" else None
     for name in ("color", "type", "orientation"):
         if name in outputs:
-            out[name] = masked_cross_entropy(outputs[name], batch[name], eps)
+            out[name] = masked_cross_entropy(outputs[name], batch[name], eps, attr_mask)
             weights[name] = getattr(cfg, name)
     if "domain" in outputs:
         out["domain"] = masked_cross_entropy(outputs["domain"], batch["domain"])

@@ -163,9 +163,11 @@ def _train(cfg: ReIDConfig, out: Path, resume: bool, info: DistInfo) -> dict:
                 "format": "pamtri-reid-weights-1"}
     optimizer = build_optimizer(model, cfg.optim)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: lr_factor(e, cfg.optim))
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     start, best, best_epoch = 0, -1.0, -1
     if resume:
-        state = restore_training_state(last_path, model=model, optimizer=optimizer, scheduler=scheduler)
+        state = restore_training_state(last_path, model=model, optimizer=optimizer, scheduler=scheduler,
+                                       scaler=scaler)
         start, best = int(state["epoch"]), float(state["best"] if state["best"] is not None else -1.0)
         best_epoch = int(state.get("best_epoch", -1))
         log.info("resumed %s at epoch %d (best mAP so far %.4f)", out, start, best)
@@ -177,7 +179,6 @@ def _train(cfg: ReIDConfig, out: Path, resume: bool, info: DistInfo) -> dict:
                    if getattr(unwrap(model), f"{h}_classifier", None) is not None)
         idle = idle or (unwrap(model).id_fc is not None and not cfg.model.id_head and cfg.model.embedding == "pool")
         model = torch.nn.parallel.DistributedDataParallel(model, device_ids=ddp_ids, find_unused_parameters=idle)
-    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     # rows hold 1-based epoch numbers: keep the epochs already done (<= start)
     metrics = MetricsLog.open(out / "metrics.csv", keep_epochs_below=start + 1) if info.is_main else None
     if info.is_main:
@@ -211,8 +212,8 @@ def _train(cfg: ReIDConfig, out: Path, resume: bool, info: DistInfo) -> dict:
                 sums[k] = sums.get(k, 0.0) + float(v.detach())
             bar.set_postfix(loss=f"{sums['total'] / (step + 1):.3f}")
         bar.close()
-        scheduler.step()
         row = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"], "time_s": round(time.time() - t0, 1)}
+        scheduler.step()  # after reading the rate: the row shows the rate this epoch trained at
         # each rank saw other batches: log the mean over ranks (a collective, so every rank calls it)
         means = mean_over_ranks({k: v / max(batches, 1) for k, v in sums.items()}, info)
         row.update({f"loss_{k}": v for k, v in means.items()})
@@ -231,7 +232,7 @@ def _train(cfg: ReIDConfig, out: Path, resume: bool, info: DistInfo) -> dict:
                                                          if k.startswith("loss_")))
             metrics.append(row)
             save_training_state(last_path, model=model, optimizer=optimizer, scheduler=scheduler, epoch=epoch + 1,
-                                config=to_dict(cfg), best=best,
+                                config=to_dict(cfg), best=best, scaler=scaler,
                                 extra={"model_description": description, "best_epoch": best_epoch})
         barrier(info)
     if info.is_main and eval_sets is None and not best_path.exists():

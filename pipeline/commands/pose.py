@@ -16,7 +16,7 @@ def register(subparsers) -> None:
     train = sub.add_parser("train", help="train a pose model from a config",
                            description="Train HRNet on reference pose CSV sets and/or synthetic sets. Writes "
                                        "RUN_DIR/{config.yaml, metrics.csv, last.pt, best.pt}.")
-    add_config_args(train)
+    add_config_args(train, printable=True)
     train.add_argument("--out", metavar="RUN_DIR", help="run folder (default runs/pose/<config name>)")
     train.add_argument("--resume", action="store_true",
                        help="continue RUN_DIR/last.pt exactly (its stored config; --set may still override)")
@@ -85,10 +85,9 @@ def run_train(args: argparse.Namespace) -> int:
     import logging
     from pathlib import Path
 
-    from common.config import from_dict, load_config, parse_overrides, read_yaml, deep_update
+    from common.config import config_yaml, deep_update, from_dict, load_config, parse_overrides, read_yaml
     from common.errors import PamtriError
     from pose.config import PoseConfig
-    from pose.train import train
 
     out = args.out or _default_out(args.config)
     if args.resume:
@@ -102,6 +101,10 @@ def run_train(args: argparse.Namespace) -> int:
         cfg = from_dict(PoseConfig, data, f"{saved} (with --set overrides)")
     else:
         cfg = load_config(PoseConfig, args.config, args.overrides)
+    if args.print_config:
+        sys.stdout.write(config_yaml(cfg))
+        return 0
+    from pose.train import train
     row = train(cfg, out, resume=args.resume)
     if row:
         print(json.dumps({"run": str(out), **row}))

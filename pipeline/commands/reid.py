@@ -19,7 +19,7 @@ def register(subparsers) -> None:
 
     t = sub.add_parser("train", help="train a ReID network from an experiment YAML",
                        description="Train the ReID network of an experiment YAML (configs/reid/*.yaml).")
-    add_config_args(t, required=True)
+    add_config_args(t, required=True, printable=True)
     t.add_argument("--out", metavar="RUN", help="run folder (default runs/reid/<config name>)")
     t.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")
     t.set_defaults(func=_train)
@@ -40,10 +40,13 @@ def register(subparsers) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from common.config import load_config
+    from common.config import config_yaml, load_config
     from reid.config import ReIDConfig
-    from reid.train import train
     cfg = load_config(ReIDConfig, args.config, args.overrides)
+    if args.print_config:
+        sys.stdout.write(config_yaml(cfg))
+        return 0
+    from reid.train import train
     out = Path(args.out) if args.out else Path("runs") / "reid" / Path(args.config).stem
     result = train(cfg, out, resume=args.resume)
     print(f"run folder: {out}")

@@ -39,15 +39,27 @@ def test_pamtri_rows(data):
     assert (c.sampler.batch_size, c.sampler.k, c.optim.lr, c.optim.milestones, c.optim.epochs) == (32, 4, 3e-4, [20, 40], 60)
 
 
-def test_strdan_cases_cover_all_eight_combinations():
-    combos = set()
-    for i in range(1, 9):
-        c = load_config(ReIDConfig, CONFIGS / f"strdan_case{i}.yaml")
-        assert c.model.backbone == "resnet50" and c.model.domain and c.model.id_head and c.loss.objective == "strdan"
-        assert c.sampler.kind == "domain" and c.sampler.ids_per_batch == 2 and c.sampler.k == 4
-        assert (c.data.width, c.data.height, c.optim.name) == (128, 256, "amsgrad")
-        combos.add((c.model.orientation, c.model.color, c.model.type))
-    assert len(combos) == 8
+# the paper's numbering (Tables 1 and 2): (orientation, colour, type); case 1 is the real-only baseline
+STRDAN_CASES = {1: None, 2: (True, False, False), 3: (False, True, False), 4: (False, False, True),
+                5: (True, True, False), 6: (True, False, True), 7: (False, True, True), 8: (True, True, True)}
+
+
+@pytest.mark.parametrize("data", ["veri", "cityflow"])
+def test_strdan_cases_numbered_as_the_paper(data):
+    for i, heads in STRDAN_CASES.items():
+        c = load_config(ReIDConfig, CONFIGS / f"strdan_{data}_case{i}.yaml")
+        m = c.model
+        assert m.backbone == "resnet50" and m.id_head and c.loss.objective == "strdan"
+        assert (c.data.width, c.data.height, c.optim.name, c.sampler.batch_size) == (128, 256, "amsgrad", 16)
+        assert c.data.eval_root == ("data/VeRi" if data == "veri" else "data/CityFlow")
+        if heads is None:
+            assert [s.domain for s in c.data.train] == ["real"] and not m.domain
+            assert not (m.orientation or m.color or m.type) and c.sampler.kind == "identity"
+        else:
+            assert sorted(s.domain for s in c.data.train) == ["real", "synthetic"] and m.domain
+            assert (m.orientation, m.color, m.type) == heads and c.sampler.kind == "domain"
+            assert c.sampler.ids_per_batch == 2 and c.sampler.k == 4
+    assert not list(CONFIGS.glob("strdan_case?.yaml"))  # the old binary-counted names are gone
 
 
 @pytest.mark.parametrize("overrides,message", [

@@ -96,3 +96,22 @@ def test_strdan_total_joint_plus_weighted_disjoint():
     real_only = reid_losses(out, _batch(True), LossConfig(objective="strdan", id_real_only=True))
     want = masked_cross_entropy(out["id"][:4], _batch(True)["pid"][:4])
     assert real_only["id"].item() == pytest.approx(want.item(), rel=1e-6)
+
+
+@pytest.mark.parametrize("objective", ["pamtri", "strdan"])
+def test_attribute_losses_synthetic_only_under_strdan(objective):
+    """StRDAN's disjoint losses see synthetic images only, even when real images carry labels (VeRi does)."""
+    feat, heads = _heads()
+    out = {"feature": feat, **{n: h(feat) for n, h in heads.items()}}
+    batch = _batch(labelled=True)  # 4 real (domain 0) + 4 synthetic (domain 1), all with labels
+    losses = reid_losses(out, batch, LossConfig(objective=objective, color=1.0, type=1.0, orientation=1.0))
+    rows = slice(4, 8) if objective == "strdan" else slice(0, 8)
+    for name in ("color", "type", "orientation"):
+        want = torch.nn.functional.cross_entropy(out[name][rows], batch[name][rows])
+        assert losses[name].item() == pytest.approx(want.item(), rel=1e-6), name
+    everything = torch.nn.functional.cross_entropy(out["color"], batch["color"])
+    assert (losses["color"].item() == pytest.approx(everything.item(), rel=1e-6)) == (objective == "pamtri")
+    if objective == "strdan":  # and no gradient reaches the attribute heads from the real half
+        feat.grad = None
+        losses["disjoint"].backward()
+        assert torch.count_nonzero(feat.grad[:4]) == 0 and torch.count_nonzero(feat.grad[4:]) > 0

@@ -97,3 +97,20 @@ def test_distances_and_attribute_accuracy():
     assert attribute_accuracy([1, 2, 3, 0], [1, 0, 3, -1]) == pytest.approx(2 / 3)
     assert attribute_accuracy(torch.tensor([[0.1, 0.9], [0.8, 0.2]]), [1, 1]) == 0.5
     assert attribute_accuracy([1, 2], [-1, -1]) is None
+
+
+def test_attribute_accuracy_counts_each_test_image_once():
+    """VeRi's query images are also test images: colour/type accuracy is over distinct images, not Q + G."""
+    from reid.config import EvalConfig
+    from reid.evaluate import Features, evaluate_features
+
+    def feats(names, pids, cams, colors, predicted):
+        logits = torch.nn.functional.one_hot(torch.tensor(predicted), 3).float()
+        return Features(torch.eye(4)[: len(names)] + torch.tensor(pids)[:, None].float(), np.array(pids),
+                        np.array(cams), np.array(colors), np.array(colors), logits, logits, names)
+    # gallery: 4 images, colour predicted right on 3; the two queries are gallery images 0 and 1 (both right),
+    # plus one query of its own (wrong)
+    g = feats(["a.jpg", "b.jpg", "c.jpg", "d.jpg"], [0, 1, 0, 1], [1, 1, 2, 2], [0, 1, 2, 0], [0, 1, 2, 1])
+    q = feats(["a.jpg", "b.jpg", "e.jpg"], [0, 1, 0], [1, 1, 3], [0, 1, 1], [0, 1, 2])
+    out, _ = evaluate_features(q, g, EvalConfig())
+    assert out["color_acc"] == pytest.approx(3 / 5) and out["type_acc"] == pytest.approx(3 / 5)  # not 5 / 7

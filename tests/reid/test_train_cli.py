@@ -75,3 +75,23 @@ def test_non_finite_loss_stops_and_keeps_last_checkpoint(tiny, tmp_path, monkeyp
     state = load_checkpoint(run / "last.pt")
     assert state["epoch"] == 1 and all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
     assert not (run / ".lock").exists()
+
+
+def test_fp16_resume_restores_the_loss_scale_and_metrics_log_the_trained_rate(tiny, tmp_path):
+    """last.pt carries the GradScaler: an fp16 run resumed after epoch 1 continues with the scale it had, not
+    65536; metrics.csv shows the rate each epoch trained at (3e-4, then 3e-5 after the milestone at epoch 1)."""
+    root, cfg = tiny
+    fp16 = ["--set", "precision=fp16", "--set", "optim.milestones=[1]", "--set", "eval.every=0"]
+    run_a, run_b = tmp_path / "a", tmp_path / "b"
+    assert main(["reid", "train", "--config", str(cfg), "--out", str(run_a), *fp16]) == 0
+    assert main(["reid", "train", "--config", str(cfg), "--out", str(run_b), *fp16, "--set", "optim.epochs=1"]) == 0
+    half = load_checkpoint(run_b / "last.pt")
+    assert half["scaler"] is not None and half["scaler"]["scale"] > 0
+    assert main(["reid", "train", "--config", str(cfg), "--out", str(run_b), *fp16, "--resume"]) == 0
+    a, b = load_checkpoint(run_a / "last.pt"), load_checkpoint(run_b / "last.pt")
+    assert a["scaler"] == b["scaler"]
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    rows = [line.split(",") for line in (run_a / "metrics.csv").read_text().splitlines()]
+    lr = [float(r[rows[0].index("lr")]) for r in rows[1:]]
+    assert lr == pytest.approx([3e-4, 3e-5])
