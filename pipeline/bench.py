@@ -182,7 +182,7 @@ def bench_cache(quick: bool) -> list[Row]:
 # -- decode and synth rows ------------------------------------------------------------------------------
 
 def decode_loop(heatmaps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Baseline: the reference rule with a Python loop over every keypoint of every image."""
+    """Baseline: the reference rule (HRNet's get_final_preds) with a Python loop over every keypoint of every image."""
     n, k, h, w = heatmaps.shape
     xy = np.zeros((n, k, 2), np.float32)
     conf = np.zeros((n, k), np.float32)
@@ -193,9 +193,8 @@ def decode_loop(heatmaps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
             py, px = divmod(idx, w)
             conf[i, j] = hm[py, px]
             x, y = float(px), float(py)
-            if 0 < px < w - 1:
+            if 1 < px < w - 1 and 1 < py < h - 1:  # HRNet's get_final_preds
                 x += 0.25 * np.sign(hm[py, px + 1] - hm[py, px - 1])
-            if 0 < py < h - 1:
                 y += 0.25 * np.sign(hm[py + 1, px] - hm[py - 1, px])
             xy[i, j] = (x, y)
     return xy, conf
