@@ -20,6 +20,7 @@ demo: $(STAMP)
 	$(BIN)/pamtri demo
 
 test: $(STAMP)
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q tests
 
 bench: $(STAMP)

@@ -12,13 +12,13 @@ import platform
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
-from common.atomic import atomic_write_text
+from pamtri.common.atomic import atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +76,7 @@ def machine_info() -> dict:
     """Where the numbers were measured."""
     import torch
 
-    from common.runtime import cpu_supports_bf16
+    from pamtri.common.runtime import cpu_supports_bf16
     cpu = platform.processor()
     try:
         for line in open("/proc/cpuinfo"):
@@ -104,7 +104,7 @@ def du_bytes(paths) -> int:
 
 def _fake_pose_outputs(n: int, size: int, rng: np.random.Generator):
     """Plausible pose outputs for n images: Gaussian heatmaps at random keypoints, (36, 3) keypoints."""
-    from pose.heatmaps import encode
+    from pamtri.pose.heatmaps import encode
     kps = np.concatenate([rng.uniform(0.1 * size, 0.9 * size, (n, 36, 2)),
                           rng.uniform(0.3, 1.0, (n, 36, 1))], axis=2).astype(np.float32)
     heatmaps, _ = encode(kps[..., :2] * (64 / size), np.ones((n, 36)), (64, 64))
@@ -116,10 +116,10 @@ def bench_cache(quick: bool) -> list[Row]:
     """Cache read speed and disk use: our memory-mapped cache vs the reference's 49 JPEGs per image."""
     import cv2
 
-    from common.images import read_image
-    from pose.cache import Cache, CacheSpec, CacheWriter
-    from pose.legacy import read_legacy_maps, write_legacy_maps
-    from pose.segments import rasterise
+    from pamtri.common.images import read_image
+    from pamtri.pose.cache import Cache, CacheSpec, CacheWriter
+    from pamtri.pose.legacy import read_legacy_maps, write_legacy_maps
+    from pamtri.pose.segments import rasterise
 
     n, size = (64, 256) if quick else (256, 256)
     rng = np.random.default_rng(0)
@@ -202,7 +202,7 @@ def decode_loop(heatmaps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def bench_decode(quick: bool) -> list[Row]:
     """Vectorised heatmap decoding vs a per-keypoint Python loop (same rule, same results)."""
-    from pose.heatmaps import decode
+    from pamtri.pose.heatmaps import decode
     n = 64 if quick else 256
     rng = np.random.default_rng(0)
     hm = _fake_pose_outputs(n, 256, rng)[0] + rng.uniform(0, 0.01, (n, 36, 64, 64)).astype(np.float32)
@@ -224,7 +224,7 @@ def bench_decode(quick: bool) -> list[Row]:
 
 def bench_synth(quick: bool) -> list[Row]:
     """Synthetic rendering speed at 128 px on one core vs the 200 images/s target."""
-    from pipeline.synth import benchmark
+    from pamtri.pipeline.synth import benchmark
     rate = benchmark(n=150 if quick else 600, size=128)
     return [make_row("synth", rate, 200.0, "img/s", note="render only, 128 px, one core; baseline = target")]
 
@@ -272,7 +272,7 @@ def evaluate_loop(dist, q_ids, g_ids, q_cams, g_cams, max_rank: int = 50) -> dic
 
 def bench_evaluate(quick: bool) -> list[Row]:
     """reid.metrics.evaluate vs the per-query loop at VeRi size (1,678 x 11,579)."""
-    from reid.metrics import evaluate
+    from pamtri.reid.metrics import evaluate
     nq, ng = (420, 2900) if quick else (1678, 11579)
     qf, gf, q_ids, g_ids, q_cams, g_cams = veri_like(nq, ng)
     dist = euclidean(qf, gf)
@@ -319,7 +319,6 @@ def rerank_dense(q_g, q_q, g_g, k1: int = 20, k2: int = 6, lambda_value: float =
         for i in range(n):
             v_qe[i] = np.mean(v[rank[i, :k2]], axis=0)
         v = v_qe
-    del rank
     inverted = [np.where(v[:, j] != 0)[0] for j in range(n)]
     jaccard = np.zeros_like(d, dtype=np.float16)
     for i in range(nq):
@@ -345,7 +344,7 @@ def peak_traced(fn: Callable[[], object]) -> tuple[object, int]:
 
 def bench_rerank(quick: bool) -> list[Row]:
     """Sparse/blocked re-ranking vs the dense implementation at VeRi size (13,257 images): time, memory, top-10."""
-    from reid.rerank import rerank
+    from pamtri.reid.rerank import rerank
     nq, ng = (300, 2000) if quick else (1678, 11579)
     qf, gf, *_ = veri_like(nq, ng, dim=64)
     q_g, q_q, g_g = euclidean(qf, gf), euclidean(qf, qf), euclidean(gf, gf)
@@ -379,9 +378,9 @@ def _paper_models(heatmaps: bool = True):
     """HRNet-W32 pose model (256x256) and the DenseNet121 ReID model with heatmap channels, random weights."""
     import torch
 
-    from pose.model import build_pose_model
-    from reid.config import ModelConfig
-    from reid.model import build_model
+    from pamtri.pose.model import build_pose_model
+    from pamtri.reid.config import ModelConfig
+    from pamtri.reid.model import build_model
     torch.manual_seed(0)
     pose = build_pose_model("hrnet_w32").eval()
     reid = build_model(ModelConfig(heatmaps=heatmaps, segments=False, keypoints=True), num_ids=576).eval()
@@ -394,10 +393,10 @@ def bench_inference(quick: bool) -> list[Row]:
     import cv2
     import torch
 
-    from pipeline.infer import Pipeline, run_pose
-    from pose.predict import PosePredictor
-    from reid.config import DataConfig
-    from reid.data import IMAGENET_MEAN, IMAGENET_STD
+    from pamtri.pipeline.infer import Pipeline, run_pose
+    from pamtri.pose.predict import PosePredictor
+    from pamtri.reid.config import DataConfig
+    from pamtri.reid.data import IMAGENET_MEAN, IMAGENET_STD
 
     n_ours, n_naive = (8, 2) if quick else (32, 6)
     pose, reid = _paper_models()
@@ -456,7 +455,7 @@ def _train_step_rate(model, make_batch, loss_fn, batch: int, fast: bool, steps: 
     """Images/s of optimiser steps (fast: bf16 autocast + channels-last; else fp32 NCHW) and FLOPs per image."""
     import torch
 
-    from common.runtime import autocast, autocast_dtype
+    from pamtri.common.runtime import autocast, autocast_dtype
     device = torch.device("cpu")
     dtype = autocast_dtype(device, "auto") if fast else None
     if fast:
@@ -483,7 +482,7 @@ def bench_train(quick: bool) -> list[Row]:
     """One training step of each stage at the paper's sizes: bf16 autocast + channels-last vs fp32 NCHW."""
     import torch
 
-    from pose.train import weighted_mse
+    from pamtri.pose.train import weighted_mse
     batch, steps = (4, 1) if quick else (16, 2)
     rows = []
     prec_peak = {}
@@ -501,15 +500,16 @@ def bench_train(quick: bool) -> list[Row]:
                 torch.arange(b) % 8]
 
     def reid_loss(m, x, kv, pid):
-        from reid.losses import triplet_batch_hard
+        from pamtri.reid.losses import triplet_batch_hard
         out = m(x, kv)
-        return torch.nn.functional.cross_entropy(out["id"].float(), pid) + triplet_batch_hard(out["feature"].float(), pid)
+        xent = torch.nn.functional.cross_entropy(out["id"].float(), pid)
+        return xent + triplet_batch_hard(out["feature"].float(), pid)
 
     for name, model_index, make, loss in (("train_pose", 0, pose_batch, pose_loss),
                                           ("train_reid", 1, reid_batch, reid_loss)):
         fast_rate, flops = _train_step_rate(_paper_models()[model_index], make, loss, batch, True, steps)
         base_rate, _ = _train_step_rate(_paper_models()[model_index], make, loss, batch, False, steps)
-        from common.runtime import cpu_supports_bf16
+        from pamtri.common.runtime import cpu_supports_bf16
         prec = "bf16" if cpu_supports_bf16() else "fp32"
         if prec not in prec_peak:
             prec_peak[prec] = peak_flops(prec)

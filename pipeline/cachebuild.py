@@ -4,21 +4,21 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
-from common.atomic import RunLock
-from common.distributed import barrier, init_distributed
-from common.errors import DataError
-from common.images import read_image
-from pose.cache import Cache, CacheSpec, CacheWriter, dequantise, file_sha256
-from pose.labels import read_reid_csv, write_reid_csv
-from pose.legacy import legacy_folders, read_legacy_heatmaps, write_legacy_maps
-from pose.records import Record, parse_veri_name
-from pose.segments import rasterise
+from pamtri.common.atomic import RunLock
+from pamtri.common.distributed import barrier, init_distributed
+from pamtri.common.errors import DataError
+from pamtri.common.images import read_image
+from pamtri.pose.cache import Cache, CacheSpec, CacheWriter, dequantise, file_sha256
+from pamtri.pose.labels import read_reid_csv, write_reid_csv
+from pamtri.pose.legacy import legacy_folders, read_legacy_heatmaps, write_legacy_maps
+from pamtri.pose.records import Record, parse_veri_name
+from pamtri.pose.segments import rasterise
 
 from .infer import HEATMAP_GRID, run_pose
 
@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 
 def split_images(root: str | os.PathLike, split: str, fmt: str = "auto") -> list[str]:
     """Absolute image paths of a data set split, in the reader's order."""
-    from reid.datasets import read_split
+    from pamtri.reid.datasets import read_split
     return [r.path for r in read_split(root, split, fmt)]
 
 
@@ -40,11 +40,11 @@ def build_cache(pose_weights: str | os.PathLike, images: Sequence[str], out: str
     Under torchrun each rank builds every world_size-th chunk and rank 0 writes the manifest.
     Returns the cache folder.
     """
-    from pose.predict import PosePredictor, load_pose_model
+    from pamtri.pose.predict import PosePredictor, load_pose_model
     info = init_distributed()
     model, cfg = load_pose_model(pose_weights)
     predictor = PosePredictor.from_config(model, cfg, device=device, precision=precision, flip_test=flip_test)
-    from common.config import to_dict
+    from pamtri.common.config import to_dict
     names = [os.path.basename(p) for p in images]
     spec = CacheSpec(weights_sha256=file_sha256(pose_weights), pose_config=to_dict(cfg),
                      input_size=tuple(cfg.data.input_size), heatmap_size=HEATMAP_GRID,

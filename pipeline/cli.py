@@ -5,7 +5,7 @@ import argparse
 import importlib
 import sys
 
-from common.errors import PamtriError
+from pamtri.common.errors import PamtriError
 
 # Order is the order of ``pamtri --help``.
 COMMAND_MODULES = ("demo", "synth", "data", "pose", "reid", "cache", "embed", "bench", "export", "weights")
@@ -33,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for name in COMMAND_MODULES:
-        importlib.import_module(f"pipeline.commands.{name}").register(sub)
+        importlib.import_module(f"pamtri.pipeline.commands.{name}").register(sub)
     return parser
 
 
@@ -45,7 +45,7 @@ def one_line(message: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    from common.runtime import setup_logging
+    from pamtri.common.runtime import setup_logging
     setup_logging(args.verbose)
     try:
         return int(args.func(args) or 0)

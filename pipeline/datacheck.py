@@ -30,12 +30,19 @@ from pathlib import Path
 
 import numpy as np
 
-from common.errors import DataError
-from common.images import image_header, too_small
-from pose.records import DOMAIN_NAMES, Problems, Record, parse_veri_name
-from reid.datasets import (available_splits, check_format, missing_cameras, queries_without_gallery,
-                           read_split, read_tracks, single_image_identities)
-from reid.datasets._common import IMAGE_SUFFIXES, image_dir
+from pamtri.common.errors import DataError
+from pamtri.common.images import image_header, too_small
+from pamtri.pose.records import DOMAIN_NAMES, Problems, Record, parse_veri_name
+from pamtri.reid.datasets import (
+    available_splits,
+    check_format,
+    missing_cameras,
+    queries_without_gallery,
+    read_split,
+    read_tracks,
+    single_image_identities,
+)
+from pamtri.reid.datasets._common import IMAGE_SUFFIXES, image_dir
 
 DEFAULT_MAX_DECODES = 200
 MIN_SIDE_WARN = 16          # pixels; smaller crops carry little identity information
@@ -78,7 +85,7 @@ def _decode_indices(n: int, max_decodes: int) -> set[int]:
 
 def _decode_error(path: str) -> DataError | None:
     """The DataError ``common.images.read_image`` (what training reads images with) raises for ``path``, or None."""
-    from common.images import read_image
+    from pamtri.common.images import read_image
     try:
         read_image(path)
     except DataError as err:

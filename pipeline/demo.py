@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-from common.atomic import atomic_write_bytes, atomic_write_text
-from common.config import save_config
-from common.errors import PamtriError
+from pamtri.common.atomic import atomic_write_bytes, atomic_write_text
+from pamtri.common.config import save_config
+from pamtri.common.errors import PamtriError
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ class Step:
         self.timings = timings
 
     def __call__(self, name: str, argv: list[str]) -> None:
-        from pipeline.cli import main
+        from pamtri.pipeline.cli import main
         log.info("demo step %s: pamtri %s", name, " ".join(argv))
         t0 = time.perf_counter()
         code = main(argv)
@@ -124,7 +124,7 @@ def _pct(v) -> str:
 
 def write_report(run: Path, cfg: DemoConfig, results: dict, timings: dict) -> None:
     """report.md and index.html over the run's tables and figures (paths relative to the run folder)."""
-    from pose.keypoints import PCK_GROUP_TITLES
+    from pamtri.pose.keypoints import PCK_GROUP_TITLES
     pck = json.loads((run / "pose" / "eval" / "pck.json").read_text())
     table = pck["table"]
     pose_cols = list(PCK_GROUP_TITLES.values()) + ["Mean", "Mean@0.1"]

@@ -22,8 +22,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from common.atomic import atomic_write_bytes
-from common.errors import ConfigError, PamtriError
+from pamtri.common.atomic import atomic_write_bytes
+from pamtri.common.errors import ConfigError, PamtriError
 
 log = logging.getLogger(__name__)
 
@@ -69,8 +69,8 @@ def export_pose(weights: str | os.PathLike, out: str | os.PathLike, size: tuple[
                 opset: int = DEFAULT_OPSET, model_name: str | None = None, check: bool = True,
                 tolerance: float = DEFAULT_TOLERANCE) -> ExportReport:
     """Export a pose checkpoint's HRNet; ``size`` (H, W) pixels, default the checkpoint's input size."""
-    from common.config import to_dict
-    from pose.predict import load_pose_model
+    from pamtri.common.config import to_dict
+    from pamtri.pose.predict import load_pose_model
     _require_onnx()
     model, cfg = load_pose_model(weights, model_name)
     h, w = size if size else (int(cfg.data.input_size[1]), int(cfg.data.input_size[0]))
@@ -86,7 +86,7 @@ def export_pose(weights: str | os.PathLike, out: str | os.PathLike, size: tuple[
 def export_reid(weights: str | os.PathLike, out: str | os.PathLike, size: tuple[int, int] | None = None,
                 opset: int = DEFAULT_OPSET, check: bool = True, tolerance: float = DEFAULT_TOLERANCE) -> ExportReport:
     """Export a ReID checkpoint's embedding path; ``size`` (H, W) pixels, default the stored data config's."""
-    from reid.model import KEYPOINT_DIM, load_reid_weights
+    from pamtri.reid.model import KEYPOINT_DIM, load_reid_weights
     _require_onnx()
     model, ckpt = load_reid_weights(weights)
     data = (ckpt.get("config") or {}).get("data") or {}

@@ -9,16 +9,15 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from common.images import read_image
-from pose.transforms import invert
+from pamtri.common.images import read_image
+from pamtri.pose.transforms import invert
 
 log = logging.getLogger(__name__)
 
@@ -78,8 +77,8 @@ class Pipeline:
 
     def __init__(self, predictor, reid_model, data_cfg, batch_size: int = 32, channels_last: bool = True,
                  compile: bool = False):
-        from common.runtime import autocast_dtype
-        from reid.data import IMAGENET_MEAN, IMAGENET_STD
+        from pamtri.common.runtime import autocast_dtype
+        from pamtri.reid.data import IMAGENET_MEAN, IMAGENET_STD
         self.predictor = predictor
         self.device = predictor.device
         self.model = reid_model.to(self.device).eval()
@@ -106,13 +105,13 @@ class Pipeline:
     @classmethod
     def from_weights(cls, pose_weights: str | os.PathLike | None, reid_weights: str | os.PathLike,
                      device: str = "auto", precision: str = "auto", batch_size: int = 32,
-                     flip_test: bool | None = None, compile: bool = False) -> "Pipeline":
+                     flip_test: bool | None = None, compile: bool = False) -> Pipeline:
         """Load a pose checkpoint (``pamtri pose train``) and a ReID checkpoint (``pamtri reid train``)."""
-        from common.config import from_dict
-        from common.errors import ConfigError
-        from pose.predict import PosePredictor, load_pose_model
-        from reid.config import DataConfig
-        from reid.model import load_reid_weights
+        from pamtri.common.config import from_dict
+        from pamtri.common.errors import ConfigError
+        from pamtri.pose.predict import PosePredictor, load_pose_model
+        from pamtri.reid.config import DataConfig
+        from pamtri.reid.model import load_reid_weights
         reid_model, ckpt = load_reid_weights(reid_weights)
         data = dict((ckpt.get("config") or {}).get("data") or {})
         data_cfg = from_dict(DataConfig, data, f"{reid_weights} (stored data config)")
@@ -120,7 +119,7 @@ class Pipeline:
         if needs_pose and not pose_weights:
             raise ConfigError(f"{reid_weights}: this ReID model uses pose input; pass the pose weights too")
         if pose_weights:
-            from pose.cache import file_sha256
+            from pamtri.pose.cache import file_sha256
             trained_with = ckpt.get("pose_weights_sha256")
             if trained_with and trained_with != file_sha256(pose_weights):
                 log.warning("%s was trained on pose channels of other pose weights than %s; its features may "
@@ -132,11 +131,12 @@ class Pipeline:
             predictor = _NoPose(device, precision)
         return cls(predictor, reid_model, data_cfg, batch_size=batch_size, compile=compile)
 
-    def reid_inputs(self, images: Sequence[np.ndarray], pose: PoseBatch | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def reid_inputs(self, images: Sequence[np.ndarray], pose: PoseBatch | None
+                    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(N, C, H, W) normalised network input on the device and the (N, 108) keypoint vector (or None)."""
         import cv2
 
-        from pose.segments import rasterise_batch
+        from pamtri.pose.segments import rasterise_batch
         h, w = self.height, self.width
         resized = np.stack([cv2.resize(im, (w, h), interpolation=cv2.INTER_LINEAR) for im in images])
         x = torch.from_numpy(resized).to(self.device).permute(0, 3, 1, 2).float().div_(255.0)
@@ -172,7 +172,7 @@ class Pipeline:
     @torch.inference_mode()
     def embed_arrays(self, images: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
         """uint8 RGB images -> {'features' (N, D), 'keypoints' (N, 36, 3), 'color' (N,), 'type' (N,)}."""
-        from common.runtime import autocast
+        from pamtri.common.runtime import autocast
         pose = run_pose(self.predictor, images) if self.needs_pose else None
         x, kv = self.reid_inputs(images, pose)
         with autocast(self.device, self.dtype):
@@ -213,7 +213,7 @@ class _NoPose:
     """Stands in for the pose predictor when the ReID model takes RGB only."""
 
     def __init__(self, device: str, precision: str):
-        from common.runtime import autocast_dtype, pick_device
+        from pamtri.common.runtime import autocast_dtype, pick_device
         self.device = pick_device(device)
         self.dtype = autocast_dtype(self.device, precision)
         self.model = torch.nn.Identity()

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import os
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -11,11 +11,11 @@ import torch
 def search(query: np.ndarray, gallery: np.ndarray, top: int = 10, rerank: bool = False
            ) -> tuple[np.ndarray, np.ndarray]:
     """(Q, D) and (G, D) features -> (top indices (Q, top) nearest first, distances (Q, G)), Euclidean."""
-    from reid.metrics import pairwise_distance
+    from pamtri.reid.metrics import pairwise_distance
     q, g = torch.from_numpy(np.asarray(query, np.float32)), torch.from_numpy(np.asarray(gallery, np.float32))
     dist = pairwise_distance(q, g).numpy()
     if rerank:
-        from reid.rerank import rerank as k_reciprocal
+        from pamtri.reid.rerank import rerank as k_reciprocal
         dist = k_reciprocal(dist, pairwise_distance(q, q).numpy(), pairwise_distance(g, g).numpy())
     top = min(top, dist.shape[1])
     part = np.argpartition(dist, top - 1, axis=1)[:, :top]
@@ -28,8 +28,8 @@ def draw_search(query_paths: Sequence[str], gallery_paths: Sequence[str], order:
     """One row per query: the query (blue border), then its matches with their distances."""
     import cv2
 
-    from common.atomic import atomic_write_bytes
-    from common.images import read_image
+    from pamtri.common.atomic import atomic_write_bytes
+    from pamtri.common.images import read_image
     w, h = tile
     rows = []
     for qi, qp in enumerate(query_paths):

@@ -16,9 +16,9 @@ import logging
 import os
 from pathlib import Path
 
-from common.checkpoint import load_checkpoint, save_checkpoint
-from common.config import to_dict
-from common.errors import CheckpointError, ConfigError
+from pamtri.common.checkpoint import load_checkpoint, save_checkpoint
+from pamtri.common.config import to_dict
+from pamtri.common.errors import CheckpointError, ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -36,8 +36,8 @@ def _hrnet_candidates(state: dict) -> list[str]:
 
 def convert_posestnet(src: str | os.PathLike, dst: str | os.PathLike, name: str | None = None) -> str:
     """Official PoseEstNet file -> pamtri pose checkpoint at ``dst``; returns a one-line summary."""
-    from pose.model import checkpoint_layout, state_dict_of
-    from pose.predict import load_pose_model
+    from pamtri.pose.model import checkpoint_layout, state_dict_of
+    from pamtri.pose.predict import load_pose_model
     state = state_dict_of(load_checkpoint(src), str(src))
     layout = checkpoint_layout(state)
     if layout != "posestnet":
@@ -65,8 +65,8 @@ def convert_posestnet(src: str | os.PathLike, dst: str | os.PathLike, name: str 
 
 def convert_pamtri_reid(src: str | os.PathLike, dst: str | os.PathLike) -> str:
     """Official MultiTaskNet file -> pamtri ReID checkpoint at ``dst``; returns a one-line summary."""
-    from reid.config import ReIDConfig
-    from reid.model import is_pamtri_state, load_pamtri_checkpoint
+    from pamtri.reid.config import ReIDConfig
+    from pamtri.reid.model import is_pamtri_state, load_pamtri_checkpoint
     if not is_pamtri_state(load_checkpoint(src)):
         raise CheckpointError(f"{src}: not an official PAMTRI MultiTaskNet checkpoint (expected 'base.*' and "
                               f"'classifier_vid.*' keys)")

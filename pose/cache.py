@@ -22,14 +22,15 @@ import hashlib
 import json
 import logging
 import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 
-from common.atomic import atomic_write_text
-from common.errors import CheckpointError, PamtriError
+from pamtri.common.atomic import atomic_write_text
+from pamtri.common.errors import CheckpointError, PamtriError
+
 from .keypoints import NUM_KEYPOINTS, NUM_SEGMENTS
 from .records import PoseResult
 
@@ -153,7 +154,8 @@ class CacheWriter:
         self.chunk_dir.mkdir(exist_ok=True)
         n, (h, w) = len(self.names), self.spec.heatmap_size
         self.arrays = {
-            "heatmaps": self._open_array("heatmaps.npy", (n, NUM_KEYPOINTS, h, w), HEATMAP_DTYPES[self.spec.heatmap_dtype]),
+            "heatmaps": self._open_array("heatmaps.npy", (n, NUM_KEYPOINTS, h, w),
+                                         HEATMAP_DTYPES[self.spec.heatmap_dtype]),
             "keypoints": self._open_array("keypoints.npy", (n, NUM_KEYPOINTS, 3), np.float32),
         }
         if self.spec.segment_size:

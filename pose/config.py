@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from common.errors import ConfigError
+from pamtri.common.errors import ConfigError
 
 from .heatmaps import DECODE_METHODS
 
@@ -130,7 +130,7 @@ class PoseConfig:
         if e.batch_size <= 0 or e.blur_sigma < 0 or e.pck_threshold <= 0:
             raise ConfigError("eval.batch_size and eval.pck_threshold must be > 0, eval.blur_sigma >= 0")
         if t.precision == "bf16" and t.device == "cpu":
-            from common.runtime import cpu_supports_bf16
+            from pamtri.common.runtime import cpu_supports_bf16
             if not cpu_supports_bf16():
                 raise ConfigError("train.precision: bf16 was asked for on a CPU without bfloat16 support "
                                   "(use 'auto' or 'fp32')")

@@ -8,15 +8,16 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from common.errors import DataError
-from common.images import MAX_SIDE, read_image as decode_image
+from pamtri.common.errors import DataError
+from pamtri.common.images import MAX_SIDE
+from pamtri.common.images import read_image as decode_image
 
 from .config import DataConfig, DataSource
 from .heatmaps import encode

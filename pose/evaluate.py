@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 from torch.utils.data import DataLoader
 
-from common.atomic import atomic_write, atomic_write_text
+from pamtri.common.atomic import atomic_write, atomic_write_text
 
 from .config import PoseConfig
 from .dataset import PoseDataset, collate, read_source

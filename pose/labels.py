@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from common.atomic import atomic_write_text
-from common.errors import DataError
+from pamtri.common.atomic import atomic_write_text
+from pamtri.common.errors import DataError
 
 from .keypoints import NUM_KEYPOINTS
 from .records import REAL, UNLABELLED, Problems, Record, check_image, parse_veri_name, resolve_image
@@ -61,7 +61,8 @@ def parse_numbers(fields, path, lineno, first_col: int) -> np.ndarray:
 
 
 def _column_count_message(got: int, fixed: int, what: str) -> str:
-    msg = f"expected {fixed + KP_FIELDS} columns ({what}, 36 x (x, y, {'v' if fixed == 3 else 'confidence'})), got {got}"
+    third = "v" if fixed == 3 else "confidence"
+    msg = f"expected {fixed + KP_FIELDS} columns ({what}, 36 x (x, y, {third})), got {got}"
     extra = got - fixed
     if extra > 0 and extra % 3 == 0 and extra != KP_FIELDS:
         msg += f": {extra // 3} keypoints instead of {NUM_KEYPOINTS}"

@@ -20,8 +20,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from common.atomic import atomic_write_bytes
-from common.errors import DataError
+from pamtri.common.atomic import atomic_write_bytes
+from pamtri.common.errors import DataError
 
 from .keypoints import NUM_KEYPOINTS, NUM_SEGMENTS
 

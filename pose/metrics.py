@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .keypoints import NUM_KEYPOINTS, PCK_GROUPS, PCK_GROUP_TITLES
+from .keypoints import NUM_KEYPOINTS, PCK_GROUP_TITLES, PCK_GROUPS
 
 DEFAULT_CURVE = np.round(np.linspace(0.0, 0.5, 51), 4)
 TABLE_COLUMNS = tuple(PCK_GROUPS) + ("mean", "mean@0.1")

@@ -17,8 +17,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from common.checkpoint import load_checkpoint, match_state_dict
-from common.errors import CheckpointError
+from pamtri.common.checkpoint import load_checkpoint, match_state_dict
+from pamtri.common.errors import CheckpointError
 
 from .keypoints import NUM_KEYPOINTS
 
@@ -94,7 +94,8 @@ def state_dict_of(obj: dict, source: str) -> dict[str, torch.Tensor]:
 
 
 def official_to_ours(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Official pose_hrnet / PoseEstNet keys -> PoseHRNet keys (``final_layer`` -> ``head``, trunk under ``backbone.``)."""
+    """Official pose_hrnet / PoseEstNet keys -> PoseHRNet keys (``final_layer`` -> ``head``, trunk under
+    ``backbone.``)."""
     out = {}
     for k, v in state.items():
         if k.startswith("final_layer."):

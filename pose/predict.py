@@ -3,16 +3,16 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import numpy as np
 import torch
 
-from common.checkpoint import load_checkpoint
-from common.config import from_dict
-from common.errors import CheckpointError
-from common.runtime import autocast, autocast_dtype, pick_device
+from pamtri.common.checkpoint import load_checkpoint
+from pamtri.common.config import from_dict
+from pamtri.common.errors import CheckpointError
+from pamtri.common.runtime import autocast, autocast_dtype, pick_device
 
 from .config import PoseConfig
 from .heatmaps import decode, flip_back
@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 def load_pose_model(weights: str | os.PathLike, name: str | None = None) -> tuple[torch.nn.Module, PoseConfig]:
     """(model in eval mode on CPU, its PoseConfig) from a pamtri checkpoint (self-describing) or, given
     ``name``, any file :func:`pose.model.load_weights` reads (e.g. the official PoseEstNet checkpoint)."""
-    from .model import PoseHRNet, state_dict_of, checkpoint_layout, load_weights
+    from .model import PoseHRNet, checkpoint_layout, load_weights, state_dict_of
     state = load_checkpoint(weights)
     cfg_dict = state.get("config") if isinstance(state.get("config"), dict) else None
     if cfg_dict is not None and name is None:
@@ -68,7 +68,7 @@ class PosePredictor:
 
     @classmethod
     def from_config(cls, model: torch.nn.Module, cfg: PoseConfig, device: str | torch.device = "auto",
-                    precision: str | None = None, flip_test: bool | None = None) -> "PosePredictor":
+                    precision: str | None = None, flip_test: bool | None = None) -> PosePredictor:
         """A predictor set up from a PoseConfig's data and eval sections."""
         e = cfg.eval
         return cls(model, tuple(cfg.data.input_size), e.flip_test if flip_test is None else flip_test, device,
@@ -147,7 +147,7 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
 def list_images(spec: str | os.PathLike) -> tuple[Path, list[str]]:
     """(base folder, image names relative to it) from a folder (sorted, recursive) or a list file (one path a line)."""
-    from common.errors import DataError
+    from pamtri.common.errors import DataError
     spec = Path(spec)
     if spec.is_dir():
         names = sorted(str(p.relative_to(spec)) for p in spec.rglob("*")

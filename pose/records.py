@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common.errors import DataError
+from pamtri.common.errors import DataError
 
 from .keypoints import NUM_KEYPOINTS
 
@@ -78,7 +78,8 @@ def resolve_image(root: str | os.PathLike, name: str, source: str | os.PathLike,
     if not name:
         raise DataError(source, "empty image name", line)
     if os.path.isabs(name) or name.startswith(("\\", "/", "~")) or re.match(r"^[A-Za-z]:", name):
-        raise DataError(source, f"image name {name!r} is an absolute path; names must be relative to the data set root", line)
+        raise DataError(source, f"image name {name!r} is an absolute path; names must be relative to the data set "
+                                "root", line)
     norm = os.path.normpath(name.replace("\\", "/"))
     if norm == ".." or norm.startswith("../"):
         raise DataError(source, f"image name {name!r} points outside the data set root {os.path.abspath(root)}", line)
@@ -108,7 +109,8 @@ def check_keypoints(kps: np.ndarray, source: str | os.PathLike, line: int | None
     """Validate a keypoint array: shape (36, 3), finite; returns it as float32."""
     kps = np.asarray(kps, dtype=np.float32)
     if kps.shape != (NUM_KEYPOINTS, 3):
-        raise DataError(source, f"expected {NUM_KEYPOINTS} keypoints of (x, y, v), got array of shape {kps.shape}", line)
+        raise DataError(source, f"expected {NUM_KEYPOINTS} keypoints of (x, y, v), got array of shape {kps.shape}",
+                        line)
     if not np.isfinite(kps).all():
         bad = int(np.argwhere(~np.isfinite(kps))[0][0])
         raise DataError(source, f"keypoint {bad} is not finite (NaN or infinity)", line)
@@ -130,7 +132,7 @@ class Problems:
         self.warnings: list[DataError] = []
 
     @staticmethod
-    def of(problems: "Problems | None") -> "Problems":
+    def of(problems: Problems | None) -> Problems:
         """The collector to use: ``problems`` itself, or a strict one when None."""
         return Problems(strict=True) if problems is None else problems
 

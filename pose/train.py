@@ -16,14 +16,21 @@ import torch
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
-from common.atomic import RunLock
-from common.checkpoint import save_checkpoint
-from common.config import save_config, to_dict
-from common.distributed import (DistInfo, all_gather_objects, barrier, broadcast_buffers, init_distributed,
-                                mean_over_ranks, shutdown)
-from common.errors import PamtriError
-from common.runtime import autocast, autocast_dtype, pick_device, seed_everything
-from common.training import MetricsLog, check_finite, restore_training_state, save_training_state, unwrap
+from pamtri.common.atomic import RunLock
+from pamtri.common.checkpoint import save_checkpoint
+from pamtri.common.config import save_config, to_dict
+from pamtri.common.distributed import (
+    DistInfo,
+    all_gather_objects,
+    barrier,
+    broadcast_buffers,
+    init_distributed,
+    mean_over_ranks,
+    shutdown,
+)
+from pamtri.common.errors import PamtriError
+from pamtri.common.runtime import autocast, autocast_dtype, pick_device, seed_everything
+from pamtri.common.training import MetricsLog, check_finite, restore_training_state, save_training_state, unwrap
 
 from .config import PoseConfig
 from .dataset import MixSampler, build_datasets, collate
@@ -41,12 +48,13 @@ def weighted_mse(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor)
 
 
 def validate(model: torch.nn.Module, loader: DataLoader, cfg: PoseConfig, device: torch.device,
-             info: DistInfo = DistInfo()) -> dict[str, float]:
+             info: DistInfo | None = None) -> dict[str, float]:
     """PCK (Table 5 row, percent) of ``model`` on the validation loader, with cfg.eval's decoding.
 
     Under DDP each rank's loader holds its shard; the predictions of all ranks are gathered, so every rank
     returns the table over the whole validation set (every rank must call this).
     """
+    info = info or DistInfo()
     predictor = PosePredictor.from_config(model, cfg, device=device)
     pred, gt, _ = predict_loader(predictor, loader, progress="val" if info.is_main else None)
     model.train()

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from common.errors import ConfigError
+from pamtri.common.errors import ConfigError
 
 
 @dataclass
@@ -96,7 +96,7 @@ class ModelConfig:
 
     @property
     def in_channels(self) -> int:
-        from pose.keypoints import NUM_KEYPOINTS, NUM_SEGMENTS
+        from pamtri.pose.keypoints import NUM_KEYPOINTS, NUM_SEGMENTS
         return 3 + (NUM_KEYPOINTS if self.heatmaps else 0) + (NUM_SEGMENTS if self.segments else 0)
 
 
@@ -141,7 +141,8 @@ class SamplerConfig:
         if self.k <= 0 or self.batch_size <= 0:
             raise ConfigError("sampler.k and sampler.batch_size must be positive")
         if self.k > self.batch_size:
-            raise ConfigError(f"sampler.k = {self.k} images per identity exceeds sampler.batch_size = {self.batch_size}")
+            raise ConfigError(f"sampler.k = {self.k} images per identity exceeds sampler.batch_size = "
+                              f"{self.batch_size}")
         if self.batch_size % self.k:
             raise ConfigError(f"sampler.batch_size = {self.batch_size} is not a multiple of sampler.k = {self.k}")
         if self.kind == "domain" and (self.batch_size // self.k) % 2:

@@ -18,20 +18,21 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
-from typing import Iterator, Protocol, Sequence
+from typing import Protocol
 
 import cv2
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from common.errors import ConfigError, DataError
-from pose.cache import Cache, dequantise
-from pose.heatmaps import encode
-from pose.keypoints import FLIP_INDEX, NUM_KEYPOINTS, NUM_SEGMENTS, SEGMENT_FLIP
-from pose.records import REAL, SYNTHETIC, UNLABELLED, Record
-from pose.segments import rasterise
+from pamtri.common.errors import ConfigError, DataError
+from pamtri.pose.cache import Cache, dequantise
+from pamtri.pose.heatmaps import encode
+from pamtri.pose.keypoints import FLIP_INDEX, NUM_KEYPOINTS, NUM_SEGMENTS, SEGMENT_FLIP
+from pamtri.pose.records import REAL, SYNTHETIC, UNLABELLED, Record
+from pamtri.pose.segments import rasterise
 
 from .attributes import orientation_bin
 
@@ -337,7 +338,7 @@ class SampleBuilder:
 def read_image(path: str) -> np.ndarray:
     """RGB uint8 (h, w, 3) of an image file at full size (label keypoints are in its pixels); DataError naming
     the file when it is missing, empty, truncated, corrupt or too small (``common.images.read_image``)."""
-    from common.images import read_image as decode
+    from pamtri.common.images import read_image as decode
     return decode(path, max_side=None)
 
 

@@ -11,9 +11,9 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from common.errors import ConfigError, DataError
-from common.runtime import autocast
-from pose.records import Record
+from pamtri.common.errors import ConfigError, DataError
+from pamtri.common.runtime import autocast
+from pamtri.pose.records import Record
 
 from .config import DataConfig, EvalConfig
 from .data import ReIDDataset, cache_weights_sha256, make_builder, make_pose_source
@@ -72,7 +72,7 @@ def read_eval_records(data: DataConfig, root: str | None = None, cameras: bool =
                       ) -> tuple[list[Record], list[Record]]:
     """Query and gallery records of the evaluation data set (``data.eval_root`` or the first training root);
     every query identity must have gallery images, and with ``cameras`` every image a camera id."""
-    from reid.datasets import missing_cameras, queries_without_gallery, read_split
+    from pamtri.reid.datasets import missing_cameras, queries_without_gallery, read_split
     root = root or data.eval_root or data.train[0].root
     query = read_split(root, data.query_split, data.eval_format, check_images=True)
     gallery = read_split(root, data.gallery_split, data.eval_format, check_images=True)
@@ -155,7 +155,8 @@ def evaluate_features(qf: Features, gf: Features, cfg: EvalConfig) -> tuple[dict
                    ignore_cameras=cfg.ignore_cameras)
     out = summarise(raw, cfg.topk_map)
     extra = torch.from_numpy(queries_not_in_gallery(qf, gf))
-    for name, logits_attr, labels_attr in (("color_acc", "color_logits", "colors"), ("type_acc", "type_logits", "types")):
+    for name, logits_attr, labels_attr in (("color_acc", "color_logits", "colors"),
+                                           ("type_acc", "type_logits", "types")):
         lq, lg = getattr(qf, logits_attr), getattr(gf, logits_attr)
         if lq is not None and lg is not None:
             labels = np.concatenate([getattr(qf, labels_attr)[extra.numpy()], getattr(gf, labels_attr)])

@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import torch
 
-from common.errors import PamtriError
+from pamtri.common.errors import PamtriError
 
 log = logging.getLogger(__name__)
 

@@ -27,9 +27,9 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
-from common.checkpoint import load_checkpoint, match_state_dict
-from common.errors import CheckpointError
-from pose.keypoints import NUM_KEYPOINTS, NUM_SEGMENTS
+from pamtri.common.checkpoint import load_checkpoint, match_state_dict
+from pamtri.common.errors import CheckpointError
+from pamtri.pose.keypoints import NUM_KEYPOINTS, NUM_SEGMENTS
 
 from .config import ModelConfig
 
@@ -185,7 +185,7 @@ def build_model(cfg: ModelConfig, num_ids: int, num_colors: int = 10, num_types:
 
 def model_from_description(desc: dict) -> ReIDNet:
     """Rebuild (random weights, no ImageNet loading) the model a checkpoint's ``describe()`` dict names."""
-    from common.config import from_dict
+    from pamtri.common.config import from_dict
     cfg = from_dict(ModelConfig, dict(desc["model"]), "checkpoint model description")
     cfg = replace(cfg, pretrained=None)
     return ReIDNet(cfg, desc["num_ids"], desc.get("num_colors", 10), desc.get("num_types", 9))
@@ -193,7 +193,8 @@ def model_from_description(desc: dict) -> ReIDNet:
 
 # ----------------------------------------------------------------------------------------------- weights
 
-_OLD_DENSENET_KEY = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var|num_batches_tracked))$")
+_OLD_DENSENET_KEY = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))\."
+                               r"((?:[12])\.(?:weight|bias|running_mean|running_var|num_batches_tracked))$")
 
 
 def _unwrap_state(obj: dict) -> dict:

@@ -13,23 +13,29 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from common.atomic import RunLock, atomic_write_text
-from common.checkpoint import save_checkpoint
-from common.config import save_config, to_dict
-from common.distributed import DistInfo, barrier, init_distributed, mean_over_ranks, shutdown
-from common.errors import ConfigError, DataError, PamtriError
-from common.runtime import autocast, autocast_dtype, pick_device, seed_everything
-from common.training import MetricsLog, check_finite, restore_training_state, save_training_state, unwrap
-from pose.records import REAL, SYNTHETIC, Record
+from pamtri.common.atomic import RunLock, atomic_write_text
+from pamtri.common.checkpoint import save_checkpoint
+from pamtri.common.config import save_config, to_dict
+from pamtri.common.distributed import DistInfo, barrier, init_distributed, mean_over_ranks, shutdown
+from pamtri.common.errors import ConfigError, DataError, PamtriError
+from pamtri.common.runtime import autocast, autocast_dtype, pick_device, seed_everything
+from pamtri.common.training import MetricsLog, check_finite, restore_training_state, save_training_state, unwrap
+from pamtri.pose.records import REAL, SYNTHETIC, Record
 
 from .config import ReIDConfig
-from .data import (ReIDDataset, SeededBatches, cache_weights_sha256, collate_labels, combine_training_sets, make_builder,
-                   make_pose_source)
+from .data import (
+    ReIDDataset,
+    SeededBatches,
+    cache_weights_sha256,
+    collate_labels,
+    combine_training_sets,
+    make_builder,
+    make_pose_source,
+)
 from .evaluate import eval_loaders, evaluate_model, read_eval_records
 from .losses import reid_losses
 from .model import build_model
@@ -42,7 +48,7 @@ DOMAINS = {"real": REAL, "synthetic": SYNTHETIC}
 def load_training_records(cfg: ReIDConfig) -> tuple[list[Record], dict]:
     """Every training source read and merged (contiguous ids, real first, domain set per source; info["source"]
     gives each record's index in ``cfg.data.train``)."""
-    from reid.datasets import read_split, single_image_identities
+    from pamtri.reid.datasets import read_split, single_image_identities
     sets = []
     for src in cfg.data.train:
         recs = read_split(src.root, src.split, src.format, check_images=True)

@@ -2,12 +2,12 @@
 from __future__ import annotations
 
 import os
-from typing import Sequence
+from collections.abc import Sequence
 
 import cv2
 import numpy as np
 
-from common.atomic import atomic_write_bytes
+from pamtri.common.atomic import atomic_write_bytes
 
 GREEN = (40, 170, 40)   # BGR
 RED = (40, 40, 220)

@@ -34,7 +34,7 @@ eval: {{every: {every}, batch_size: 16}}
 def write_tiny_synth_tree(root: Path, ids: int) -> Path:
     """A `pamtri synth` tree of 32 px images (seed 5, 4 images per identity, 2 cameras, realistic style):
     half the identities train, the other half make query and test."""
-    from pipeline.synth.dataset import generate
+    from pamtri.pipeline.synth.dataset import generate
     generate(root, seed=5, ids=ids, images_per_id=4, size=32, style="realistic", cameras=2, progress=False)
     return root
 
@@ -52,10 +52,10 @@ def write_tiny_reid_checkpoint(path: Path, heatmaps: bool, segments: bool, keypo
     """A pamtri ReID checkpoint of a random DenseNet121 (5 ids) with the given inputs; returns its ReIDConfig."""
     import torch
 
-    from common.checkpoint import save_checkpoint
-    from common.config import to_dict
-    from reid.config import ModelConfig, ReIDConfig
-    from reid.model import build_model
+    from pamtri.common.checkpoint import save_checkpoint
+    from pamtri.common.config import to_dict
+    from pamtri.reid.config import ModelConfig, ReIDConfig
+    from pamtri.reid.model import build_model
     cfg = ReIDConfig()
     cfg.data.height, cfg.data.width = height, width
     cfg.model = ModelConfig(heatmaps=heatmaps, segments=segments, keypoints=keypoints, **model_kw)

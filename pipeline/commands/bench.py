@@ -17,11 +17,11 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pipeline.bench import ROWS, format_table, run_bench
+    from pamtri.pipeline.bench import ROWS, format_table, run_bench
     if args.only:
         unknown = [g for g in args.only if g not in ROWS]
         if unknown:
-            from common.errors import ConfigError
+            from pamtri.common.errors import ConfigError
             raise ConfigError(f"--only {unknown[0]!r}: unknown group; groups: {', '.join(ROWS)}")
     result = run_bench(quick=args.quick, only=args.only, out=args.out)
     print(format_table(result))

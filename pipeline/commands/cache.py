@@ -57,8 +57,8 @@ def register(subparsers) -> None:
 
 
 def run_build(args: argparse.Namespace) -> int:
-    from pipeline.cachebuild import build_cache, split_images
-    from pose.predict import list_images
+    from pamtri.pipeline.cachebuild import build_cache, split_images
+    from pamtri.pose.predict import list_images
     if args.data:
         images = split_images(args.data, args.split, args.fmt)
     else:
@@ -72,7 +72,7 @@ def run_build(args: argparse.Namespace) -> int:
 
 
 def run_verify(args: argparse.Namespace) -> int:
-    from pose.cache import Cache
+    from pamtri.pose.cache import Cache
     cache = Cache(args.cache)
     bad = cache.verify()
     if bad:
@@ -84,14 +84,14 @@ def run_verify(args: argparse.Namespace) -> int:
 
 
 def run_import(args: argparse.Namespace) -> int:
-    from pipeline.cachebuild import import_legacy
+    from pamtri.pipeline.cachebuild import import_legacy
     out = import_legacy(args.root, args.split, args.labels, args.out, rebuild=args.rebuild)
     print(f"imported into {out}")
     return 0
 
 
 def run_export(args: argparse.Namespace) -> int:
-    from pipeline.cachebuild import export_legacy
+    from pamtri.pipeline.cachebuild import export_legacy
     n = export_legacy(args.cache, args.root, args.split, args.image_root)
     print(f"exported {n} images to {args.root}")
     return 0

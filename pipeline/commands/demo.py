@@ -5,7 +5,7 @@ import argparse
 
 
 def register(subparsers) -> None:
-    from pipeline.cli import add_config_args
+    from pamtri.pipeline.cli import add_config_args
     p = subparsers.add_parser(
         "demo", help="the whole pipeline on generated data: synth, pose, cache, two ReID variants, report",
         description="Generate a synthetic data set, train the pose stage (small HRNet), build the heatmap cache, "
@@ -20,8 +20,8 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from common.config import load_config
-    from pipeline.demo import DemoConfig, run_demo
+    from pamtri.common.config import load_config
+    from pamtri.pipeline.demo import DemoConfig, run_demo
     repo = Path(__file__).resolve().parents[2]
     config = args.config or (repo / "configs" / "demo.yaml")
     cfg = load_config(DemoConfig, config, args.overrides)

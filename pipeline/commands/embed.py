@@ -43,7 +43,7 @@ def _runtime_args(p: argparse.ArgumentParser) -> None:
 
 
 def _pipeline(args, pose_weights, reid_weights):
-    from pipeline.infer import Pipeline
+    from pamtri.pipeline.infer import Pipeline
     return Pipeline.from_weights(pose_weights, reid_weights, device=args.device, precision=args.precision,
                                  batch_size=args.batch_size, flip_test=False if args.no_flip_test else None,
                                  compile=args.compile)
@@ -54,8 +54,8 @@ def run_embed(args: argparse.Namespace) -> int:
 
     import numpy as np
 
-    from common.atomic import atomic_write_bytes
-    from pose.predict import list_images
+    from pamtri.common.atomic import atomic_write_bytes
+    from pamtri.pose.predict import list_images
     base, names = list_images(args.images)
     pipe = _pipeline(args, args.pose_weights, args.reid_weights)
     out = pipe.embed([str(base / n) for n in names], progress=True)
@@ -71,8 +71,8 @@ def run_embed(args: argparse.Namespace) -> int:
 def run_search(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from common.errors import DataError
-    from pipeline.search import draw_search, search
+    from pamtri.common.errors import DataError
+    from pamtri.pipeline.search import draw_search, search
     try:
         gallery = dict(np.load(args.gallery, allow_pickle=False))
     except (OSError, ValueError) as exc:

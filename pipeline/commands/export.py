@@ -38,8 +38,8 @@ def register(subparsers) -> None:
 
 
 def run_onnx(args: argparse.Namespace) -> int:
-    from common.errors import ConfigError
-    from pipeline.export import export_pose, export_reid
+    from pamtri.common.errors import ConfigError
+    from pamtri.pipeline.export import export_pose, export_reid
     size = tuple(args.size) if args.size else None
     common = dict(size=size, opset=args.opset, check=not args.no_check, tolerance=args.tolerance)
     if args.stage == "pose":

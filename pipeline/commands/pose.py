@@ -7,7 +7,7 @@ import sys
 
 
 def register(subparsers) -> None:
-    from pipeline.cli import add_config_args
+    from pamtri.pipeline.cli import add_config_args
     parser = subparsers.add_parser("pose", help="the pose stage: train, predict, eval (36 vehicle keypoints)",
                                    description="Stage 1 of PAMTRI: HRNet vehicle keypoint estimation.")
     sub = parser.add_subparsers(dest="pose_command", metavar="SUBCOMMAND")
@@ -64,7 +64,7 @@ def _inference_args(p: argparse.ArgumentParser) -> None:
 
 
 def _predictor(args):
-    from pose.predict import PosePredictor, load_pose_model
+    from pamtri.pose.predict import PosePredictor, load_pose_model
     model, cfg = load_pose_model(args.weights, args.model)
     if args.decode:
         cfg.eval.decode = args.decode
@@ -85,9 +85,9 @@ def run_train(args: argparse.Namespace) -> int:
     import logging
     from pathlib import Path
 
-    from common.config import config_yaml, deep_update, from_dict, load_config, parse_overrides, read_yaml
-    from common.errors import PamtriError
-    from pose.config import PoseConfig
+    from pamtri.common.config import config_yaml, deep_update, from_dict, load_config, parse_overrides, read_yaml
+    from pamtri.common.errors import PamtriError
+    from pamtri.pose.config import PoseConfig
 
     out = args.out or _default_out(args.config)
     if args.resume:
@@ -104,7 +104,7 @@ def run_train(args: argparse.Namespace) -> int:
     if args.print_config:
         sys.stdout.write(config_yaml(cfg))
         return 0
-    from pose.train import train
+    from pamtri.pose.train import train
     row = train(cfg, out, resume=args.resume)
     if row:
         print(json.dumps({"run": str(out), **row}))
@@ -112,7 +112,7 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def _write_vis(path, images, gts, preds) -> None:
-    from pose.visualize import pose_grid, save_image
+    from pamtri.pose.visualize import pose_grid, save_image
     save_image(pose_grid(images, gts, preds), path)
 
 
@@ -124,11 +124,11 @@ def run_predict(args: argparse.Namespace) -> int:
     from torch.utils.data import DataLoader
     from tqdm import tqdm
 
-    from common.atomic import atomic_write
-    from pose.dataset import read_image
-    from pose.labels import write_reid_csv
-    from pose.predict import list_images
-    from pose.records import UNLABELLED, Record, parse_veri_name
+    from pamtri.common.atomic import atomic_write
+    from pamtri.pose.dataset import read_image
+    from pamtri.pose.labels import write_reid_csv
+    from pamtri.pose.predict import list_images
+    from pamtri.pose.records import UNLABELLED, Record, parse_veri_name
 
     predictor, cfg = _predictor(args)
     base, names = list_images(args.images)
@@ -191,17 +191,17 @@ class _ImageList:
         return len(self.names)
 
     def __getitem__(self, i):
-        from pose.dataset import read_image
+        from pamtri.pose.dataset import read_image
         return self.names[i], read_image(str(self.base / self.names[i]))
 
 
 def run_eval(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from pose.config import DataSource
-    from pose.dataset import read_image
-    from pose.evaluate import evaluate, save_report
-    from pose.metrics import format_table
+    from pamtri.pose.config import DataSource
+    from pamtri.pose.dataset import read_image
+    from pamtri.pose.evaluate import evaluate, save_report
+    from pamtri.pose.metrics import format_table
 
     predictor, cfg = _predictor(args)
     source = DataSource(root=args.data, format=args.fmt, split=args.split)
@@ -219,7 +219,7 @@ def run_eval(args: argparse.Namespace) -> int:
                                 f"means, Mean@0.1 at 0.11"))
     if args.vis:
         n = min(args.vis, report["n_images"])
-        from pose.dataset import read_source
+        from pamtri.pose.dataset import read_source
         recs = read_source(source)[:n]
         _write_vis(out / "vis.png", [read_image(r.path) for r in recs], report["ground_truth"][:n],
                    report["predictions"][:n])

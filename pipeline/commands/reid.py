@@ -7,7 +7,7 @@ import logging
 import sys
 from pathlib import Path
 
-from pipeline.cli import add_config_args
+from pamtri.pipeline.cli import add_config_args
 
 log = logging.getLogger(__name__)
 
@@ -40,13 +40,13 @@ def register(subparsers) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from common.config import config_yaml, load_config
-    from reid.config import ReIDConfig
+    from pamtri.common.config import config_yaml, load_config
+    from pamtri.reid.config import ReIDConfig
     cfg = load_config(ReIDConfig, args.config, args.overrides)
     if args.print_config:
         sys.stdout.write(config_yaml(cfg))
         return 0
-    from reid.train import train
+    from pamtri.reid.train import train
     out = Path(args.out) if args.out else Path("runs") / "reid" / Path(args.config).stem
     result = train(cfg, out, resume=args.resume)
     print(f"run folder: {out}")
@@ -57,8 +57,8 @@ def _train(args: argparse.Namespace) -> int:
 
 def _eval_config(ckpt: dict, model, args: argparse.Namespace):
     """The checkpoint's resolved config (or defaults), then --config and --set on top."""
-    from common.config import deep_update, from_dict, parse_overrides, read_yaml, to_dict
-    from reid.config import ReIDConfig
+    from pamtri.common.config import deep_update, from_dict, parse_overrides, read_yaml, to_dict
+    from pamtri.reid.config import ReIDConfig
     data = dict(ckpt.get("config") or {})
     data["model"] = to_dict(model.cfg)  # the model is the one the checkpoint holds
     if args.config:
@@ -70,12 +70,12 @@ def _eval_config(ckpt: dict, model, args: argparse.Namespace):
 def _eval(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
-    from common.atomic import atomic_write_text
-    from common.runtime import autocast_dtype, pick_device
-    from reid.data import cache_weights_sha256
-    from reid.evaluate import eval_loaders, evaluate_model, read_eval_records
-    from reid.model import load_reid_weights
-    from reid.visualize import plot_cmc, rank_list_image
+    from pamtri.common.atomic import atomic_write_text
+    from pamtri.common.runtime import autocast_dtype, pick_device
+    from pamtri.reid.data import cache_weights_sha256
+    from pamtri.reid.evaluate import eval_loaders, evaluate_model, read_eval_records
+    from pamtri.reid.model import load_reid_weights
+    from pamtri.reid.visualize import plot_cmc, rank_list_image
 
     model, ckpt = load_reid_weights(args.weights)
     cfg = _eval_config(ckpt, model, args)
@@ -89,9 +89,10 @@ def _eval(args: argparse.Namespace) -> int:
     ql, gl = eval_loaders(query, gallery, data, model.cfg, ev.batch_size)
     trained_with, eval_with = ckpt.get("pose_weights_sha256"), cache_weights_sha256(ql.dataset.pose)
     if trained_with and eval_with and trained_with != eval_with:
-        from common.errors import ConfigError
+        from pamtri.common.errors import ConfigError
         raise ConfigError(f"{data.query_cache}: this pose cache was built with other pose weights than the ones "
-                          f"{args.weights} was trained with; rebuild the query/gallery caches with that pose checkpoint")
+                          f"{args.weights} was trained with; rebuild the query/gallery caches with that pose "
+                          "checkpoint")
     res, dist = evaluate_model(model, ql, gl, ev, device, dtype)
     res.pop("_first_rank", None)
     out = Path(args.out) if args.out else Path(args.weights).resolve().parent / "eval"

@@ -44,7 +44,7 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Handler: generate the tree and print a one-screen summary."""
-    from pipeline.synth import generate
+    from pamtri.pipeline.synth import generate
 
     s = generate(args.out, seed=args.seed, ids=args.ids, images_per_id=args.images_per_id, size=args.size,
                  style=args.style, cameras=args.cameras, test_fraction=args.test_fraction, workers=args.workers,

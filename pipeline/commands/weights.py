@@ -30,7 +30,7 @@ def register(subparsers) -> None:
 
 
 def run_convert(args: argparse.Namespace) -> int:
-    from pipeline.weights import convert
+    from pamtri.pipeline.weights import convert
     summary = convert(args.source, args.src, args.out, args.model)
     print(f"{args.src} ({args.source}) -> {args.out}: {summary}")
     return 0

@@ -4,8 +4,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from pose.keypoints import NUM_SEGMENTS, PCK_GROUP_TITLES, PCK_GROUPS, keypoint_group
-from pose.segments import rasterise
+from pamtri.pose.keypoints import NUM_SEGMENTS, PCK_GROUP_TITLES, PCK_GROUPS, keypoint_group
+from pamtri.pose.segments import rasterise
 
 # BGR colours per PCK group and per segment (distinct, readable on dark and light paint).
 GROUP_BGR = {"wheel": (40, 220, 255), "fender": (255, 160, 40), "back": (60, 60, 255), "front": (80, 255, 80),
@@ -91,7 +91,7 @@ def sample_sheet(seed: int = 0, n: int = 18, size: int = 160, cols: int = 6, til
 
 def write_sample_sheet(path, **kwargs) -> None:
     """Write :func:`sample_sheet` as a PNG (atomically); docs/synth-preview.png is made with the defaults."""
-    from common.atomic import atomic_write_bytes
+    from pamtri.common.atomic import atomic_write_bytes
 
     ok, png = cv2.imencode(".png", sample_sheet(**kwargs), [cv2.IMWRITE_PNG_COMPRESSION, 9])
     if not ok:

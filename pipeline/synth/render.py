@@ -22,7 +22,7 @@ from dataclasses import dataclass, replace
 import cv2
 import numpy as np
 
-from pose.keypoints import NUM_KEYPOINTS
+from pamtri.pose.keypoints import NUM_KEYPOINTS
 
 from .body import GLASS, MATERIALS, Body, Identity, build_body, make_identity
 

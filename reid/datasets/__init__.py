@@ -18,8 +18,8 @@ import re
 from collections import Counter
 from pathlib import Path
 
-from common.errors import DataError
-from pose.records import Problems, Record
+from pamtri.common.errors import DataError
+from pamtri.pose.records import Problems, Record
 
 from ._common import SPLITS, check_split
 from .cityflow import read_cityflow_split, read_ground_truth, read_tracks, require_ground_truth

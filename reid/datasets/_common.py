@@ -8,8 +8,8 @@ import xml.parsers.expat as expat
 from dataclasses import dataclass
 from pathlib import Path
 
-from common.errors import DataError
-from pose.records import Problems, check_image, resolve_image
+from pamtri.common.errors import DataError
+from pamtri.pose.records import Problems, check_image, resolve_image
 
 SPLITS = ("train", "query", "test")
 SPLIT_ALIASES = {"gallery": "test"}

@@ -21,11 +21,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from common.errors import DataError
-from pose.records import UNLABELLED, Problems, Record, resolve_image
+from pamtri.common.errors import DataError
+from pamtri.pose.records import UNLABELLED, Problems, Record, resolve_image
 
-from ._common import (check_split, image_dir, locate_image, names_of_split, parse_camera, parse_int,
-                      read_label_xml)
+from ._common import check_split, image_dir, locate_image, names_of_split, parse_camera, parse_int, read_label_xml
 
 CITYFLOW_ATTRIBUTES = ("imageName", "vehicleID", "cameraID")
 GT_HELP = ("lines '<image> <vehicle id> <camera id>' (e.g. '000001.jpg 0012 c015'), or an XML with "

@@ -10,10 +10,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from common.errors import DataError
-from pose.labels import read_pose_csv, read_reid_csv
-from pose.records import Problems, Record
-from reid.attributes import VERI_COLORS, VERI_TYPES
+from pamtri.common.errors import DataError
+from pamtri.pose.labels import read_pose_csv, read_reid_csv
+from pamtri.pose.records import Problems, Record
+from pamtri.reid.attributes import VERI_COLORS, VERI_TYPES
 
 from ._common import check_split, image_dir
 

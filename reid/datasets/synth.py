@@ -19,10 +19,10 @@ import math
 import os
 from pathlib import Path
 
-from common.errors import DataError
-from pose.labels import read_csv_rows, read_pose_csv, read_reid_csv
-from pose.records import DOMAIN_NAMES, Problems, Record
-from reid.attributes import VERI_COLORS, VERI_TYPES
+from pamtri.common.errors import DataError
+from pamtri.pose.labels import read_csv_rows, read_pose_csv, read_reid_csv
+from pamtri.pose.records import DOMAIN_NAMES, Problems, Record
+from pamtri.reid.attributes import VERI_COLORS, VERI_TYPES
 
 from ._common import check_split, image_dir, locate_image, read_name_list
 
@@ -124,7 +124,8 @@ def read_synth_split(root: str | os.PathLike, split: str, check_images: bool = F
             hit = by_name.get(p.name)
             if hit is None:
                 if p.name not in rejected:
-                    sink.error(DataError(pose_path, f"image {p.name!r} is not in {meta_path.name}", pose_lines.get(p.name)))
+                    sink.error(DataError(pose_path, f"image {p.name!r} is not in {meta_path.name}",
+                                         pose_lines.get(p.name)))
                 continue
             hit[1].keypoints, hit[1].width, hit[1].height = p.keypoints, p.width, p.height
         for line, r in rows:

@@ -11,12 +11,11 @@ import math
 import os
 from pathlib import Path
 
-from common.errors import DataError
-from pose.records import SYNTHETIC, UNLABELLED, Problems, Record
-from reid.attributes import VEHICLEX_COLORS, VEHICLEX_TYPES
+from pamtri.common.errors import DataError
+from pamtri.pose.records import SYNTHETIC, UNLABELLED, Problems, Record
+from pamtri.reid.attributes import VEHICLEX_COLORS, VEHICLEX_TYPES
 
-from ._common import (check_split, image_dir, locate_image, parse_camera, parse_class, parse_int,
-                      read_label_xml)
+from ._common import check_split, image_dir, locate_image, parse_camera, parse_class, parse_int, read_label_xml
 
 VEHICLEX_ATTRIBUTES = ("imageName", "vehicleID", "colorID", "typeID", "orientation")
 

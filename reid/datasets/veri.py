@@ -12,13 +12,22 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from common.errors import DataError
-from pose.labels import read_reid_csv
-from pose.records import UNLABELLED, Problems, Record, parse_veri_name
-from reid.attributes import VERI_COLORS, VERI_TYPES
+from pamtri.common.errors import DataError
+from pamtri.pose.labels import read_reid_csv
+from pamtri.pose.records import UNLABELLED, Problems, Record, parse_veri_name
+from pamtri.reid.attributes import VERI_COLORS, VERI_TYPES
 
-from ._common import (XmlItem, check_split, image_dir, locate_image, names_of_split, parse_camera, parse_class,
-                      parse_int, read_label_xml)
+from ._common import (
+    XmlItem,
+    check_split,
+    image_dir,
+    locate_image,
+    names_of_split,
+    parse_camera,
+    parse_class,
+    parse_int,
+    read_label_xml,
+)
 
 VERI_ATTRIBUTES = ("imageName", "vehicleID", "cameraID", "colorID", "typeID")
 

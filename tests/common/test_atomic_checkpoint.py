@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 import torch
 
-from common.atomic import RunLock, atomic_write, atomic_write_text
-from common.checkpoint import load_checkpoint, match_state_dict, rng_state, save_checkpoint, set_rng_state
-from common.errors import CheckpointError, PamtriError
-from common.training import MetricsLog, NonFiniteLossError, check_finite
+from pamtri.common.atomic import RunLock, atomic_write, atomic_write_text
+from pamtri.common.checkpoint import load_checkpoint, match_state_dict, rng_state, save_checkpoint, set_rng_state
+from pamtri.common.errors import CheckpointError, PamtriError
+from pamtri.common.training import MetricsLog, NonFiniteLossError, check_finite
 
 
 def test_atomic_write_keeps_old_content_on_failure(tmp_path):
@@ -37,7 +37,9 @@ def test_run_lock_takes_over_stale_lock(tmp_path):
 
 
 def test_checkpoint_round_trip_and_rng(tmp_path):
-    random.seed(1); np.random.seed(2); torch.manual_seed(3)
+    random.seed(1)
+    np.random.seed(2)
+    torch.manual_seed(3)
     state = rng_state()
     save_checkpoint({"w": torch.arange(4.0), "rng": state}, tmp_path / "c.pt")
     expect = (random.random(), np.random.rand(), torch.rand(1).item())
@@ -96,7 +98,8 @@ def test_metrics_log_grows_columns_and_resumes(tmp_path):
 
 def test_disk_full_is_a_write_error_naming_the_file_and_keeps_the_old_content(tmp_path):
     import errno
-    from common.errors import WriteError
+
+    from pamtri.common.errors import WriteError
     p = tmp_path / "last.pt"
     atomic_write_text(p, "complete")
     with pytest.raises(WriteError) as err:
@@ -120,7 +123,8 @@ def test_disk_full_is_a_write_error_naming_the_file_and_keeps_the_old_content(tm
 def test_errors_raised_in_dataloader_workers_stay_one_line():
     """torch re-raises a worker's exception as cls(<traceback text>); ours keep their own message."""
     from torch.utils.data import DataLoader, Dataset
-    from common.errors import ConfigError, DataError
+
+    from pamtri.common.errors import ConfigError, DataError
 
     class Broken(Dataset):
         def __init__(self, exc):
@@ -140,7 +144,8 @@ def test_errors_raised_in_dataloader_workers_stay_one_line():
 
 def test_data_error_pickles_with_its_fields():
     import pickle
-    from common.errors import DataError
+
+    from pamtri.common.errors import DataError
     e = pickle.loads(pickle.dumps(DataError("/x/labels.csv", "bad value", 7, "<Item>")))
     assert (e.path, e.line, e.element, e.reason, str(e)) == \
         ("/x/labels.csv", 7, "<Item>", "bad value", "/x/labels.csv, line 7, <Item>: bad value")

@@ -2,8 +2,8 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from common.config import load_config, parse_overrides, save_config, read_yaml
-from common.errors import ConfigError
+from pamtri.common.config import load_config, parse_overrides, read_yaml, save_config
+from pamtri.common.errors import ConfigError
 
 
 @dataclass

@@ -3,7 +3,7 @@ import sys
 
 import pytest
 
-from common.training import MetricsLog
+from pamtri.common.training import MetricsLog
 
 
 def test_metrics_log_works_without_tensorboard(tmp_path, monkeypatch):

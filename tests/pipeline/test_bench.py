@@ -4,7 +4,7 @@ import json
 import numpy as np
 import pytest
 
-from pipeline import bench
+from pamtri.pipeline import bench
 
 
 def test_ratio_reads_times_better():
@@ -14,7 +14,7 @@ def test_ratio_reads_times_better():
 
 
 def test_decode_loop_is_the_reference_rule():
-    from pose.heatmaps import decode
+    from pamtri.pose.heatmaps import decode
     hm = np.random.default_rng(0).random((3, 36, 16, 16), dtype=np.float32)
     xy, conf = decode(hm, method="reference")
     bxy, bconf = bench.decode_loop(hm)
@@ -23,7 +23,7 @@ def test_decode_loop_is_the_reference_rule():
 
 
 def test_evaluate_loop_matches_the_metrics_module():
-    from reid.metrics import evaluate
+    from pamtri.reid.metrics import evaluate
     qf, gf, qi, gi, qc, gc = bench.veri_like(40, 300, ids=20, cams=4, dim=16)
     dist = bench.euclidean(qf, gf)
     ours, base = evaluate(dist, qi, gi, qc, gc), bench.evaluate_loop(dist, qi, gi, qc, gc)
@@ -33,7 +33,7 @@ def test_evaluate_loop_matches_the_metrics_module():
 
 
 def test_dense_rerank_baseline_agrees_with_ours():
-    from reid.rerank import rerank
+    from pamtri.reid.rerank import rerank
     qf, gf, *_ = bench.veri_like(20, 120, ids=15, cams=4, dim=16)
     q_g, q_q, g_g = bench.euclidean(qf, gf), bench.euclidean(qf, qf), bench.euclidean(gf, gf)
     ours, base = rerank(q_g, q_q, g_g), bench.rerank_dense(q_g, q_q, g_g).astype(np.float32)

@@ -3,22 +3,22 @@ import numpy as np
 import pytest
 import torch
 
-from common.checkpoint import save_checkpoint
-from common.config import to_dict
-from common.errors import CheckpointError
-from pose.cache import Cache
-from pipeline.cachebuild import build_cache, export_legacy, import_legacy
-from pipeline.cli import main
-from pose.config import PoseConfig
-from pose.labels import read_reid_csv, write_reid_csv
-from pose.legacy import legacy_folders, read_legacy_heatmaps, read_legacy_segments, write_legacy_maps
-from pose.records import Record
-from pose.segments import rasterise
+from pamtri.common.checkpoint import save_checkpoint
+from pamtri.common.config import to_dict
+from pamtri.common.errors import CheckpointError
+from pamtri.pipeline.cachebuild import build_cache, export_legacy
+from pamtri.pipeline.cli import main
+from pamtri.pose.cache import Cache
+from pamtri.pose.config import PoseConfig
+from pamtri.pose.labels import read_reid_csv, write_reid_csv
+from pamtri.pose.legacy import legacy_folders, read_legacy_heatmaps, read_legacy_segments, write_legacy_maps
+from pamtri.pose.records import Record
+from pamtri.pose.segments import rasterise
 
 
 @pytest.fixture(scope="module")
 def pose_weights(tmp_path_factory):
-    from pose.model import build_pose_model
+    from pamtri.pose.model import build_pose_model
     torch.manual_seed(0)
     cfg = PoseConfig()
     cfg.model.name = "hrnet_w18_small"
@@ -52,7 +52,7 @@ def test_build_cache_from_pose_model_and_resume(tmp_path, pose_weights):
     kp = cache.get(names[3]).keypoints
     img = cv2.imread(paths[3])
     # keypoints are in original-image pixels: inside the pose crop box (image enlarged 1.25, made square)
-    from pose.transforms import image_box
+    from pamtri.pose.transforms import image_box
     centre, box = image_box(img.shape[1], img.shape[0], 1.0, 1.25)
     lo, hi = centre - box / 2 - 1, centre + box / 2 + 1
     assert ((kp[:, :2] >= lo) & (kp[:, :2] <= hi)).all()
@@ -61,7 +61,7 @@ def test_build_cache_from_pose_model_and_resume(tmp_path, pose_weights):
     build_cache(pose_weights, paths, tmp_path / "cache", batch_size=2, chunk_size=2, precision="fp32",
                 progress=False)
     assert (tmp_path / "cache/heatmaps.npy").read_bytes() == before
-    from pose.cache import file_sha256
+    from pamtri.pose.cache import file_sha256
     assert Cache(out, expect_weights_sha256=file_sha256(pose_weights)).manifest["count"] == 5
     with pytest.raises(CheckpointError, match="other pose weights"):
         Cache(out, expect_weights_sha256="0" * 64)
@@ -102,7 +102,7 @@ def test_legacy_import_export_round_trip(tmp_path):
     assert cache.names == names
     out = tmp_path / "exported"
     assert export_legacy(tmp_path / "cache", out, "test", root / "image_test") == 3
-    for name, rec in zip(names, records):
+    for name in names:
         h0, s0 = legacy_folders(root, "test", name)
         h1, s1 = legacy_folders(out, "test", name)
         a, b = read_legacy_heatmaps(h0).astype(int), read_legacy_heatmaps(h1).astype(int)

@@ -7,8 +7,8 @@ import json
 import cv2
 import numpy as np
 
-from pipeline.commands import data as data_command
-from pipeline.datacheck import check_dataset, image_header
+from pamtri.pipeline.commands import data as data_command
+from pamtri.pipeline.datacheck import check_dataset, image_header
 from tests.conftest import SYNTH_META, VERI_TEST, make_synth_tree, replace_line, write_jpeg, write_xml
 
 
@@ -25,7 +25,7 @@ def run_cli(argv, capsys):
 
 
 def test_cli_lists_data_group():
-    from pipeline import cli
+    from pamtri.pipeline import cli
     assert "data" in cli.COMMAND_MODULES
 
 

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.cli import main
+from pamtri.pipeline.cli import main
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -37,11 +37,11 @@ def _worker(argv: list[str]) -> int:
     """One torchrun process: install recorders, run the CLI, dump what was recorded to $PAMTRI_TEST_PROBE."""
     import torch
 
-    import pose.dataset
-    import pose.train
-    import reid.data
-    import reid.train
-    from pipeline.cli import main
+    import pamtri.pose.dataset as pose_dataset
+    import pamtri.pose.train as pose_train
+    import pamtri.reid.data as reid_data
+    import pamtri.reid.train as reid_train
+    from pamtri.pipeline.cli import main
 
     rank = int(os.environ["RANK"])
     rec: dict = {"rank": rank, "world": int(os.environ["WORLD_SIZE"]), "samples": {}, "losses": [],
@@ -64,8 +64,8 @@ def _worker(argv: list[str]) -> int:
             return iter(items)
         cls.__iter__ = __iter__
 
-    record_iter(pose.dataset.MixSampler, lambda items: [i for i, _ in items])            # (index, seed)
-    record_iter(reid.data.SeededBatches, lambda items: [[i for i, _ in b] for b in items])  # batches
+    record_iter(pose_dataset.MixSampler, lambda items: [i for i, _ in items])            # (index, seed)
+    record_iter(reid_data.SeededBatches, lambda items: [[i for i, _ in b] for b in items])  # batches
 
     def wrap(module, name, note):
         """Replace ``module.name`` by a wrapper that hands each call's (args, result) to ``note``."""
@@ -77,10 +77,10 @@ def _worker(argv: list[str]) -> int:
             return out
         setattr(module, name, wrapper)
 
-    wrap(pose.train, "weighted_mse", lambda a, out: rec["losses"].append(float(out)))
-    wrap(reid.train, "reid_losses", lambda a, out: rec["losses"].append(float(out["total"])))
-    wrap(pose.train, "predict_loader", lambda a, out: rec["val_predicted"].append(len(out[0])))
-    wrap(pose.train, "pck_table", lambda a, out: rec["val_scored"].append(len(a[0])))
+    wrap(pose_train, "weighted_mse", lambda a, out: rec["losses"].append(float(out)))
+    wrap(reid_train, "reid_losses", lambda a, out: rec["losses"].append(float(out["total"])))
+    wrap(pose_train, "predict_loader", lambda a, out: rec["val_predicted"].append(len(out[0])))
+    wrap(pose_train, "pck_table", lambda a, out: rec["val_scored"].append(len(a[0])))
     wrap(os, "replace", lambda a, out: rec["writes"].append(str(a[1])))
     wrap(os, "open", lambda a, out: rec["writes"].append(str(a[0])) if a[1] & os.O_CREAT else None)
 
@@ -119,7 +119,7 @@ def _launch(tmp_path: Path, cli: list[str], timeout: float = 120) -> list[dict]:
 
 def _check_common(records: list[dict], run: Path, files: set[str]) -> list[dict]:
     """Assertions both stages share; returns the metrics.csv rows."""
-    from common.checkpoint import load_checkpoint
+    from pamtri.common.checkpoint import load_checkpoint
 
     # rank 0 alone wrote the run folder, and wrote all of it ("tb": TensorBoard events, when installed)
     assert files <= {p.name for p in run.iterdir()} <= files | {"tb"}
@@ -184,12 +184,12 @@ def test_pose_train_ddp(pose_data, tmp_path):
     # and the logged PCK is what one process measures with the saved weights
     import torch
 
-    import pose.train as pose_train
-    from common.checkpoint import load_checkpoint
-    from common.config import load_config
-    from pose.config import PoseConfig
-    from pose.dataset import build_datasets, collate
-    from pose.model import build_pose_model
+    import pamtri.pose.train as pose_train
+    from pamtri.common.checkpoint import load_checkpoint
+    from pamtri.common.config import load_config
+    from pamtri.pose.config import PoseConfig
+    from pamtri.pose.dataset import build_datasets, collate
+    from pamtri.pose.model import build_pose_model
     cfg = load_config(PoseConfig, None, overrides)
     model = build_pose_model(cfg.model.name, None)
     model.load_state_dict(load_checkpoint(run / "last.pt")["model"])
@@ -230,7 +230,7 @@ def test_reid_train_ddp(reid_data, tmp_path):
     for e, row in enumerate(rows):
         assert float(row["loss_total"]) == pytest.approx((means[0][e] + means[1][e]) / 2, rel=1e-5)
         assert 0.0 <= float(row["mAP"]) <= 1.0
-    from common.checkpoint import load_checkpoint
+    from pamtri.common.checkpoint import load_checkpoint
     assert load_checkpoint(run / "best.pt")["format"] == "pamtri-reid-weights-1"
 
 

@@ -9,18 +9,18 @@ import torch
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
-from common.errors import PamtriError  # noqa: E402
-from pipeline.cli import main  # noqa: E402
+from pamtri.common.errors import PamtriError  # noqa: E402
+from pamtri.pipeline.cli import main  # noqa: E402
 from tests.conftest import write_tiny_reid_checkpoint  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def pose_weights(tmp_path_factory):
     """A pamtri pose checkpoint: hrnet_w18_small, 64x64 input, random weights."""
-    from common.checkpoint import save_checkpoint
-    from common.config import to_dict
-    from pose.config import PoseConfig
-    from pose.model import build_pose_model
+    from pamtri.common.checkpoint import save_checkpoint
+    from pamtri.common.config import to_dict
+    from pamtri.pose.config import PoseConfig
+    from pamtri.pose.model import build_pose_model
     cfg = PoseConfig()
     cfg.model.name = "hrnet_w18_small"
     cfg.data.input_size = (64, 64)
@@ -45,7 +45,7 @@ def _metadata(path):
 
 
 def test_pose_export_matches_pytorch_with_a_dynamic_batch(pose_weights, tmp_path, capsys):
-    from pose.predict import load_pose_model
+    from pamtri.pose.predict import load_pose_model
     out = tmp_path / "pose.onnx"
     assert main(["export", "onnx", "--stage", "pose", "--weights", str(pose_weights), "--out", str(out)]) == 0
     assert "max abs diff" in capsys.readouterr().out
@@ -76,7 +76,7 @@ def test_pose_export_other_size_and_opset(pose_weights, tmp_path):
 
 @pytest.mark.parametrize("heatmaps,segments,keypoints", [(True, True, True), (False, False, False)])
 def test_reid_export_matches_the_embedding(tmp_path, heatmaps, segments, keypoints):
-    from reid.model import load_reid_weights
+    from pamtri.reid.model import load_reid_weights
     weights = _reid_weights(tmp_path / "reid.pt", heatmaps, segments, keypoints)
     out = tmp_path / "reid.onnx"
     assert main(["export", "onnx", "--stage", "reid", "--weights", str(weights), "--out", str(out)]) == 0
@@ -109,14 +109,14 @@ def test_a_mismatch_above_the_tolerance_is_an_error_and_writes_nothing(pose_weig
 
 
 def test_without_onnxruntime_the_export_is_written_unchecked(pose_weights, tmp_path, monkeypatch):
-    from pipeline.export import export_pose
+    from pamtri.pipeline.export import export_pose
     monkeypatch.setitem(sys.modules, "onnxruntime", None)
     report = export_pose(pose_weights, tmp_path / "pose.onnx")
     assert report.max_abs_diff is None and (tmp_path / "pose.onnx").stat().st_size > 0
 
 
 def test_bad_size_and_options_are_one_line_errors(pose_weights, tmp_path):
-    from pipeline.export import export_pose
+    from pamtri.pipeline.export import export_pose
     with pytest.raises(PamtriError, match="multiples of 32"):
         export_pose(pose_weights, tmp_path / "p.onnx", size=(50, 64))
     assert main(["export", "onnx", "--stage", "reid", "--weights", str(pose_weights), "--out",

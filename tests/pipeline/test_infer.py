@@ -1,9 +1,9 @@
 import numpy as np
 import torch
 
-from pipeline.infer import heatmaps_to_image_frame
-from pose.heatmaps import decode, encode
-from pose.transforms import apply, compose, crop_matrix, image_box, input_to_heatmap, invert
+from pamtri.pipeline.infer import heatmaps_to_image_frame
+from pamtri.pose.heatmaps import decode, encode
+from pamtri.pose.transforms import apply, compose, crop_matrix, image_box, input_to_heatmap, invert
 from tests.conftest import write_tiny_reid_checkpoint
 
 
@@ -35,10 +35,10 @@ def test_heatmaps_land_on_the_keypoint_in_the_image_frame():
 
 def test_pipeline_inputs_match_the_training_sample_builder(tmp_path):
     """The vectorised batch preparation gives what the ReID data pipeline gives for the same pose output."""
-    from pipeline.infer import PoseBatch, Pipeline, _NoPose
-    from reid.data import ArrayPose, make_builder
-    from reid.model import load_reid_weights
-    from pose.records import Record
+    from pamtri.pipeline.infer import Pipeline, PoseBatch, _NoPose
+    from pamtri.pose.records import Record
+    from pamtri.reid.data import ArrayPose, make_builder
+    from pamtri.reid.model import load_reid_weights
     cfg = write_tiny_reid_checkpoint(tmp_path / "r.pt", heatmaps=True, segments=True, keypoints=True)
     model, _ = load_reid_weights(tmp_path / "r.pt")
     pipe = Pipeline(_NoPose("cpu", "fp32"), model, cfg.data, channels_last=False)
@@ -49,8 +49,8 @@ def test_pipeline_inputs_match_the_training_sample_builder(tmp_path):
     heat = rng.uniform(0, 1, (2, 36, 64, 64)).astype(np.float32)
     x, kv = pipe.reid_inputs(images, PoseBatch(kps, torch.from_numpy(heat)))
     builder = make_builder(cfg.data, model.cfg, train=False)
-    from pipeline.infer import HEATMAP_GRID
-    from pose.segments import rasterise
+    from pamtri.pipeline.infer import HEATMAP_GRID
+    from pamtri.pose.segments import rasterise
     for i, im in enumerate(images):
         h, w = im.shape[:2]
         cells = kps[i].copy()
@@ -67,11 +67,11 @@ def test_pipeline_inputs_match_the_training_sample_builder(tmp_path):
 def test_pipeline_embeds_image_files_end_to_end(tmp_path):
     import cv2
 
-    from common.checkpoint import save_checkpoint
-    from common.config import to_dict
-    from pipeline.cli import main
-    from pose.config import PoseConfig
-    from pose.model import build_pose_model
+    from pamtri.common.checkpoint import save_checkpoint
+    from pamtri.common.config import to_dict
+    from pamtri.pipeline.cli import main
+    from pamtri.pose.config import PoseConfig
+    from pamtri.pose.model import build_pose_model
     pcfg = PoseConfig()
     pcfg.model.name = "hrnet_w18_small"
     pcfg.data.input_size = (64, 64)
@@ -98,10 +98,10 @@ def test_pipeline_embeds_image_files_end_to_end(tmp_path):
 
 def test_compile_flag_wraps_both_networks(tmp_path, monkeypatch):
     """--compile hands both networks to torch.compile (compiling for real takes minutes on 2 cores)."""
-    from pipeline.infer import Pipeline
-    from pose.model import build_pose_model
-    from pose.predict import PosePredictor
-    from reid.model import load_reid_weights
+    from pamtri.pipeline.infer import Pipeline
+    from pamtri.pose.model import build_pose_model
+    from pamtri.pose.predict import PosePredictor
+    from pamtri.reid.model import load_reid_weights
     compiled = []
     monkeypatch.setattr(torch, "compile", lambda m, **kw: compiled.append(m) or m)
     cfg = write_tiny_reid_checkpoint(tmp_path / "r.pt", heatmaps=True, segments=False, keypoints=True)
@@ -114,12 +114,12 @@ def test_compile_flag_wraps_both_networks(tmp_path, monkeypatch):
 
 
 def test_pose_weights_other_than_the_trained_ones_are_warned_about(tmp_path, caplog):
-    from common.checkpoint import load_checkpoint, save_checkpoint
-    from common.config import to_dict
-    from pipeline.infer import Pipeline
-    from pose.cache import file_sha256
-    from pose.config import PoseConfig
-    from pose.model import build_pose_model
+    from pamtri.common.checkpoint import load_checkpoint, save_checkpoint
+    from pamtri.common.config import to_dict
+    from pamtri.pipeline.infer import Pipeline
+    from pamtri.pose.cache import file_sha256
+    from pamtri.pose.config import PoseConfig
+    from pamtri.pose.model import build_pose_model
     cfg = PoseConfig()
     cfg.model.name = "hrnet_w18_small"
     cfg.data.input_size = (64, 64)

@@ -2,16 +2,16 @@
 import numpy as np
 import torch
 
-from pipeline.infer import Pipeline
-from pose.model import build_pose_model
-from pose.predict import PosePredictor
-from reid.config import DataConfig, ModelConfig
-from reid.model import build_model
+from pamtri.pipeline.infer import Pipeline
+from pamtri.pose.model import build_pose_model
+from pamtri.pose.predict import PosePredictor
+from pamtri.reid.config import DataConfig, ModelConfig
+from pamtri.reid.model import build_model
 
 
 def _vehicles(n, size=64):
     """n rendered vehicles (12 identities seen from several viewpoints): uint8 RGB, and their identity."""
-    from pipeline.synth.render import make_identity, render_sample
+    from pamtri.pipeline.synth.render import make_identity, render_sample
     identities = [make_identity(np.random.default_rng(1000 + k)) for k in range(12)]
     images = [np.ascontiguousarray(render_sample(i, identity=identities[i % 12], size=size)[0][:, :, ::-1])
               for i in range(n)]

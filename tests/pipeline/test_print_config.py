@@ -4,7 +4,7 @@ from pathlib import Path
 
 import yaml
 
-from pipeline.cli import main
+from pamtri.pipeline.cli import main
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
@@ -29,7 +29,8 @@ def test_reid_print_config_resolves_the_strdan_cases(capsys, tmp_path, monkeypat
     one = show(1)
     assert [s["domain"] for s in one["data"]["train"]] == ["real"] and _heads(one) == (False, False, False, False)
     assert one["name"] == "strdan_veri_case1" and one["model"]["backbone"] == "resnet50"  # from _strdan_veri.yaml
-    for case, heads in ((2, (True, True, False, False)), (4, (True, False, False, True)), (8, (True, True, True, True))):
+    cases = ((2, (True, True, False, False)), (4, (True, False, False, True)), (8, (True, True, True, True)))
+    for case, heads in cases:
         cfg = show(case)
         assert _heads(cfg) == heads and [s["domain"] for s in cfg["data"]["train"]] == ["real", "synthetic"]
     assert show(8, "--set", "optim.lr=0.01")["optim"]["lr"] == 0.01

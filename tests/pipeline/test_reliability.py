@@ -23,8 +23,8 @@ import numpy as np
 import pytest
 import torch
 
-from common.checkpoint import load_checkpoint, save_checkpoint
-from pipeline.cli import main
+from pamtri.common.checkpoint import load_checkpoint, save_checkpoint
+from pamtri.pipeline.cli import main
 from tests.conftest import replace_line, write_tiny_reid_config, write_tiny_synth_tree
 from tests.pose.posedata import make_pose_set
 
@@ -124,9 +124,9 @@ def pose_config(path: Path, root: Path, epochs=1, steps=1) -> Path:
 @pytest.fixture(scope="module")
 def pose_weights(tmp_path_factory) -> Path:
     """An untrained hrnet_w18_small pose checkpoint with its config (64 x 64 input)."""
-    from common.config import to_dict
-    from pose.config import PoseConfig
-    from pose.model import build_pose_model
+    from pamtri.common.config import to_dict
+    from pamtri.pose.config import PoseConfig
+    from pamtri.pose.model import build_pose_model
     torch.manual_seed(0)
     cfg = PoseConfig()
     cfg.model.name, cfg.data.input_size = "hrnet_w18_small", (64, 64)
@@ -580,7 +580,7 @@ def test_cache_of_other_pose_weights_is_refused(pose_weights, pose_tree, tmp_pat
         f"{cache}: holds a cache (or a partial build) for other inputs (different pose weights, settings or image "
         f"list); rebuild it with `pamtri cache build ... --out {cache} --rebuild` (or delete the folder)")
     assert {p.name: p.read_bytes() for p in cache.iterdir() if p.is_file()} == before
-    from pose.cache import Cache, file_sha256
+    from pamtri.pose.cache import Cache, file_sha256
     with pytest.raises(Exception, match="built with other pose weights.*--rebuild"):
         Cache(cache, expect_weights_sha256=file_sha256(other))
     code, out, err = cli(["cache", "build", "--pose-weights", other, "--rebuild"] + common, capsys)
@@ -610,7 +610,7 @@ def _metrics(path: Path, skip=("time_s", "train_seconds")) -> list[dict]:
 
 def _kill_after_first_checkpoint(argv: list, run: Path, seed: int) -> None:
     """Run ``pamtri ARGV`` in a subprocess and SIGKILL it at a random moment after last.pt first appears."""
-    proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli"] + [str(a) for a in argv], env=_env(),
+    proc = subprocess.Popen([sys.executable, "-m", "pamtri"] + [str(a) for a in argv], env=_env(),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.time() + 300
@@ -680,7 +680,7 @@ def test_pose_non_finite_loss_keeps_the_last_good_checkpoint(pose_tree, tmp_path
 
 def _hold_lock(folder: Path) -> subprocess.Popen:
     """A second process that takes the run lock of ``folder`` and keeps it until killed."""
-    code = ("import sys, time; from common.atomic import RunLock; RunLock(sys.argv[1]).acquire(); "
+    code = ("import sys, time; from pamtri.common.atomic import RunLock; RunLock(sys.argv[1]).acquire(); "
             "print('held', flush=True); time.sleep(600)")
     proc = subprocess.Popen([sys.executable, "-c", code, str(folder)], env=_env(), stdout=subprocess.PIPE, text=True)
     assert proc.stdout.readline().strip() == "held"
@@ -799,7 +799,7 @@ def test_disk_full_while_writing_a_cache_chunk(pose_weights, pose_tree, tmp_path
     assert (cache / "chunks" / "00000.json").is_file() and not record.exists()
     assert not (cache / "manifest.json").exists() and not (cache / ".lock").exists()
     assert not [p for p in (cache / "chunks").iterdir() if p.name.endswith(".tmp")]
-    from pose.cache import Cache
+    from pamtri.pose.cache import Cache
     code, out, err = cli(["cache", "verify", cache], capsys)  # an unfinished cache is not used
     assert "has not finished" in one_error(code, err)
     monkeypatch.undo()
@@ -813,7 +813,7 @@ def test_disk_full_while_writing_a_cache_chunk(pose_weights, pose_tree, tmp_path
 # --- source guards: regressions of the security and atomic-write rules fail here -----------------------------
 
 def _sources() -> list[Path]:
-    return [p for d in ("common", "pose", "reid", "pipeline") for p in sorted((REPO / d).rglob("*.py"))]
+    return [p for d in ("pamtri", "pose", "reid", "pipeline") for p in sorted((REPO / d).rglob("*.py"))]
 
 
 def _calls(path: Path):
@@ -873,12 +873,12 @@ def test_no_unsafe_loading_or_code_from_config_values():
                 bad.append(f"{rel}:{line}: shell=True")
         for line, module in _imports(path):
             top = module.split(".")[0]
-            # common/checkpoint.py imports pickle only to catch the UnpicklingError weights_only raises
+            # pamtri/common/checkpoint.py imports pickle only to catch the UnpicklingError weights_only raises
             if top in ("pickle", "cPickle", "_pickle", "dill", "cloudpickle", "joblib", "shelve", "marshal") and \
-                    not (str(rel) == "common/checkpoint.py" and module == "pickle"):
+                    not (str(rel) == "pamtri/common/checkpoint.py" and module == "pickle"):
                 bad.append(f"{rel}:{line}: import {module}")
     assert not bad, "\n".join(bad)
-    assert "weights_only=True" in (REPO / "common" / "checkpoint.py").read_text()
+    assert "weights_only=True" in (REPO / "pamtri" / "common" / "checkpoint.py").read_text()
 
 
 # Writes that are not through common.atomic, each with its reason.
@@ -897,7 +897,7 @@ def test_every_file_is_written_atomically():
     bad = []
     for path in _sources():
         rel = str(path.relative_to(REPO))
-        if rel == "common/atomic.py":
+        if rel == "pamtri/common/atomic.py":
             continue
         for line, name, call in _calls(path):
             direct = None
@@ -910,7 +910,8 @@ def test_every_file_is_written_atomically():
                     or name.startswith("shutil.") and name.split(".")[-1] in ("copy", "copyfile", "copy2", "copytree",
                                                                               "move"):
                 direct = name
-            elif name.split(".")[-1] in ("savefig", "save", "savez", "savez_compressed") or name.endswith("onnx.export"):
+            elif (name.split(".")[-1] in ("savefig", "save", "savez", "savez_compressed")
+                  or name.endswith("onnx.export")):
                 where = {"torch.save": 1, "torch.onnx.export": 2}.get(name, 0)
                 target = call.args[where] if len(call.args) > where else _keyword(call, "f")
                 if not (isinstance(target, ast.Name) and target.id in ("buf", "fh")):
@@ -921,7 +922,7 @@ def test_every_file_is_written_atomically():
 
 
 def test_debug_shows_the_traceback(pose_weights, pose_tree, tmp_path, capsys):
-    from common.errors import ConfigError
+    from pamtri.common.errors import ConfigError
     argv = ["reid", "train", "--config", str(tmp_path / "none.yaml"), "--out", str(tmp_path / "run")]
     assert one_error(*cli(argv, capsys)[::2]) == f"{tmp_path / 'none.yaml'}: config file does not exist"
     with pytest.raises(ConfigError, match="config file does not exist"):

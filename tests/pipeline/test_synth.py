@@ -9,12 +9,12 @@ import cv2
 import numpy as np
 import pytest
 
-from common.errors import ConfigError
-from pose.keypoints import FLIP_INDEX, NUM_KEYPOINTS, NUM_SIDE, flip_keypoints
-from pose.labels import read_pose_csv, read_reid_csv
-from pose.records import parse_veri_name
-from pipeline.synth import META_HEADER, build_body, generate, make_identity, render_sample
-from reid.attributes import VERI_COLORS, VERI_TYPES
+from pamtri.common.errors import ConfigError
+from pamtri.pipeline.synth import META_HEADER, build_body, generate, make_identity, render_sample
+from pamtri.pose.keypoints import FLIP_INDEX, NUM_KEYPOINTS, NUM_SIDE, flip_keypoints
+from pamtri.pose.labels import read_pose_csv, read_reid_csv
+from pamtri.pose.records import parse_veri_name
+from pamtri.reid.attributes import VERI_COLORS, VERI_TYPES
 
 VERI_RE = re.compile(r"^\d{4}_c\d{3}_\d{8}_0\.jpg$")
 LEFT = np.arange(NUM_SIDE)
@@ -256,7 +256,7 @@ def test_realistic_style_is_the_real_domain(tmp_path):
 
 
 def test_interrupted_run_leaves_nothing(tmp_path, monkeypatch):
-    import pipeline.synth.dataset as ds
+    import pamtri.pipeline.synth.dataset as ds
     real, calls = ds._render_task, []
 
     def flaky(job):
@@ -282,7 +282,7 @@ def test_bad_arguments_raise_config_error(tmp_path, kw, flag):
 
 
 def test_cli_smoke(tmp_path, capsys):
-    from pipeline.cli import main
+    from pamtri.pipeline.cli import main
     out = tmp_path / "cli"
     argv = ["synth", "--out", str(out), "--ids", "4", "--images-per-id", "2", "--size", "40", "--cameras", "2",
             "--no-progress", "--preview"]

@@ -3,10 +3,10 @@ import numpy as np
 import pytest
 import torch
 
-from common.checkpoint import load_checkpoint
-from common.errors import CheckpointError
-from pipeline.cli import main
-from pose.model import PoseHRNet, ours_to_official
+from pamtri.common.checkpoint import load_checkpoint
+from pamtri.common.errors import CheckpointError
+from pamtri.pipeline.cli import main
+from pamtri.pose.model import PoseHRNet, ours_to_official
 from tests.reid.test_model import _official_forward, _official_state
 
 
@@ -22,7 +22,7 @@ def official_pose(tmp_path_factory):
 
 
 def test_posestnet_converts_to_a_self_describing_pose_checkpoint(official_pose, tmp_path, capsys):
-    from pose.predict import load_pose_model
+    from pamtri.pose.predict import load_pose_model
     src, model = official_pose
     out = tmp_path / "pose.pt"
     assert main(["weights", "convert", "--from", "official-posestnet", "--in", str(src), "--out", str(out)]) == 0
@@ -54,8 +54,8 @@ def test_converted_pose_weights_work_with_pose_predict(official_pose, tmp_path):
 @pytest.mark.parametrize("channels,keypoints,multitask", [(52, True, True), (3, False, False)])
 def test_pamtri_reid_converts_with_a_description_from_the_shapes(official_pose, tmp_path, channels, keypoints,
                                                                   multitask):
-    from pipeline.infer import Pipeline
-    from reid.model import load_reid_weights
+    from pamtri.pipeline.infer import Pipeline
+    from pamtri.reid.model import load_reid_weights
     state = _official_state(channels, keypoints, multitask)
     src = tmp_path / "model_best.pth.tar"
     torch.save({"state_dict": {f"module.{k}": v for k, v in state.items()}, "rank1": 0.9, "epoch": 60}, src)
@@ -83,7 +83,7 @@ def test_pamtri_reid_converts_with_a_description_from_the_shapes(official_pose, 
 
 
 def test_wrong_layouts_are_refused_with_the_file_named(official_pose, tmp_path, capsys):
-    from pipeline.weights import convert
+    from pamtri.pipeline.weights import convert
     src, _ = official_pose
     with pytest.raises(CheckpointError, match="not an official PAMTRI MultiTaskNet"):
         convert("official-pamtri-reid", src, tmp_path / "x.pt")

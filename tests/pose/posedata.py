@@ -6,8 +6,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from pose.labels import write_pose_csv
-from pose.records import Record
+from pamtri.pose.labels import write_pose_csv
+from pamtri.pose.records import Record
 
 
 def random_keypoints(rng: np.random.Generator, width: int, height: int) -> np.ndarray:

@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from common.errors import CheckpointError, PamtriError
-from pose.cache import Cache, CacheSpec, CacheWriter, pack_segments, unpack_segments
+from pamtri.common.errors import CheckpointError, PamtriError
+from pamtri.pose.cache import Cache, CacheSpec, CacheWriter, pack_segments, unpack_segments
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -37,7 +37,7 @@ BUILD = textwrap.dedent('''
     import sys
     sys.path.insert(0, sys.argv[3])
     from producer import produce
-    from pose.cache import CacheSpec, CacheWriter
+    from pamtri.pose.cache import CacheSpec, CacheWriter
     names = [f"{i:04d}_c001_{i:08d}_0.jpg" for i in range(int(sys.argv[2]))]
     spec = CacheSpec(weights_sha256="abc", pose_config={"w": 1}, input_size=(32, 32), heatmap_size=(8, 8), chunk_size=4)
     w = CacheWriter(sys.argv[1], names, spec)
@@ -143,7 +143,7 @@ def test_killed_build_resumes_to_identical_cache(tmp_path, scripts):
     target = tmp_path / "killed"
     rng = random.Random(1234)
     unfinished = 0
-    for attempt in range(3):  # kill at random moments, several times
+    for _ in range(3):  # kill at random moments, several times
         proc = subprocess.Popen([sys.executable, str(scripts / "build.py"), str(target), "40", str(scripts), "0.15"],
                                 env=env)
         time.sleep(rng.uniform(0.2, 1.0))

@@ -2,9 +2,9 @@ import numpy as np
 import pytest
 import torch
 
-from pose.heatmaps import decode, encode, flip_back, shift_x
-from pose.keypoints import FLIP_INDEX, flip_keypoints
-from pose.transforms import apply, input_to_heatmap
+from pamtri.pose.heatmaps import decode, encode, flip_back, shift_x
+from pamtri.pose.keypoints import FLIP_INDEX, flip_keypoints
+from pamtri.pose.transforms import apply, input_to_heatmap
 
 
 def _random_targets(seed, n=16, size=64, lo=4.0):
@@ -59,7 +59,7 @@ def test_reference_rule_hand_worked():
 
 def test_reference_rule_matches_hrnet_get_final_preds_at_the_borders():
     """Peaks in the first two rows/columns or the last one take no quarter step on either axis."""
-    from pipeline.bench import decode_loop  # the per-keypoint loop of get_final_preds, kept as the oracle
+    from pamtri.pipeline.bench import decode_loop  # the per-keypoint loop of get_final_preds, kept as the oracle
     rng = np.random.default_rng(11)
     xy = rng.uniform(-0.4, 15.4, (20, 36, 2)).astype(np.float32)
     hm, _ = encode(xy, np.ones((20, 36)), (16, 16), sigma=1.5)
@@ -130,7 +130,8 @@ def test_flip_back_permutes_channels():
 def test_patch_smoothing_equals_smoothing_the_whole_map():
     """DARK smooths only around each peak; the values must be those of a full zero-padded Gaussian blur."""
     import torch.nn.functional as F
-    from pose.heatmaps import _argmax, _blurred_neighbourhood, _gaussian_kernel
+
+    from pamtri.pose.heatmaps import _argmax, _blurred_neighbourhood, _gaussian_kernel
     hm = torch.rand(2, 36, 20, 24)
     hm[0, :, 0, 0] = 5.0   # peaks on a corner and an edge: the patch reaches beyond the map there
     hm[1, :, 10, 23] = 5.0

@@ -6,9 +6,9 @@ import math
 import numpy as np
 import pytest
 
-from common.errors import DataError
-from pose.labels import read_pose_csv, read_reid_csv, write_pose_csv, write_reid_csv
-from pose.records import UNLABELLED, Problems, Record
+from pamtri.common.errors import DataError
+from pamtri.pose.labels import read_pose_csv, read_reid_csv, write_pose_csv, write_reid_csv
+from pamtri.pose.records import UNLABELLED, Problems, Record
 from tests.conftest import keypoint_row, write_jpeg
 
 

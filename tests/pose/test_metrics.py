@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from pose.metrics import format_table, legacy_pck, normalised_errors, pck, pck_curve, pck_table
+from pamtri.pose.metrics import format_table, legacy_pck, normalised_errors, pck, pck_curve, pck_table
 
 
 def _hand_worked():

@@ -2,8 +2,8 @@ import pytest
 import timm
 import torch
 
-from common.errors import CheckpointError
-from pose.model import PoseHRNet, checkpoint_layout, load_weights, official_to_ours, ours_to_official
+from pamtri.common.errors import CheckpointError
+from pamtri.pose.model import PoseHRNet, checkpoint_layout, load_weights, official_to_ours, ours_to_official
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +28,8 @@ def test_every_parameter_gets_a_gradient(model):
 
 def test_official_posestnet_layout_round_trip(model, tmp_path):
     official = ours_to_official(model.state_dict())
-    assert "final_layer.weight" in official and "conv1.weight" in official and "stage4.0.branches.0.0.conv1.weight" in official
+    for key in ("final_layer.weight", "conv1.weight", "stage4.0.branches.0.0.conv1.weight"):
+        assert key in official, key
     assert not any(k.startswith(("backbone.", "head.")) for k in official)
     assert checkpoint_layout(official) == "posestnet"
     back = official_to_ours(official)
@@ -89,7 +90,7 @@ def test_unknown_architecture_is_a_clear_error():
 
 
 def test_load_pose_model_reads_official_posestnet_with_its_conventions(model, tmp_path):
-    from pose.predict import load_pose_model
+    from pamtri.pose.predict import load_pose_model
     path = tmp_path / "model_best.pth"
     torch.save(ours_to_official(model.state_dict()), path)
     with pytest.raises(CheckpointError, match="stores no pamtri config"):

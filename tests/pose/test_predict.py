@@ -3,9 +3,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pose.predict import PosePredictor
-from pose.segments import rasterise
-from pose.visualize import draw_pose, pose_grid
+from pamtri.pose.predict import PosePredictor
+from pamtri.pose.segments import rasterise
+from pamtri.pose.visualize import draw_pose, pose_grid
 
 MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
 STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
@@ -63,7 +63,8 @@ def test_predict_batch_returns_pose_results_with_segments():
     np.testing.assert_array_equal(r.segments, rasterise(r.keypoints, (80, 50)))
     # keypoints the marker model never sees have confidence 0, so every segment is blank
     assert r.keypoints[5, 2] == 0 and r.segments.sum() == 0
-    assert PosePredictor(MarkerModel(), (64, 64), device="cpu").predict_batch(torch.from_numpy(np.stack([imgs[0]] * 2)))[0].keypoints.shape == (36, 3)
+    predictor = PosePredictor(MarkerModel(), (64, 64), device="cpu")
+    assert predictor.predict_batch(torch.from_numpy(np.stack([imgs[0]] * 2)))[0].keypoints.shape == (36, 3)
 
 
 def test_visualisation_draws_and_grids():

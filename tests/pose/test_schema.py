@@ -1,9 +1,17 @@
 import numpy as np
 
-from pose.heatmaps import encode
-from pose.keypoints import (FLIP_INDEX, FLIP_PAIRS, KEYPOINT_NAMES, NUM_KEYPOINTS, PCK_GROUPS, SEGMENT_FLIP,
-                            SEGMENTS, flip_keypoints)
-from pose.segments import rasterise
+from pamtri.pose.heatmaps import encode
+from pamtri.pose.keypoints import (
+    FLIP_INDEX,
+    FLIP_PAIRS,
+    KEYPOINT_NAMES,
+    NUM_KEYPOINTS,
+    PCK_GROUPS,
+    SEGMENT_FLIP,
+    SEGMENTS,
+    flip_keypoints,
+)
+from pamtri.pose.segments import rasterise
 
 
 def test_schema_matches_spec():
@@ -33,7 +41,7 @@ def test_rasterise_fills_quad_and_respects_confidence():
     kps = np.zeros((36, 3), np.float32)
     kps[:, 2] = 1.0
     # segment 9 is the roof (13, 14, 32, 31): an axis-aligned rectangle x in [2, 6], y in [1, 3]
-    kps[13, :2] = (2, 1); kps[14, :2] = (6, 1); kps[32, :2] = (6, 3); kps[31, :2] = (2, 3)
+    kps[[13, 14, 32, 31], :2] = [(2, 1), (6, 1), (6, 3), (2, 3)]
     seg = rasterise(kps, (5, 8))
     assert seg.shape == (13, 5, 8) and seg.dtype == np.uint8
     expected = np.zeros((5, 8), np.uint8)

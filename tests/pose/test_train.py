@@ -4,13 +4,13 @@ import json
 import pytest
 import torch
 
-import pose.train as pose_train
-from common.checkpoint import load_checkpoint
-from common.config import load_config
-from common.errors import ConfigError
-from common.training import NonFiniteLossError
-from pipeline.cli import main
-from pose.config import PoseConfig
+import pamtri.pose.train as pose_train
+from pamtri.common.checkpoint import load_checkpoint
+from pamtri.common.config import load_config
+from pamtri.common.errors import ConfigError
+from pamtri.common.training import NonFiniteLossError
+from pamtri.pipeline.cli import main
+from pamtri.pose.config import PoseConfig
 from tests.pose.posedata import make_pose_set
 
 
@@ -115,7 +115,8 @@ def test_cli_train_predict_eval(data, tmp_path, capsys):
     assert main(["pose", "predict", "--weights", str(run / "best.pt"), "--images", str(data / "image_test"),
                  "--out", str(out), "--workers", "0", "--vis", "2"]) == 0
     import numpy as np
-    from pose.labels import read_reid_csv
+
+    from pamtri.pose.labels import read_reid_csv
     recs = read_reid_csv(out / "keypoints.csv")
     assert len(recs) == 4 and recs[0].keypoints.shape == (36, 3)
     z = np.load(out / "poses.npz")

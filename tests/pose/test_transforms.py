@@ -1,10 +1,19 @@
 import numpy as np
 
-from pose.dataset import PoseDataset
-from pose.heatmaps import decode
-from pose.keypoints import FLIP_INDEX
-from pose.transforms import (Augment, apply, colour_jitter, compose, crop_matrix, flip_matrix, image_box, invert,
-                             sample_crop)
+from pamtri.pose.dataset import PoseDataset
+from pamtri.pose.heatmaps import decode
+from pamtri.pose.keypoints import FLIP_INDEX
+from pamtri.pose.transforms import (
+    Augment,
+    apply,
+    colour_jitter,
+    compose,
+    crop_matrix,
+    flip_matrix,
+    image_box,
+    invert,
+    sample_crop,
+)
 from tests.pose.posedata import make_pose_set
 
 

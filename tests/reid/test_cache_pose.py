@@ -4,13 +4,13 @@ import pickle
 import numpy as np
 import pytest
 
-from common.checkpoint import load_checkpoint
-from common.errors import ConfigError, DataError
-from pose.cache import CacheSpec, CacheWriter
-from pose.records import Record
-from pose.segments import rasterise
-from reid.config import DataConfig, DataSource, ModelConfig
-from reid.data import CachePose, make_pose_source
+from pamtri.common.checkpoint import load_checkpoint
+from pamtri.common.errors import ConfigError, DataError
+from pamtri.pose.cache import CacheSpec, CacheWriter
+from pamtri.pose.records import Record
+from pamtri.pose.segments import rasterise
+from pamtri.reid.config import DataConfig, DataSource, ModelConfig
+from pamtri.reid.data import CachePose, make_pose_source
 
 W, H = 40, 30  # image size (pixels); cached heatmaps are 8 x 8 cells over the whole image
 
@@ -84,8 +84,8 @@ def test_config_names_the_source_without_a_cache():
 
 
 def test_training_and_evaluation_refuse_caches_of_other_pose_weights(tmp_path, capsys):
-    from pipeline.cli import main
-    from reid.datasets import read_split
+    from pamtri.pipeline.cli import main
+    from pamtri.reid.datasets import read_split
     from tests.conftest import write_tiny_reid_config, write_tiny_synth_tree
     root = write_tiny_synth_tree(tmp_path / "data", ids=8)
     caches = {}

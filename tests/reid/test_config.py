@@ -3,9 +3,9 @@ from pathlib import Path
 
 import pytest
 
-from common.config import load_config
-from common.errors import ConfigError
-from reid.config import ReIDConfig
+from pamtri.common.config import load_config
+from pamtri.common.errors import ConfigError
+from pamtri.reid.config import ReIDConfig
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "reid"
 PAMTRI_ROWS = ("r", "rs", "rs_mt", "rs_mt_k", "rs_mt_k_h", "rs_mt_k_s", "r_mt_k", "xent", "htri")
@@ -36,7 +36,8 @@ def test_pamtri_rows(data):
     assert rows["xent"].loss.triplet == 0 and rows["htri"].loss.id == 0 and not rows["htri"].model.id_head
     c = rows["rs_mt_k_h"]
     assert (c.model.backbone, c.model.in_channels, c.loss.color, c.loss.margin) == ("densenet121", 39, 0.125, 0.3)
-    assert (c.sampler.batch_size, c.sampler.k, c.optim.lr, c.optim.milestones, c.optim.epochs) == (32, 4, 3e-4, [20, 40], 60)
+    got = (c.sampler.batch_size, c.sampler.k, c.optim.lr, c.optim.milestones, c.optim.epochs)
+    assert got == (32, 4, 3e-4, [20, 40], 60)
 
 
 # the paper's numbering (Tables 1 and 2): (orientation, colour, type); case 1 is the real-only baseline

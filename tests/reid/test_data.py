@@ -3,11 +3,18 @@ import numpy as np
 import pytest
 import torch
 
-from pose.keypoints import FLIP_INDEX, NUM_KEYPOINTS, SEGMENT_FLIP, flip_keypoints
-from pose.records import REAL, SYNTHETIC, Record
-from reid.data import (AugParams, KeypointPose, PoseChannels, ReIDDataset, SampleBuilder, SeededBatches,
-                       combine_training_sets)
-from reid.samplers import IdentitySampler
+from pamtri.pose.keypoints import FLIP_INDEX, NUM_KEYPOINTS, SEGMENT_FLIP, flip_keypoints
+from pamtri.pose.records import REAL, SYNTHETIC, Record
+from pamtri.reid.data import (
+    AugParams,
+    KeypointPose,
+    PoseChannels,
+    ReIDDataset,
+    SampleBuilder,
+    SeededBatches,
+    combine_training_sets,
+)
+from pamtri.reid.samplers import IdentitySampler
 
 MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 STD = np.array([0.229, 0.224, 0.225], np.float32)

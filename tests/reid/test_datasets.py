@@ -7,12 +7,23 @@ import math
 import numpy as np
 import pytest
 
-from common.errors import DataError
-from pose.records import REAL, SYNTHETIC, Problems
-from reid.datasets import FORMATS, detect_format, read_split, read_tracks, require_ground_truth
-from reid.datasets.cityflow import read_ground_truth
-from tests.conftest import (CITYFLOW_TRAIN, SYNTH_HEADER, SYNTH_META, VEHICLEX_TRAIN, VERI_QUERY, VERI_TEST,
-                            VERI_TRAIN, keypoint_row, replace_line, write_jpeg, write_xml)
+from pamtri.common.errors import DataError
+from pamtri.pose.records import REAL, SYNTHETIC, Problems
+from pamtri.reid.datasets import FORMATS, detect_format, read_split, read_tracks, require_ground_truth
+from pamtri.reid.datasets.cityflow import read_ground_truth
+from tests.conftest import (
+    CITYFLOW_TRAIN,
+    SYNTH_HEADER,
+    SYNTH_META,
+    VEHICLEX_TRAIN,
+    VERI_QUERY,
+    VERI_TEST,
+    VERI_TRAIN,
+    keypoint_row,
+    replace_line,
+    write_jpeg,
+    write_xml,
+)
 
 
 def assert_names(exc_info, path, line=None, *words, element=None):
@@ -172,7 +183,8 @@ def test_veri_lenient_mode_collects_all(veri_tree):
 
 def test_cityflow_train_and_unlabelled_query(cityflow_tree):
     train = read_split(cityflow_tree, "train")
-    assert [(r.name, r.vehicle_id, r.camera_id) for r in train] == [(n, int(v), int(c[1:])) for n, v, c in CITYFLOW_TRAIN]
+    want = [(n, int(v), int(c[1:])) for n, v, c in CITYFLOW_TRAIN]
+    assert [(r.name, r.vehicle_id, r.camera_id) for r in train] == want
     assert all(r.color_id == -1 and r.type_id == -1 for r in train)
     query = read_split(cityflow_tree, "query", check_images=True)
     assert [r.name for r in query] == ["000001.jpg", "000002.jpg"]

@@ -5,9 +5,15 @@ import cv2
 import numpy as np
 import pytest
 
-from common.errors import DataError
-from pose.legacy import (legacy_folders, read_legacy_heatmaps, read_legacy_maps, read_legacy_segments,
-                         sibling_folder, write_legacy_maps)
+from pamtri.common.errors import DataError
+from pamtri.pose.legacy import (
+    legacy_folders,
+    read_legacy_heatmaps,
+    read_legacy_maps,
+    read_legacy_segments,
+    sibling_folder,
+    write_legacy_maps,
+)
 
 
 def reference_tree(root, h=(16, 12), s=(30, 20)):
@@ -53,7 +59,8 @@ def test_missing_odd_and_mismatched_files_name_the_file(tmp_path):
     cv2.imwrite(str(heat_dir / "17.jpg"), np.zeros((5, 5), np.uint8))
     with pytest.raises(DataError) as exc_info:
         read_legacy_heatmaps(heat_dir)
-    assert exc_info.value.path == str(heat_dir / "17.jpg") and "is 5x5 pixels, but 00.jpg is 16x12" in str(exc_info.value)
+    assert exc_info.value.path == str(heat_dir / "17.jpg")
+    assert "is 5x5 pixels, but 00.jpg is 16x12" in str(exc_info.value)
     (seg_dir / "13.jpg").write_bytes((seg_dir / "12.jpg").read_bytes())
     with pytest.raises(DataError) as exc_info:
         read_legacy_segments(seg_dir)

@@ -4,8 +4,8 @@ import math
 import pytest
 import torch
 
-from reid.config import LossConfig
-from reid.losses import masked_cross_entropy, reid_losses, triplet_batch_hard
+from pamtri.reid.config import LossConfig
+from pamtri.reid.losses import masked_cross_entropy, reid_losses, triplet_batch_hard
 
 
 def test_triplet_batch_hard_hand_worked():

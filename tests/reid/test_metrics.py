@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 import torch
 
-from common.errors import PamtriError
-from reid.metrics import NoMatchError, attribute_accuracy, evaluate, pairwise_distance
+from pamtri.common.errors import PamtriError
+from pamtri.reid.metrics import NoMatchError, attribute_accuracy, evaluate, pairwise_distance
 
 G_IDS = np.array([1, 2, 1, 3, 1, 2])
 G_CAMS = np.array([1, 2, 2, 1, 3, 3])
@@ -101,8 +101,8 @@ def test_distances_and_attribute_accuracy():
 
 def test_attribute_accuracy_counts_each_test_image_once():
     """VeRi's query images are also test images: colour/type accuracy is over distinct images, not Q + G."""
-    from reid.config import EvalConfig
-    from reid.evaluate import Features, evaluate_features
+    from pamtri.reid.config import EvalConfig
+    from pamtri.reid.evaluate import Features, evaluate_features
 
     def feats(names, pids, cams, colors, predicted):
         logits = torch.nn.functional.one_hot(torch.tensor(predicted), 3).float()

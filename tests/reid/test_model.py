@@ -7,10 +7,18 @@ import torch
 import torch.nn.functional as F
 import torchvision
 
-from common.errors import CheckpointError
-from reid.config import ModelConfig
-from reid.model import (KEYPOINT_DIM, ReIDNet, build_model, grad_reverse, grl_ramp, load_pamtri_checkpoint,
-                        load_reid_weights, pamtri_layout)
+from pamtri.common.errors import CheckpointError
+from pamtri.reid.config import ModelConfig
+from pamtri.reid.model import (
+    KEYPOINT_DIM,
+    ReIDNet,
+    build_model,
+    grad_reverse,
+    grl_ramp,
+    load_pamtri_checkpoint,
+    load_reid_weights,
+    pamtri_layout,
+)
 
 RGB = ModelConfig(heatmaps=False, segments=False, keypoints=False, color=False, type=False)
 
@@ -30,7 +38,8 @@ def imagenet_densenet(tmp_path_factory):
     return path, state
 
 
-@pytest.mark.parametrize("heat,seg,channels", [(False, False, 3), (True, False, 39), (False, True, 16), (True, True, 52)])
+@pytest.mark.parametrize("heat,seg,channels",
+                         [(False, False, 3), (True, False, 39), (False, True, 16), (True, True, 52)])
 def test_widened_first_conv_keeps_rgb_weights(imagenet_densenet, heat, seg, channels):
     path, state = imagenet_densenet
     cfg = replace(RGB, heatmaps=heat, segments=seg, pretrained=str(path))

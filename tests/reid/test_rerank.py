@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from reid.rerank import rerank
+from pamtri.reid.rerank import rerank
 
 
 def dense_rerank(q_g, q_q, g_g, k1, k2, lam):

@@ -5,7 +5,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from reid.samplers import DomainBalancedSampler, IdentitySampler
+from pamtri.reid.samplers import DomainBalancedSampler, IdentitySampler
 
 
 def _labels(counts):

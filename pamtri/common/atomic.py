@@ -5,8 +5,9 @@ import contextlib
 import errno
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Iterator
+from typing import IO
 
 from .errors import PamtriError, WriteError
 
@@ -74,7 +75,7 @@ class RunLock:
         self.path = Path(folder) / ".lock"
         self._held = False
 
-    def acquire(self) -> "RunLock":
+    def acquire(self) -> RunLock:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         for _ in range(2):
             try:
@@ -86,7 +87,8 @@ class RunLock:
                     continue
                 raise PamtriError(
                     f"{self.path.parent}: another pamtri process (pid {self._owner()}) is writing this run "
-                    f"folder; wait for it or choose another --out (remove {self.path} if that process is gone)")
+                    f"folder; wait for it or choose another --out (remove {self.path} if that process is gone)"
+                ) from None
             with os.fdopen(fd, "w") as fh:
                 fh.write(str(os.getpid()))
             self._held = True
@@ -117,7 +119,7 @@ class RunLock:
                 os.unlink(self.path)
             self._held = False
 
-    def __enter__(self) -> "RunLock":
+    def __enter__(self) -> RunLock:
         return self.acquire()
 
     def __exit__(self, *exc) -> None:

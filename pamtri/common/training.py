@@ -50,7 +50,7 @@ class MetricsLog:
 
     @classmethod
     def open(cls, path: str | os.PathLike, keep_epochs_below: int | None = None,
-             tensorboard: bool = True) -> "MetricsLog":
+             tensorboard: bool = True) -> MetricsLog:
         """Load an existing log (for resume), keeping rows with epoch < keep_epochs_below."""
         path = Path(path)
         rows: list[dict] = []
