@@ -116,7 +116,7 @@ def bench_cache(quick: bool) -> list[Row]:
     """Cache read speed and disk use: our memory-mapped cache vs the reference's 49 JPEGs per image."""
     import cv2
 
-    from pamtri.common.images import read_image
+    from pamtri.data.images import read_image
     from pamtri.pose.cache import Cache, CacheSpec, CacheWriter
     from pamtri.pose.legacy import read_legacy_maps, write_legacy_maps
     from pamtri.pose.segments import rasterise

@@ -13,11 +13,11 @@ import numpy as np
 from pamtri.common.atomic import RunLock
 from pamtri.common.distributed import barrier, init_distributed
 from pamtri.common.errors import DataError
-from pamtri.common.images import read_image
+from pamtri.data.images import read_image
+from pamtri.data.labels import read_reid_csv, write_reid_csv
+from pamtri.data.records import Record, parse_veri_name
 from pamtri.pose.cache import Cache, CacheSpec, CacheWriter, dequantise, file_sha256
-from pamtri.pose.labels import read_reid_csv, write_reid_csv
 from pamtri.pose.legacy import legacy_folders, read_legacy_heatmaps, write_legacy_maps
-from pamtri.pose.records import Record, parse_veri_name
 from pamtri.pose.segments import rasterise
 
 from .infer import HEATMAP_GRID, run_pose
@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 
 def split_images(root: str | os.PathLike, split: str, fmt: str = "auto") -> list[str]:
     """Absolute image paths of a data set split, in the reader's order."""
-    from pamtri.reid.datasets import read_split
+    from pamtri.data.readers import read_split
     return [r.path for r in read_split(root, split, fmt)]
 
 

@@ -5,7 +5,7 @@ and skipped, so one pass lists all problems), then checked further:
 
 - images: every listed image must exist and be non-empty; its header (JPEG frame header, PNG IHDR, BMP)
   is parsed for all images (cheap: a few small reads per file), giving size and channels; a full decode
-  (``common.images.read_image``) runs on at most ``max_decodes`` images spread evenly over each split
+  (``pamtri.data.images.read_image``) runs on at most ``max_decodes`` images spread evenly over each split
   (0 = headers only, -1 = decode all). A file whose header does not parse is reported with the decoder's
   message and an image under 4 pixels a side as an error, so every image error reads as the training commands
   word it. A size that disagrees with the pose labels is an error; grayscale, CMYK / alpha images and very
@@ -16,7 +16,7 @@ and skipped, so one pass lists all problems), then checked further:
   identities with a single image, splits without camera ids, unlabelled query/test (CityFlow without
   ground truth) and images in an image folder that no label lists are warnings (the first two are errors
   for training with the triplet loss and for evaluation with the same-camera rule, with these words:
-  ``reid.datasets.single_image_identities`` / ``missing_cameras``); CityFlow track files must be
+  ``pamtri.data.readers.single_image_identities`` / ``missing_cameras``); CityFlow track files must be
   well-formed and name only images of their split.
 
 Errors make the check fail (exit 1); warnings are reported but do not.
@@ -31,9 +31,8 @@ from pathlib import Path
 import numpy as np
 
 from pamtri.common.errors import DataError
-from pamtri.common.images import image_header, too_small
-from pamtri.pose.records import DOMAIN_NAMES, Problems, Record, parse_veri_name
-from pamtri.reid.datasets import (
+from pamtri.data.images import IMAGE_SUFFIXES, image_header, too_small
+from pamtri.data.readers import (
     available_splits,
     check_format,
     missing_cameras,
@@ -42,7 +41,8 @@ from pamtri.reid.datasets import (
     read_tracks,
     single_image_identities,
 )
-from pamtri.reid.datasets._common import IMAGE_SUFFIXES, image_dir
+from pamtri.data.readers._common import image_dir
+from pamtri.data.records import DOMAIN_NAMES, Problems, Record, parse_veri_name
 
 DEFAULT_MAX_DECODES = 200
 MIN_SIDE_WARN = 16          # pixels; smaller crops carry little identity information
@@ -84,8 +84,9 @@ def _decode_indices(n: int, max_decodes: int) -> set[int]:
 
 
 def _decode_error(path: str) -> DataError | None:
-    """The DataError ``common.images.read_image`` (what training reads images with) raises for ``path``, or None."""
-    from pamtri.common.images import read_image
+    """The DataError ``pamtri.data.images.read_image`` (what training reads images with) raises for ``path``, or
+    None."""
+    from pamtri.data.images import read_image
     try:
         read_image(path)
     except DataError as err:

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pamtri.common.images import read_image
+from pamtri.data.images import read_image
 from pamtri.pose.transforms import invert
 
 log = logging.getLogger(__name__)

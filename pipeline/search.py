@@ -29,7 +29,7 @@ def draw_search(query_paths: Sequence[str], gallery_paths: Sequence[str], order:
     import cv2
 
     from pamtri.common.atomic import atomic_write_bytes
-    from pamtri.common.images import read_image
+    from pamtri.data.images import read_image
     w, h = tile
     rows = []
     for qi, qp in enumerate(query_paths):

@@ -30,18 +30,14 @@ import numpy as np
 
 from pamtri.common.atomic import atomic_write_text
 from pamtri.common.errors import CheckpointError, PamtriError
+from pamtri.pose.result import PoseResult
 
 from .keypoints import NUM_KEYPOINTS, NUM_SEGMENTS
-from .records import PoseResult
 
 log = logging.getLogger(__name__)
 
 CACHE_SCHEMA = 1
 HEATMAP_DTYPES = {"uint8": np.uint8, "float16": np.float16}
-
-# producer(names) -> (heatmaps (n, 36, h, w) float32 in [0, 1], keypoints (n, 36, 3) float32)
-Producer = Callable[[Sequence[str]], tuple[np.ndarray, np.ndarray]]
-
 
 def file_sha256(path: str | os.PathLike, block: int = 1 << 20) -> str:
     """Hex SHA-256 of a file's bytes."""
@@ -236,7 +232,10 @@ class CacheWriter:
         atomic_write_text(self._record_path(i), json.dumps(rec))
 
     def build(self, producer: Callable, rank: int = 0, world_size: int = 1, progress: bool = True) -> int:
-        """Produce and commit every missing chunk assigned to ``rank``; returns the number built."""
+        """Produce and commit every missing chunk assigned to ``rank``; returns the number built.
+
+        ``producer(names) -> (heatmaps (n, 36, h, w) float32 in [0, 1], keypoints (n, 36, 3) float32)``.
+        """
         from tqdm import tqdm
         mine = [i for i in range(self.num_chunks) if i % world_size == rank]
         todo = [i for i in mine if not self.chunk_done(i)]

@@ -16,13 +16,12 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from pamtri.common.errors import DataError
-from pamtri.common.images import MAX_SIDE
-from pamtri.common.images import read_image as decode_image
+from pamtri.data.images import MAX_SIDE, read_image
+from pamtri.data.labels import read_pose_csv
+from pamtri.data.records import REAL, SYNTHETIC, Record
 
 from .config import DataConfig, DataSource
 from .heatmaps import encode
-from .labels import read_pose_csv
-from .records import REAL, SYNTHETIC, Record
 from .transforms import Augment, apply, colour_jitter, compose, input_to_heatmap, invert, normalise, sample_crop
 
 log = logging.getLogger(__name__)
@@ -46,12 +45,6 @@ def read_source(source: DataSource) -> list[Record]:
     if not records:
         raise DataError(labels, "no labelled images")
     return records
-
-
-def read_image(path: str, max_side: int | None = None) -> np.ndarray:
-    """uint8 RGB (H, W, 3) of an image file, at full size unless ``max_side``; DataError naming the file when it
-    is missing, empty, truncated, corrupt or too small (``common.images.read_image``)."""
-    return decode_image(path, max_side=max_side)
 
 
 class PoseDataset(Dataset):

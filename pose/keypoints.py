@@ -24,11 +24,8 @@ FLIP_PAIRS: tuple[tuple[int, int], ...] = tuple((k, k + NUM_SIDE) for k in range
 # FLIP_INDEX[k] is the keypoint that k becomes under a horizontal flip: flipped = kps[..., FLIP_INDEX, :].
 FLIP_INDEX: tuple[int, ...] = tuple(k + NUM_SIDE if k < NUM_SIDE else k - NUM_SIDE for k in range(NUM_KEYPOINTS))
 
-SEGMENT_NAMES: tuple[str, ...] = (
-    "left_front", "left_middle", "left_rear",
-    "right_front", "right_middle", "right_rear",
-    "back_face", "trunk", "back_windshield", "roof", "front_windshield", "hood", "front_face",
-)
+# left side front / middle / rear, right side front / middle / rear, back face, trunk, back windshield, roof,
+# front windshield, hood, front face
 SEGMENTS: tuple[tuple[int, int, int, int], ...] = (
     (5, 15, 16, 17), (5, 6, 12, 15), (6, 10, 11, 12),
     (23, 33, 34, 35), (23, 24, 30, 33), (24, 28, 29, 30),

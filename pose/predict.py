@@ -4,7 +4,6 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Iterable, Sequence
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -13,10 +12,10 @@ from pamtri.common.checkpoint import load_checkpoint
 from pamtri.common.config import from_dict
 from pamtri.common.errors import CheckpointError
 from pamtri.common.runtime import autocast, autocast_dtype, pick_device
+from pamtri.pose.result import PoseResult
 
 from .config import PoseConfig
 from .heatmaps import decode, flip_back
-from .records import PoseResult
 from .segments import rasterise
 from .transforms import apply, compose, crop_matrix, image_box, input_to_heatmap, invert, normalise, warp
 
@@ -140,31 +139,3 @@ def predict_loader(predictor: PosePredictor, loader: Iterable[dict], progress: s
         empty = np.zeros((0, 36, 3), np.float32)
         return empty, empty, None
     return np.concatenate(kps), np.concatenate(gts), (np.concatenate(hms) if keep_heatmaps else None)
-
-
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
-
-
-def list_images(spec: str | os.PathLike) -> tuple[Path, list[str]]:
-    """(base folder, image names relative to it) from a folder (sorted, recursive) or a list file (one path a line)."""
-    from pamtri.common.errors import DataError
-    spec = Path(spec)
-    if spec.is_dir():
-        names = sorted(str(p.relative_to(spec)) for p in spec.rglob("*")
-                       if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-        if not names:
-            raise DataError(spec, "no images in this folder")
-        return spec, names
-    if spec.is_file():
-        names = []
-        for lineno, line in enumerate(spec.read_text(encoding="utf-8").splitlines(), start=1):
-            line = line.strip()
-            if not line or line.startswith("#"):
-                continue
-            if not (spec.parent / line).is_file():
-                raise DataError(spec, f"image {line!r} not found (paths are relative to the list's folder)", lineno)
-            names.append(line)
-        if not names:
-            raise DataError(spec, "the list names no images")
-        return spec.parent, names
-    raise DataError(spec, "neither an image folder nor a list file")

@@ -28,13 +28,13 @@ import torch
 from torch.utils.data import Dataset
 
 from pamtri.common.errors import ConfigError, DataError
+from pamtri.data.attributes import orientation_bin
+from pamtri.data.images import read_image
+from pamtri.data.records import REAL, SYNTHETIC, UNLABELLED, Record
 from pamtri.pose.cache import Cache, dequantise
 from pamtri.pose.heatmaps import encode
 from pamtri.pose.keypoints import FLIP_INDEX, NUM_KEYPOINTS, NUM_SEGMENTS, SEGMENT_FLIP
-from pamtri.pose.records import REAL, SYNTHETIC, UNLABELLED, Record
 from pamtri.pose.segments import rasterise
-
-from .attributes import orientation_bin
 
 log = logging.getLogger(__name__)
 
@@ -335,13 +335,6 @@ class SampleBuilder:
         return torch.from_numpy(out), torch.from_numpy(kv)
 
 
-def read_image(path: str) -> np.ndarray:
-    """RGB uint8 (h, w, 3) of an image file at full size (label keypoints are in its pixels); DataError naming
-    the file when it is missing, empty, truncated, corrupt or too small (``common.images.read_image``)."""
-    from pamtri.common.images import read_image as decode
-    return decode(path, max_side=None)
-
-
 class ReIDDataset(Dataset):
     """Records -> samples dicts: image, keypoints, pid, camid, color, type, orientation (bin), domain, index.
 
@@ -350,10 +343,9 @@ class ReIDDataset(Dataset):
     """
 
     def __init__(self, records: Sequence[Record], builder: SampleBuilder, pose: PoseSource | None = None,
-                 orientation_bins: int = 6, image_reader=read_image):
+                 orientation_bins: int = 6):
         self.records = list(records)
         self.builder, self.pose = builder, pose
-        self.image_reader = image_reader
         self.orientation = orientation_bin([r.orientation for r in self.records], orientation_bins)
 
     def __len__(self) -> int:
@@ -366,7 +358,7 @@ class ReIDDataset(Dataset):
         else:
             index, params = int(item), self.builder.draw(np.random.default_rng()) if self.builder.train else None
         rec = self.records[index]
-        image = self.image_reader(rec.path)
+        image = read_image(rec.path, max_side=None)  # label keypoints are in original-image pixels
         pose = self.pose(index, rec, (image.shape[1], image.shape[0])) if self.pose is not None else None
         x, kv = self.builder(image, pose, params)
         return {"image": x, "keypoints": kv, "pid": rec.vehicle_id, "camid": rec.camera_id,

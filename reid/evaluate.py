@@ -13,7 +13,7 @@ from tqdm import tqdm
 
 from pamtri.common.errors import ConfigError, DataError
 from pamtri.common.runtime import autocast
-from pamtri.pose.records import Record
+from pamtri.data.records import Record
 
 from .config import DataConfig, EvalConfig
 from .data import ReIDDataset, cache_weights_sha256, make_builder, make_pose_source
@@ -72,7 +72,7 @@ def read_eval_records(data: DataConfig, root: str | None = None, cameras: bool =
                       ) -> tuple[list[Record], list[Record]]:
     """Query and gallery records of the evaluation data set (``data.eval_root`` or the first training root);
     every query identity must have gallery images, and with ``cameras`` every image a camera id."""
-    from pamtri.reid.datasets import missing_cameras, queries_without_gallery, read_split
+    from pamtri.data.readers import missing_cameras, queries_without_gallery, read_split
     root = root or data.eval_root or data.train[0].root
     query = read_split(root, data.query_split, data.eval_format, check_images=True)
     gallery = read_split(root, data.gallery_split, data.eval_format, check_images=True)
@@ -82,7 +82,8 @@ def read_eval_records(data: DataConfig, root: str | None = None, cameras: bool =
         unlabelled = sum(r.vehicle_id < 0 for r in recs)
         if unlabelled:
             raise DataError(root, f"{unlabelled} of {len(recs)} {name} images have no vehicle id; evaluation needs "
-                                  "identity labels (CityFlow: put the ground truth beside the data, see reid.datasets)")
+                                  "identity labels (CityFlow: put the ground truth beside the data, see "
+                                  "pamtri.data.readers.cityflow)")
         if cameras and (err := missing_cameras(recs, name, root)) is not None:
             raise err
     for err in queries_without_gallery(query, gallery, data.gallery_split):

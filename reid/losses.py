@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from pamtri.pose.records import REAL, SYNTHETIC
+from pamtri.data.records import REAL, SYNTHETIC
 
 from .config import LossConfig
 

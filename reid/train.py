@@ -24,7 +24,7 @@ from pamtri.common.distributed import DistInfo, barrier, init_distributed, mean_
 from pamtri.common.errors import ConfigError, DataError, PamtriError
 from pamtri.common.runtime import autocast, autocast_dtype, pick_device, seed_everything
 from pamtri.common.training import MetricsLog, check_finite, restore_training_state, save_training_state, unwrap
-from pamtri.pose.records import REAL, SYNTHETIC, Record
+from pamtri.data.records import REAL, SYNTHETIC, Record
 
 from .config import ReIDConfig
 from .data import (
@@ -48,7 +48,7 @@ DOMAINS = {"real": REAL, "synthetic": SYNTHETIC}
 def load_training_records(cfg: ReIDConfig) -> tuple[list[Record], dict]:
     """Every training source read and merged (contiguous ids, real first, domain set per source; info["source"]
     gives each record's index in ``cfg.data.train``)."""
-    from pamtri.reid.datasets import read_split, single_image_identities
+    from pamtri.data.readers import read_split, single_image_identities
     sets = []
     for src in cfg.data.train:
         recs = read_split(src.root, src.split, src.format, check_images=True)

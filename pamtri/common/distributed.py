@@ -83,15 +83,6 @@ def broadcast_buffers(module: torch.nn.Module, info: DistInfo, src: int = 0) -> 
             dist.broadcast(buf.data, src=src)
 
 
-def broadcast_object(obj, info: DistInfo, src: int = 0):
-    """Rank ``src``'s ``obj`` on every rank."""
-    if not info.enabled:
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=src)
-    return box[0]
-
-
 def shutdown(info: DistInfo) -> None:
     """Leave the process group (no-op in a single process)."""
     if info.enabled and dist.is_initialized():

@@ -57,12 +57,12 @@ def register(subparsers) -> None:
 
 
 def run_build(args: argparse.Namespace) -> int:
+    from pamtri.data.images import read_image_list
     from pamtri.pipeline.cachebuild import build_cache, split_images
-    from pamtri.pose.predict import list_images
     if args.data:
         images = split_images(args.data, args.split, args.fmt)
     else:
-        base, names = list_images(args.images)
+        base, names = read_image_list(args.images)
         images = [str(base / n) for n in names]
     out = build_cache(args.pose_weights, images, args.out, batch_size=args.batch_size, chunk_size=args.chunk_size,
                       heatmap_dtype=args.heatmap_dtype, device=args.device, precision=args.precision,

@@ -12,7 +12,7 @@ def _fill(text: str) -> str:
 
 
 def register(subparsers) -> None:
-    from pamtri.reid.datasets import FORMATS  # light: numpy only
+    from pamtri.data.readers import FORMATS  # light: numpy only
 
     parser = subparsers.add_parser(
         "data", help="inspect data set trees (check one before training on it)",
@@ -45,8 +45,8 @@ def run_check(args: argparse.Namespace) -> int:
     import os
 
     from pamtri.common.errors import DataError
+    from pamtri.data.readers import check_format
     from pamtri.pipeline.datacheck import DEFAULT_MAX_DECODES, check_dataset, format_report
-    from pamtri.reid.datasets import check_format
 
     if not os.path.isdir(args.root):
         what = "is not a folder" if os.path.exists(args.root) else "no such folder"

@@ -55,8 +55,8 @@ def run_embed(args: argparse.Namespace) -> int:
     import numpy as np
 
     from pamtri.common.atomic import atomic_write_bytes
-    from pamtri.pose.predict import list_images
-    base, names = list_images(args.images)
+    from pamtri.data.images import read_image_list
+    base, names = read_image_list(args.images)
     pipe = _pipeline(args, args.pose_weights, args.reid_weights)
     out = pipe.embed([str(base / n) for n in names], progress=True)
     buf = io.BytesIO()

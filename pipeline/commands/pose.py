@@ -125,13 +125,12 @@ def run_predict(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from pamtri.common.atomic import atomic_write
-    from pamtri.pose.dataset import read_image
-    from pamtri.pose.labels import write_reid_csv
-    from pamtri.pose.predict import list_images
-    from pamtri.pose.records import UNLABELLED, Record, parse_veri_name
+    from pamtri.data.images import read_image, read_image_list
+    from pamtri.data.labels import write_reid_csv
+    from pamtri.data.records import UNLABELLED, Record, parse_veri_name
 
     predictor, cfg = _predictor(args)
-    base, names = list_images(args.images)
+    base, names = read_image_list(args.images)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     loader = DataLoader(_ImageList(base, names), batch_size=cfg.eval.batch_size, num_workers=args.workers,
@@ -172,7 +171,8 @@ def run_predict(args: argparse.Namespace) -> int:
             os.unlink(tmp_heat)
     if args.vis:
         n = min(args.vis, len(names))
-        _write_vis(out / "vis.png", [read_image(str(base / nm)) for nm in names[:n]], None, keypoints[:n])
+        images = [read_image(str(base / nm), max_side=None) for nm in names[:n]]
+        _write_vis(out / "vis.png", images, None, keypoints[:n])
     print(f"{len(names)} images -> {out / 'keypoints.csv'}, {out / 'poses.npz'}")
     return 0
 
@@ -191,15 +191,15 @@ class _ImageList:
         return len(self.names)
 
     def __getitem__(self, i):
-        from pamtri.pose.dataset import read_image
-        return self.names[i], read_image(str(self.base / self.names[i]))
+        from pamtri.data.images import read_image
+        return self.names[i], read_image(str(self.base / self.names[i]), max_side=None)
 
 
 def run_eval(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from pamtri.data.images import read_image
     from pamtri.pose.config import DataSource
-    from pamtri.pose.dataset import read_image
     from pamtri.pose.evaluate import evaluate, save_report
     from pamtri.pose.metrics import format_table
 
@@ -221,7 +221,7 @@ def run_eval(args: argparse.Namespace) -> int:
         n = min(args.vis, report["n_images"])
         from pamtri.pose.dataset import read_source
         recs = read_source(source)[:n]
-        _write_vis(out / "vis.png", [read_image(r.path) for r in recs], report["ground_truth"][:n],
+        _write_vis(out / "vis.png", [read_image(r.path, max_side=None) for r in recs], report["ground_truth"][:n],
                    report["predictions"][:n])
         paths.append(out / "vis.png")
     print("wrote " + ", ".join(str(p) for p in paths), file=sys.stderr)

@@ -21,8 +21,8 @@ from dataclasses import dataclass, fields
 
 import numpy as np
 
+from pamtri.data.attributes import VERI_COLORS, VERI_TYPES
 from pamtri.pose.keypoints import NUM_KEYPOINTS, NUM_SIDE
-from pamtri.reid.attributes import VERI_COLORS, VERI_TYPES
 
 # Side keypoint indices (left side; right = +NUM_SIDE). Positions follow the SPEC section 1 table; the
 # names are in pose.keypoints.KEYPOINT_NAMES, this module only needs the numbers to place them.

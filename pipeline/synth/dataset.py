@@ -25,8 +25,8 @@ from tqdm import tqdm
 
 from pamtri.common.atomic import RunLock, atomic_write_bytes, atomic_write_text
 from pamtri.common.errors import ConfigError
-from pamtri.pose.labels import write_pose_csv, write_reid_csv
-from pamtri.pose.records import REAL, SYNTHETIC, Record
+from pamtri.data.labels import write_pose_csv, write_reid_csv
+from pamtri.data.records import REAL, SYNTHETIC, Record
 
 from .body import Identity, make_identity
 from .preview import contact_sheet

@@ -87,13 +87,3 @@ def sample_sheet(seed: int = 0, n: int = 18, size: int = 160, cols: int = 6, til
         kps.append(k)
         captions.append(f"{style[:5]} yaw {meta['orientation_deg']:.0f}")
     return contact_sheet(images, kps, cols=cols, tile=tile, captions=captions)
-
-
-def write_sample_sheet(path, **kwargs) -> None:
-    """Write :func:`sample_sheet` as a PNG (atomically); docs/synth-preview.png is made with the defaults."""
-    from pamtri.common.atomic import atomic_write_bytes
-
-    ok, png = cv2.imencode(".png", sample_sheet(**kwargs), [cv2.IMWRITE_PNG_COMPRESSION, 9])
-    if not ok:
-        raise RuntimeError("PNG encoding failed")
-    atomic_write_bytes(path, png.tobytes())

@@ -6,13 +6,13 @@ import torch
 from pamtri.common.checkpoint import save_checkpoint
 from pamtri.common.config import to_dict
 from pamtri.common.errors import CheckpointError
+from pamtri.data.labels import read_reid_csv, write_reid_csv
+from pamtri.data.records import Record
 from pamtri.pipeline.cachebuild import build_cache, export_legacy
 from pamtri.pipeline.cli import main
 from pamtri.pose.cache import Cache
 from pamtri.pose.config import PoseConfig
-from pamtri.pose.labels import read_reid_csv, write_reid_csv
 from pamtri.pose.legacy import legacy_folders, read_legacy_heatmaps, read_legacy_segments, write_legacy_maps
-from pamtri.pose.records import Record
 from pamtri.pose.segments import rasterise
 
 

@@ -35,8 +35,8 @@ def test_heatmaps_land_on_the_keypoint_in_the_image_frame():
 
 def test_pipeline_inputs_match_the_training_sample_builder(tmp_path):
     """The vectorised batch preparation gives what the ReID data pipeline gives for the same pose output."""
+    from pamtri.data.records import Record
     from pamtri.pipeline.infer import Pipeline, PoseBatch, _NoPose
-    from pamtri.pose.records import Record
     from pamtri.reid.data import ArrayPose, make_builder
     from pamtri.reid.model import load_reid_weights
     cfg = write_tiny_reid_checkpoint(tmp_path / "r.pt", heatmaps=True, segments=True, keypoints=True)

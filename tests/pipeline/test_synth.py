@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 
 from pamtri.common.errors import ConfigError
+from pamtri.data.attributes import VERI_COLORS, VERI_TYPES
+from pamtri.data.labels import read_pose_csv, read_reid_csv
+from pamtri.data.records import parse_veri_name
 from pamtri.pipeline.synth import META_HEADER, build_body, generate, make_identity, render_sample
 from pamtri.pose.keypoints import FLIP_INDEX, NUM_KEYPOINTS, NUM_SIDE, flip_keypoints
-from pamtri.pose.labels import read_pose_csv, read_reid_csv
-from pamtri.pose.records import parse_veri_name
-from pamtri.reid.attributes import VERI_COLORS, VERI_TYPES
 
 VERI_RE = re.compile(r"^\d{4}_c\d{3}_\d{8}_0\.jpg$")
 LEFT = np.arange(NUM_SIDE)

@@ -6,8 +6,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from pamtri.pose.labels import write_pose_csv
-from pamtri.pose.records import Record
+from pamtri.data.labels import write_pose_csv
+from pamtri.data.records import Record
 
 
 def random_keypoints(rng: np.random.Generator, width: int, height: int) -> np.ndarray:

@@ -116,7 +116,7 @@ def test_cli_train_predict_eval(data, tmp_path, capsys):
                  "--out", str(out), "--workers", "0", "--vis", "2"]) == 0
     import numpy as np
 
-    from pamtri.pose.labels import read_reid_csv
+    from pamtri.data.labels import read_reid_csv
     recs = read_reid_csv(out / "keypoints.csv")
     assert len(recs) == 4 and recs[0].keypoints.shape == (36, 3)
     z = np.load(out / "poses.npz")

@@ -6,8 +6,8 @@ import pytest
 
 from pamtri.common.checkpoint import load_checkpoint
 from pamtri.common.errors import ConfigError, DataError
+from pamtri.data.records import Record
 from pamtri.pose.cache import CacheSpec, CacheWriter
-from pamtri.pose.records import Record
 from pamtri.pose.segments import rasterise
 from pamtri.reid.config import DataConfig, DataSource, ModelConfig
 from pamtri.reid.data import CachePose, make_pose_source
@@ -84,8 +84,8 @@ def test_config_names_the_source_without_a_cache():
 
 
 def test_training_and_evaluation_refuse_caches_of_other_pose_weights(tmp_path, capsys):
+    from pamtri.data.readers import read_split
     from pamtri.pipeline.cli import main
-    from pamtri.reid.datasets import read_split
     from tests.conftest import write_tiny_reid_config, write_tiny_synth_tree
     root = write_tiny_synth_tree(tmp_path / "data", ids=8)
     caches = {}

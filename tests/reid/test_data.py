@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 import torch
 
+from pamtri.data.records import REAL, SYNTHETIC, Record
 from pamtri.pose.keypoints import FLIP_INDEX, NUM_KEYPOINTS, SEGMENT_FLIP, flip_keypoints
-from pamtri.pose.records import REAL, SYNTHETIC, Record
 from pamtri.reid.data import (
     AugParams,
     KeypointPose,

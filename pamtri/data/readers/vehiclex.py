@@ -12,8 +12,8 @@ import os
 from pathlib import Path
 
 from pamtri.common.errors import DataError
-from pamtri.pose.records import SYNTHETIC, UNLABELLED, Problems, Record
-from pamtri.reid.attributes import VEHICLEX_COLORS, VEHICLEX_TYPES
+from pamtri.data.records import SYNTHETIC, UNLABELLED, Problems, Record
+from pamtri.data.attributes import VEHICLEX_COLORS, VEHICLEX_TYPES
 
 from ._common import check_split, image_dir, locate_image, parse_camera, parse_class, parse_int, read_label_xml
 

@@ -22,7 +22,7 @@ import os
 from pathlib import Path
 
 from pamtri.common.errors import DataError
-from pamtri.pose.records import UNLABELLED, Problems, Record, resolve_image
+from pamtri.data.records import UNLABELLED, Problems, Record, resolve_image
 
 from ._common import check_split, image_dir, locate_image, names_of_split, parse_camera, parse_int, read_label_xml
 

@@ -1,4 +1,4 @@
-"""Plain record types shared by both stages: one labelled image, and the pose stage's output for one image."""
+"""One labelled image (``Record``), the path checks every reader uses, and the ``Problems`` collector."""
 from __future__ import annotations
 
 import logging
@@ -12,7 +12,6 @@ import numpy as np
 
 from pamtri.common.errors import DataError
 
-from .keypoints import NUM_KEYPOINTS
 
 REAL = 0
 SYNTHETIC = 1
@@ -45,21 +44,6 @@ class Record:
     @property
     def name(self) -> str:
         return os.path.basename(self.path)
-
-
-@dataclass
-class PoseResult:
-    """The pose stage's output for one image, whether predicted, cached or read from labels.
-
-    keypoints: (36, 3) float32, x, y in original-image pixels, confidence.
-    heatmaps: (36, h, w) float32 in [0, 1] (or uint8 when quantised), None when not kept.
-    segments: (13, H, W) uint8 {0, 1}, None when derived later from keypoints.
-    """
-    keypoints: np.ndarray
-    heatmaps: np.ndarray | None = None
-    segments: np.ndarray | None = None
-    image_size: tuple[int, int] = (0, 0)  # (width, height) in pixels
-    extra: dict = field(default_factory=dict)
 
 
 def parse_veri_name(name: str) -> tuple[int, int] | None:
@@ -103,18 +87,6 @@ def check_image(full: str | os.PathLike, name: str, source: str | os.PathLike, l
     if size == 0:
         raise DataError(source, f"image {name!r} at {full} is empty (0 bytes); re-copy the file or drop it from "
                                 "the labels", line)
-
-
-def check_keypoints(kps: np.ndarray, source: str | os.PathLike, line: int | None = None) -> np.ndarray:
-    """Validate a keypoint array: shape (36, 3), finite; returns it as float32."""
-    kps = np.asarray(kps, dtype=np.float32)
-    if kps.shape != (NUM_KEYPOINTS, 3):
-        raise DataError(source, f"expected {NUM_KEYPOINTS} keypoints of (x, y, v), got array of shape {kps.shape}",
-                        line)
-    if not np.isfinite(kps).all():
-        bad = int(np.argwhere(~np.isfinite(kps))[0][0])
-        raise DataError(source, f"keypoint {bad} is not finite (NaN or infinity)", line)
-    return kps
 
 
 class Problems:

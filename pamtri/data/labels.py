@@ -19,7 +19,7 @@ import numpy as np
 from pamtri.common.atomic import atomic_write_text
 from pamtri.common.errors import DataError
 
-from .keypoints import NUM_KEYPOINTS
+from pamtri.pose.keypoints import NUM_KEYPOINTS
 from .records import REAL, UNLABELLED, Problems, Record, check_image, parse_veri_name, resolve_image
 
 KP_FIELDS = NUM_KEYPOINTS * 3

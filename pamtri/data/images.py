@@ -9,7 +9,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .errors import DataError
+from pamtri.common.errors import DataError
 
 MIN_SIDE = 4          # smaller images cannot hold a vehicle crop
 MAX_SIDE = 4096       # larger images are decoded reduced / resized so the longer side fits
@@ -149,3 +149,37 @@ def read_image(path: str | os.PathLike, max_side: int | None = MAX_SIDE, min_sid
         scale = max_side / max(h, w)
         img = cv2.resize(img, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
     return np.ascontiguousarray(img)
+
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+
+
+def list_images(folder: str | os.PathLike, recursive: bool = False) -> list[str]:
+    """Sorted names of the image files in ``folder`` (relative to it; with ``recursive``, in sub-folders too)."""
+    folder = Path(folder)
+    found = folder.rglob("*") if recursive else folder.iterdir()
+    return sorted(p.relative_to(folder).as_posix() for p in found if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+
+
+def read_image_list(spec: str | os.PathLike) -> tuple[Path, list[str]]:
+    """(base folder, image names relative to it) from a folder (sorted, recursive) or a list file (one path a
+    line, relative to the list's folder; blank lines and # comments skipped)."""
+    spec = Path(spec)
+    if spec.is_dir():
+        names = list_images(spec, recursive=True)
+        if not names:
+            raise DataError(spec, "no images in this folder")
+        return spec, names
+    if not spec.is_file():
+        raise DataError(spec, "neither an image folder nor a list file")
+    names = []
+    for lineno, line in enumerate(spec.read_text(encoding="utf-8").splitlines(), start=1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        if not (spec.parent / line).is_file():
+            raise DataError(spec, f"image {line!r} not found (paths are relative to the list's folder)", lineno)
+        names.append(line)
+    if not names:
+        raise DataError(spec, "the list names no images")
+    return spec.parent, names

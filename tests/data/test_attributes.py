@@ -3,7 +3,7 @@ import warnings
 
 import numpy as np
 
-from pamtri.reid.attributes import orientation_bin
+from pamtri.data.attributes import orientation_bin
 
 
 def test_orientation_bins_edges_and_wrap():

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from pamtri.common.errors import DataError
-from pamtri.common.images import read_image
+from pamtri.data.images import read_image
 
 
 def write(path, img):
@@ -73,7 +73,7 @@ def test_10000_pixel_jpeg_is_decoded_reduced_and_resized(tmp_path):
     out = read_image(p)
     assert out.shape == (4096, 4096, 3) and out.dtype == np.uint8
     assert out[2048, 1000].tolist() == [0, 0, 0] and abs(int(out[2048, 3000, 0]) - 255) <= 2
-    from pamtri.common import images
+    from pamtri.data import images
     flags = images._reduced_jpeg_flags(np.fromfile(p, np.uint8), images.MAX_SIDE)
     assert flags == cv2.IMREAD_REDUCED_COLOR_2
     assert images._reduced_jpeg_flags(np.fromfile(p, np.uint8), None) is None
@@ -86,7 +86,7 @@ def test_full_size_when_asked(tmp_path):
 
 
 def test_header_and_small_size_messages(tmp_path):
-    from pamtri.common.images import image_header, too_small
+    from pamtri.data.images import image_header, too_small
     assert image_header(write(tmp_path / "a.png", np.zeros((9, 13, 4), np.uint8))) == (13, 9, 4)
     assert too_small(1, 1) == "image is 1x1 pixels, smaller than the minimum 4x4"
     assert too_small(4, 4) is None

@@ -1,4 +1,4 @@
-"""Data set readers: one per on-disk format, each turning a split into a list of ``pose.records.Record``.
+"""Data set readers: one per on-disk format, each turning a split into a list of ``pamtri.data.records.Record``.
 
 Formats (``read_split(root, split, fmt)``; ``detect_format(root)`` tells them apart):
 
@@ -19,7 +19,7 @@ from collections import Counter
 from pathlib import Path
 
 from pamtri.common.errors import DataError
-from pamtri.pose.records import Problems, Record
+from pamtri.data.records import Problems, Record
 
 from ._common import SPLITS, check_split
 from .cityflow import read_cityflow_split, read_ground_truth, read_tracks, require_ground_truth
@@ -100,7 +100,7 @@ def read_split(root: str | os.PathLike, split: str, fmt: str = "auto", *, check_
     """Records of one split (``train``, ``query``, ``test``) of the tree at ``root`` in format ``fmt``.
 
     ``check_images``: also require every image file to exist and be non-empty.
-    ``gt``: CityFlow only, a ground-truth file for query/test (see ``reid.datasets.cityflow``).
+    ``gt``: CityFlow only, a ground-truth file for query/test (see ``pamtri.data.readers.cityflow``).
     """
     root = Path(root)
     split = check_split(split, root)

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from pamtri.common.errors import DataError
-from pamtri.pose.labels import read_pose_csv, read_reid_csv, write_pose_csv, write_reid_csv
-from pamtri.pose.records import UNLABELLED, Problems, Record
+from pamtri.data.labels import read_pose_csv, read_reid_csv, write_pose_csv, write_reid_csv
+from pamtri.data.records import UNLABELLED, Problems, Record
 from tests.conftest import keypoint_row, write_jpeg
 
 

@@ -9,11 +9,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pamtri.common.errors import DataError
-from pamtri.pose.records import Problems, check_image, resolve_image
+from pamtri.data.images import list_images
+from pamtri.data.records import Problems, check_image, resolve_image
 
 SPLITS = ("train", "query", "test")
 SPLIT_ALIASES = {"gallery": "test"}
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 
 _XML_DECL = re.compile(rb"^\s*<\?xml[^>]*?encoding\s*=\s*[\"']([A-Za-z0-9._:-]+)[\"']")
 _CAMERA = re.compile(r"^[cC]?0*(\d+)$")
@@ -65,11 +65,6 @@ def read_name_list(path: Path, problems: Problems) -> list[tuple[int, str]]:
         seen[name] = lineno
         out.append((lineno, name))
     return out
-
-
-def list_images(folder: Path) -> list[str]:
-    """Sorted image file names directly inside ``folder``."""
-    return sorted(p.name for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
 def names_of_split(root: Path, split: str, problems: Problems) -> tuple[Path, list[tuple[int, str]]]:
