@@ -1,4 +1,4 @@
-"""Evaluate a pose model on a labelled split: PCK table (SPEC section 7), optional legacy PCK, curve plot."""
+"""Evaluate a pose model on a labelled split: PCK table (paper Table 5 groups), optional legacy PCK, curve plot."""
 from __future__ import annotations
 
 import json

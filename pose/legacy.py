@@ -1,4 +1,4 @@
-"""The reference implementation's heatmap / segment folders, for users who migrate (SPEC section 6).
+"""The reference implementation's heatmap / segment folders, for users who migrate (36 + 13 grayscale JPEGs per image).
 
 The reference stores, per image and split, 36 grayscale JPEGs of predicted heatmaps and 13 of segments:
 

@@ -1,4 +1,4 @@
-"""PCK for the 36-keypoint vehicle model (SPEC section 7), and the reference code's formula (section 8).
+"""PCK for the 36-keypoint vehicle model (paper Sec. 4.5), and the reference code's formula (docs/facts.md).
 
 PCK: a visible ground-truth keypoint is correct when its error is <= threshold x 0.25 x the diagonal of
 the tight box of that image's ground-truth keypoints (all 36 of them: occluded keypoints are annotated at
@@ -74,7 +74,7 @@ def pck_table(pred: np.ndarray, gt: np.ndarray, threshold: float = 0.5) -> dict[
 
 
 def legacy_pck(pred: np.ndarray, gt: np.ndarray, threshold: float = 0.5) -> dict[str, float]:
-    """The reference code's PCK (SPEC section 8), for comparison with published figures only; percent.
+    """The reference code's PCK (docs/facts.md), for comparison with published figures only; percent.
 
     Its threshold is one constant for the whole set, threshold x 0.25 x sqrt(N) pixels for N images
     (its box arithmetic collapses to that); a group is the unweighted mean of its keypoints' PCKs and

@@ -1,4 +1,4 @@
-"""The 13 body-part segments rasterised from keypoints (SPEC section 1)."""
+"""The 13 body-part segments rasterised from keypoints (quadrilaterals of keypoints, pose.keypoints.SEGMENTS)."""
 from __future__ import annotations
 
 import cv2

@@ -1,4 +1,4 @@
-"""ReID evaluation (SPEC section 7): distances in blocks, mAP, CMC, mINP, rank-K mAP, attribute accuracy.
+"""ReID evaluation (Market-1501 protocol): distances in blocks, mAP, CMC, mINP, rank-K mAP, attribute accuracy.
 
 ``evaluate`` never sorts the whole distance matrix. A query only needs the rank of each of its true matches
 among the kept gallery images: its match distances are taken in order (``topk``), every gallery distance

@@ -53,7 +53,7 @@ def rank_list_image(distmat: np.ndarray, query_paths: Sequence[str], gallery_pat
                     queries: Sequence[int] | None = None, top: int = 10, tile: tuple[int, int] = (96, 96),
                     ignore_cameras: bool = False) -> None:
     """Write a PNG with one row per query: the query (grey border) then its ``top`` nearest gallery images,
-    green when the same vehicle, red otherwise; same-vehicle-same-camera images are skipped (SPEC 7)."""
+    green when the same vehicle, red otherwise; same-vehicle-same-camera images are skipped (Market-1501 protocol)."""
     distmat = np.asarray(distmat)
     q_ids, g_ids = np.asarray(query_ids), np.asarray(gallery_ids)
     if queries is None:

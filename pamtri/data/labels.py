@@ -1,4 +1,4 @@
-"""The reference implementation's label CSVs (SPEC section 6): pose labels and ReID labels, read and write.
+"""The reference implementation's label CSVs (formats in docs/facts.md, "Label files"): pose labels and ReID labels, read and write.
 
 Pose label row:  ``image,width,height,`` + 36 x ``x,y,visibility(0|1)`` (integers).
 ReID label row:  ``image,vehicle_id,colour_id,type_id,`` + 36 x ``x,y,confidence`` (floats).
