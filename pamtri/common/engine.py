@@ -152,7 +152,7 @@ def fit(run: Run, stage: Stage, optim: OptimConfig, *, config: Any, eval_every: 
                "time_s": round(time.time() - started, 1)}
         is_last = epoch + 1 == optim.epochs
         scored = {}
-        if stage.validate is not None and (is_last or eval_every > 0 and (epoch + 1) % eval_every == 0):
+        if stage.validate is not None and (is_last or (eval_every > 0 and (epoch + 1) % eval_every == 0)):
             scored = {k: v for k, v in validate(model, stage, info).items() if not k.startswith("_")}
             row.update({k: v for k, v in scored.items() if isinstance(v, (int, float))})
             result.validation = scored
@@ -176,8 +176,8 @@ def fit(run: Run, stage: Stage, optim: OptimConfig, *, config: Any, eval_every: 
     if main:
         metrics.close()
         if stage.done_marker:
-            best = "none" if result.best is None else f"{result.best:.6f}"
-            atomic_write_text(run.out / "DONE", f"best {stage.score} {best} at epoch {result.best_epoch}\n")
+            score = "none" if result.best is None else f"{result.best:.6f}"
+            atomic_write_text(run.out / "DONE", f"best {stage.score} {score} at epoch {result.best_epoch}\n")
     return result
 
 
