@@ -17,7 +17,7 @@ def add_config_args(parser: argparse.ArgumentParser, required: bool = False, pri
     parser.add_argument("--config", required=required, metavar="YAML",
                         help="experiment YAML (overrides the built-in defaults)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override one config key, e.g. --set train.epochs=5 (repeatable)")
+                        help="override one config key, e.g. --set optim.epochs=5 (repeatable)")
     if printable:
         parser.add_argument("--print-config", action="store_true",
                             help="print the fully resolved config (defaults <- YAML and its _base_ chain <- --set) "

@@ -16,7 +16,7 @@ from datetime import datetime
 from pathlib import Path
 
 from pamtri.common.atomic import atomic_write_bytes, atomic_write_text
-from pamtri.common.config import save_config
+from pamtri.common.config import check_renamed, parse_overrides, save_config
 from pamtri.common.errors import PamtriError
 
 log = logging.getLogger(__name__)
@@ -47,6 +47,14 @@ class DemoConfig:
     reid_overrides: list[str] = field(default_factory=list)
     batch_size: int = 32  # inference batch for the cache
     rank_list_queries: int = 6
+
+    def validate(self) -> None:
+        """Refuse renamed pose / ReID keys in the overrides now, not after the data set is generated."""
+        from pamtri.pose.config import PoseConfig
+        from pamtri.reid.config import ReIDConfig
+        for key, cls, overrides in (("pose_overrides", PoseConfig, self.pose_overrides),
+                                    ("reid_overrides", ReIDConfig, self.reid_overrides)):
+            check_renamed(cls, parse_overrides(overrides), key)
 
 
 class Step:

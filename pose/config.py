@@ -1,10 +1,17 @@
-"""The pose stage's typed config: defaults are the paper's (SPEC section 2); YAML and --set override them."""
+"""The pose stage's typed config: defaults are the paper's (HRNet-W32 at 256x256, 64x64 heatmaps of sigma 2
+cells, batch 32, Adam 1e-3 x0.1 at epochs 170 and 200 of 210); YAML and --set override them.
+
+Shared names with the ReID config: ``optim`` (pamtri.common.schedule.OptimConfig), ``eval.every``,
+``data.workers``, ``data.color_jitter`` and the top-level ``seed``, ``device``, ``precision``, ``threads`` and
+``max_batches``.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pamtri.common.errors import ConfigError
+from pamtri.common.schedule import OptimConfig
 
 from .heatmaps import DECODE_METHODS
 
@@ -39,10 +46,13 @@ class DataConfig:
     rotation: float = 30.0
     rotation_prob: float = 0.6
     flip_prob: float = 0.5
-    colour_jitter: float = 0.2
+    color_jitter: float = 0.2
     epoch_size: int = 0  # training samples per epoch; 0 = the sum of the training sources' sizes
     max_val: int = 0  # validate on the first N images only; 0 = all
-    num_workers: int = 4
+    # The global training batch (divided over processes under torchrun). Kept with the data, not in the
+    # shared optim section: it is how the loader batches, as ReID's P x K batch is the sampler's.
+    batch_size: int = 32
+    workers: int = 4
 
 
 @dataclass
@@ -56,25 +66,9 @@ class ModelConfig:
 
 
 @dataclass
-class TrainConfig:
-    """Optimisation (paper: batch 32, Adam 1e-3, x0.1 at 170 and 200 of 210 epochs, weight decay 1e-4)."""
-    epochs: int = 210
-    batch_size: int = 32  # global batch; divided over processes under torchrun
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    lr_steps: list[int] = field(default_factory=lambda: [170, 200])
-    lr_factor: float = 0.1
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
-    device: str = "auto"
-    seed: int = 0
-    val_every: int = 1  # validate every N epochs (and after the last)
-    max_steps: int = 0  # cap optimiser steps per epoch (smoke tests); 0 = no cap
-    threads: int = 0  # torch CPU threads; 0 = torch's default
-
-
-@dataclass
 class EvalConfig:
-    """Inference: flip test, decoding rule and PCK threshold (fraction of 0.25 x box diagonal)."""
+    """Validation and inference: how often, flip test, decoding rule, PCK threshold (x 0.25 box diagonal)."""
+    every: int = 1  # validate every N epochs (and after the last); 0 = after the last only
     flip_test: bool = True
     flip_shift: float = 0.0  # cells; 0 is exact for pamtri's cell convention (see pose.heatmaps.flip_back)
     decode: Literal["dark", "reference"] = "dark"
@@ -83,17 +77,35 @@ class EvalConfig:
     pck_threshold: float = 0.5
 
 
+def _paper_optim() -> OptimConfig:
+    """Adam 1e-3, weight decay 1e-4, 210 epochs, x0.1 at epochs 170 and 200."""
+    return OptimConfig(name="adam", lr=1e-3, weight_decay=1e-4, epochs=210, milestones=[170, 200], gamma=0.1)
+
+
 @dataclass
 class PoseConfig:
-    """The pose stage: data, model, train, eval."""
+    """The pose stage: how the run executes, data, model, optimiser, evaluation."""
+    # Keys of the former ``train:`` section and other old names, refused with their new name.
+    RENAMED: ClassVar[dict[str, str]] = {
+        "train.epochs": "optim.epochs", "train.lr": "optim.lr", "train.weight_decay": "optim.weight_decay",
+        "train.lr_steps": "optim.milestones", "train.lr_factor": "optim.gamma", "train.batch_size": "data.batch_size",
+        "train.val_every": "eval.every", "train.max_steps": "max_batches", "train.seed": "seed",
+        "train.device": "device", "train.precision": "precision", "train.threads": "threads",
+        "data.num_workers": "data.workers", "data.colour_jitter": "data.color_jitter",
+    }
+    seed: int = 0
+    device: str = "auto"
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    threads: int = 0  # torch CPU threads; 0 = torch's default
+    max_batches: int = 0  # cap optimiser steps per epoch (smoke tests); 0 = a full epoch
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
+    optim: OptimConfig = field(default_factory=_paper_optim)
     eval: EvalConfig = field(default_factory=EvalConfig)
 
     def validate(self) -> None:
         """Reject impossible combinations with a ConfigError naming the key."""
-        d, t, e = self.data, self.train, self.eval
+        d, e = self.data, self.eval
         if not d.train:
             raise ConfigError("data.train: at least one training source is needed")
         for name, sources in (("data.train", d.train), ("data.val", d.val)):
@@ -115,24 +127,22 @@ class PoseConfig:
         for key in ("rotation_prob", "flip_prob"):
             if not 0 <= getattr(d, key) <= 1:
                 raise ConfigError(f"data.{key}: must be a probability in [0, 1], got {getattr(d, key)}")
-        if not 0 <= d.colour_jitter < 1:
-            raise ConfigError(f"data.colour_jitter: must be in [0, 1), got {d.colour_jitter}")
-        if d.epoch_size < 0 or d.max_val < 0 or d.num_workers < 0:
-            raise ConfigError("data.epoch_size, data.max_val and data.num_workers must be >= 0")
-        if t.epochs <= 0 or t.batch_size <= 0 or t.lr <= 0:
-            raise ConfigError("train.epochs, train.batch_size and train.lr must be > 0")
-        if list(t.lr_steps) != sorted(t.lr_steps) or any(s <= 0 for s in t.lr_steps):
-            raise ConfigError(f"train.lr_steps: must be increasing positive epochs, got {list(t.lr_steps)}")
-        if t.val_every <= 0:
-            raise ConfigError(f"train.val_every: must be >= 1, got {t.val_every}")
+        if not 0 <= d.color_jitter < 1:
+            raise ConfigError(f"data.color_jitter: must be in [0, 1), got {d.color_jitter}")
+        if d.epoch_size < 0 or d.max_val < 0 or d.workers < 0:
+            raise ConfigError("data.epoch_size, data.max_val and data.workers must be >= 0")
+        if d.batch_size <= 0:
+            raise ConfigError(f"data.batch_size: must be > 0, got {d.batch_size}")
+        if e.every < 0 or self.max_batches < 0 or self.threads < 0:
+            raise ConfigError("eval.every, max_batches and threads must be >= 0")
         if e.decode not in DECODE_METHODS:
             raise ConfigError(f"eval.decode: one of {DECODE_METHODS}, got {e.decode!r}")
         if e.batch_size <= 0 or e.blur_sigma < 0 or e.pck_threshold <= 0:
             raise ConfigError("eval.batch_size and eval.pck_threshold must be > 0, eval.blur_sigma >= 0")
-        if t.precision == "bf16" and t.device == "cpu":
+        if self.precision == "bf16" and self.device == "cpu":
             from pamtri.common.runtime import cpu_supports_bf16
             if not cpu_supports_bf16():
-                raise ConfigError("train.precision: bf16 was asked for on a CPU without bfloat16 support "
+                raise ConfigError("precision: bf16 was asked for on a CPU without bfloat16 support "
                                   "(use 'auto' or 'fp32')")
-        if t.precision == "fp16" and t.device == "cpu":
-            raise ConfigError("train.precision: fp16 autocast needs a GPU (use 'auto', 'fp32' or 'bf16' on CPU)")
+        if self.precision == "fp16" and self.device == "cpu":
+            raise ConfigError("precision: fp16 autocast needs a GPU (use 'auto', 'fp32' or 'bf16' on CPU)")

@@ -163,7 +163,7 @@ def build_datasets(cfg: DataConfig, stride: int = 4, convention: str = "centred"
         train_records += recs
         log.info("train source %s/%s (%s): %d images, weight %g", src.root, src.split, src.format, len(recs),
                  src.weight)
-    augment = Augment(cfg.scale, cfg.rotation, cfg.rotation_prob, cfg.flip_prob, cfg.colour_jitter)
+    augment = Augment(cfg.scale, cfg.rotation, cfg.rotation_prob, cfg.flip_prob, cfg.color_jitter)
     train = PoseDataset(train_records, cfg.input_size, cfg.sigma, cfg.box_enlarge, augment, stride, convention)
     val_records: list[Record] = []
     for src in cfg.val:

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from pamtri.common.checkpoint import load_checkpoint
-from pamtri.common.config import from_dict
+from pamtri.common.config import from_dict, upgrade_renamed
 from pamtri.common.errors import CheckpointError
 from pamtri.common.runtime import autocast, autocast_dtype, pick_device
 from pamtri.pose.result import PoseResult
@@ -29,7 +29,7 @@ def load_pose_model(weights: str | os.PathLike, name: str | None = None) -> tupl
     state = load_checkpoint(weights)
     cfg_dict = state.get("config") if isinstance(state.get("config"), dict) else None
     if cfg_dict is not None and name is None:
-        cfg = from_dict(PoseConfig, cfg_dict, f"{weights} (stored config)")
+        cfg = from_dict(PoseConfig, upgrade_renamed(PoseConfig, cfg_dict), f"{weights} (stored config)")
     else:
         if name is None:
             raise CheckpointError(f"{weights}: the checkpoint stores no pamtri config; name the architecture "
@@ -71,7 +71,7 @@ class PosePredictor:
         """A predictor set up from a PoseConfig's data and eval sections."""
         e = cfg.eval
         return cls(model, tuple(cfg.data.input_size), e.flip_test if flip_test is None else flip_test, device,
-                   precision or cfg.train.precision, e.decode, e.blur_sigma, e.flip_shift, cfg.data.box_enlarge,
+                   precision or cfg.precision, e.decode, e.blur_sigma, e.flip_shift, cfg.data.box_enlarge,
                    cfg.model.cell_convention)
 
     def crop(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

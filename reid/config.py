@@ -1,4 +1,4 @@
-"""Typed configuration of a ReID experiment (defaults = PAMTRI's VeRi RS+MT+K+H row, SPEC section 3).
+"""Typed configuration of a ReID experiment (defaults = PAMTRI's VeRi RS+MT+K+H row).
 
 YAML files under ``configs/reid/`` override these defaults (``_base_`` inheritance) and ``--set`` overrides
 the YAML. ``ReIDConfig.validate`` rejects impossible combinations with a message naming the keys.
@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from pamtri.common.errors import ConfigError
+from pamtri.common.schedule import OptimConfig
 
 
 @dataclass
@@ -150,26 +151,9 @@ class SamplerConfig:
                               f"(batch_size / k = {self.batch_size // self.k})")
 
 
-@dataclass
-class OptimConfig:
-    """Optimiser and step schedule (x gamma at each milestone), with an optional linear warm-up."""
-    name: Literal["adam", "amsgrad", "sgd"] = "adam"
-    lr: float = 3e-4
-    weight_decay: float = 5e-4
-    momentum: float = 0.9
-    epochs: int = 60
-    milestones: list[int] = field(default_factory=lambda: [20, 40])
-    gamma: float = 0.1
-    warmup_epochs: int = 0
-    warmup_factor: float = 0.1
-
-    def validate(self) -> None:
-        if self.lr <= 0 or self.epochs <= 0:
-            raise ConfigError("optim.lr and optim.epochs must be positive")
-        if sorted(self.milestones) != list(self.milestones):
-            raise ConfigError(f"optim.milestones must increase, got {self.milestones}")
-        if self.warmup_epochs < 0 or not 0 < self.warmup_factor <= 1:
-            raise ConfigError("optim.warmup_epochs must be >= 0 and optim.warmup_factor in (0, 1]")
+def _reid_optim() -> OptimConfig:
+    """Adam 3e-4, weight decay 5e-4, 60 epochs, x0.1 at epochs 20 and 40."""
+    return OptimConfig(name="adam", lr=3e-4, weight_decay=5e-4, epochs=60, milestones=[20, 40], gamma=0.1)
 
 
 @dataclass
@@ -200,12 +184,13 @@ class ReIDConfig:
     seed: int = 0
     device: str = "auto"
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    threads: int = 0               # torch CPU threads; 0 = torch's default
     max_batches: int = 0           # per epoch; 0 = a full pass of the sampler (budgeted runs use a cap)
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
+    optim: OptimConfig = field(default_factory=_reid_optim)
     eval: EvalConfig = field(default_factory=EvalConfig)
 
     def validate(self) -> None:
@@ -227,5 +212,5 @@ class ReIDConfig:
             raise ConfigError("sampler.kind 'domain' needs both a real and a synthetic training source")
         if loss.id_real_only and "real" not in {src.domain for src in d.train}:
             raise ConfigError("loss.id_real_only is set but no training source is real")
-        if self.max_batches < 0:
-            raise ConfigError("max_batches must be >= 0")
+        if self.max_batches < 0 or self.threads < 0:
+            raise ConfigError("max_batches and threads must be >= 0")

@@ -1,29 +1,23 @@
-"""ReID training, one plain function: data, model, optimiser, schedule; loop; evaluate; checkpoint.
+"""ReID training: records, model, losses and evaluation; the loop is ``pamtri.common.engine.fit``.
 
 A run folder holds ``config.yaml`` (resolved), ``last.pt`` (full training state after each epoch, for an
-exact ``--resume``), ``best.pt`` (weights with the best mAP and their description) and ``metrics.csv``.
-Single-process by default; DistributedDataParallel when launched by ``torchrun`` (each rank samples its own
-share of P x K batches; rank 0 evaluates and writes).
+exact ``--resume``), ``best.pt`` (weights with the best mAP and their description), ``metrics.csv`` and
+``DONE``. Single-process by default; DistributedDataParallel when launched by ``torchrun`` (each rank samples
+its own share of P x K batches; rank 0 evaluates and writes).
 """
 from __future__ import annotations
 
 import logging
-import math
-import time
 from dataclasses import replace
 from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
-from pamtri.common.atomic import RunLock, atomic_write_text
-from pamtri.common.checkpoint import save_checkpoint
-from pamtri.common.config import save_config, to_dict
-from pamtri.common.distributed import DistInfo, barrier, init_distributed, mean_over_ranks, shutdown
-from pamtri.common.errors import ConfigError, DataError, PamtriError
-from pamtri.common.runtime import autocast, autocast_dtype, pick_device, seed_everything
-from pamtri.common.training import MetricsLog, check_finite, restore_training_state, save_training_state, unwrap
+from pamtri.common.config import to_dict
+from pamtri.common.engine import Run, Stage, fit, open_run
+from pamtri.common.errors import ConfigError, DataError
+from pamtri.common.training import unwrap
 from pamtri.data.records import REAL, SYNTHETIC, Record
 
 from .config import ReIDConfig
@@ -38,11 +32,28 @@ from .data import (
 )
 from .evaluate import eval_loaders, evaluate_model, read_eval_records
 from .losses import reid_losses
-from .model import build_model
+from .model import ReIDNet, build_model
 from .samplers import DomainBalancedSampler, IdentitySampler
 
 log = logging.getLogger(__name__)
 DOMAINS = {"real": REAL, "synthetic": SYNTHETIC}
+
+
+def train(cfg: ReIDConfig, out: str | Path, resume: bool = False) -> dict:
+    """Train the ReID network of ``cfg`` into run folder ``out``; returns {'best_mAP', 'best_epoch', 'last'}
+    (-1 for both when nothing was evaluated; 'last': the last evaluation's metrics)."""
+    with open_run(out, resume, seed=cfg.seed, device=cfg.device, precision=cfg.precision,
+                  threads=cfg.threads) as run:
+        records, data_info = load_training_records(cfg)
+        num_colors, num_types = class_counts(records, cfg)
+        cfg = replace(cfg, model=replace(cfg.model, num_colors=num_colors, num_types=num_types))
+        log.info("training on %d images of %d identities (%d real, %d synthetic ids); device %s, autocast %s",
+                 data_info["num_images"], data_info["num_ids"], data_info["ids_per_domain"][REAL],
+                 data_info["ids_per_domain"][SYNTHETIC], run.device, run.dtype)
+        stage = build_stage(cfg, run, records, data_info)
+        result = fit(run, stage, cfg.optim, config=cfg, eval_every=cfg.eval.every, max_batches=cfg.max_batches)
+    return {"best_mAP": -1.0 if result.best is None else result.best, "best_epoch": result.best_epoch or -1,
+            "last": result.validation}
 
 
 def load_training_records(cfg: ReIDConfig) -> tuple[list[Record], dict]:
@@ -73,25 +84,68 @@ def class_counts(records: list[Record], cfg: ReIDConfig) -> tuple[int, int]:
             count(cfg.model.num_types, [r.type_id for r in records], "num_types"))
 
 
-def lr_factor(epoch: int, cfg) -> float:
-    """Learning-rate multiplier at ``epoch`` (0-based): linear warm-up, then x gamma at each milestone."""
-    f = cfg.gamma ** sum(epoch >= m for m in cfg.milestones)
-    if epoch < cfg.warmup_epochs:
-        f *= cfg.warmup_factor + (1 - cfg.warmup_factor) * epoch / cfg.warmup_epochs
-    return f
+def build_stage(cfg: ReIDConfig, run: Run, records: list[Record], data_info: dict) -> Stage:
+    """The ReID network, its P x K loader, its losses and (on rank 0) mAP evaluation, for ``fit``."""
+    loader = train_loader(records, data_info["source"], cfg, run)
+    eval_sets = evaluation_loaders(cfg) if run.info.is_main else None
+    pose_sha = cache_weights_sha256(loader.dataset.pose)
+    if eval_sets is not None and pose_sha is not None and cache_weights_sha256(eval_sets[0].dataset.pose) != pose_sha:
+        raise ConfigError(f"data.query_cache / data.gallery_cache ({cfg.data.query_cache}) were built with other "
+                          "pose weights than the training caches (data.train[i].pose_cache); rebuild them with the "
+                          "same pose checkpoint")
+    model = build_model(cfg.model, data_info["num_ids"], cfg.model.num_colors, cfg.model.num_types).to(run.device)
+    description = model.describe()
+
+    def forward(model: torch.nn.Module, batch: dict, progress: float) -> dict[str, torch.Tensor]:
+        """Images (B, C, H, W) and keypoint vectors (B, 108) -> the heads' outputs; progress drives the GRL ramp."""
+        unwrap(model).set_progress(progress)
+        return model(batch["image"], batch["keypoints"])
+
+    def losses(outputs: dict[str, torch.Tensor], batch: dict) -> dict[str, torch.Tensor]:
+        return reid_losses({k: v.float() for k, v in outputs.items()}, collate_labels(batch), cfg.loss)
+
+    def evaluate(model: torch.nn.Module) -> dict:
+        """mAP, rank-k, mINP, attribute accuracy on the query and gallery splits."""
+        return evaluate_model(model, *eval_sets, cfg.eval, run.device, run.dtype)[0]
+
+    def weights_file(metrics: dict) -> dict:
+        """What best.pt holds: the weights and everything needed to use them."""
+        return {"model": model.state_dict(), "model_description": description, "config": to_dict(cfg),
+                "epoch": metrics["epoch"], "metrics": metrics, "pose_weights_sha256": pose_sha,
+                "format": "pamtri-reid-weights-1"}
+
+    return Stage(model=model, loader=loader, forward=forward, losses=losses,
+                 validate=evaluate if eval_sets is not None else None, score="mAP", weights_file=weights_file,
+                 state_extra={"model_description": description}, find_unused_parameters=idle_parameters(model, cfg),
+                 done_marker=True)
 
 
-def build_optimizer(model: torch.nn.Module, cfg) -> torch.optim.Optimizer:
-    """Adam / AMSGrad (or SGD with momentum) with weight decay over all parameters."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    if cfg.name == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=True)
-    return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay, amsgrad=cfg.name == "amsgrad")
+def idle_parameters(model: ReIDNet, cfg: ReIDConfig) -> bool:
+    """True when some parameters get no gradient, which DDP must be told: a head whose loss weight is 0, or the
+    ReID FC when neither the ID head nor the embedding uses it."""
+    heads = ("id", "color", "type", "orientation", "domain")
+    if any(getattr(cfg.loss, h) == 0 for h in heads if getattr(model, f"{h}_classifier", None) is not None):
+        return True
+    return model.id_fc is not None and not cfg.model.id_head and cfg.model.embedding == "pool"
 
 
-def _train_loader(records: list[Record], sources: list[int], cfg: ReIDConfig, info: DistInfo) -> DataLoader:
+def evaluation_loaders(cfg: ReIDConfig) -> tuple[DataLoader, DataLoader] | None:
+    """(query, gallery) loaders for the evaluation during training; None (with a warning) when there is none."""
+    if cfg.data.pose_source == "cache" and not (cfg.data.query_cache and cfg.data.gallery_cache):
+        log.warning("no evaluation during training: data.query_cache and data.gallery_cache name no pose caches")
+        return None
+    try:
+        return eval_loaders(*read_eval_records(cfg.data, cameras=not cfg.eval.ignore_cameras), cfg.data, cfg.model,
+                            cfg.eval.batch_size)
+    except DataError as exc:
+        log.warning("no evaluation during training: %s", exc)
+        return None
+
+
+def train_loader(records: list[Record], sources: list[int], cfg: ReIDConfig, run: Run) -> DataLoader:
+    """This rank's loader of P x K batches (identity or domain-balanced), each image with its own seed."""
     pids = [r.vehicle_id for r in records]
-    s = cfg.sampler
+    s, info = cfg.sampler, run.info
     if s.kind == "domain":
         sampler = DomainBalancedSampler(pids, [r.domain for r in records], s.ids_per_batch, s.k, seed=cfg.seed,
                                         rank=info.rank, world_size=info.world_size)
@@ -101,148 +155,4 @@ def _train_loader(records: list[Record], sources: list[int], cfg: ReIDConfig, in
     pose = make_pose_source(cfg.data, cfg.model, records, [src.pose_cache for src in cfg.data.train], sources)
     ds = ReIDDataset(records, make_builder(cfg.data, cfg.model, train=True), pose, cfg.model.orientation_bins)
     return DataLoader(ds, batch_sampler=SeededBatches(sampler, cfg.seed, info.rank), num_workers=cfg.data.workers,
-                      pin_memory=torch.cuda.is_available(), persistent_workers=cfg.data.workers > 0)
-
-
-def _device(cfg: ReIDConfig, info: DistInfo) -> torch.device:
-    device = pick_device(cfg.device)
-    if device.type == "cuda" and info.enabled:
-        device = torch.device("cuda", info.local_rank)
-    return device
-
-
-def train(cfg: ReIDConfig, out: str | Path, resume: bool = False) -> dict:
-    """Train the ReID network of ``cfg`` into run folder ``out``; returns {'best_mAP', 'best_epoch', 'last'}."""
-    out = Path(out)
-    info = init_distributed()
-    lock = RunLock(out) if info.is_main else None
-    if lock:
-        lock.acquire()
-    try:
-        return _train(cfg, out, resume, info)
-    finally:
-        if lock:
-            lock.release()
-        shutdown(info)
-
-
-def _train(cfg: ReIDConfig, out: Path, resume: bool, info: DistInfo) -> dict:
-    last_path, best_path = out / "last.pt", out / "best.pt"
-    if last_path.exists() and not resume:
-        raise PamtriError(f"{out} already holds a training run (last.pt); pass --resume to continue it or choose "
-                          "another --out")
-    if resume and not last_path.exists():
-        raise PamtriError(f"--resume: {last_path} does not exist")
-    seed_everything(cfg.seed)
-    device = _device(cfg, info)
-    dtype = autocast_dtype(device, cfg.precision)
-    records, data_info = load_training_records(cfg)
-    num_colors, num_types = class_counts(records, cfg)
-    cfg = replace(cfg, model=replace(cfg.model, num_colors=num_colors, num_types=num_types))
-    log.info("training on %d images of %d identities (%d real, %d synthetic ids); device %s, autocast %s",
-             data_info["num_images"], data_info["num_ids"], data_info["ids_per_domain"][REAL],
-             data_info["ids_per_domain"][SYNTHETIC], device, dtype)
-    loader = _train_loader(records, data_info["source"], cfg, info)
-    eval_sets = None
-    if info.is_main and cfg.data.pose_source == "cache" and not (cfg.data.query_cache and cfg.data.gallery_cache):
-        log.warning("no evaluation during training: data.query_cache and data.gallery_cache name no pose caches")
-    elif info.is_main:
-        try:
-            eval_sets = eval_loaders(*read_eval_records(cfg.data, cameras=not cfg.eval.ignore_cameras),
-                                     cfg.data, cfg.model, cfg.eval.batch_size)
-        except DataError as exc:
-            log.warning("no evaluation during training: %s", exc)
-    pose_sha = cache_weights_sha256(loader.dataset.pose)
-    if eval_sets is not None and pose_sha is not None:
-        eval_sha = cache_weights_sha256(eval_sets[0].dataset.pose)
-        if eval_sha != pose_sha:
-            raise ConfigError(f"data.query_cache / data.gallery_cache ({cfg.data.query_cache}) were built with other "
-                              "pose weights than the training caches (data.train[i].pose_cache); rebuild them with "
-                              "the same pose checkpoint")
-    model = build_model(cfg.model, data_info["num_ids"], num_colors, num_types).to(device)
-    description = model.describe()
-
-    def weights_file(epoch: int, metrics: dict) -> dict:
-        """What best.pt holds: the weights and everything needed to use them."""
-        return {"model": unwrap(model).state_dict(), "model_description": description, "config": to_dict(cfg),
-                "epoch": epoch, "metrics": metrics, "pose_weights_sha256": pose_sha,
-                "format": "pamtri-reid-weights-1"}
-    optimizer = build_optimizer(model, cfg.optim)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: lr_factor(e, cfg.optim))
-    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
-    start, best, best_epoch = 0, -1.0, -1
-    if resume:
-        state = restore_training_state(last_path, model=model, optimizer=optimizer, scheduler=scheduler,
-                                       scaler=scaler)
-        start, best = int(state["epoch"]), float(state["best"] if state["best"] is not None else -1.0)
-        best_epoch = int(state.get("best_epoch", -1))
-        log.info("resumed %s at epoch %d (best mAP so far %.4f)", out, start, best)
-    if info.enabled:
-        ddp_ids = [device.index] if device.type == "cuda" else None
-        # a head whose loss weight is 0 gets no gradient, nor does the ReID FC when neither the ID head nor the
-        # embedding uses it; DDP must then be told to expect unused parameters
-        idle = any(getattr(cfg.loss, h) == 0 for h in ("id", "color", "type", "orientation", "domain")
-                   if getattr(unwrap(model), f"{h}_classifier", None) is not None)
-        idle = idle or (unwrap(model).id_fc is not None and not cfg.model.id_head and cfg.model.embedding == "pool")
-        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=ddp_ids, find_unused_parameters=idle)
-    # rows hold 1-based epoch numbers: keep the epochs already done (<= start)
-    metrics = MetricsLog.open(out / "metrics.csv", keep_epochs_below=start + 1) if info.is_main else None
-    if info.is_main:
-        save_config(cfg, out / "config.yaml")
-    batches = len(loader) if cfg.max_batches == 0 else min(len(loader), cfg.max_batches)
-    total_steps = cfg.optim.epochs * batches
-    summary = {}
-    for epoch in range(start, cfg.optim.epochs):
-        loader.batch_sampler.set_epoch(epoch)
-        model.train()
-        sums: dict[str, float] = {}
-        t0 = time.time()
-        bar = tqdm(loader, total=batches, desc=f"epoch {epoch + 1}/{cfg.optim.epochs}", leave=False,
-                   dynamic_ncols=True, disable=not info.is_main)
-        for step, batch in enumerate(bar):
-            if step >= batches:
-                break
-            unwrap(model).set_progress((epoch * batches + step) / max(total_steps, 1))
-            x = batch["image"].to(device, non_blocking=True)
-            kp = batch["keypoints"].to(device, non_blocking=True)
-            labels = {k: v.to(device) for k, v in collate_labels(batch).items()}
-            with autocast(device, dtype):
-                outputs = model(x, kp)
-            losses = reid_losses({k: v.float() for k, v in outputs.items()}, labels, cfg.loss)
-            check_finite(losses, step, epoch + 1)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(losses["total"]).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            for k, v in losses.items():
-                sums[k] = sums.get(k, 0.0) + float(v.detach())
-            bar.set_postfix(loss=f"{sums['total'] / (step + 1):.3f}")
-        bar.close()
-        row = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"], "time_s": round(time.time() - t0, 1)}
-        scheduler.step()  # after reading the rate: the row shows the rate this epoch trained at
-        # each rank saw other batches: log the mean over ranks (a collective, so every rank calls it)
-        means = mean_over_ranks({k: v / max(batches, 1) for k, v in sums.items()}, info)
-        row.update({f"loss_{k}": v for k, v in means.items()})
-        last_epoch = epoch + 1 == cfg.optim.epochs
-        due = cfg.eval.every > 0 and (epoch + 1) % cfg.eval.every == 0
-        if info.is_main and eval_sets is not None and (due or last_epoch):
-            res, _ = evaluate_model(unwrap(model), *eval_sets, cfg.eval, device, dtype)
-            row.update({k: v for k, v in res.items() if isinstance(v, float)})
-            log.info("epoch %d: mAP %.4f rank-1 %.4f", epoch + 1, res["mAP"], res.get("rank1", math.nan))
-            summary = {k: v for k, v in res.items() if not k.startswith("_")}
-            if res["mAP"] > best:
-                best, best_epoch = res["mAP"], epoch + 1
-                save_checkpoint(weights_file(epoch + 1, summary), best_path)
-        if info.is_main:
-            log.info("epoch %d: %s", epoch + 1, ", ".join(f"{k} {v:.4g}" for k, v in row.items()
-                                                         if k.startswith("loss_")))
-            metrics.append(row)
-            save_training_state(last_path, model=model, optimizer=optimizer, scheduler=scheduler, epoch=epoch + 1,
-                                config=to_dict(cfg), best=best, scaler=scaler,
-                                extra={"model_description": description, "best_epoch": best_epoch})
-        barrier(info)
-    if info.is_main and eval_sets is None and not best_path.exists():
-        save_checkpoint(weights_file(cfg.optim.epochs, {}), best_path)
-    if info.is_main:
-        atomic_write_text(out / "DONE", f"best mAP {best:.6f} at epoch {best_epoch}\n")
-    return {"best_mAP": best, "best_epoch": best_epoch, "last": summary}
+                      pin_memory=run.device.type == "cuda", persistent_workers=cfg.data.workers > 0)

@@ -1,10 +1,15 @@
 """Typed configs: defaults live in dataclasses, YAML files and ``--set key=value`` only override them.
 
 A YAML file may name another with ``_base_: other.yaml`` (relative to itself); its keys are merged
-first. Unknown keys and values of the wrong type raise ConfigError naming the key and the file.
+first. Unknown keys and values of the wrong type raise ConfigError naming the key and the file. A config
+class may list renamed keys in ``RENAMED`` (old dotted key -> new dotted key): an old key is refused with a
+message giving the new one (``upgrade_renamed`` moves them instead, for configs that pamtri itself stored).
+A section (a dataclass-typed field) starts from that field's own default, so two configs can share a
+section class with different defaults (``field(default_factory=lambda: OptimConfig(lr=1e-3))``).
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import os
 import types
@@ -80,6 +85,53 @@ def parse_overrides(overrides: Iterable[str]) -> dict:
     return out
 
 
+def _leaf_keys(data: dict, prefix: str = "") -> Iterable[str]:
+    """Dotted keys of the non-mapping values of a nested dict ({'a': {'b': 1}} -> 'a.b')."""
+    for key, value in data.items():
+        if isinstance(value, dict):
+            yield from _leaf_keys(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}"
+
+
+def check_renamed(cls: type, data: dict, source: str) -> None:
+    """Refuse any key of ``data`` that ``cls.RENAMED`` lists, with a ConfigError naming its new name."""
+    renamed = getattr(cls, "RENAMED", {})
+    for key in _leaf_keys(data):
+        if key in renamed:
+            raise ConfigError(f"{source}: {key} was renamed {renamed[key]}")
+
+
+def upgrade_renamed(cls: type, data: dict) -> dict:
+    """A copy of ``data`` with the keys ``cls.RENAMED`` lists moved to their new names (for configs that an
+    older pamtri stored in checkpoints); a section left empty is dropped."""
+    out = copy.deepcopy(data)
+    for old, new in getattr(cls, "RENAMED", {}).items():
+        found, value = _pop(out, old.split("."))
+        if found:
+            for part in reversed(new.split(".")):
+                value = {part: value}
+            deep_update(out, value)
+    return out
+
+
+def _pop(data: dict, parts: list[str]) -> tuple[bool, Any]:
+    """(True, value) after removing data[parts[0]][parts[1]]..., and any section that leaves empty;
+    (False, None) when there is no such key."""
+    head, *rest = parts
+    if head not in data:
+        return False, None
+    if not rest:
+        return True, data.pop(head)
+    node = data[head]
+    if not isinstance(node, dict):
+        return False, None
+    found, value = _pop(node, rest)
+    if found and not node:
+        del data[head]
+    return found, value
+
+
 def _coerce(tp: Any, value: Any, key: str, source: str) -> Any:
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
@@ -153,10 +205,14 @@ def _build(cls: type[T], data: dict, source: str, prefix: str = "") -> T:
             raise ConfigError(f"{source}: unknown key '{prefix}{key}' (valid keys here: {', '.join(sorted(names))})")
     kwargs = {}
     for f in dataclasses.fields(cls):
-        if f.name in data:
-            kwargs[f.name] = _coerce(hints[f.name], data[f.name], prefix + f.name, source)
-        elif dataclasses.is_dataclass(hints[f.name]):
-            kwargs[f.name] = _build(hints[f.name], {}, source, prefix + f.name + ".")
+        tp = hints[f.name]
+        if dataclasses.is_dataclass(tp):  # a section: this field's own default, then the keys given
+            value = data.get(f.name, {})
+            if isinstance(value, dict):
+                value = deep_update(to_dict(_field_default(f, tp)), value)
+            kwargs[f.name] = _coerce(tp, value, prefix + f.name, source)
+        elif f.name in data:
+            kwargs[f.name] = _coerce(tp, data[f.name], prefix + f.name, source)
     obj = cls(**kwargs)
     check = getattr(obj, "validate", None)
     if callable(check):
@@ -164,8 +220,16 @@ def _build(cls: type[T], data: dict, source: str, prefix: str = "") -> T:
     return obj
 
 
+def _field_default(f: dataclasses.Field, tp: type) -> Any:
+    """The default value of dataclass field ``f`` (an instance of ``tp`` when it has none)."""
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return tp() if f.default is dataclasses.MISSING else f.default
+
+
 def from_dict(cls: type[T], data: dict, source: str = "<config>") -> T:
-    """Build dataclass ``cls`` from a nested dict, checking keys and types."""
+    """Build dataclass ``cls`` from a nested dict, checking keys (renamed ones refused) and types."""
+    check_renamed(cls, data, source)
     return _build(cls, data, source)
 
 
@@ -173,7 +237,9 @@ def load_config(cls: type[T], path: str | os.PathLike | None = None, overrides: 
     """Defaults of ``cls`` <- YAML file ``path`` <- ``--set`` overrides; validated."""
     data = read_yaml(path) if path else {}
     source = str(path) if path else "<defaults>"
+    check_renamed(cls, data, source)
     over = parse_overrides(overrides)
+    check_renamed(cls, over, "--set")
     if over:
         deep_update(data, over)
         source += " (with --set overrides)"

@@ -1,8 +1,9 @@
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import pytest
 
-from pamtri.common.config import load_config, parse_overrides, read_yaml, save_config
+from pamtri.common.config import from_dict, load_config, parse_overrides, read_yaml, save_config, upgrade_renamed
 from pamtri.common.errors import ConfigError
 
 
@@ -75,3 +76,43 @@ def test_save_round_trip(tmp_path):
     save_config(cfg, tmp_path / "resolved.yaml")
     again = load_config(Cfg, tmp_path / "resolved.yaml")
     assert again == cfg
+
+
+@dataclass
+class Stage:
+    RENAMED: ClassVar[dict[str, str]] = {"old.rate": "optim.lr", "old.epochs": "epochs", "optim.steps_": "optim.steps"}
+    epochs: int = 1
+    optim: Optim = field(default_factory=lambda: Optim(lr=0.5, steps=[3]))
+
+
+def test_renamed_key_is_refused_with_its_new_name(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("old:\n  rate: 0.1\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(Stage, f)
+    assert str(e.value) == f"{f}: old.rate was renamed optim.lr"
+    with pytest.raises(ConfigError) as e:
+        load_config(Stage, None, ["optim.steps_=[1]"])
+    assert str(e.value) == "--set: optim.steps_ was renamed optim.steps"
+    with pytest.raises(ConfigError, match="<config>: old.epochs was renamed epochs"):
+        from_dict(Stage, {"old": {"epochs": 2}})
+    assert load_config(Stage, None, ["optim.lr=0.1", "epochs=2"]).optim.lr == 0.1
+
+
+def test_upgrade_renamed_moves_old_keys_and_drops_emptied_sections():
+    old = {"old": {"rate": 0.1, "epochs": 4}, "optim": {"name": "sgd"}}
+    assert upgrade_renamed(Stage, old) == {"optim": {"name": "sgd", "lr": 0.1}, "epochs": 4}
+    assert old == {"old": {"rate": 0.1, "epochs": 4}, "optim": {"name": "sgd"}}  # the input is left alone
+    cfg = from_dict(Stage, upgrade_renamed(Stage, old))
+    assert (cfg.epochs, cfg.optim.lr, cfg.optim.name) == (4, 0.1, "sgd")
+
+
+def test_a_section_starts_from_its_fields_own_default(tmp_path):
+    """Two configs can share a section class with different defaults (default_factory), also when a YAML
+    file or --set gives some of the section's keys."""
+    assert load_config(Stage).optim == Optim(lr=0.5, steps=[3])
+    assert load_config(Stage, None, ["optim.name=sgd"]).optim == Optim(lr=0.5, steps=[3], name="sgd")
+    f = tmp_path / "c.yaml"
+    f.write_text("optim: {steps: [1, 2]}\n")
+    assert load_config(Stage, f).optim == Optim(lr=0.5, steps=[1, 2])
+    assert load_config(Cfg, f).optim == Optim(steps=[1, 2])  # the class's own defaults elsewhere

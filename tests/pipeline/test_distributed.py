@@ -154,9 +154,9 @@ def pose_data(tmp_path_factory):
 
 def _pose_overrides(root: Path) -> list[str]:
     return [f"data.train=[{{root: '{root}', split: train}}]", f"data.val=[{{root: '{root}', split: test}}]",
-            "data.input_size=[64, 64]", "data.num_workers=0", "model.name=hrnet_w18_small", "train.epochs=2",
-            "train.batch_size=4", "train.max_steps=0", "train.lr_steps=[1]", "train.precision=fp32",
-            "train.device=cpu", "eval.batch_size=4", "train.threads=1"]
+            "data.input_size=[64, 64]", "data.workers=0", "model.name=hrnet_w18_small", "optim.epochs=2",
+            "data.batch_size=4", "max_batches=0", "optim.milestones=[1]", "precision=fp32",
+            "device=cpu", "eval.batch_size=4", "threads=1"]
 
 
 def test_pose_train_ddp(pose_data, tmp_path):
@@ -173,7 +173,7 @@ def test_pose_train_ddp(pose_data, tmp_path):
     # the logged loss is the mean over ranks
     means = [_epoch_means(r, steps=2, epochs=2) for r in records]
     for e, row in enumerate(rows):
-        assert float(row["loss"]) == pytest.approx((means[0][e] + means[1][e]) / 2, rel=1e-5)
+        assert float(row["loss_total"]) == pytest.approx((means[0][e] + means[1][e]) / 2, rel=1e-5)
     # validation: each rank predicted its share of the 5 images, the score covers all 5
     assert sum(sum(r["val_predicted"]) for r in records) == 2 * 5
     assert all(0 < sum(r["val_predicted"]) < 2 * 5 for r in records)

@@ -4,6 +4,7 @@ import json
 import pytest
 import torch
 
+import pamtri.common.engine as engine
 import pamtri.pose.train as pose_train
 from pamtri.common.checkpoint import load_checkpoint
 from pamtri.common.config import load_config
@@ -24,9 +25,9 @@ def data(tmp_path_factory):
 
 def _overrides(root, epochs=2):
     return [f"data.train=[{{root: '{root}', split: train}}]", f"data.val=[{{root: '{root}', split: test}}]",
-            "data.input_size=[64, 64]", "data.num_workers=0", "model.name=hrnet_w18_small",
-            f"train.epochs={epochs}", "train.batch_size=4", "train.max_steps=1", "train.lr_steps=[1]",
-            "train.precision=fp32", "train.device=cpu", "eval.batch_size=4"]
+            "data.input_size=[64, 64]", "data.workers=0", "model.name=hrnet_w18_small",
+            f"optim.epochs={epochs}", "data.batch_size=4", "max_batches=1", "optim.milestones=[1]",
+            "precision=fp32", "device=cpu", "eval.batch_size=4"]
 
 
 def test_two_step_run_resumes_exactly(data, tmp_path, monkeypatch):
@@ -35,7 +36,7 @@ def test_two_step_run_resumes_exactly(data, tmp_path, monkeypatch):
     pose_train.train(cfg, straight)
 
     # The same run, interrupted right after epoch 1's checkpoint, then resumed.
-    real_save = pose_train.save_training_state
+    real_save = engine.save_training_state
 
     class Crash(Exception):
         pass
@@ -46,11 +47,11 @@ def test_two_step_run_resumes_exactly(data, tmp_path, monkeypatch):
             raise Crash
 
     resumed = tmp_path / "resumed"
-    monkeypatch.setattr(pose_train, "save_training_state", save_then_crash)
+    monkeypatch.setattr(engine, "save_training_state", save_then_crash)
     with pytest.raises(Crash):
         pose_train.train(cfg, resumed)
     assert not (resumed / ".lock").exists()  # the run lock is released on failure
-    monkeypatch.setattr(pose_train, "save_training_state", real_save)
+    monkeypatch.setattr(engine, "save_training_state", real_save)
     pose_train.train(cfg, resumed, resume=True)
 
     a, b = load_checkpoint(straight / "last.pt"), load_checkpoint(resumed / "last.pt")
@@ -62,7 +63,7 @@ def test_two_step_run_resumes_exactly(data, tmp_path, monkeypatch):
     assert all(torch.equal(sa[i]["exp_avg"], sb[i]["exp_avg"]) for i in sa)
     rows = list(csv.DictReader(open(resumed / "metrics.csv")))
     assert [r["epoch"] for r in rows] == ["1", "2"] and float(rows[1]["lr"]) == pytest.approx(1e-4)
-    same = ("epoch", "lr", "loss", "pck_mean", "pck_mean@0.1")
+    same = ("epoch", "lr", "loss_total", "pck_mean", "pck_mean@0.1")
     assert [[r[k] for k in same] for r in rows] == \
         [[r[k] for k in same] for r in csv.DictReader(open(straight / "metrics.csv"))]
     assert (resumed / "config.yaml").is_file() and (resumed / "best.pt").is_file()
@@ -83,12 +84,12 @@ def test_config_rejects_impossible_combinations(data):
         load_config(PoseConfig, None, ["data.input_size=[100, 64]"])
     with pytest.raises(ConfigError, match="weight"):
         load_config(PoseConfig, None, ["data.train=[{root: x, weight: 0}]"])
-    with pytest.raises(ConfigError, match="lr_steps"):
-        load_config(PoseConfig, None, ["train.lr_steps=[200, 170]"])
-    with pytest.raises(ConfigError, match="unknown key 'train.lrr'"):
-        load_config(PoseConfig, None, ["train.lrr=1"])
+    with pytest.raises(ConfigError, match="milestones"):
+        load_config(PoseConfig, None, ["optim.milestones=[200, 170]"])
+    with pytest.raises(ConfigError, match="unknown key 'optim.lrr'"):
+        load_config(PoseConfig, None, ["optim.lrr=1"])
     cfg = PoseConfig()
-    assert (cfg.train.batch_size, cfg.train.lr, cfg.train.epochs, cfg.train.lr_steps) == (32, 1e-3, 210, [170, 200])
+    assert (cfg.data.batch_size, cfg.optim.lr, cfg.optim.epochs, cfg.optim.milestones) == (32, 1e-3, 210, [170, 200])
     assert cfg.model.name == "hrnet_w32" and cfg.data.input_size == (256, 256) and cfg.data.sigma == 2.0
 
 
@@ -106,10 +107,10 @@ def test_cli_train_predict_eval(data, tmp_path, capsys):
     cfg = tmp_path / "tiny.yaml"
     cfg.write_text(
         f"data:\n  train: [{{root: '{data}', split: train}}]\n  val: [{{root: '{data}', split: test}}]\n"
-        "  input_size: [64, 64]\n  num_workers: 0\nmodel: {name: hrnet_w18_small}\n"
-        "train: {epochs: 1, batch_size: 4, max_steps: 1, device: cpu}\neval: {batch_size: 4}\n")
+        "  input_size: [64, 64]\n  batch_size: 4\n  workers: 0\nmodel: {name: hrnet_w18_small}\n"
+        "optim: {epochs: 1}\nmax_batches: 1\ndevice: cpu\neval: {batch_size: 4}\n")
     run = tmp_path / "run"
-    assert main(["pose", "train", "--config", str(cfg), "--out", str(run), "--set", "train.lr=0.002"]) == 0
+    assert main(["pose", "train", "--config", str(cfg), "--out", str(run), "--set", "optim.lr=0.002"]) == 0
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["epoch"] == 1
     out = tmp_path / "pred"
     assert main(["pose", "predict", "--weights", str(run / "best.pt"), "--images", str(data / "image_test"),
@@ -133,7 +134,7 @@ def test_cli_train_predict_eval(data, tmp_path, capsys):
     assert set(report["table"]) >= {"wheel", "mean", "mean@0.1"} and len(report["curve"]["thresholds"]) == 51
     assert (ev / "pck_curve.png").stat().st_size > 1000
     # a resume of a finished run with more epochs continues from its last.pt
-    assert main(["pose", "train", "--out", str(run), "--resume", "--set", "train.epochs=2"]) == 0
+    assert main(["pose", "train", "--out", str(run), "--resume", "--set", "optim.epochs=2"]) == 0
     assert load_checkpoint(run / "last.pt")["epoch"] == 2
     # errors are one line, not a traceback
     assert main(["pose", "eval", "--weights", str(tmp_path / "missing.pt"), "--data", str(data)]) == 1
