@@ -5,6 +5,7 @@ first. Unknown keys and values of the wrong type raise ConfigError naming the ke
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import os
 import types
@@ -169,10 +170,16 @@ def from_dict(cls: type[T], data: dict, source: str = "<config>") -> T:
     return _build(cls, data, source)
 
 
-def load_config(cls: type[T], path: str | os.PathLike | None = None, overrides: Iterable[str] = ()) -> T:
-    """Defaults of ``cls`` <- YAML file ``path`` <- ``--set`` overrides; validated."""
-    data = read_yaml(path) if path else {}
-    source = str(path) if path else "<defaults>"
+def load_config(cls: type[T], path: str | os.PathLike | None = None, overrides: Iterable[str] = (),
+                stored: dict | None = None, stored_source: str = "<stored config>") -> T:
+    """``stored`` (a run's or a checkpoint's saved config) or else the defaults of ``cls`` <- YAML file ``path``
+    <- ``--set`` overrides; validated. ``stored_source`` names ``stored`` in error messages."""
+    data = copy.deepcopy(stored) if stored is not None else {}
+    sources = [stored_source] if stored is not None else []
+    if path:
+        deep_update(data, read_yaml(path))
+        sources.append(str(path))
+    source = " + ".join(sources) or "<defaults>"
     over = parse_overrides(overrides)
     if over:
         deep_update(data, over)
