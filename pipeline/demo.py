@@ -16,10 +16,11 @@ from datetime import datetime
 from pathlib import Path
 
 from pamtri.common.atomic import atomic_write_bytes, atomic_write_text
-from pamtri.common.config import save_config
+from pamtri.common.config import load_config, save_config
 from pamtri.common.errors import PamtriError
 
 log = logging.getLogger(__name__)
+REPO = Path(__file__).resolve().parents[1]  # the repository, which holds configs/
 
 
 @dataclass
@@ -47,6 +48,14 @@ class DemoConfig:
     reid_overrides: list[str] = field(default_factory=list)
     batch_size: int = 32  # inference batch for the cache
     rank_list_queries: int = 6
+
+
+def demo_config(path: str | Path | None = None, overrides: list[str] = (), out: str | None = None) -> DemoConfig:
+    """``path`` (default: the repository's configs/demo.yaml) <- ``--set`` overrides; ``out`` replaces cfg.out."""
+    cfg = load_config(DemoConfig, path or REPO / "configs" / "demo.yaml", overrides)
+    if out:
+        cfg.out = out
+    return cfg
 
 
 class Step:

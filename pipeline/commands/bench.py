@@ -13,10 +13,10 @@ def register(subparsers) -> None:
     parser.add_argument("--out", default="bench.json", help="JSON output (default bench.json)")
     parser.add_argument("--only", action="append", default=None, metavar="GROUP",
                         help="run only this group (repeatable)")
-    parser.set_defaults(func=run)
+    parser.set_defaults(func=cmd_bench)
 
 
-def run(args: argparse.Namespace) -> int:
+def cmd_bench(args: argparse.Namespace) -> int:
     from pamtri.pipeline.bench import ROWS, format_table, run_bench
     if args.only:
         unknown = [g for g in args.only if g not in ROWS]
