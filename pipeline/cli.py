@@ -8,7 +8,7 @@ import sys
 from pamtri.common.errors import PamtriError
 
 # Order is the order of ``pamtri --help``.
-COMMAND_MODULES = ("demo", "synth", "data", "pose", "reid", "cache", "embed", "bench", "export", "weights")
+COMMAND_MODULES = ("demo", "synth", "data", "pose", "reid", "cache", "embed", "search", "bench", "export", "weights")
 
 
 def add_config_args(parser: argparse.ArgumentParser, required: bool = False, printable: bool = False) -> None:
@@ -22,6 +22,23 @@ def add_config_args(parser: argparse.ArgumentParser, required: bool = False, pri
         parser.add_argument("--print-config", action="store_true",
                             help="print the fully resolved config (defaults <- YAML and its _base_ chain <- --set) "
                                  "as YAML and exit without creating or touching any file")
+
+
+def add_pipeline_args(parser: argparse.ArgumentParser) -> None:
+    """The two-stage inference options of ``embed`` and ``search`` (read back by :func:`pipeline_options`)."""
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto")
+    parser.add_argument("--no-flip-test", action="store_true", help="skip the pose flip test (faster)")
+    parser.add_argument("--compile", action="store_true",
+                        help="torch.compile both networks (off by default: on a 2-core CPU it compiled for 144 s and "
+                             "then ran 4%% slower than eager, docs/perf.md; try it on a GPU)")
+
+
+def pipeline_options(args: argparse.Namespace) -> dict:
+    """``Pipeline.from_weights`` keyword arguments from the options of :func:`add_pipeline_args`."""
+    return dict(device=args.device, precision=args.precision, batch_size=args.batch_size,
+                flip_test=False if args.no_flip_test else None, compile=args.compile)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -213,12 +213,12 @@ def check_dataset(root: str | os.PathLike, fmt: str = "auto", max_decodes: int =
 
     Returns a JSON-serialisable dict: ``root``, ``format``, ``ok``, ``splits`` (name -> summary),
     ``problems`` (dicts with severity, split, file, line, element, message, text), ``errors``,
-    ``warnings`` (counts) and ``images`` (headers read, images decoded). Raises DataError only for a
-    missing root or an unknown / undetectable format (usage errors).
+    ``warnings`` (counts) and ``images`` (headers read, images decoded). Raises DataError only when there is
+    no tree to check: ``root`` is not a folder, or its format is unknown / undetectable.
     """
     root = Path(root)
     if not root.is_dir():
-        raise DataError(root, "no such data set folder")
+        raise DataError(root, "is not a folder" if root.exists() else "no such folder")
     fmt = check_format(fmt, root)
     problems: list[dict] = []
     splits: dict[str, list[Record]] = {}

@@ -16,10 +16,11 @@ from datetime import datetime
 from pathlib import Path
 
 from pamtri.common.atomic import atomic_write_bytes, atomic_write_text
-from pamtri.common.config import check_renamed, parse_overrides, save_config
+from pamtri.common.config import check_renamed, load_config, parse_overrides, save_config
 from pamtri.common.errors import PamtriError
 
 log = logging.getLogger(__name__)
+REPO = Path(__file__).resolve().parents[1]  # the repository, which holds configs/
 
 
 @dataclass
@@ -55,6 +56,14 @@ class DemoConfig:
         for key, cls, overrides in (("pose_overrides", PoseConfig, self.pose_overrides),
                                     ("reid_overrides", ReIDConfig, self.reid_overrides)):
             check_renamed(cls, parse_overrides(overrides), key)
+
+
+def demo_config(path: str | Path | None = None, overrides: list[str] = (), out: str | None = None) -> DemoConfig:
+    """``path`` (default: the repository's configs/demo.yaml) <- ``--set`` overrides; ``out`` replaces cfg.out."""
+    cfg = load_config(DemoConfig, path or REPO / "configs" / "demo.yaml", overrides)
+    if out:
+        cfg.out = out
+    return cfg
 
 
 class Step:

@@ -1,4 +1,5 @@
-"""Nearest-neighbour search over embeddings, optional re-ranking, and the rank-list picture."""
+"""Galleries: image embeddings in an .npz (``pamtri embed``), nearest-neighbour search over them with optional
+re-ranking (``pamtri search``), and the rank-list picture."""
 from __future__ import annotations
 
 import os
@@ -6,6 +7,61 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
+
+from pamtri.common.errors import DataError
+
+# What every gallery file holds besides the embed_arrays outputs.
+GALLERY_KEYS = ("features", "paths", "reid_weights")
+
+
+def embed_to_file(images: str | os.PathLike, out: str | os.PathLike, pose_weights: str | os.PathLike | None,
+                  reid_weights: str | os.PathLike, **pipeline_options) -> tuple[int, int]:
+    """Embed every image of ``images`` (a folder or a list file) into the gallery .npz ``out``: names, paths
+    (absolute), features (N, D), the other ``Pipeline.embed`` outputs and both weights paths -> (N, D).
+    ``pipeline_options``: device, precision, batch_size, flip_test, compile of ``Pipeline.from_weights``."""
+    import io
+
+    from pamtri.common.atomic import atomic_write_bytes
+    from pamtri.data.images import read_image_list
+
+    from .infer import Pipeline
+    base, names = read_image_list(images)
+    pipe = Pipeline.from_weights(pose_weights, reid_weights, **pipeline_options)
+    arrays = pipe.embed([str(base / n) for n in names], progress=True)
+    buf = io.BytesIO()
+    np.savez(buf, names=np.asarray(names), paths=np.asarray([str((base / n).resolve()) for n in names]),
+             pose_weights=np.asarray(str(pose_weights or "")), reid_weights=np.asarray(str(reid_weights)), **arrays)
+    atomic_write_bytes(out, buf.getvalue())
+    return len(names), int(arrays["features"].shape[1])
+
+
+def read_gallery(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """The arrays of a gallery file written by :func:`embed_to_file`; DataError naming the file otherwise."""
+    try:
+        gallery = dict(np.load(path, allow_pickle=False))
+    except (OSError, ValueError) as exc:
+        raise DataError(path, f"cannot read gallery file ({exc}); write it with `pamtri embed`") from None
+    missing = [k for k in GALLERY_KEYS if k not in gallery]
+    if missing:
+        raise DataError(path, f"not a `pamtri embed` file (missing {', '.join(missing)})")
+    return gallery
+
+
+def search_gallery(query: Sequence[str], gallery_path: str | os.PathLike, out: str | os.PathLike, *,
+                   top: int = 10, rerank: bool = False, pose_weights: str | os.PathLike | None = None,
+                   reid_weights: str | os.PathLike | None = None, **pipeline_options
+                   ) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """Embed the ``query`` image files with the weights the gallery file records (or those given), search the
+    gallery and draw the rank list PNG ``out`` -> (gallery paths, top indices (Q, top), distances (Q, G))."""
+    from .infer import Pipeline
+    gallery = read_gallery(gallery_path)
+    pose_w = pose_weights or str(gallery["pose_weights"]) or None
+    reid_w = reid_weights or str(gallery["reid_weights"])
+    pipe = Pipeline.from_weights(pose_w, reid_w, **pipeline_options)
+    order, dist = search(pipe.embed(list(query))["features"], gallery["features"], top, rerank=rerank)
+    paths = [str(p) for p in gallery["paths"]]
+    draw_search(query, paths, order, dist, out)
+    return paths, order, dist
 
 
 def search(query: np.ndarray, gallery: np.ndarray, top: int = 10, rerank: bool = False

@@ -81,3 +81,25 @@ def plot_curve(curve: dict, path: str | os.PathLike) -> None:
     with atomic_write(path, "wb") as fh:
         fig.savefig(fh, format="png")
     plt.close(fig)
+
+
+def evaluate_split(predictor: PosePredictor, cfg: PoseConfig, root: str | os.PathLike, split: str, fmt: str,
+                   out: str | os.PathLike, num_workers: int = 0, legacy: bool = False, vis: int = 0
+                   ) -> tuple[dict, list[Path]]:
+    """PCK of ``predictor`` on one labelled split, written to ``out`` (``save_report``, and vis.png: the first
+    ``vis`` samples, ground truth | prediction) -> (report of :func:`evaluate`, paths written)."""
+    from pamtri.data.images import read_image
+
+    from .config import DataSource
+    source = DataSource(root=str(root), format=fmt, split=split)
+    report = evaluate(predictor, cfg, [source], num_workers=num_workers, legacy=legacy,
+                      threshold=cfg.eval.pck_threshold)
+    out = Path(out)
+    paths = save_report(report, out)
+    if vis:
+        from .visualize import pose_grid, save_image
+        n = min(vis, report["n_images"])
+        images = [read_image(r.path, max_side=None) for r in read_source(source)[:n]]
+        save_image(pose_grid(images, report["ground_truth"][:n], report["predictions"][:n]), out / "vis.png")
+        paths.append(out / "vis.png")
+    return report, paths

@@ -233,11 +233,18 @@ def from_dict(cls: type[T], data: dict, source: str = "<config>") -> T:
     return _build(cls, data, source)
 
 
-def load_config(cls: type[T], path: str | os.PathLike | None = None, overrides: Iterable[str] = ()) -> T:
-    """Defaults of ``cls`` <- YAML file ``path`` <- ``--set`` overrides; validated."""
-    data = read_yaml(path) if path else {}
-    source = str(path) if path else "<defaults>"
-    check_renamed(cls, data, source)
+def load_config(cls: type[T], path: str | os.PathLike | None = None, overrides: Iterable[str] = (),
+                stored: dict | None = None, stored_source: str = "<stored config>") -> T:
+    """``stored`` (a run's or a checkpoint's saved config) or else the defaults of ``cls`` <- YAML file ``path``
+    <- ``--set`` overrides; validated. ``stored_source`` names ``stored`` in error messages."""
+    data = copy.deepcopy(stored) if stored is not None else {}
+    sources = [stored_source] if stored is not None else []
+    if path:
+        yaml_data = read_yaml(path)
+        check_renamed(cls, yaml_data, str(path))
+        deep_update(data, yaml_data)
+        sources.append(str(path))
+    source = " + ".join(sources) or "<defaults>"
     over = parse_overrides(overrides)
     check_renamed(cls, over, "--set")
     if over:

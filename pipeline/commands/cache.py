@@ -30,11 +30,11 @@ def register(subparsers) -> None:
     build.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto")
     build.add_argument("--no-flip-test", action="store_true", help="skip the flip test (faster)")
     build.add_argument("--rebuild", action="store_true", help="discard what the folder holds and start over")
-    build.set_defaults(func=run_build)
+    build.set_defaults(func=cmd_cache_build)
 
     verify = sub.add_parser("verify", help="check every chunk of a cache against its checksum")
     verify.add_argument("cache", help="cache folder")
-    verify.set_defaults(func=run_verify)
+    verify.set_defaults(func=cmd_cache_verify)
 
     imp = sub.add_parser("import-legacy", help="convert the reference implementation's heatmap folders",
                          description="Convert `<root>/heatmap_<split>/<stem>/NN.jpg` (36 JPEGs per image) and "
@@ -44,7 +44,7 @@ def register(subparsers) -> None:
     imp.add_argument("--labels", required=True, help="reference ReID label CSV with the keypoints of these images")
     imp.add_argument("--out", required=True, help="cache folder to create")
     imp.add_argument("--rebuild", action="store_true")
-    imp.set_defaults(func=run_import)
+    imp.set_defaults(func=cmd_cache_import_legacy)
 
     exp = sub.add_parser("export-legacy", help="write a cache in the reference implementation's folder layout",
                          description="Write heatmap_<split>/<stem>/NN.jpg, segment_<split>/<stem>/NN.jpg and "
@@ -53,10 +53,10 @@ def register(subparsers) -> None:
     exp.add_argument("--root", required=True, help="output folder")
     exp.add_argument("--split", required=True)
     exp.add_argument("--image-root", required=True, help="folder with the images (for segment sizes)")
-    exp.set_defaults(func=run_export)
+    exp.set_defaults(func=cmd_cache_export_legacy)
 
 
-def run_build(args: argparse.Namespace) -> int:
+def cmd_cache_build(args: argparse.Namespace) -> int:
     from pamtri.data.images import read_image_list
     from pamtri.pipeline.cachebuild import build_cache, split_images
     if args.data:
@@ -71,26 +71,26 @@ def run_build(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_verify(args: argparse.Namespace) -> int:
+def cmd_cache_verify(args: argparse.Namespace) -> int:
+    from pamtri.common.errors import CheckpointError
     from pamtri.pose.cache import Cache
     cache = Cache(args.cache)
     bad = cache.verify()
     if bad:
-        print(f"{args.cache}: {len(bad)} chunk(s) do not match their checksums: {bad[:10]}; "
-              f"run `pamtri cache build` with the same arguments to rebuild them")
-        return 1
+        raise CheckpointError(f"{args.cache}: {len(bad)} chunk(s) do not match their checksums: {bad[:10]}; "
+                              "run `pamtri cache build` with the same arguments to rebuild them")
     print(f"{args.cache}: {len(cache)} images, all {len(cache.manifest['chunks'])} chunks intact")
     return 0
 
 
-def run_import(args: argparse.Namespace) -> int:
+def cmd_cache_import_legacy(args: argparse.Namespace) -> int:
     from pamtri.pipeline.cachebuild import import_legacy
     out = import_legacy(args.root, args.split, args.labels, args.out, rebuild=args.rebuild)
     print(f"imported into {out}")
     return 0
 
 
-def run_export(args: argparse.Namespace) -> int:
+def cmd_cache_export_legacy(args: argparse.Namespace) -> int:
     from pamtri.pipeline.cachebuild import export_legacy
     n = export_legacy(args.cache, args.root, args.split, args.image_root)
     print(f"exported {n} images to {args.root}")

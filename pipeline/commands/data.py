@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import textwrap
 
 
@@ -29,8 +28,8 @@ def register(subparsers) -> None:
             "and line. All problems are collected in one pass; errors fail the check, warnings do not."),
         epilog=_fill(
             "Images: every image's header is read (size, channels); at most --max-decodes images per split are "
-            "fully decoded.\nExit status: 0 clean (warnings allowed), 1 problems found, 2 usage error (no such "
-            "path, unknown format, format not detectable)."))
+            "fully decoded.\nExit status: 0 clean (warnings allowed), 1 problems found or nothing to check (no "
+            "such folder, format not detectable; one error line), 2 usage error (bad arguments)."))
     check.add_argument("root", metavar="ROOT", help="data set folder")
     check.add_argument("--format", dest="fmt", choices=("auto",) + FORMATS, default="auto",
                        help="data set format (default: detect it)")
@@ -38,29 +37,12 @@ def register(subparsers) -> None:
     check.add_argument("--max-decodes", type=int, default=None, metavar="N",
                        help="fully decode at most N images per split, spread evenly (default 200; 0 = headers "
                             "only; -1 = all)")
-    check.set_defaults(func=run_check)
+    check.set_defaults(func=cmd_data_check)
 
 
-def run_check(args: argparse.Namespace) -> int:
-    import os
-
-    from pamtri.common.errors import DataError
-    from pamtri.data.readers import check_format
+def cmd_data_check(args: argparse.Namespace) -> int:
     from pamtri.pipeline.datacheck import DEFAULT_MAX_DECODES, check_dataset, format_report
-
-    if not os.path.isdir(args.root):
-        what = "is not a folder" if os.path.exists(args.root) else "no such folder"
-        print(f"pamtri data check: error: {args.root}: {what}", file=sys.stderr)
-        return 2
-    try:
-        check_format(args.fmt, args.root)
-    except DataError as exc:
-        print(f"pamtri data check: error: {exc}", file=sys.stderr)
-        return 2
     max_decodes = DEFAULT_MAX_DECODES if args.max_decodes is None else args.max_decodes
     report = check_dataset(args.root, args.fmt, max_decodes=max_decodes)
-    if args.json:
-        print(json.dumps(report, indent=None, sort_keys=False))
-    else:
-        print(format_report(report))
+    print(json.dumps(report, indent=None, sort_keys=False) if args.json else format_report(report))
     return 0 if report["ok"] else 1

@@ -14,19 +14,11 @@ def register(subparsers) -> None:
                     "<out>/<timestamp>/. Needs no data and no weights.")
     add_config_args(p)
     p.add_argument("--out", help="parent folder of the run (default runs/demo)")
-    p.set_defaults(func=run)
+    p.set_defaults(func=cmd_demo)
 
 
-def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from pamtri.common.config import load_config
-    from pamtri.pipeline.demo import DemoConfig, run_demo
-    repo = Path(__file__).resolve().parents[2]
-    config = args.config or (repo / "configs" / "demo.yaml")
-    cfg = load_config(DemoConfig, config, args.overrides)
-    if args.out:
-        cfg.out = args.out
-    folder = run_demo(cfg, repo)
+def cmd_demo(args: argparse.Namespace) -> int:
+    from pamtri.pipeline.demo import REPO, demo_config, run_demo
+    folder = run_demo(demo_config(args.config, args.overrides, args.out), REPO)
     print(f"demo finished: {folder / 'report.md'} (open {folder / 'index.html'} in a browser)")
     return 0

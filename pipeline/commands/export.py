@@ -34,10 +34,10 @@ def register(subparsers) -> None:
     o.add_argument("--tolerance", type=float, default=1e-3, metavar="T",
                    help="largest allowed max-abs difference ONNX vs PyTorch (default 1e-3)")
     o.add_argument("--no-check", action="store_true", help="skip the onnxruntime comparison")
-    o.set_defaults(func=run_onnx)
+    o.set_defaults(func=cmd_export_onnx)
 
 
-def run_onnx(args: argparse.Namespace) -> int:
+def cmd_export_onnx(args: argparse.Namespace) -> int:
     from pamtri.common.errors import ConfigError
     from pamtri.pipeline.export import export_pose, export_reid
     size = tuple(args.size) if args.size else None

@@ -3,7 +3,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
+
+log = logging.getLogger(__name__)
 
 
 def register(subparsers) -> None:
@@ -20,7 +23,7 @@ def register(subparsers) -> None:
     train.add_argument("--out", metavar="RUN_DIR", help="run folder (default runs/pose/<config name>)")
     train.add_argument("--resume", action="store_true",
                        help="continue RUN_DIR/last.pt exactly (its stored config; --set may still override)")
-    train.set_defaults(func=run_train)
+    train.set_defaults(func=cmd_pose_train)
 
     pred = sub.add_parser("predict", help="predict keypoints, heatmaps and segments for images",
                           description="Batched inference with flip test. Writes OUT/keypoints.csv (the "
@@ -34,11 +37,12 @@ def register(subparsers) -> None:
     _inference_args(pred)
     pred.add_argument("--no-heatmaps", action="store_true", help="do not store heatmaps in poses.npz")
     pred.add_argument("--vis", type=int, default=0, metavar="N", help="also draw the first N images to vis.png")
-    pred.set_defaults(func=run_predict)
+    pred.set_defaults(func=cmd_pose_predict)
 
     ev = sub.add_parser("eval", help="PCK of a pose model on a labelled split (paper Table 5 layout)",
                         description="Prints Wheel, Fender, Back, Front, Back windshield, Front windshield, Mean, "
-                                    "Mean@0.1 (PCK of SPEC section 7) and writes OUT/pck.json, "
+                                    "Mean@0.1 (PCK: a visible keypoint is correct within threshold x 0.25 x the "
+                                    "diagonal of its image's keypoint box) and writes OUT/pck.json, "
                                     "OUT/pck_curve.png, OUT/predictions.npz.")
     ev.add_argument("--weights", required=True, metavar="PT")
     ev.add_argument("--data", required=True, metavar="ROOT",
@@ -46,11 +50,12 @@ def register(subparsers) -> None:
     ev.add_argument("--split", default="test")
     ev.add_argument("--format", dest="fmt", choices=("pose_csv", "synthetic"), default="pose_csv")
     ev.add_argument("--legacy-pck", action="store_true",
-                    help="also print the reference code's PCK formula (SPEC section 8), labelled as such")
+                    help="also print the reference code's PCK formula (one constant pixel threshold, unweighted "
+                         "keypoint means), labelled as such")
     ev.add_argument("--out", metavar="DIR", help="output folder (default: beside the weights, eval_<split>)")
     ev.add_argument("--vis", type=int, default=0, metavar="N", help="also draw N samples (GT | prediction) to vis.png")
     _inference_args(ev)
-    ev.set_defaults(func=run_eval)
+    ev.set_defaults(func=cmd_pose_eval)
 
 
 def _inference_args(p: argparse.ArgumentParser) -> None:
@@ -63,16 +68,11 @@ def _inference_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, default=2, metavar="N", help="image loading processes")
 
 
-def _predictor(args):
-    from pamtri.pose.predict import PosePredictor, load_pose_model
-    model, cfg = load_pose_model(args.weights, args.model)
-    if args.decode:
-        cfg.eval.decode = args.decode
-    if args.batch_size:
-        cfg.eval.batch_size = args.batch_size
-    predictor = PosePredictor.from_config(model, cfg, device=args.device, precision=args.precision,
-                                          flip_test=not args.no_flip)
-    return predictor, cfg
+def _predictor(args: argparse.Namespace):
+    """(PosePredictor, its config) from --weights and the inference options."""
+    from pamtri.pose.predict_images import load_predictor
+    return load_predictor(args.weights, args.model, decode=args.decode, batch_size=args.batch_size,
+                          device=args.device, precision=args.precision, flip_test=not args.no_flip)
 
 
 def _default_out(config: str | None) -> str:
@@ -81,11 +81,10 @@ def _default_out(config: str | None) -> str:
     return os.path.join("runs", "pose", name)
 
 
-def run_train(args: argparse.Namespace) -> int:
-    import logging
+def cmd_pose_train(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from pamtri.common.config import config_yaml, deep_update, from_dict, load_config, parse_overrides, read_yaml
+    from pamtri.common.config import config_yaml, load_config, read_yaml
     from pamtri.common.errors import PamtriError
     from pamtri.pose.config import PoseConfig
 
@@ -94,11 +93,9 @@ def run_train(args: argparse.Namespace) -> int:
         saved = Path(out) / "config.yaml"
         if not saved.is_file():
             raise PamtriError(f"{out}: nothing to resume (no config.yaml; pass the run folder with --out)")
-        data = read_yaml(saved)
         if args.config:
-            logging.getLogger(__name__).warning("--resume uses %s; --config %s is ignored", saved, args.config)
-        deep_update(data, parse_overrides(args.overrides))
-        cfg = from_dict(PoseConfig, data, f"{saved} (with --set overrides)")
+            log.warning("--resume uses %s; --config %s is ignored", saved, args.config)
+        cfg = load_config(PoseConfig, None, args.overrides, stored=read_yaml(saved), stored_source=str(saved))
     else:
         cfg = load_config(PoseConfig, args.config, args.overrides)
     if args.print_config:
@@ -111,104 +108,25 @@ def run_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _write_vis(path, images, gts, preds) -> None:
-    from pamtri.pose.visualize import pose_grid, save_image
-    save_image(pose_grid(images, gts, preds), path)
-
-
-def run_predict(args: argparse.Namespace) -> int:
-    import os
-    from pathlib import Path
-
-    import numpy as np
-    from torch.utils.data import DataLoader
-    from tqdm import tqdm
-
-    from pamtri.common.atomic import atomic_write
-    from pamtri.data.images import read_image, read_image_list
-    from pamtri.data.labels import write_reid_csv
-    from pamtri.data.records import UNLABELLED, Record, parse_veri_name
-
+def cmd_pose_predict(args: argparse.Namespace) -> int:
+    from pamtri.pose.predict_images import predict_images
     predictor, cfg = _predictor(args)
-    base, names = read_image_list(args.images)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    loader = DataLoader(_ImageList(base, names), batch_size=cfg.eval.batch_size, num_workers=args.workers,
-                        collate_fn=_as_list)
-    h, w = predictor.input_size[1] // predictor.stride, predictor.input_size[0] // predictor.stride
-    keypoints = np.zeros((len(names), 36, 3), np.float32)
-    sizes = np.zeros((len(names), 2), np.int32)
-    heat = None
-    tmp_heat = out / ".heatmaps.tmp.npy"
-    if not args.no_heatmaps:
-        heat = np.lib.format.open_memmap(tmp_heat, mode="w+", dtype=np.float16, shape=(len(names), 36, h, w))
-    i = 0
-    try:
-        for batch in tqdm(loader, desc="predict", unit="batch"):
-            images = [im for _, im in batch]
-            kps, hms = predictor.predict_arrays(images)
-            n = len(images)
-            keypoints[i:i + n] = kps
-            sizes[i:i + n] = [(im.shape[1], im.shape[0]) for im in images]
-            if heat is not None:
-                heat[i:i + n] = hms.astype(np.float16)
-            i += n
-        records = []
-        for name, kps, (wd, ht) in zip(names, keypoints, sizes):
-            ids = parse_veri_name(name)
-            records.append(Record(path=name, vehicle_id=ids[0] if ids else UNLABELLED, keypoints=kps,
-                                  width=int(wd), height=int(ht)))
-        write_reid_csv(records, out / "keypoints.csv")
-        with atomic_write(out / "poses.npz", "wb") as fh:
-            arrays = {"names": np.asarray(names), "image_sizes": sizes, "keypoints": keypoints}
-            if heat is not None:
-                heat.flush()
-                arrays["heatmaps"] = heat
-            np.savez(fh, **arrays)
-    finally:
-        del heat
-        if tmp_heat.exists():
-            os.unlink(tmp_heat)
-    if args.vis:
-        n = min(args.vis, len(names))
-        images = [read_image(str(base / nm), max_side=None) for nm in names[:n]]
-        _write_vis(out / "vis.png", images, None, keypoints[:n])
-    print(f"{len(names)} images -> {out / 'keypoints.csv'}, {out / 'poses.npz'}")
+    n, paths = predict_images(predictor, args.images, args.out, batch_size=cfg.eval.batch_size,
+                              workers=args.workers, heatmaps=not args.no_heatmaps, vis=args.vis)
+    print(f"{n} images -> {paths[0]}, {paths[1]}")
     return 0
 
 
-def _as_list(items):
-    return items
-
-
-class _ImageList:
-    """Dataset of (name, uint8 RGB image) for the predict command."""
-
-    def __init__(self, base, names):
-        self.base, self.names = base, names
-
-    def __len__(self):
-        return len(self.names)
-
-    def __getitem__(self, i):
-        from pamtri.data.images import read_image
-        return self.names[i], read_image(str(self.base / self.names[i]), max_side=None)
-
-
-def run_eval(args: argparse.Namespace) -> int:
+def cmd_pose_eval(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from pamtri.data.images import read_image
-    from pamtri.pose.config import DataSource
-    from pamtri.pose.evaluate import evaluate, save_report
+    from pamtri.pose.evaluate import evaluate_split
     from pamtri.pose.metrics import format_table
 
     predictor, cfg = _predictor(args)
-    source = DataSource(root=args.data, format=args.fmt, split=args.split)
-    report = evaluate(predictor, cfg, [source], num_workers=args.workers, legacy=args.legacy_pck,
-                      threshold=cfg.eval.pck_threshold)
     out = Path(args.out) if args.out else Path(args.weights).parent / f"eval_{args.split}"
-    paths = save_report(report, out)
+    report, paths = evaluate_split(predictor, cfg, args.data, args.split, args.fmt, out, num_workers=args.workers,
+                                   legacy=args.legacy_pck, vis=args.vis)
     flip = "flip test" if predictor.flip_test else "no flip test"
     print(format_table(report["table"], f"PCK (%) on {args.data} [{args.split}], {report['n_images']} images, "
                                         f"{flip}, {predictor.decode_method} decoding"))
@@ -217,12 +135,5 @@ def run_eval(args: argparse.Namespace) -> int:
         print(format_table(leg, f"Legacy PCK (%) - the reference code's formula, NOT the paper's definition: "
                                 f"one constant threshold of {leg['threshold_px']:.2f} px, unweighted keypoint "
                                 f"means, Mean@0.1 at 0.11"))
-    if args.vis:
-        n = min(args.vis, report["n_images"])
-        from pamtri.pose.dataset import read_source
-        recs = read_source(source)[:n]
-        _write_vis(out / "vis.png", [read_image(r.path, max_side=None) for r in recs], report["ground_truth"][:n],
-                   report["predictions"][:n])
-        paths.append(out / "vis.png")
     print("wrote " + ", ".join(str(p) for p in paths), file=sys.stderr)
     return 0

@@ -2,14 +2,10 @@
 from __future__ import annotations
 
 import argparse
-import json
-import logging
 import sys
 from pathlib import Path
 
 from pamtri.pipeline.cli import add_config_args
-
-log = logging.getLogger(__name__)
 
 
 def register(subparsers) -> None:
@@ -22,7 +18,7 @@ def register(subparsers) -> None:
     add_config_args(t, required=True, printable=True)
     t.add_argument("--out", metavar="RUN", help="run folder (default runs/reid/<config name>)")
     t.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")
-    t.set_defaults(func=_train)
+    t.set_defaults(func=cmd_reid_train)
 
     e = sub.add_parser("eval", help="evaluate ReID weights on a data set's query and test splits",
                        description="Evaluate weights (a pamtri run's best.pt / last.pt, or an official PAMTRI "
@@ -36,10 +32,10 @@ def register(subparsers) -> None:
     e.add_argument("--out", metavar="DIR", help="output folder (default: <weights folder>/eval)")
     e.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: the checkpoint's, else auto)")
     add_config_args(e)
-    e.set_defaults(func=_eval)
+    e.set_defaults(func=cmd_reid_eval)
 
 
-def _train(args: argparse.Namespace) -> int:
+def cmd_reid_train(args: argparse.Namespace) -> int:
     from pamtri.common.config import config_yaml, load_config
     from pamtri.reid.config import ReIDConfig
     cfg = load_config(ReIDConfig, args.config, args.overrides)
@@ -55,64 +51,20 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _eval_config(ckpt: dict, model, args: argparse.Namespace):
-    """The checkpoint's resolved config (or defaults), then --config and --set on top."""
-    from pamtri.common.config import deep_update, from_dict, parse_overrides, read_yaml, to_dict
-    from pamtri.reid.config import ReIDConfig
-    data = dict(ckpt.get("config") or {})
-    data["model"] = to_dict(model.cfg)  # the model is the one the checkpoint holds
-    if args.config:
-        deep_update(data, read_yaml(args.config))
-    deep_update(data, parse_overrides(args.overrides))
-    return from_dict(ReIDConfig, data, "checkpoint config" + (f" + {args.config}" if args.config else ""))
-
-
-def _eval(args: argparse.Namespace) -> int:
-    from dataclasses import replace
-
-    from pamtri.common.atomic import atomic_write_text
-    from pamtri.common.runtime import autocast_dtype, pick_device
-    from pamtri.reid.data import cache_weights_sha256
-    from pamtri.reid.evaluate import eval_loaders, evaluate_model, read_eval_records
-    from pamtri.reid.model import load_reid_weights
-    from pamtri.reid.visualize import plot_cmc, rank_list_image
-
-    model, ckpt = load_reid_weights(args.weights)
-    cfg = _eval_config(ckpt, model, args)
-    ev = replace(cfg.eval, rerank=args.rerank or cfg.eval.rerank,
-                 ignore_cameras=args.ignore_cameras or cfg.eval.ignore_cameras)
-    data = replace(cfg.data, eval_root=args.data, eval_format=args.format)
-    device = pick_device(args.device or cfg.device)
-    dtype = autocast_dtype(device, cfg.precision)
-    model.to(device)
-    query, gallery = read_eval_records(data, args.data, cameras=not ev.ignore_cameras)
-    ql, gl = eval_loaders(query, gallery, data, model.cfg, ev.batch_size)
-    trained_with, eval_with = ckpt.get("pose_weights_sha256"), cache_weights_sha256(ql.dataset.pose)
-    if trained_with and eval_with and trained_with != eval_with:
-        from pamtri.common.errors import ConfigError
-        raise ConfigError(f"{data.query_cache}: this pose cache was built with other pose weights than the ones "
-                          f"{args.weights} was trained with; rebuild the query/gallery caches with that pose "
-                          "checkpoint")
-    res, dist = evaluate_model(model, ql, gl, ev, device, dtype)
-    res.pop("_first_rank", None)
-    out = Path(args.out) if args.out else Path(args.weights).resolve().parent / "eval"
-    out.mkdir(parents=True, exist_ok=True)
-    res.update({"weights": str(args.weights), "data": str(args.data), "rerank": ev.rerank,
-                "metric": ev.metric, "ignore_cameras": ev.ignore_cameras})
-    atomic_write_text(out / "metrics.json", json.dumps(res, indent=2) + "\n")
-    plot_cmc(res["cmc"], out / "cmc.png", label=Path(args.weights).parent.name)
-    rank_list_image(dist, [r.path for r in query], [r.path for r in gallery], [r.vehicle_id for r in query],
-                    [r.vehicle_id for r in gallery], [r.camera_id for r in query], [r.camera_id for r in gallery],
-                    out / "ranklist.png", ignore_cameras=ev.ignore_cameras)
-    k = ev.topk_map
-    lines = [f"queries       {res['num_valid_queries']} of {res['num_queries']} with a match in {len(gallery)} "
-             "gallery images" + (" (re-ranked)" if ev.rerank else ""),
+def cmd_reid_eval(args: argparse.Namespace) -> int:
+    from pamtri.reid.evaluate_checkpoint import evaluate_checkpoint
+    result = evaluate_checkpoint(args.weights, args.data, args.format, args.out, config=args.config,
+                                 overrides=args.overrides, rerank=args.rerank, ignore_cameras=args.ignore_cameras,
+                                 device=args.device)
+    res, k = result.metrics, result.topk_map
+    lines = [f"queries       {res['num_valid_queries']} of {res['num_queries']} with a match in "
+             f"{result.gallery_size} gallery images" + (" (re-ranked)" if res["rerank"] else ""),
              f"mAP           {100 * res['mAP']:6.2f}%"]
     lines += [f"rank-{r:<8d} {100 * res[f'rank{r}']:6.2f}%" for r in (1, 5, 10, 20) if f"rank{r}" in res]
     lines += [f"rank-{k} mAP  {100 * res[f'mAP@{k}']:6.2f}%", f"mINP          {100 * res['mINP']:6.2f}%"]
     for name, key in (("colour acc", "color_acc"), ("type acc", "type_acc")):
         if res.get(key) is not None:
             lines.append(f"{name:<13} {100 * res[key]:6.2f}%")
-    lines.append(f"written       {out / 'metrics.json'}, {out / 'cmc.png'}, {out / 'ranklist.png'}")
+    lines.append("written       " + ", ".join(str(p) for p in result.paths))
     sys.stdout.write("\n".join(lines) + "\n")
     return 0

@@ -39,10 +39,10 @@ def register(subparsers) -> None:
     p.add_argument("--preview", action="store_true", help="also write preview.png (a contact sheet of samples)")
     p.add_argument("--overwrite", action="store_true", help="replace a data set already in --out")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    p.set_defaults(func=run)
+    p.set_defaults(func=cmd_synth)
 
 
-def run(args: argparse.Namespace) -> int:
+def cmd_synth(args: argparse.Namespace) -> int:
     """Handler: generate the tree and print a one-screen summary."""
     from pamtri.pipeline.synth import generate
 

@@ -26,10 +26,10 @@ def register(subparsers) -> None:
     c.add_argument("--out", required=True, metavar="FILE", help="pamtri checkpoint to write (e.g. weights/pose.pt)")
     c.add_argument("--model", metavar="NAME",
                    help="official-posestnet only: timm HRNet name (default: found from the shapes, e.g. hrnet_w32)")
-    c.set_defaults(func=run_convert)
+    c.set_defaults(func=cmd_weights_convert)
 
 
-def run_convert(args: argparse.Namespace) -> int:
+def cmd_weights_convert(args: argparse.Namespace) -> int:
     from pamtri.pipeline.weights import convert
     summary = convert(args.source, args.src, args.out, args.model)
     print(f"{args.src} ({args.source}) -> {args.out}: {summary}")

@@ -1,5 +1,5 @@
 """Parametric 3D vehicle bodies: one side profile per VeRi type, extruded across the width, with the
-36 keypoints of SPEC section 1 on the surface.
+36 keypoints of ``pose.keypoints`` on the surface.
 
 Vehicle frame (metres): x points forward (back bumper at -L/2, front bumper at +L/2), y to the vehicle's
 left, z up; the ground is z = 0. The left side (keypoints 0-17) is at y > 0; the right side is its mirror
@@ -11,9 +11,9 @@ The body is a closed, nearly convex polyhedron built from one side profile (x, z
 two wheel arches (keypoints 2-5 front arch, 6-9 rear arch). The lower side panel is that profile below
 the belt line 12-15 at y = +-W/2; the greenhouse (12, 13, 14, 15) leans inwards (roof corners at
 y = +-Wr/2, "tumblehome"). Each profile edge 10-11 ... 16-17 extruded across the width gives one of the
-seven middle faces of SPEC's 13 segments (back face, trunk, back windshield, roof, front windshield,
-hood, front face). Wheels are cylinders just inside the body side; the wheel-centre keypoints lie at the
-centre of each tyre's outer face.
+seven middle faces of the 13 segments of ``pose.segments`` (back face, trunk, back windshield, roof, front
+windshield, hood, front face). Wheels are cylinders just inside the body side; the wheel-centre keypoints lie
+at the centre of each tyre's outer face.
 """
 from __future__ import annotations
 
@@ -24,8 +24,8 @@ import numpy as np
 from pamtri.data.attributes import VERI_COLORS, VERI_TYPES
 from pamtri.pose.keypoints import NUM_KEYPOINTS, NUM_SIDE
 
-# Side keypoint indices (left side; right = +NUM_SIDE). Positions follow the SPEC section 1 table; the
-# names are in pose.keypoints.KEYPOINT_NAMES, this module only needs the numbers to place them.
+# Side keypoint indices (left side; right = +NUM_SIDE). The names are in pose.keypoints.KEYPOINT_NAMES;
+# this module only needs the numbers to place them.
 REAR_WHEEL, FRONT_WHEEL = 0, 1
 FRONT_ARCH = (2, 3, 4, 5)   # front-bottom, front-upper, rear-upper, rear-bottom
 REAR_ARCH = (6, 7, 8, 9)    # front-bottom, front-upper, rear-upper, rear-bottom
@@ -293,48 +293,34 @@ def _profile(p: dict) -> tuple[dict[int, np.ndarray], dict]:
     return {k: np.asarray(v) for k, v in pts.items()}, wheels
 
 
-def build_body(ident: Identity) -> Body:
-    """Build the mesh, materials and the 36 keypoints of ``ident`` (vehicle frame, metres)."""
-    p = ident.params()
-    L, W, H, r = p["L"], p["W"], p["H"], p["r"]
-    type_name = ident.type_name
-    spec = TYPE_SHAPES[type_name]
-    prof, wheels = _profile(p)
-    half, roof_half = W / 2, W * p["roof"] / 2
+def _side_keypoints(prof: dict[int, np.ndarray], wheels: dict, p: dict) -> tuple[dict[int, np.ndarray], np.ndarray]:
+    """(left-side keypoints 0-17 (3,) in the vehicle frame, the lower side panel's outline (m, 2) (x, z): its top
+    chain back to front, then the bottom front to back over both arches)."""
+    half, roof_half, r = p["W"] / 2, p["W"] * p["roof"] / 2, p["r"]
     y_of = {k: (roof_half if k in (ROOF_REAR, ROOF_FRONT) else half) for k in PROFILE}
-
-    def p3(xz, y):
-        return np.array([xz[0], y, xz[1]])
-
-    side_kps: dict[int, np.ndarray] = {k: p3(prof[k], y_of[k]) for k in PROFILE}
-    # Lower side panel outline: top chain back->front, then the bottom front->back over both arches.
+    side_kps = {k: np.array([prof[k][0], y_of[k], prof[k][1]]) for k in PROFILE}
     outline = [prof[k] for k in LOWER_CHAIN]
-    wheel_y_out = half - p["inset"]
     for key, arch in ((FRONT_WHEEL, FRONT_ARCH), (REAR_WHEEL, REAR_ARCH)):
         w = wheels[key]
         a0 = w["a0"]
-        pts = _arc(w["cx"], r, w["ra"], a0, 180.0 - a0, (45.0, 135.0), 9)
-        outline.extend(pts)
+        outline.extend(_arc(w["cx"], r, w["ra"], a0, 180.0 - a0, (45.0, 135.0), 9))
         # arch keypoints: front-bottom, front-upper (45 deg), rear-upper (135 deg), rear-bottom
         for k, ang in zip(arch, (a0, 45.0, 135.0, 180.0 - a0)):
             rad = np.deg2rad(ang)
             side_kps[k] = np.array([w["cx"] + w["ra"] * np.cos(rad), half, r + w["ra"] * np.sin(rad)])
-        side_kps[key] = np.array([w["cx"], wheel_y_out, r])
-    outline = np.asarray(outline)
+        side_kps[key] = np.array([w["cx"], half - p["inset"], r])
+    return side_kps, np.asarray(outline)
 
-    b = _Builder()
-    paint = np.asarray(ident.paint)
-    # ---- left side (mirrored below) --------------------------------------------------------------
-    panel = np.column_stack([outline[:, 0], np.full(len(outline), half), outline[:, 1]])
-    lower = b.add(panel, (0, 1, 0), "side", paint, PAINT,
-                  kps=FRONT_ARCH + REAR_ARCH + LOWER_CHAIN)
+
+def _add_greenhouse(b: _Builder, ident: Identity, side_kps: dict[int, np.ndarray]) -> None:
+    """The left greenhouse (12, 13, 14, 15), leaning inwards, with its side windows as insets."""
     gh = np.stack([side_kps[k] for k in (BACK_WS_BASE, ROOF_REAR, ROOF_FRONT, FRONT_WS_BASE)])
     gh_n = np.cross(gh[2] - gh[0], gh[1] - gh[3])
     gh_n = gh_n / np.linalg.norm(gh_n) * np.sign(gh_n[1])
-    greenhouse = b.add(gh, gh_n, "greenhouse", paint, PAINT, kps=(BACK_WS_BASE, ROOF_REAR, ROOF_FRONT, FRONT_WS_BASE))
-    # side windows: panes along the greenhouse (quad order for _sub_quad: a=12, b=13? use (12,15) bottom, (13,14) top)
-    gq = np.stack([gh[0], gh[1], gh[2], gh[3]])  # 12 (belt, back), 13 (roof, back), 14 (roof, front), 15 (belt, front)
-    u0, u1, v0, v1 = spec["pane"]
+    greenhouse = b.add(gh, gh_n, "greenhouse", np.asarray(ident.paint), PAINT,
+                       kps=(BACK_WS_BASE, ROOF_REAR, ROOF_FRONT, FRONT_WS_BASE))
+    # side windows: panes along the greenhouse, u from back (12-13) to front (15-14), v from belt to roof
+    u0, u1, v0, v1 = TYPE_SHAPES[ident.type_name]["pane"]
     if ident.cargo_pane:
         u0 = 0.72
     n = max(ident.panes, 1)
@@ -342,11 +328,15 @@ def build_body(ident: Identity) -> Body:
     edges = np.linspace(u0, u1, n + 1)
     for i in range(n):
         a, c = edges[i] + (pillar if i else 0.0), edges[i + 1] - (pillar if i < n - 1 else 0.0)
-        # quad (a, b, c, d) for _quad_point: a = (u=0, v=0) ... here u runs back->front, v belt->roof
-        q = np.stack([gq[0], gq[1], gq[2], gq[3]])
-        pane = np.stack([_qp(q, a, v0), _qp(q, a, v1), _qp(q, c, v1), _qp(q, c, v0)])
+        pane = np.stack([_qp(gh, a, v0), _qp(gh, a, v1), _qp(gh, c, v1), _qp(gh, c, v0)])
         b.add(pane, gh_n, "side_window", ident.glass, GLASS, parent=greenhouse)
-    # side stripe / bus livery band between the arch tops and the belt
+
+
+def _add_side_trim(b: _Builder, ident: Identity, p: dict, prof: dict[int, np.ndarray], wheels: dict,
+                   lower: int) -> None:
+    """On the left lower panel ``lower``: the stripe / bus livery band between the arch tops and the belt, and
+    a door seam (a thin dark band near the middle, cars only)."""
+    L, half, r, type_name = p["L"], p["W"] / 2, p["r"], ident.type_name
     arch_top = max(r + wheels[k]["ra"] for k in (FRONT_WHEEL, REAR_WHEEL))
     belt = min(prof[k][1] for k in (BACK_UPPER, BACK_WS_BASE, FRONT_WS_BASE, FRONT_UPPER))
     if ident.stripe and belt - arch_top > 0.12:
@@ -355,14 +345,19 @@ def build_body(ident: Identity) -> Body:
         xa, xb = prof[BACK_UPPER][0] + 0.03 * L, prof[FRONT_UPPER][0] - 0.03 * L
         stripe = np.array([[xa, half, z0], [xa, half, z1], [xb, half, z1], [xb, half, z0]])
         b.add(stripe, (0, 1, 0), "stripe", ident.trim, PAINT, parent=lower)
-    # door seam: a thin dark band near the middle of the car (cars only)
     if type_name not in ("bus", "truck") and belt - (r + 0.05) > 0.2:
         xd = 0.5 * (prof[ROOF_REAR][0] + prof[ROOF_FRONT][0])
         zb, zt = p["sill"] + 0.03, belt - 0.03
         seam = np.array([[xd - 0.012, half, zb], [xd - 0.012, half, zt],
                          [xd + 0.012, half, zt], [xd + 0.012, half, zb]])
-        b.add(seam, (0, 1, 0), "door_seam", paint * 0.45, DARK, parent=lower)
-    # wheels: tyre (cylinder drawn as the hull of both rims), rim, hub
+        b.add(seam, (0, 1, 0), "door_seam", np.asarray(ident.paint) * 0.45, DARK, parent=lower)
+
+
+def _add_wheels(b: _Builder, ident: Identity, p: dict, wheels: dict) -> None:
+    """Both left wheels, each drawn as one unit: dark wheel well, tyre (a cylinder drawn as the hull of both
+    rims), rim and hub; the wheel-centre keypoint lies on the rim and hub."""
+    W, r = p["W"], p["r"]
+    wheel_y_out = W / 2 - p["inset"]
     for key in (REAR_WHEEL, FRONT_WHEEL):
         cx = wheels[key]["cx"]
         ang = np.linspace(0, 2 * np.pi, 16, endpoint=False)
@@ -388,7 +383,9 @@ def build_body(ident: Identity) -> Body:
                                r + 0.16 * r * ring[::2, 1]])
         b.add(hub, (0, 1, 0), "hub", np.asarray(ident.rim) * 0.6, RIM, kps=(key,), wheel=True, group=tyre_id)
 
-    # ---- mirror the left side to the right ---------------------------------------------------------
+
+def _add_right_side(b: _Builder) -> None:
+    """Mirror every polygon built so far (the left side) to the right: y -> -y, keypoint k -> k + 18."""
     n_left = len(b.polys)
     for i in range(n_left):
         pts = b.polys[i].copy()
@@ -400,7 +397,11 @@ def build_body(ident: Identity) -> Body:
               kps=tuple(k + NUM_SIDE for k in m["kps"]), wheel=m["wheel"], hull=m["hull"], always=m["always"],
               group=m["group"] + n_left if m["group"] >= 0 else -1)
 
-    # ---- the seven extruded faces across the width -------------------------------------------------
+
+def _add_ribbons(b: _Builder, ident: Identity, side_kps: dict[int, np.ndarray]) -> dict[str, int]:
+    """The seven faces across the width, each a profile edge extruded from left to right -> part name: polygon."""
+    paint = np.asarray(ident.paint)
+    back_glass = TYPE_SHAPES[ident.type_name]["back_glass"]
     ribbon_ids = {}
     for a, c, name in RIBBONS:
         qa, qc = side_kps[a], side_kps[c]
@@ -410,60 +411,68 @@ def build_body(ident: Identity) -> Body:
         normal = np.array([-dz, 0.0, dx])
         normal /= max(np.linalg.norm(normal), 1e-9)
         mat, rgb = PAINT, paint
-        if name == "front_windshield" or (name == "back_windshield" and spec["back_glass"] is None):
+        if name == "front_windshield" or (name == "back_windshield" and back_glass is None):
             mat, rgb = GLASS, np.asarray(ident.glass)
         elif name == "roof":
             rgb = np.asarray(ident.roof_paint)
         ribbon_ids[name] = b.add(quad, normal, name, rgb, mat, kps=(a, c, c + NUM_SIDE, a + NUM_SIDE))
+    return ribbon_ids
 
-    def face_quad(name):
-        return b.polys[ribbon_ids[name]]
 
-    # back windshield glass inset (vans, SUVs, pickups, ...): face quad is (12, 13, 31, 30)
-    if spec["back_glass"] is not None:
-        u0, u1, v0, v1 = spec["back_glass"]
-        q = face_quad("back_windshield")  # a=12 (left, bottom), b=13 (left, top), c=31, d=30
-        # u across the width (left->right), v from the roof (top) down to the base
-        qq = np.stack([q[1], q[0], q[3], q[2]])  # a=13 top-left, b=12 bottom-left, c=30 bottom-right, d=31 top-right
-        b.add(_sub_quad(qq, u0, u1, v0, v1), b.meta[ribbon_ids["back_windshield"]]["normal"], "back_window",
-              ident.glass, GLASS, parent=ribbon_ids["back_windshield"])
-    # front face (16, 17, 35, 34): a=16 top-left, b=17 bottom-left, c=35 bottom-right, d=34 top-right
-    fq = face_quad("front_face")
-    fn = b.meta[ribbon_ids["front_face"]]["normal"]
-    fid = ribbon_ids["front_face"]
+def _add_front_details(b: _Builder, ident: Identity, face: int) -> None:
+    """Headlights, bumper (cars), grille and plate as insets of the front face polygon ``face``."""
+    fq = b.polys[face]  # (16, 17, 35, 34): a=16 top-left, b=17 bottom-left, c=35 bottom-right, d=34 top-right
+    fn = b.meta[face]["normal"]
+    big = ident.type_name in ("bus", "truck")
     lw, lh = ident.lamp
-    if type_name in ("bus", "truck"):
+    if big:
         lh, lv0 = lh * 0.35, 0.62
     else:
         lv0 = 0.08
     for u0 in (0.03, 0.97 - lw):
-        b.add(_sub_quad(fq, u0, u0 + lw, lv0, lv0 + lh), fn, "headlight", (245, 242, 225), LAMP, parent=fid)
-    if type_name not in ("bus", "truck"):
-        b.add(_sub_quad(fq, 0.0, 1.0, 0.72, 1.0), fn, "bumper", paint * 0.72, PAINT, parent=fid)
-    grille_v = (0.10, 0.45) if type_name not in ("bus", "truck") else (0.25, 0.58)
-    b.add(_sub_quad(fq, 0.30, 0.70, *grille_v), fn, "grille", (30, 30, 32), DARK, parent=fid)
-    plate_v = (0.62, 0.80) if type_name not in ("bus", "truck") else (0.82, 0.94)
-    b.add(_sub_quad(fq, 0.40, 0.60, *plate_v), fn, "plate", ident.plate, PLATE, parent=fid)
-    # back face (10, 11, 29, 28): a=11 top-left, b=10 bottom-left, c=28 bottom-right, d=29 top-right
-    bq0 = face_quad("back_face")      # (10, 11, 29, 28)
-    bq = np.stack([bq0[1], bq0[0], bq0[3], bq0[2]])
-    bn = b.meta[ribbon_ids["back_face"]]["normal"]
-    bid = ribbon_ids["back_face"]
+        b.add(_sub_quad(fq, u0, u0 + lw, lv0, lv0 + lh), fn, "headlight", (245, 242, 225), LAMP, parent=face)
+    if not big:
+        b.add(_sub_quad(fq, 0.0, 1.0, 0.72, 1.0), fn, "bumper", np.asarray(ident.paint) * 0.72, PAINT, parent=face)
+    grille_v = (0.10, 0.45) if not big else (0.25, 0.58)
+    b.add(_sub_quad(fq, 0.30, 0.70, *grille_v), fn, "grille", (30, 30, 32), DARK, parent=face)
+    plate_v = (0.62, 0.80) if not big else (0.82, 0.94)
+    b.add(_sub_quad(fq, 0.40, 0.60, *plate_v), fn, "plate", ident.plate, PLATE, parent=face)
+
+
+def _add_back_details(b: _Builder, ident: Identity, face: int) -> None:
+    """Bumper, taillights and plate as insets of the back face polygon ``face``."""
+    type_name = ident.type_name
+    bq0 = b.polys[face]  # (10, 11, 29, 28)
+    bq = np.stack([bq0[1], bq0[0], bq0[3], bq0[2]])  # a=11 top-left, b=10 bottom-left, c=28, d=29
+    bn = b.meta[face]["normal"]
     b.add(_sub_quad(bq, 0.0, 1.0, 0.70 if type_name not in ("bus", "truck") else 0.85, 1.0), bn, "bumper",
-          paint * 0.72 if type_name not in ("truck",) else (30, 30, 32), PAINT, parent=bid)
+          np.asarray(ident.paint) * 0.72 if type_name not in ("truck",) else (30, 30, 32), PAINT, parent=face)
     tall = type_name in ("bus", "truck", "van", "suv", "mpv")
     tv = (0.06, 0.30) if not tall else (0.10, 0.40)
     for u0 in (0.03, 0.83):
-        b.add(_sub_quad(bq, u0, u0 + 0.14, *tv), bn, "taillight", (200, 20, 25), LAMP, parent=bid)
-    b.add(_sub_quad(bq, 0.40, 0.60, 0.45, 0.70), bn, "plate", ident.plate, PLATE, parent=bid)
-    if spec["bed"]:
-        tq0 = face_quad("trunk")      # (11, 12, 30, 29)
-        tq = np.stack([tq0[0], tq0[3], tq0[2], tq0[1]])  # (11, 29, 30, 12): u back->front, v across
-        cargo = ident.trim if type_name == "truck" else tuple(np.asarray(ident.paint) * 0.35)
-        b.add(_sub_quad(tq, 0.05, 0.95, 0.03, 0.97), b.meta[ribbon_ids["trunk"]]["normal"], "cargo", cargo, DARK,
-              parent=ribbon_ids["trunk"])
+        b.add(_sub_quad(bq, u0, u0 + 0.14, *tv), bn, "taillight", (200, 20, 25), LAMP, parent=face)
+    b.add(_sub_quad(bq, 0.40, 0.60, 0.45, 0.70), bn, "plate", ident.plate, PLATE, parent=face)
 
-    # ---- pack -----------------------------------------------------------------------------------------
+
+def _add_back_window(b: _Builder, ident: Identity, face: int) -> None:
+    """The rear-window glass inset of the back-windshield face polygon ``face`` (12, 13, 31, 30)."""
+    u0, u1, v0, v1 = TYPE_SHAPES[ident.type_name]["back_glass"]
+    q = b.polys[face]  # a=12 (left, bottom), b=13 (left, top), c=31, d=30
+    # u across the width (left->right), v from the roof (top) down to the base
+    qq = np.stack([q[1], q[0], q[3], q[2]])  # a=13 top-left, b=12 bottom-left, c=30 bottom-right, d=31 top-right
+    b.add(_sub_quad(qq, u0, u1, v0, v1), b.meta[face]["normal"], "back_window", ident.glass, GLASS, parent=face)
+
+
+def _add_cargo(b: _Builder, ident: Identity, face: int) -> None:
+    """The open bed's cargo (pickups, trucks) as an inset of the trunk face polygon ``face`` (11, 12, 30, 29)."""
+    tq0 = b.polys[face]
+    tq = np.stack([tq0[0], tq0[3], tq0[2], tq0[1]])  # (11, 29, 30, 12): u back->front, v across
+    cargo = ident.trim if ident.type_name == "truck" else tuple(np.asarray(ident.paint) * 0.35)
+    b.add(_sub_quad(tq, 0.05, 0.95, 0.03, 0.97), b.meta[face]["normal"], "cargo", cargo, DARK, parent=face)
+
+
+def _packed(b: _Builder, side_kps: dict[int, np.ndarray], dims: tuple[float, float, float]) -> Body:
+    """The Body of the polygons in ``b``, with all 36 keypoints (the left side's and their mirrors)."""
     counts = np.array([len(q) for q in b.polys], dtype=np.int64)
     starts = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
     verts = np.vstack(b.polys)
@@ -484,9 +493,36 @@ def build_body(ident: Identity) -> Body:
         always=np.array([m["always"] for m in b.meta], dtype=bool),
         rgb=np.array([np.asarray(m["rgb"], dtype=np.float64) for m in b.meta]),
         material=np.array([m["material"] for m in b.meta], dtype=np.int64),
-        names=tuple(m["name"] for m in b.meta), member=member, keypoints=kps, dims=(L, W, H),
+        names=tuple(m["name"] for m in b.meta), member=member, keypoints=kps, dims=dims,
         ref=np.stack([q.mean(axis=0) for q in b.polys]),
     )
+
+
+def build_body(ident: Identity) -> Body:
+    """Build the mesh, materials and the 36 keypoints of ``ident`` (vehicle frame, metres).
+
+    Polygons in drawing order: the left side (lower panel, greenhouse and windows, stripe, door seam, wheels),
+    its mirror on the right, the seven faces across the width, then the insets of those faces.
+    """
+    p = ident.params()
+    prof, wheels = _profile(p)
+    side_kps, outline = _side_keypoints(prof, wheels, p)
+    b = _Builder()
+    half = p["W"] / 2
+    panel = np.column_stack([outline[:, 0], np.full(len(outline), half), outline[:, 1]])
+    lower = b.add(panel, (0, 1, 0), "side", np.asarray(ident.paint), PAINT, kps=FRONT_ARCH + REAR_ARCH + LOWER_CHAIN)
+    _add_greenhouse(b, ident, side_kps)
+    _add_side_trim(b, ident, p, prof, wheels, lower)
+    _add_wheels(b, ident, p, wheels)
+    _add_right_side(b)
+    faces = _add_ribbons(b, ident, side_kps)
+    if TYPE_SHAPES[ident.type_name]["back_glass"] is not None:  # vans, SUVs, pickups, ...
+        _add_back_window(b, ident, faces["back_windshield"])
+    _add_front_details(b, ident, faces["front_face"])
+    _add_back_details(b, ident, faces["back_face"])
+    if TYPE_SHAPES[ident.type_name]["bed"]:
+        _add_cargo(b, ident, faces["trunk"])
+    return _packed(b, side_kps, (p["L"], p["W"], p["H"]))
 
 
 def _qp(q: np.ndarray, u: float, v: float) -> np.ndarray:

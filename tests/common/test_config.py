@@ -116,3 +116,18 @@ def test_a_section_starts_from_its_fields_own_default(tmp_path):
     f.write_text("optim: {steps: [1, 2]}\n")
     assert load_config(Stage, f).optim == Optim(lr=0.5, steps=[1, 2])
     assert load_config(Cfg, f).optim == Optim(steps=[1, 2])  # the class's own defaults elsewhere
+
+
+def test_stored_config_then_yaml_then_set(tmp_path):
+    """A run's or checkpoint's stored config replaces the defaults; YAML and --set still go on top of it."""
+    stored = {"epochs": 9, "optim": {"lr": 0.5, "name": "sgd"}}
+    f = tmp_path / "c.yaml"
+    f.write_text("optim:\n  lr: 0.25\n")
+    cfg = load_config(Cfg, f, ["note=x"], stored=stored, stored_source="run/config.yaml")
+    assert (cfg.epochs, cfg.optim.lr, cfg.optim.name, cfg.note) == (9, 0.25, "sgd", "x")
+    assert stored == {"epochs": 9, "optim": {"lr": 0.5, "name": "sgd"}}  # not modified
+    assert load_config(Cfg, None, (), stored={}) == Cfg()
+    with pytest.raises(ConfigError, match=rf"^run/config\.yaml \+ {f} \(with --set overrides\): key 'epochs'"):
+        load_config(Cfg, f, ["epochs=abc"], stored=stored, stored_source="run/config.yaml")
+    with pytest.raises(ConfigError, match=r"^run/config\.yaml: unknown key 'optim\.lrr'"):
+        load_config(Cfg, None, (), stored={"optim": {"lrr": 1}}, stored_source="run/config.yaml")

@@ -5,28 +5,31 @@ import numpy as np
 import pytest
 
 from pamtri.pipeline import bench
+from pamtri.pipeline.bench.baselines import decode_loop, euclidean, evaluate_loop, rerank_dense
+from pamtri.pipeline.bench.harness import make_row
+from pamtri.pipeline.bench.inputs import veri_like
 
 
 def test_ratio_reads_times_better():
-    assert bench.make_row("x", 2.0, 6.0, "s").ratio == pytest.approx(3.0)        # time: baseline / ours
-    assert bench.make_row("x", 30.0, 10.0, "img/s").ratio == pytest.approx(3.0)  # rate: ours / baseline
-    assert bench.make_row("x", 100.0, 400.0, "MiB").ratio == pytest.approx(4.0)  # memory: baseline / ours
+    assert make_row("x", 2.0, 6.0, "s").ratio == pytest.approx(3.0)        # time: baseline / ours
+    assert make_row("x", 30.0, 10.0, "img/s").ratio == pytest.approx(3.0)  # rate: ours / baseline
+    assert make_row("x", 100.0, 400.0, "MiB").ratio == pytest.approx(4.0)  # memory: baseline / ours
 
 
 def test_decode_loop_is_the_reference_rule():
     from pamtri.pose.heatmaps import decode
     hm = np.random.default_rng(0).random((3, 36, 16, 16), dtype=np.float32)
     xy, conf = decode(hm, method="reference")
-    bxy, bconf = bench.decode_loop(hm)
+    bxy, bconf = decode_loop(hm)
     np.testing.assert_allclose(xy, bxy)
     np.testing.assert_allclose(conf, bconf)
 
 
 def test_evaluate_loop_matches_the_metrics_module():
     from pamtri.reid.metrics import evaluate
-    qf, gf, qi, gi, qc, gc = bench.veri_like(40, 300, ids=20, cams=4, dim=16)
-    dist = bench.euclidean(qf, gf)
-    ours, base = evaluate(dist, qi, gi, qc, gc), bench.evaluate_loop(dist, qi, gi, qc, gc)
+    qf, gf, qi, gi, qc, gc = veri_like(40, 300, ids=20, cams=4, dim=16)
+    dist = euclidean(qf, gf)
+    ours, base = evaluate(dist, qi, gi, qc, gc), evaluate_loop(dist, qi, gi, qc, gc)
     assert ours["mAP"] == pytest.approx(base["mAP"], abs=1e-9)
     assert ours["mINP"] == pytest.approx(base["mINP"], abs=1e-9)
     np.testing.assert_allclose(ours["cmc"], base["cmc"], atol=1e-9)
@@ -34,9 +37,9 @@ def test_evaluate_loop_matches_the_metrics_module():
 
 def test_dense_rerank_baseline_agrees_with_ours():
     from pamtri.reid.rerank import rerank
-    qf, gf, *_ = bench.veri_like(20, 120, ids=15, cams=4, dim=16)
-    q_g, q_q, g_g = bench.euclidean(qf, gf), bench.euclidean(qf, qf), bench.euclidean(gf, gf)
-    ours, base = rerank(q_g, q_q, g_g), bench.rerank_dense(q_g, q_q, g_g).astype(np.float32)
+    qf, gf, *_ = veri_like(20, 120, ids=15, cams=4, dim=16)
+    q_g, q_q, g_g = euclidean(qf, gf), euclidean(qf, qf), euclidean(gf, gf)
+    ours, base = rerank(q_g, q_q, g_g), rerank_dense(q_g, q_q, g_g).astype(np.float32)
     assert np.abs(ours - base).max() < 2e-3  # the dense baseline keeps its encoding in float16
     assert (np.argsort(ours, 1)[:, 0] == np.argsort(base, 1)[:, 0]).mean() >= 0.9
 

@@ -1,23 +1,20 @@
 """``pamtri data check``: clean trees pass, every problem is listed with its file and line, exit codes."""
 from __future__ import annotations
 
-import argparse
 import json
 
 import cv2
 import numpy as np
 
-from pamtri.pipeline.commands import data as data_command
+from pamtri.pipeline.cli import main
 from pamtri.pipeline.datacheck import check_dataset, image_header
 from tests.conftest import SYNTH_META, VERI_TEST, make_synth_tree, replace_line, write_jpeg, write_xml
 
 
 def run_cli(argv, capsys):
-    """Run ``pamtri data ...`` through the subcommand's own parser; (exit code, stdout, stderr)."""
-    parser = argparse.ArgumentParser(prog="pamtri")
-    data_command.register(parser.add_subparsers(dest="command"))
+    """Run ``pamtri data ...`` as the console script does; (exit code, stdout, stderr)."""
     try:
-        code = parser.parse_args(argv).func(parser.parse_args(argv))
+        code = main(argv)
     except SystemExit as exc:
         code = exc.code
     out = capsys.readouterr()
@@ -81,14 +78,16 @@ def test_json_output(synth_tree, capsys):
     assert report["splits"]["train"]["images"] == 3
 
 
-def test_usage_errors_exit_2(tmp_path, synth_tree, capsys):
-    code, out, err = run_cli(["data", "check", str(tmp_path / "nowhere")], capsys)
-    assert code == 2 and "no such folder" in err
+def test_bad_arguments_exit_2_and_no_tree_is_one_error_line(tmp_path, synth_tree, capsys):
     code, out, err = run_cli(["data", "check", str(synth_tree), "--format", "market1501"], capsys)
     assert code == 2 and "invalid choice" in err
+    # no tree to check: the common error path, one `pamtri: error:` line naming the folder, exit 1
+    code, out, err = run_cli(["data", "check", str(tmp_path / "nowhere")], capsys)
+    assert code == 1 and err == f"pamtri: error: {tmp_path / 'nowhere'}: no such folder\n" and out == ""
     (tmp_path / "empty").mkdir()
     code, out, err = run_cli(["data", "check", str(tmp_path / "empty")], capsys)
-    assert code == 2 and "cannot tell the data set format" in err
+    assert code == 1 and err.startswith(f"pamtri: error: {tmp_path / 'empty'}: cannot tell the data set format")
+    assert err.count("\n") == 1
 
 
 def test_veri_tree_with_errata_is_clean_with_a_warning(veri_tree, capsys):

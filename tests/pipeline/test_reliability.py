@@ -891,8 +891,9 @@ def test_no_unsafe_loading_or_code_from_config_values():
 _DIRECT_WRITES = {
     ("pose/cache.py", "np.lib.format.open_memmap"): "preallocated arrays; each chunk is committed by an atomic record "
                                                     "with its checksum, uncommitted rows are rebuilt",
-    ("pipeline/commands/pose.py", "np.lib.format.open_memmap"): "a hidden scratch file, deleted in a finally",
-    ("pipeline/bench.py", "cv2.imwrite"): "benchmark inputs in a temporary folder",
+    ("pose/predict_images.py", "np.lib.format.open_memmap"): "a hidden scratch file, deleted in a finally",
+    ("pipeline/bench/cache.py", "cv2.imwrite"): "benchmark inputs in a temporary folder",
+    ("pipeline/bench/baselines.py", "cv2.imwrite"): "the naive baseline's heatmap JPEGs in a temporary folder",
     ("pipeline/synth/dataset.py", "open"): "images written into a hidden staging folder that is renamed into place",
 }
 

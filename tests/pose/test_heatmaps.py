@@ -59,7 +59,7 @@ def test_reference_rule_hand_worked():
 
 def test_reference_rule_matches_hrnet_get_final_preds_at_the_borders():
     """Peaks in the first two rows/columns or the last one take no quarter step on either axis."""
-    from pamtri.pipeline.bench import decode_loop  # the per-keypoint loop of get_final_preds, kept as the oracle
+    from pamtri.pipeline.bench.baselines import decode_loop  # get_final_preds as a per-keypoint loop: the oracle
     rng = np.random.default_rng(11)
     xy = rng.uniform(-0.4, 15.4, (20, 36, 2)).astype(np.float32)
     hm, _ = encode(xy, np.ones((20, 36)), (16, 16), sigma=1.5)

@@ -2,41 +2,8 @@
 import numpy as np
 import pytest
 
+from pamtri.pipeline.bench.baselines import rerank_dense
 from pamtri.reid.rerank import rerank
-
-
-def dense_rerank(q_g, q_q, g_g, k1, k2, lam):
-    """Zhong et al. 2017 written directly with N x N matrices (float64): squared distances divided by the
-    column maximum and transposed, k-reciprocal sets, expansion with the k1/2 sets (2/3 overlap rule),
-    Gaussian-kernel encoding V, query expansion over the k2 nearest, Jaccard distance, lambda blend."""
-    nq = len(q_q)
-    d = np.block([[q_q, q_g], [q_g.T, g_g]]).astype(np.float64) ** 2
-    d = (d / d.max(axis=0)).T
-    n = len(d)
-    rank = np.argsort(d, axis=1, kind="stable")
-
-    def recip(i, k):
-        return [j for j in rank[i, :k + 1] if i in rank[j, :k + 1]]
-
-    v = np.zeros((n, n))
-    half = int(np.around(k1 / 2))
-    for i in range(n):
-        r = recip(i, k1)
-        expanded = set(r)
-        for c in r:
-            rc = recip(c, half)
-            if len(set(rc) & set(r)) > 2 / 3 * len(rc):
-                expanded |= set(rc)
-        idx = np.array(sorted(expanded))
-        w = np.exp(-d[i, idx])
-        v[i, idx] = w / w.sum()
-    if k2 != 1:
-        v = np.stack([v[rank[i, :k2]].mean(0) for i in range(n)])
-    jac = np.zeros((nq, n))
-    for i in range(nq):
-        m = np.minimum(v[i][None, :], v).sum(1)
-        jac[i] = 1 - m / (2 - m)
-    return (jac * (1 - lam) + d[:nq] * lam)[:, nq:]
 
 
 def _features(seed, nq, ng, dim=6, ids=8):
@@ -54,7 +21,7 @@ def _features(seed, nq, ng, dim=6, ids=8):
                                                    (2, 15, 25, 5, 1, 0.5), (3, 4, 60, 8, 2, 0.1)])
 def test_rerank_equals_dense_reference(seed, nq, ng, k1, k2, lam):
     q_g, q_q, g_g = _features(seed, nq, ng)
-    want = dense_rerank(q_g, q_q, g_g, k1, k2, lam)
+    want = rerank_dense(q_g, q_q, g_g, k1, k2, lam, dtype=np.float64)  # the dense algorithm, exact
     got = rerank(q_g, q_q, g_g, k1=k1, k2=k2, lambda_value=lam, block=7)
     assert got.shape == (nq, ng) and got.dtype == np.float32
     assert np.abs(got - want).max() < 1e-3

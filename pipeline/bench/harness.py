@@ -1,0 +1,116 @@
+"""The benchmark harness: rows, timing, memory and FLOP counts, the machine, the Markdown table."""
+from __future__ import annotations
+
+import os
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass
+class Row:
+    """One benchmark line: our figure, the baseline's, and ours-vs-baseline as 'times better'."""
+    name: str
+    ours: float
+    baseline: float
+    unit: str
+    ratio: float
+    roofline_share: float | None = None
+    note: str = ""
+
+
+def ratio_for(unit: str, ours: float, baseline: float) -> float:
+    """'Times better': time and bytes are lower-is-better, rates higher-is-better."""
+    lower_better = unit in ("s", "ms", "bytes", "MiB", "bytes/img", "GiB")
+    if lower_better:
+        return baseline / ours if ours > 0 else float("inf")
+    return ours / baseline if baseline > 0 else float("inf")
+
+
+def make_row(name: str, ours: float, baseline: float, unit: str, roofline_share: float | None = None,
+             note: str = "") -> Row:
+    """Build a Row with its ratio."""
+    return Row(name, float(ours), float(baseline), unit, float(ratio_for(unit, ours, baseline)),
+               None if roofline_share is None else float(roofline_share), note)
+
+
+def timed(fn: Callable[[], object], repeat: int = 3, warmup: int = 1) -> float:
+    """Best wall time in seconds of ``fn`` over ``repeat`` runs after ``warmup`` runs."""
+    for _ in range(warmup):
+        fn()
+    best = float("inf")
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def peak_traced(fn: Callable[[], object]) -> tuple[object, int]:
+    """(result, peak bytes of Python/NumPy allocations during fn) via tracemalloc."""
+    import tracemalloc
+    tracemalloc.start()
+    try:
+        out = fn()
+        return out, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def count_flops(fn: Callable[[], object]) -> int:
+    """FLOPs of one call, counted by torch.utils.flop_counter."""
+    from torch.utils.flop_counter import FlopCounterMode
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops()
+
+
+def peak_flops(dtype_name: str = "fp32", n: int = 2048, repeat: int = 3) -> float:
+    """Measured matrix-product peak FLOP/s at a precision ('fp32' or 'bf16') on this machine's CPU."""
+    import torch
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype_name]
+    a = torch.randn(n, n, dtype=dtype)
+    b = torch.randn(n, n, dtype=dtype)
+    seconds = timed(lambda: a @ b, repeat=repeat)
+    return 2.0 * n ** 3 / seconds
+
+
+def du_bytes(paths) -> int:
+    """Bytes on disk as ``du`` counts them (allocated blocks) for files and folders."""
+    total = 0
+    for p in paths:
+        p = Path(p)
+        files = [p] if p.is_file() else [f for f in p.rglob("*") if f.is_file()]
+        total += sum(f.stat().st_blocks * 512 for f in files)
+    return total
+
+
+def machine_info() -> dict:
+    """Where the numbers were measured."""
+    import torch
+
+    from pamtri.common.runtime import cpu_supports_bf16
+    cpu = platform.processor()
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "torch": torch.__version__, "bf16": cpu_supports_bf16(), "python": platform.python_version(),
+            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+
+
+def format_table(result: dict) -> str:
+    """The rows as a Markdown table."""
+    lines = ["| row | ours | baseline | unit | ratio (x better) | roofline share | note |",
+             "| --- | ---: | ---: | --- | ---: | ---: | --- |"]
+    for r in result["rows"]:
+        share = "" if r["roofline_share"] is None else f"{100 * r['roofline_share']:.0f}%"
+        lines.append(f"| {r['name']} | {r['ours']:.4g} | {r['baseline']:.4g} | {r['unit']} | {r['ratio']:.2f} | "
+                     f"{share} | {r['note']} |")
+    return "\n".join(lines)

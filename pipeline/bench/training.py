@@ -1,0 +1,81 @@
+"""The ``train_pose`` and ``train_reid`` rows: one optimiser step at the paper's sizes, fast path vs fp32 NCHW."""
+from __future__ import annotations
+
+from .harness import Row, count_flops, make_row, peak_flops, timed
+from .inputs import paper_models
+
+
+def _train_step_rate(model, make_batch, loss_fn, batch: int, fast: bool, steps: int) -> tuple[float, int]:
+    """Images/s of optimiser steps (fast: bf16 autocast + channels-last; else fp32 NCHW) and FLOPs per image."""
+    import torch
+
+    from pamtri.common.runtime import autocast, autocast_dtype
+    device = torch.device("cpu")
+    dtype = autocast_dtype(device, "auto") if fast else None
+    if fast:
+        model = model.to(memory_format=torch.channels_last)
+    model.train()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+    inputs = make_batch(batch)
+    if fast:
+        inputs = [t.contiguous(memory_format=torch.channels_last) if t.ndim == 4 else t for t in inputs]
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        with autocast(device, dtype):
+            loss = loss_fn(model, *inputs)
+        loss.backward()
+        opt.step()
+
+    seconds = timed(step, repeat=steps, warmup=1)
+    flops = count_flops(step) // batch
+    return batch / seconds, flops
+
+
+def _pose_batch(b: int) -> list:
+    """Images (b, 3, 256, 256), target heatmaps (b, 36, 64, 64), keypoint weights (b, 36)."""
+    import torch
+    g = torch.Generator().manual_seed(0)
+    return [torch.randn(b, 3, 256, 256, generator=g), torch.rand(b, 36, 64, 64, generator=g), torch.ones(b, 36)]
+
+
+def _pose_loss(m, x, t, w):
+    from pamtri.pose.train import weighted_mse
+    return weighted_mse(m(x).float(), t, w)
+
+
+def _reid_batch(b: int) -> list:
+    """Inputs (b, 39, 256, 256), keypoint vectors (b, 108), identities (b,) in 8 classes."""
+    import torch
+    g = torch.Generator().manual_seed(0)
+    return [torch.randn(b, 39, 256, 256, generator=g), torch.rand(b, 108, generator=g) - 0.5, torch.arange(b) % 8]
+
+
+def _reid_loss(m, x, kv, pid):
+    import torch
+
+    from pamtri.reid.losses import triplet_batch_hard
+    out = m(x, kv)
+    xent = torch.nn.functional.cross_entropy(out["id"].float(), pid)
+    return xent + triplet_batch_hard(out["feature"].float(), pid)
+
+
+def bench_train(quick: bool) -> list[Row]:
+    """One training step of each stage at the paper's sizes: bf16 autocast + channels-last vs fp32 NCHW."""
+    from pamtri.common.runtime import cpu_supports_bf16
+    batch, steps = (4, 1) if quick else (16, 2)
+    rows = []
+    prec_peak = {}
+    for name, model_index, make, loss in (("train_pose", 0, _pose_batch, _pose_loss),
+                                          ("train_reid", 1, _reid_batch, _reid_loss)):
+        fast_rate, flops = _train_step_rate(paper_models()[model_index], make, loss, batch, True, steps)
+        base_rate, _ = _train_step_rate(paper_models()[model_index], make, loss, batch, False, steps)
+        prec = "bf16" if cpu_supports_bf16() else "fp32"
+        if prec not in prec_peak:
+            prec_peak[prec] = peak_flops(prec)
+        share = flops * fast_rate / prec_peak[prec]
+        what = "HRNet-W32 256x256" if name == "train_pose" else "DenseNet121 39 ch 256x256 + ID/triplet"
+        rows.append(make_row(name, fast_rate, base_rate, "img/s", roofline_share=share,
+                             note=f"{what}, batch {batch}, Adam; {prec} autocast + channels-last vs fp32 NCHW; "
+                                  f"{flops / 1e9:.1f} GFLOP/img"))
+    return rows

@@ -1,0 +1,90 @@
+"""ReID weights on a data set's query and test splits -> metrics.json, cmc.png, ranklist.png (``pamtri reid eval``)."""
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from pamtri.common.config import load_config, to_dict
+from pamtri.common.errors import ConfigError
+from pamtri.data.records import Record
+
+from .config import ReIDConfig
+
+
+@dataclass
+class CheckpointEval:
+    """What ``evaluate_checkpoint`` measured: ``metrics`` (the content of metrics.json), the gallery size, the K
+    of the rank-K mAP, and the files written (metrics.json, cmc.png, ranklist.png)."""
+    metrics: dict
+    gallery_size: int
+    topk_map: int
+    paths: list[Path]
+
+
+def checkpoint_config(ckpt: dict, model, config: str | os.PathLike | None = None,
+                      overrides: Iterable[str] = ()) -> ReIDConfig:
+    """The checkpoint's resolved config (or the defaults) with the model it holds, then ``config`` and ``--set``."""
+    stored = dict(ckpt.get("config") or {})
+    stored["model"] = to_dict(model.cfg)  # the model is the one the checkpoint holds
+    return load_config(ReIDConfig, config, overrides, stored=stored, stored_source="checkpoint config")
+
+
+def _check_pose_weights(ckpt: dict, pose_source, cache: str | None, weights) -> None:
+    """ConfigError when the evaluation pose cache comes from other pose weights than training used."""
+    from .data import cache_weights_sha256
+    trained_with, eval_with = ckpt.get("pose_weights_sha256"), cache_weights_sha256(pose_source)
+    if trained_with and eval_with and trained_with != eval_with:
+        raise ConfigError(f"{cache}: this pose cache was built with other pose weights than the ones "
+                          f"{weights} was trained with; rebuild the query/gallery caches with that pose "
+                          "checkpoint")
+
+
+def _write_results(out: Path, metrics: dict, dist: np.ndarray, query: list[Record], gallery: list[Record],
+                   label: str, ignore_cameras: bool) -> list[Path]:
+    """metrics.json, the CMC curve and the rank-list picture (``dist`` (Q, G)) in ``out``; returns their paths."""
+    from pamtri.common.atomic import atomic_write_text
+
+    from .visualize import plot_cmc, rank_list_image
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+    plot_cmc(metrics["cmc"], out / "cmc.png", label=label)
+    rank_list_image(dist, [r.path for r in query], [r.path for r in gallery], [r.vehicle_id for r in query],
+                    [r.vehicle_id for r in gallery], [r.camera_id for r in query], [r.camera_id for r in gallery],
+                    out / "ranklist.png", ignore_cameras=ignore_cameras)
+    return [out / "metrics.json", out / "cmc.png", out / "ranklist.png"]
+
+
+def evaluate_checkpoint(weights: str | os.PathLike, root: str | os.PathLike, fmt: str = "auto",
+                        out: str | os.PathLike | None = None, *, config: str | os.PathLike | None = None,
+                        overrides: Iterable[str] = (), rerank: bool = False, ignore_cameras: bool = False,
+                        device: str | None = None) -> CheckpointEval:
+    """Evaluate ``weights`` (a pamtri checkpoint or an official MultiTaskNet file) on the query and test splits of
+    ``root`` under the checkpoint's config (+ ``config`` + ``--set``); writes into ``out`` (default: <weights
+    folder>/eval). ``rerank`` / ``ignore_cameras`` switch those on over the config; ``device`` None: the config's."""
+    from pamtri.common.runtime import autocast_dtype, pick_device
+
+    from .evaluate import eval_loaders, evaluate_model, read_eval_records
+    from .model import load_reid_weights
+
+    model, ckpt = load_reid_weights(weights)
+    cfg = checkpoint_config(ckpt, model, config, overrides)
+    ev = replace(cfg.eval, rerank=rerank or cfg.eval.rerank, ignore_cameras=ignore_cameras or cfg.eval.ignore_cameras)
+    data = replace(cfg.data, eval_root=str(root), eval_format=fmt)
+    device = pick_device(device or cfg.device)
+    dtype = autocast_dtype(device, cfg.precision)
+    model.to(device)
+    query, gallery = read_eval_records(data, str(root), cameras=not ev.ignore_cameras)
+    ql, gl = eval_loaders(query, gallery, data, model.cfg, ev.batch_size)
+    _check_pose_weights(ckpt, ql.dataset.pose, data.query_cache, weights)
+    metrics, dist = evaluate_model(model, ql, gl, ev, device, dtype)
+    metrics.pop("_first_rank", None)
+    metrics.update({"weights": str(weights), "data": str(root), "rerank": ev.rerank, "metric": ev.metric,
+                    "ignore_cameras": ev.ignore_cameras})
+    out = Path(out) if out else Path(weights).resolve().parent / "eval"
+    paths = _write_results(out, metrics, dist, query, gallery, Path(weights).parent.name, ev.ignore_cameras)
+    return CheckpointEval(metrics, len(gallery), ev.topk_map, paths)
