@@ -396,7 +396,7 @@ def bench_inference(quick: bool) -> list[Row]:
     from pamtri.pipeline.infer import Pipeline, run_pose
     from pamtri.pose.predict import PosePredictor
     from pamtri.reid.config import DataConfig
-    from pamtri.reid.data import IMAGENET_MEAN, IMAGENET_STD
+    from pamtri.reid.transforms import IMAGENET_MEAN, IMAGENET_STD
 
     n_ours, n_naive = (8, 2) if quick else (32, 6)
     pose, reid = _paper_models()

@@ -78,7 +78,7 @@ class Pipeline:
     def __init__(self, predictor, reid_model, data_cfg, batch_size: int = 32, channels_last: bool = True,
                  compile: bool = False):
         from pamtri.common.runtime import autocast_dtype
-        from pamtri.reid.data import IMAGENET_MEAN, IMAGENET_STD
+        from pamtri.reid.transforms import IMAGENET_MEAN, IMAGENET_STD
         self.predictor = predictor
         self.device = predictor.device
         self.model = reid_model.to(self.device).eval()

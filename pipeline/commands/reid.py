@@ -72,9 +72,9 @@ def _eval(args: argparse.Namespace) -> int:
 
     from pamtri.common.atomic import atomic_write_text
     from pamtri.common.runtime import autocast_dtype, pick_device
-    from pamtri.reid.data import cache_weights_sha256
     from pamtri.reid.evaluate import eval_loaders, evaluate_model, read_eval_records
     from pamtri.reid.model import load_reid_weights
+    from pamtri.reid.pose_inputs import cache_weights_sha256
     from pamtri.reid.visualize import plot_cmc, rank_list_image
 
     model, ckpt = load_reid_weights(args.weights)

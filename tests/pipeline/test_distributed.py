@@ -39,7 +39,7 @@ def _worker(argv: list[str]) -> int:
 
     import pamtri.pose.dataset as pose_dataset
     import pamtri.pose.train as pose_train
-    import pamtri.reid.data as reid_data
+    import pamtri.reid.samplers as reid_samplers
     import pamtri.reid.train as reid_train
     from pamtri.pipeline.cli import main
 
@@ -65,7 +65,7 @@ def _worker(argv: list[str]) -> int:
         cls.__iter__ = __iter__
 
     record_iter(pose_dataset.MixSampler, lambda items: [i for i, _ in items])            # (index, seed)
-    record_iter(reid_data.SeededBatches, lambda items: [[i for i, _ in b] for b in items])  # batches
+    record_iter(reid_samplers.SeededBatches, lambda items: [[i for i, _ in b] for b in items])  # batches
 
     def wrap(module, name, note):
         """Replace ``module.name`` by a wrapper that hands each call's (args, result) to ``note``."""

@@ -37,8 +37,9 @@ def test_pipeline_inputs_match_the_training_sample_builder(tmp_path):
     """The vectorised batch preparation gives what the ReID data pipeline gives for the same pose output."""
     from pamtri.pipeline.infer import Pipeline, PoseBatch, _NoPose
     from pamtri.pose.records import Record
-    from pamtri.reid.data import ArrayPose, make_builder
     from pamtri.reid.model import load_reid_weights
+    from pamtri.reid.pose_inputs import ArrayPose
+    from pamtri.reid.transforms import make_builder
     cfg = write_tiny_reid_checkpoint(tmp_path / "r.pt", heatmaps=True, segments=True, keypoints=True)
     model, _ = load_reid_weights(tmp_path / "r.pt")
     pipe = Pipeline(_NoPose("cpu", "fp32"), model, cfg.data, channels_last=False)

@@ -10,7 +10,7 @@ from pamtri.pose.cache import CacheSpec, CacheWriter
 from pamtri.pose.records import Record
 from pamtri.pose.segments import rasterise
 from pamtri.reid.config import DataConfig, DataSource, ModelConfig
-from pamtri.reid.data import CachePose, make_pose_source
+from pamtri.reid.pose_inputs import CachePose, make_pose_source
 
 W, H = 40, 30  # image size (pixels); cached heatmaps are 8 x 8 cells over the whole image
 
