@@ -394,6 +394,7 @@ def bench_inference(quick: bool) -> list[Row]:
     import torch
 
     from pamtri.pipeline.infer import Pipeline, run_pose
+    from pamtri.pose.codec import HeatmapCodec
     from pamtri.pose.predict import PosePredictor
     from pamtri.reid.config import DataConfig
     from pamtri.reid.transforms import IMAGENET_MEAN, IMAGENET_STD
@@ -403,13 +404,13 @@ def bench_inference(quick: bool) -> list[Row]:
     rng = np.random.default_rng(0)
     images = [rng.integers(0, 255, (256, 256, 3), dtype=np.uint8) for _ in range(n_ours)]
     data = DataConfig(height=256, width=256)
-    fast = Pipeline(PosePredictor(pose, (256, 256), flip_test=True, device="cpu", precision="auto"), reid, data,
+    fast = Pipeline(PosePredictor(pose, HeatmapCodec(), flip_test=True, device="cpu", precision="auto"), reid, data,
                     batch_size=n_ours)
     dtype = fast.dtype
     t_ours = timed(lambda: fast.embed_arrays(images), repeat=2)
 
     pose32, reid32 = _paper_models()
-    slow = PosePredictor(pose32, (256, 256), flip_test=True, device="cpu", precision="fp32")
+    slow = PosePredictor(pose32, HeatmapCodec(), flip_test=True, device="cpu", precision="fp32")
     mean = np.asarray(IMAGENET_MEAN, np.float32)[:, None, None]
     std = np.asarray(IMAGENET_STD, np.float32)[:, None, None]
     work = Path(tempfile.mkdtemp(prefix="pamtri-bench-naive-"))

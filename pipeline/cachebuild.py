@@ -42,8 +42,8 @@ def build_cache(pose_weights: str | os.PathLike, images: Sequence[str], out: str
     """
     from pamtri.pose.predict import PosePredictor, load_pose_model
     info = init_distributed()
-    model, cfg = load_pose_model(pose_weights)
-    predictor = PosePredictor.from_config(model, cfg, device=device, precision=precision, flip_test=flip_test)
+    model, cfg, codec = load_pose_model(pose_weights)
+    predictor = PosePredictor.from_config(model, cfg, codec, device=device, precision=precision, flip_test=flip_test)
     from pamtri.common.config import to_dict
     names = [os.path.basename(p) for p in images]
     spec = CacheSpec(weights_sha256=file_sha256(pose_weights), pose_config=to_dict(cfg),

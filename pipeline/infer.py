@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from pamtri.common.images import read_image
-from pamtri.pose.transforms import invert
+from pamtri.pose.transforms import compose, invert
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +64,8 @@ def run_pose(predictor, images: Sequence[np.ndarray]) -> PoseBatch:
     hm = predictor.heatmaps(torch.from_numpy(np.stack(crops)))
     kps = predictor.keypoints(hm, inverses)
     sizes = np.array([[im.shape[1], im.shape[0]] for im in images], dtype=np.float32)
-    return PoseBatch(keypoints=kps, heatmaps=heatmaps_to_image_frame(hm, inverses, sizes))
+    cell_to_pixel = compose(inverses, predictor.codec.cells_to_input)
+    return PoseBatch(keypoints=kps, heatmaps=heatmaps_to_image_frame(hm, cell_to_pixel, sizes))
 
 
 class Pipeline:
@@ -124,8 +125,8 @@ class Pipeline:
             if trained_with and trained_with != file_sha256(pose_weights):
                 log.warning("%s was trained on pose channels of other pose weights than %s; its features may "
                             "be worse than in evaluation", reid_weights, pose_weights)
-            pose_model, pose_cfg = load_pose_model(pose_weights)
-            predictor = PosePredictor.from_config(pose_model, pose_cfg, device=device, precision=precision,
+            pose_model, pose_cfg, codec = load_pose_model(pose_weights)
+            predictor = PosePredictor.from_config(pose_model, pose_cfg, codec, device=device, precision=precision,
                                                   flip_test=flip_test)
         else:
             predictor = _NoPose(device, precision)

@@ -32,6 +32,7 @@ from pamtri.common.errors import PamtriError
 from pamtri.common.runtime import autocast, autocast_dtype, pick_device, seed_everything
 from pamtri.common.training import MetricsLog, check_finite, restore_training_state, save_training_state, unwrap
 
+from .codec import HeatmapCodec
 from .config import PoseConfig
 from .dataset import MixSampler, build_datasets, collate
 from .metrics import pck_table
@@ -91,7 +92,8 @@ def train(cfg: PoseConfig, out_dir: str | os.PathLike, resume: bool = False) -> 
             save_config(cfg, out_dir / "config.yaml")
 
         # --- data --------------------------------------------------------------------------------
-        train_set, sizes, weights, val_set = build_datasets(cfg.data, convention=cfg.model.cell_convention)
+        codec = HeatmapCodec.from_config(cfg)  # saved with the weights: how their heatmaps read
+        train_set, sizes, weights, val_set = build_datasets(cfg.data, codec)
         sampler = MixSampler(sizes, weights, cfg.data.epoch_size, cfg.train.seed, rank, world)
         per_rank = cfg.train.batch_size // world
         if len(sampler) < per_rank:
@@ -170,14 +172,14 @@ def train(cfg: PoseConfig, out_dir: str | os.PathLike, resume: bool = False) -> 
                 is_best = score is not None and score > best
                 if is_best:
                     best = score
-                extra = {"kind": "pose",
+                extra = {"kind": "pose", "codec": codec.to_dict(),
                          "metrics": {k: v for k, v in row.items() if isinstance(v, (int, float))}}
                 # Order matters for crash safety: a row or best.pt written before last.pt is simply
                 # redone on resume, which restarts after the epoch last.pt records.
                 metrics.append(row)
                 if is_best or (val_loader is None and is_last):
                     save_checkpoint({"model": unwrap(model).state_dict(), "config": to_dict(cfg), "kind": "pose",
-                                     "epoch": epoch + 1, "metrics": extra["metrics"],
+                                     "codec": extra["codec"], "epoch": epoch + 1, "metrics": extra["metrics"],
                                      "format": "pamtri-weights-1"}, out_dir / "best.pt")
                 save_training_state(out_dir / "last.pt", model=model, optimizer=optimizer, scheduler=scheduler,
                                     epoch=epoch + 1, config=to_dict(cfg), best=None if best == -math.inf else best,

@@ -64,13 +64,15 @@ def _inference_args(p: argparse.ArgumentParser) -> None:
 
 
 def _predictor(args):
+    from dataclasses import replace
+
     from pamtri.pose.predict import PosePredictor, load_pose_model
-    model, cfg = load_pose_model(args.weights, args.model)
+    model, cfg, codec = load_pose_model(args.weights, args.model)
     if args.decode:
-        cfg.eval.decode = args.decode
+        codec = replace(codec, decode_method=args.decode)
     if args.batch_size:
         cfg.eval.batch_size = args.batch_size
-    predictor = PosePredictor.from_config(model, cfg, device=args.device, precision=args.precision,
+    predictor = PosePredictor.from_config(model, cfg, codec, device=args.device, precision=args.precision,
                                           flip_test=not args.no_flip)
     return predictor, cfg
 
@@ -136,7 +138,7 @@ def run_predict(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     loader = DataLoader(_ImageList(base, names), batch_size=cfg.eval.batch_size, num_workers=args.workers,
                         collate_fn=_as_list)
-    h, w = predictor.input_size[1] // predictor.stride, predictor.input_size[0] // predictor.stride
+    w, h = predictor.codec.heatmap_size
     keypoints = np.zeros((len(names), 36, 3), np.float32)
     sizes = np.zeros((len(names), 2), np.int32)
     heat = None
@@ -211,7 +213,7 @@ def run_eval(args: argparse.Namespace) -> int:
     paths = save_report(report, out)
     flip = "flip test" if predictor.flip_test else "no flip test"
     print(format_table(report["table"], f"PCK (%) on {args.data} [{args.split}], {report['n_images']} images, "
-                                        f"{flip}, {predictor.decode_method} decoding"))
+                                        f"{flip}, {predictor.codec.decode_method} decoding"))
     if args.legacy_pck:
         leg = report["legacy"]
         print(format_table(leg, f"Legacy PCK (%) - the reference code's formula, NOT the paper's definition: "

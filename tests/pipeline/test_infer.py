@@ -100,6 +100,7 @@ def test_pipeline_embeds_image_files_end_to_end(tmp_path):
 def test_compile_flag_wraps_both_networks(tmp_path, monkeypatch):
     """--compile hands both networks to torch.compile (compiling for real takes minutes on 2 cores)."""
     from pamtri.pipeline.infer import Pipeline
+    from pamtri.pose.codec import HeatmapCodec
     from pamtri.pose.model import build_pose_model
     from pamtri.pose.predict import PosePredictor
     from pamtri.reid.model import load_reid_weights
@@ -108,9 +109,10 @@ def test_compile_flag_wraps_both_networks(tmp_path, monkeypatch):
     cfg = write_tiny_reid_checkpoint(tmp_path / "r.pt", heatmaps=True, segments=False, keypoints=True)
     reid, _ = load_reid_weights(tmp_path / "r.pt")
     pose = build_pose_model("hrnet_w18_small")
-    Pipeline(PosePredictor(pose, (64, 64), device="cpu", precision="fp32"), reid, cfg.data)
+    codec = HeatmapCodec((64, 64), (16, 16))
+    Pipeline(PosePredictor(pose, codec, device="cpu", precision="fp32"), reid, cfg.data)
     assert compiled == []
-    Pipeline(PosePredictor(pose, (64, 64), device="cpu", precision="fp32"), reid, cfg.data, compile=True)
+    Pipeline(PosePredictor(pose, codec, device="cpu", precision="fp32"), reid, cfg.data, compile=True)
     assert compiled == [reid, pose]
 
 
