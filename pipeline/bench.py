@@ -437,7 +437,7 @@ def bench_inference(quick: bool) -> list[Row]:
         shutil.rmtree(work, ignore_errors=True)
     ours_rate, naive_rate = n_ours / t_ours, n_naive / t_naive
 
-    x, kv = fast.reid_inputs(images[:1], run_pose(fast.predictor, images[:1]))
+    x, kv = fast.reid_inputs(images[:1], run_pose(fast.predictor, images[:1], fast.grid))
     crop = torch.from_numpy(fast.predictor.crop(images[0])[0][None])
     flops = 2 * count_flops(lambda: pose(crop)) + count_flops(lambda: reid(x, kv))
     prec = "bf16" if dtype == torch.bfloat16 else "fp32"

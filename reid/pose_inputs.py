@@ -1,9 +1,10 @@
 """Where the ReID stage's pose channels come from: ``source(index, record, (width, height)) -> PoseChannels``.
 
-``KeypointPose`` renders Gaussian heatmaps (``pose.heatmaps.encode``) and segments (``pose.segments.rasterise``)
-from the record's label keypoints on a ``data.heatmap_size`` grid spanning the image; ``CachePose`` reads the
-pose stage's predictions from caches (``pose.cache``, built by ``pamtri cache build``); ``ArrayPose`` serves
-any precomputed arrays. ``make_pose_source`` picks the one a config asks for.
+Pose channels live on a grid of ``data.heatmap_size`` x ``data.heatmap_size`` cells spanning the whole image
+(``image_grid``, a ``pose.codec.HeatmapCodec``). ``KeypointPose`` renders Gaussian heatmaps and segments
+(``pose.segments.rasterise``) from the record's label keypoints; ``CachePose`` reads the pose stage's
+predictions from caches (``pose.cache``, built by ``pamtri cache build --grid``); ``ArrayPose`` serves any
+precomputed arrays. ``make_pose_source`` picks the one a config asks for.
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import numpy as np
 
 from pamtri.common.errors import ConfigError, DataError
 from pamtri.pose.cache import Cache, dequantise
-from pamtri.pose.heatmaps import encode
+from pamtri.pose.codec import HeatmapCodec
 from pamtri.pose.records import Record
 from pamtri.pose.segments import rasterise
 
@@ -46,13 +47,10 @@ def _record_keypoints(record: Record) -> np.ndarray:
     return np.asarray(record.keypoints, dtype=np.float32)
 
 
-def _cells(kps: np.ndarray, image_size: tuple[int, int], size: int) -> np.ndarray:
-    """(36, 3) image pixels -> (36, 3) cells of a size x size grid spanning the image (pixel centres stay centres)."""
-    w, h = image_size
-    cells = np.array(kps, dtype=np.float32, copy=True)
-    cells[:, 0] = (kps[:, 0] + 0.5) * (size / w) - 0.5
-    cells[:, 1] = (kps[:, 1] + 0.5) * (size / h) - 0.5
-    return cells
+def image_grid(image_size: tuple[int, int], size: int, sigma: float = 2.0) -> HeatmapCodec:
+    """The codec of a ``size`` x ``size`` heatmap grid spanning a whole image of ``image_size`` (width, height)
+    pixels; cell (i, j) covers pixels [j W / size, (j + 1) W / size) x [i H / size, (i + 1) H / size)."""
+    return HeatmapCodec(input_size=image_size, heatmap_size=(size, size), sigma=sigma)
 
 
 class KeypointPose:
@@ -65,13 +63,12 @@ class KeypointPose:
 
     def __call__(self, index: int, record: Record, image_size: tuple[int, int]) -> PoseChannels:
         kps = _record_keypoints(record)
-        cells = _cells(kps, image_size, self.size)
+        grid = image_grid(image_size, self.size, self.sigma)
         heat = seg = None
         if self.heatmaps:
-            heat = encode(cells[None, :, :2], cells[None, :, 2] >= self.threshold, (self.size, self.size),
-                          self.sigma)[0][0]
+            heat = grid.encode(kps[None], kps[None, :, 2] >= self.threshold)[0][0]
         if self.segments:
-            seg = rasterise(cells, (self.size, self.size), self.threshold)
+            seg = rasterise(grid.to_cells(kps), (self.size, self.size), self.threshold)
         return PoseChannels(kps, heat, seg)
 
 
@@ -79,9 +76,10 @@ class CachePose:
     """Pose channels of the pose stage's predictions, read from pose caches: one memory-map slice per sample.
 
     ``folders`` are cache folders (``pamtri cache build``); ``sources[i]`` is the folder of record i (all 0
-    when omitted); records are found in their cache by image name. Heatmaps come from the cache (image-frame
-    grid); segments are rasterised from the cached keypoints on a ``size`` x ``size`` grid, as for labels.
-    Every folder must come from the same pose weights. Caches are opened lazily in each loader worker.
+    when omitted); records are found in their cache by image name. Heatmaps come from the cache (its
+    image-frame grid, ``Cache.grid``); segments are rasterised from the cached keypoints on a ``size`` x
+    ``size`` grid, as for labels. Every folder must come from the same pose weights. Caches are opened lazily
+    in each loader worker.
     """
 
     def __init__(self, records: Sequence[Record], folders: Sequence[str], sources: Sequence[int] | None = None,
@@ -109,6 +107,11 @@ class CachePose:
         """Checksum of the pose weights the caches were built with."""
         return self._open()[0].manifest["spec"]["weights_sha256"]
 
+    @property
+    def caches(self) -> list[Cache]:
+        """The open caches, one per folder."""
+        return self._open()
+
     def _open(self) -> list[Cache]:
         if self._caches is None:
             self._caches = [Cache(f) for f in self.folders]
@@ -123,7 +126,7 @@ class CachePose:
         hm, kps, _ = self._open()[self.sources[index]].raw(int(self.rows[index]))
         kps = np.array(kps, dtype=np.float32)
         heat = dequantise(np.asarray(hm)) if self.heatmaps else None
-        seg = rasterise(_cells(kps, image_size, self.size), (self.size, self.size), self.threshold) \
+        seg = rasterise(image_grid(image_size, self.size).to_cells(kps), (self.size, self.size), self.threshold) \
             if self.segments else None
         return PoseChannels(kps, heat, seg)
 
@@ -155,7 +158,12 @@ def cache_weights_sha256(pose: PoseSource | None) -> str | None:
 def make_pose_source(data_cfg, model_cfg, records: Sequence[Record] = (), caches: Sequence[str] = (),
                      sources: Sequence[int] | None = None) -> PoseSource | None:
     """The pose source a config asks for: label keypoints rendered (``keypoints``), pose caches (``cache``:
-    ``caches`` are the folders, ``sources[i]`` the folder of ``records[i]``), or none."""
+    ``caches`` are the folders, ``sources[i]`` the folder of ``records[i]``), or none.
+
+    Cached heatmaps must lie on the config's grid (``data.heatmap_size``): they are not resampled, because
+    inference (``pipeline.infer``) resamples the pose model's heatmaps straight onto that grid and a second
+    resampling in training would give the model other channels than it sees at inference.
+    """
     needs = model_cfg.heatmaps or model_cfg.segments or model_cfg.keypoints
     if not needs or data_cfg.pose_source == "none":
         return None
@@ -165,6 +173,13 @@ def make_pose_source(data_cfg, model_cfg, records: Sequence[Record] = (), caches
     if not caches or not all(caches):
         raise ConfigError("data.pose_source is 'cache' but no pose cache folder is given for these images "
                           "(data.train[i].pose_cache, data.query_cache, data.gallery_cache)")
-    return CachePose(records, caches, sources, heatmaps=model_cfg.heatmaps, segments=model_cfg.segments,
+    pose = CachePose(records, caches, sources, heatmaps=model_cfg.heatmaps, segments=model_cfg.segments,
                      size=data_cfg.heatmap_size, threshold=data_cfg.segment_threshold)
+    size = data_cfg.heatmap_size
+    for cache in pose.caches if model_cfg.heatmaps else ():
+        if cache.grid != (size, size):
+            raise ConfigError(f"{cache.folder}: this pose cache holds {cache.grid[0]}x{cache.grid[1]}-cell heatmaps "
+                              f"but data.heatmap_size is {size}; rebuild it with `pamtri cache build ... --grid "
+                              f"{size}` (or set data.heatmap_size: {cache.grid[0]})")
+    return pose
 
