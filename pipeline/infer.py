@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from pamtri.common.images import read_image
+from pamtri.pose.codec import HeatmapCodec
 from pamtri.pose.transforms import compose, invert
 
 log = logging.getLogger(__name__)
@@ -35,15 +36,15 @@ def heatmaps_to_image_frame(heatmaps: torch.Tensor, cell_to_pixel: np.ndarray, i
     n, _, h, w = heatmaps.shape
     wo, ho = out_size
     dev = heatmaps.device
-    to_cell = torch.as_tensor(invert(np.asarray(cell_to_pixel, dtype=np.float64)), dtype=torch.float32, device=dev)
-    sizes = torch.as_tensor(np.asarray(image_sizes, dtype=np.float32), device=dev)  # (N, 2)
-    # image pixel coordinates of the output cell centres (pixel centres at integers)
-    gx = (torch.arange(wo, device=dev, dtype=torch.float32) + 0.5)[None] * (sizes[:, 0:1] / wo) - 0.5  # (N, Wo)
-    gy = (torch.arange(ho, device=dev, dtype=torch.float32) + 0.5)[None] * (sizes[:, 1:2] / ho) - 0.5  # (N, Ho)
-    px = gx[:, None, :].expand(n, ho, wo)
-    py = gy[:, :, None].expand(n, ho, wo)
-    cx = to_cell[:, 0, 0, None, None] * px + to_cell[:, 0, 1, None, None] * py + to_cell[:, 0, 2, None, None]
-    cy = to_cell[:, 1, 0, None, None] * px + to_cell[:, 1, 1, None, None] * py + to_cell[:, 1, 2, None, None]
+    # output cells -> image pixels -> crop cells, per image
+    frames = np.stack([HeatmapCodec(input_size=(int(iw), int(ih)), heatmap_size=(wo, ho)).cells_to_input
+                       for iw, ih in np.asarray(image_sizes)])
+    m = torch.as_tensor(compose(invert(np.asarray(cell_to_pixel, dtype=np.float64)), frames), dtype=torch.float32,
+                        device=dev)  # (N, 2, 3)
+    j = torch.arange(wo, device=dev, dtype=torch.float32)[None, None, :]
+    i = torch.arange(ho, device=dev, dtype=torch.float32)[None, :, None]
+    cx = m[:, 0, 0, None, None] * j + m[:, 0, 1, None, None] * i + m[:, 0, 2, None, None]  # (N, Ho, Wo)
+    cy = m[:, 1, 0, None, None] * j + m[:, 1, 1, None, None] * i + m[:, 1, 2, None, None]
     # align_corners=True: -1 and +1 are the centres of the first and last cells
     grid = torch.stack([cx / (w - 1) * 2 - 1, cy / (h - 1) * 2 - 1], dim=-1)
     return F.grid_sample(heatmaps.float(), grid, mode="bilinear", padding_mode="zeros", align_corners=True)
