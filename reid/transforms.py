@@ -54,7 +54,7 @@ class SampleBuilder:
         self.color_jitter = color_jitter if train else 0.0
         self.mean = np.asarray(mean, dtype=np.float32)
         self.std = np.asarray(std, dtype=np.float32)
-        # SPEC section 3: pose channels use the mean of the RGB means and the mean of the RGB stds
+        # as in PAMTRI: pose channels use the mean of the RGB means and the mean of the RGB stds
         self.pose_mean = float(np.mean(self.mean))
         self.pose_std = float(np.mean(self.std))
         if translate and train:
