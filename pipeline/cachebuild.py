@@ -20,7 +20,7 @@ from pamtri.pose.cache import Cache, CacheSpec, CacheWriter, dequantise, file_sh
 from pamtri.pose.legacy import legacy_folders, read_legacy_heatmaps, write_legacy_maps
 from pamtri.pose.segments import rasterise
 
-from .infer import HEATMAP_GRID, run_pose
+from .infer import run_pose
 
 log = logging.getLogger(__name__)
 
@@ -32,22 +32,23 @@ def split_images(root: str | os.PathLike, split: str, fmt: str = "auto") -> list
 
 
 def build_cache(pose_weights: str | os.PathLike, images: Sequence[str], out: str | os.PathLike, *,
-                batch_size: int = 32, chunk_size: int = 256, heatmap_dtype: str = "uint8",
+                grid: int = 64, batch_size: int = 32, chunk_size: int = 256, heatmap_dtype: str = "uint8",
                 device: str = "auto", precision: str = "auto", flip_test: bool | None = None,
                 rebuild: bool = False, progress: bool = True, io_threads: int = 4) -> Path:
     """Run the pose model over ``images`` (paths) and store heatmaps + keypoints in a cache at ``out``.
 
-    Under torchrun each rank builds every world_size-th chunk and rank 0 writes the manifest.
-    Returns the cache folder.
+    Heatmaps are stored on a ``grid`` x ``grid`` image-frame grid: the ReID config's ``data.heatmap_size``,
+    which the ReID stage checks (``reid.pose_inputs.make_pose_source``). Under torchrun each rank builds
+    every world_size-th chunk and rank 0 writes the manifest. Returns the cache folder.
     """
     from pamtri.pose.predict import PosePredictor, load_pose_model
     info = init_distributed()
-    model, cfg = load_pose_model(pose_weights)
-    predictor = PosePredictor.from_config(model, cfg, device=device, precision=precision, flip_test=flip_test)
+    model, cfg, codec = load_pose_model(pose_weights)
+    predictor = PosePredictor.from_config(model, cfg, codec, device=device, precision=precision, flip_test=flip_test)
     from pamtri.common.config import to_dict
     names = [os.path.basename(p) for p in images]
     spec = CacheSpec(weights_sha256=file_sha256(pose_weights), pose_config=to_dict(cfg),
-                     input_size=tuple(cfg.data.input_size), heatmap_size=HEATMAP_GRID,
+                     input_size=codec.input_size, heatmap_size=(grid, grid),
                      heatmap_dtype=heatmap_dtype, chunk_size=chunk_size)
     # one writer per cache folder: a second build into it is refused (rank 0 holds the lock for the job)
     lock = RunLock(out).acquire() if info.is_main else None
@@ -66,7 +67,7 @@ def build_cache(pose_weights: str | os.PathLike, images: Sequence[str], out: str
             for i in range(0, len(paths), batch_size):
                 # full size: the cache's keypoints are in original-image pixels
                 imgs = list(pool.map(lambda p: read_image(p, max_side=None), paths[i:i + batch_size]))
-                out_b = run_pose(predictor, imgs)
+                out_b = run_pose(predictor, imgs, grid)
                 heat.append(out_b.heatmaps.cpu().numpy())
                 kps.append(out_b.keypoints)
             return np.concatenate(heat), np.concatenate(kps)
@@ -86,35 +87,35 @@ def build_cache(pose_weights: str | os.PathLike, images: Sequence[str], out: str
 
 
 def import_legacy(root: str | os.PathLike, split: str, labels: str | os.PathLike, out: str | os.PathLike,
-                  heatmap_dtype: str = "uint8", chunk_size: int = 256, rebuild: bool = False) -> Path:
+                  grid: int = 64, heatmap_dtype: str = "uint8", chunk_size: int = 256, rebuild: bool = False) -> Path:
     """Convert the reference layout (``heatmap_<split>/<stem>/NN.jpg`` + a ReID label CSV with keypoints)
-    into a cache. Heatmaps keep the reference's grid (resized to 64 x 64 when it differs); segments are
-    derived from the keypoints on read, as in our own caches."""
+    into a cache. Heatmaps keep the reference's grid (resized to ``grid`` x ``grid`` when it differs); segments
+    are derived from the keypoints on read, as in our own caches."""
     records = read_reid_csv(labels)
     names = [r.name for r in records]
     kps = {r.name: r.keypoints for r in records}
     spec = CacheSpec(weights_sha256=f"legacy:{file_sha256(labels)}", pose_config={"source": "reference layout"},
-                     input_size=(0, 0), heatmap_size=HEATMAP_GRID, heatmap_dtype=heatmap_dtype,
+                     input_size=(0, 0), heatmap_size=(grid, grid), heatmap_dtype=heatmap_dtype,
                      chunk_size=chunk_size)
     lock = RunLock(out).acquire()
     try:
         writer = CacheWriter(out, names, spec, rebuild=rebuild)
-        writer.build(lambda batch: _legacy_chunk(root, split, batch, kps))
+        writer.build(lambda batch: _legacy_chunk(root, split, batch, kps, grid))
         writer.finalise()
     finally:
         lock.release()
     return Path(out)
 
 
-def _legacy_chunk(root, split: str, batch: Sequence[str], kps: dict) -> tuple[np.ndarray, np.ndarray]:
-    """Heatmaps (read from the reference folders, on our grid) and keypoints of one chunk's images."""
+def _legacy_chunk(root, split: str, batch: Sequence[str], kps: dict, grid: int) -> tuple[np.ndarray, np.ndarray]:
+    """Heatmaps (read from the reference folders, on a grid x grid grid) and keypoints of one chunk's images."""
     import cv2
     heat = []
     for name in batch:
         folder, _ = legacy_folders(root, split, name)
         maps = read_legacy_heatmaps(folder)
-        if maps.shape[1:] != HEATMAP_GRID:
-            maps = cv2.resize(maps.transpose(1, 2, 0), HEATMAP_GRID[::-1], interpolation=cv2.INTER_LINEAR
+        if maps.shape[1:] != (grid, grid):
+            maps = cv2.resize(maps.transpose(1, 2, 0), (grid, grid), interpolation=cv2.INTER_LINEAR
                               ).transpose(2, 0, 1)
         heat.append(maps.astype(np.float32) / 255.0)
     return np.stack(heat), np.stack([kps[n] for n in batch])

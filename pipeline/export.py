@@ -72,13 +72,13 @@ def export_pose(weights: str | os.PathLike, out: str | os.PathLike, size: tuple[
     from pamtri.common.config import to_dict
     from pamtri.pose.predict import load_pose_model
     _require_onnx()
-    model, cfg = load_pose_model(weights, model_name)
+    model, cfg, codec = load_pose_model(weights, model_name)
     h, w = size if size else (int(cfg.data.input_size[1]), int(cfg.data.input_size[0]))
     _check_size(h, w, 32, weights)
     meta = {"stage": "pose", "weights": os.path.basename(os.fspath(weights)), "model": cfg.model.name,
             "input": "RGB crop normalised with the ImageNet mean/std (pose.transforms.normalise)",
             "input_size_hw": [h, w], "stride": int(model.stride), "eval_config": to_dict(cfg.eval),
-            "cell_convention": cfg.model.cell_convention, "box_enlarge": cfg.data.box_enlarge}
+            "cell_convention": codec.cell_convention, "codec": codec.to_dict(), "box_enlarge": cfg.data.box_enlarge}
     example = {"image": torch.randn(2, 3, h, w)}
     return _export(model, example, ["heatmaps"], out, opset, meta, check, tolerance)
 

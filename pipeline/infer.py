@@ -3,7 +3,8 @@
 The pose network sees a crop (the image enlarged 1.25 and padded to its input aspect), so its heatmaps
 live in crop cells. The ReID stage stacks pose channels onto the whole image, so heatmaps are resampled
 into an image-frame grid (``heatmaps_to_image_frame``) on the batch, on the device, before they are
-cached or stacked.
+cached or stacked. That grid is the ReID model's ``data.heatmap_size`` cells per side (stored in its
+checkpoint), the grid it was trained and evaluated on; caches record theirs (``pamtri cache build --grid``).
 """
 from __future__ import annotations
 
@@ -17,33 +18,33 @@ import torch
 import torch.nn.functional as F
 
 from pamtri.data.images import read_image
-from pamtri.pose.transforms import invert
+from pamtri.pose.codec import HeatmapCodec
+from pamtri.pose.transforms import compose, invert
 
 log = logging.getLogger(__name__)
 
-HEATMAP_GRID = (64, 64)  # image-frame heatmap grid (h, w) stored in caches and stacked for ReID
-
 
 def heatmaps_to_image_frame(heatmaps: torch.Tensor, cell_to_pixel: np.ndarray, image_sizes: np.ndarray,
-                            out_size: tuple[int, int] = HEATMAP_GRID) -> torch.Tensor:
+                            out_size: tuple[int, int]) -> torch.Tensor:
     """Resample crop-frame heatmaps into a grid spanning each whole image.
 
     heatmaps (N, K, h, w) in crop cells; cell_to_pixel (N, 2, 3) maps crop cells to image pixels;
-    image_sizes (N, 2) as (width, height) pixels -> (N, K, Ho, Wo) where output cell (i, j) covers image
-    pixels [j W / Wo, (j + 1) W / Wo) x [i H / Ho, (i + 1) H / Ho). Zero outside the crop.
+    image_sizes (N, 2) and out_size as (width, height) -> (N, K, Ho, Wo) where output cell (i, j) covers
+    image pixels [j W / Wo, (j + 1) W / Wo) x [i H / Ho, (i + 1) H / Ho) (the centred cell convention of
+    ``pose.codec.HeatmapCodec``). Zero outside the crop.
     """
     n, _, h, w = heatmaps.shape
-    ho, wo = out_size
+    wo, ho = out_size
     dev = heatmaps.device
-    to_cell = torch.as_tensor(invert(np.asarray(cell_to_pixel, dtype=np.float64)), dtype=torch.float32, device=dev)
-    sizes = torch.as_tensor(np.asarray(image_sizes, dtype=np.float32), device=dev)  # (N, 2)
-    # image pixel coordinates of the output cell centres (pixel centres at integers)
-    gx = (torch.arange(wo, device=dev, dtype=torch.float32) + 0.5)[None] * (sizes[:, 0:1] / wo) - 0.5  # (N, Wo)
-    gy = (torch.arange(ho, device=dev, dtype=torch.float32) + 0.5)[None] * (sizes[:, 1:2] / ho) - 0.5  # (N, Ho)
-    px = gx[:, None, :].expand(n, ho, wo)
-    py = gy[:, :, None].expand(n, ho, wo)
-    cx = to_cell[:, 0, 0, None, None] * px + to_cell[:, 0, 1, None, None] * py + to_cell[:, 0, 2, None, None]
-    cy = to_cell[:, 1, 0, None, None] * px + to_cell[:, 1, 1, None, None] * py + to_cell[:, 1, 2, None, None]
+    # output cells -> image pixels -> crop cells, per image
+    frames = np.stack([HeatmapCodec(input_size=(int(iw), int(ih)), heatmap_size=(wo, ho)).cells_to_input
+                       for iw, ih in np.asarray(image_sizes)])
+    m = torch.as_tensor(compose(invert(np.asarray(cell_to_pixel, dtype=np.float64)), frames), dtype=torch.float32,
+                        device=dev)  # (N, 2, 3)
+    j = torch.arange(wo, device=dev, dtype=torch.float32)[None, None, :]
+    i = torch.arange(ho, device=dev, dtype=torch.float32)[None, :, None]
+    cx = m[:, 0, 0, None, None] * j + m[:, 0, 1, None, None] * i + m[:, 0, 2, None, None]  # (N, Ho, Wo)
+    cy = m[:, 1, 0, None, None] * j + m[:, 1, 1, None, None] * i + m[:, 1, 2, None, None]
     # align_corners=True: -1 and +1 are the centres of the first and last cells
     grid = torch.stack([cx / (w - 1) * 2 - 1, cy / (h - 1) * 2 - 1], dim=-1)
     return F.grid_sample(heatmaps.float(), grid, mode="bilinear", padding_mode="zeros", align_corners=True)
@@ -52,19 +53,21 @@ def heatmaps_to_image_frame(heatmaps: torch.Tensor, cell_to_pixel: np.ndarray, i
 @dataclass
 class PoseBatch:
     """Pose stage output for a batch: keypoints (N, 36, 3) image pixels + confidence (numpy) and
-    image-frame heatmaps (N, 36, 64, 64) float32 (torch, on the predictor's device)."""
+    image-frame heatmaps (N, 36, g, g) float32 (torch, on the predictor's device)."""
     keypoints: np.ndarray
     heatmaps: torch.Tensor
 
 
-def run_pose(predictor, images: Sequence[np.ndarray]) -> PoseBatch:
-    """Run a pose.predict.PosePredictor on uint8 RGB images of any sizes; heatmaps end in the image frame."""
+def run_pose(predictor, images: Sequence[np.ndarray], grid: int) -> PoseBatch:
+    """Run a pose.predict.PosePredictor on uint8 RGB images of any sizes; heatmaps end on a ``grid`` x ``grid``
+    image-frame grid."""
     crops, inverses = zip(*(predictor.crop(im) for im in images))
     inverses = np.stack(inverses)
     hm = predictor.heatmaps(torch.from_numpy(np.stack(crops)))
     kps = predictor.keypoints(hm, inverses)
     sizes = np.array([[im.shape[1], im.shape[0]] for im in images], dtype=np.float32)
-    return PoseBatch(keypoints=kps, heatmaps=heatmaps_to_image_frame(hm, inverses, sizes))
+    cell_to_pixel = compose(inverses, predictor.codec.cells_to_input)
+    return PoseBatch(keypoints=kps, heatmaps=heatmaps_to_image_frame(hm, cell_to_pixel, sizes, (grid, grid)))
 
 
 class Pipeline:
@@ -78,7 +81,7 @@ class Pipeline:
     def __init__(self, predictor, reid_model, data_cfg, batch_size: int = 32, channels_last: bool = True,
                  compile: bool = False):
         from pamtri.common.runtime import autocast_dtype
-        from pamtri.reid.data import IMAGENET_MEAN, IMAGENET_STD
+        from pamtri.reid.transforms import IMAGENET_MEAN, IMAGENET_STD
         self.predictor = predictor
         self.device = predictor.device
         self.model = reid_model.to(self.device).eval()
@@ -100,6 +103,7 @@ class Pipeline:
         self.mean, self.std = mean.view(1, 3, 1, 1), std.view(1, 3, 1, 1)
         self.pose_mean, self.pose_std = float(mean.mean()), float(std.mean())
         self.segment_threshold = float(getattr(data_cfg, "segment_threshold", 0.5))
+        self.grid = int(data_cfg.heatmap_size)  # the image-frame grid the model was trained on
         self.needs_pose = self.cfg.heatmaps or self.cfg.segments or self.cfg.keypoints
 
     @classmethod
@@ -124,8 +128,8 @@ class Pipeline:
             if trained_with and trained_with != file_sha256(pose_weights):
                 log.warning("%s was trained on pose channels of other pose weights than %s; its features may "
                             "be worse than in evaluation", reid_weights, pose_weights)
-            pose_model, pose_cfg = load_pose_model(pose_weights)
-            predictor = PosePredictor.from_config(pose_model, pose_cfg, device=device, precision=precision,
+            pose_model, pose_cfg, codec = load_pose_model(pose_weights)
+            predictor = PosePredictor.from_config(pose_model, pose_cfg, codec, device=device, precision=precision,
                                                   flip_test=flip_test)
         else:
             predictor = _NoPose(device, precision)
@@ -137,6 +141,7 @@ class Pipeline:
         import cv2
 
         from pamtri.pose.segments import rasterise_batch
+        from pamtri.reid.pose_inputs import image_grid
         h, w = self.height, self.width
         resized = np.stack([cv2.resize(im, (w, h), interpolation=cv2.INTER_LINEAR) for im in images])
         x = torch.from_numpy(resized).to(self.device).permute(0, 3, 1, 2).float().div_(255.0)
@@ -148,11 +153,9 @@ class Pipeline:
             if self.cfg.heatmaps:
                 maps.append(pose.heatmaps.to(self.device))
             if self.cfg.segments:
-                gh, gw = HEATMAP_GRID
-                cells = pose.keypoints.copy()
-                cells[..., 0] = (cells[..., 0] + 0.5) * (gw / sizes[:, None, 0]) - 0.5
-                cells[..., 1] = (cells[..., 1] + 0.5) * (gh / sizes[:, None, 1]) - 0.5
-                seg = rasterise_batch(cells, HEATMAP_GRID, self.segment_threshold)
+                cells = np.stack([image_grid((int(iw), int(ih)), self.grid).to_cells(k)
+                                  for k, (iw, ih) in zip(pose.keypoints, sizes)])
+                seg = rasterise_batch(cells, (self.grid, self.grid), self.segment_threshold)
                 maps.append(torch.from_numpy(seg).to(self.device).float())
             if maps:
                 stacked = F.interpolate(torch.cat(maps, 1).float(), size=(h, w), mode="bilinear", align_corners=False)
@@ -173,7 +176,7 @@ class Pipeline:
     def embed_arrays(self, images: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
         """uint8 RGB images -> {'features' (N, D), 'keypoints' (N, 36, 3), 'color' (N,), 'type' (N,)}."""
         from pamtri.common.runtime import autocast
-        pose = run_pose(self.predictor, images) if self.needs_pose else None
+        pose = run_pose(self.predictor, images, self.grid) if self.needs_pose else None
         x, kv = self.reid_inputs(images, pose)
         with autocast(self.device, self.dtype):
             out = self.model(x, kv)

@@ -44,10 +44,10 @@ def convert_posestnet(src: str | os.PathLike, dst: str | os.PathLike, name: str 
         raise CheckpointError(f"{src}: not an official PoseEstNet checkpoint (expected pose_hrnet keys with a "
                               f"1x1 'final_layer'; this file has the {layout!r} layout)")
     candidates = [name] if name else _hrnet_candidates(state)
-    model = cfg = None
+    model = cfg = codec = None
     for candidate in candidates:
         try:
-            model, cfg = load_pose_model(src, candidate)
+            model, cfg, codec = load_pose_model(src, candidate)
             break
         except CheckpointError:
             if name:
@@ -56,11 +56,11 @@ def convert_posestnet(src: str | os.PathLike, dst: str | os.PathLike, name: str 
         tried = ", ".join(candidates) or "none"
         raise CheckpointError(f"{src}: the tensor shapes fit no timm HRNet (tried: {tried}); name the "
                               f"architecture with --model")
-    save_checkpoint({"model": model.state_dict(), "config": to_dict(cfg), "kind": "pose",
+    save_checkpoint({"model": model.state_dict(), "config": to_dict(cfg), "codec": codec.to_dict(), "kind": "pose",
                      "format": "pamtri-weights-1",
                      "converted_from": {"source": "official-posestnet", "file": Path(src).name}}, dst)
-    return (f"pose {cfg.model.name}, cell convention {cfg.model.cell_convention}, flip shift "
-            f"{cfg.eval.flip_shift:g} cell, input {cfg.data.input_size[0]}x{cfg.data.input_size[1]} (W x H)")
+    return (f"pose {cfg.model.name}, cell convention {codec.cell_convention}, flip shift "
+            f"{codec.flip_shift:g} cell, input {codec.input_size[0]}x{codec.input_size[1]} (W x H)")
 
 
 def convert_pamtri_reid(src: str | os.PathLike, dst: str | os.PathLike) -> str:

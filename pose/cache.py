@@ -6,7 +6,7 @@ Layout of a cache folder::
 
     manifest.json          written last: schema, pose weights checksum, pose config, sizes, chunk checksums
     names.txt              image names, one per line (the index)
-    heatmaps.npy           (N, 36, h, w) uint8 (heatmap * 255) or float16
+    heatmaps.npy           (N, 36, h, w) uint8 (heatmap * 255) or float16, a w x h grid spanning each image
     keypoints.npy          (N, 36, 3) float32, x, y in original-image pixels, confidence
     segments.npy           optional (N, 13, S*S/8) uint8, bit-packed segment masks of S x S
     chunks/NNNNN.json      one commit record per finished chunk (its rows and SHA-256 of its bytes)
@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from pamtri.common.atomic import atomic_write_text
-from pamtri.common.errors import CheckpointError, PamtriError
+from pamtri.common.errors import CheckpointError, ConfigError, PamtriError
 from pamtri.pose.result import PoseResult
 
 from .keypoints import NUM_KEYPOINTS, NUM_SEGMENTS
@@ -66,14 +66,18 @@ def _package_version() -> str:
 
 @dataclass(frozen=True)
 class CacheSpec:
-    """What a cache is built from; two caches with equal specs hold the same data."""
+    """What a cache is built from; two caches with equal specs hold the same data. Sizes are (width, height)."""
     weights_sha256: str
     pose_config: dict
-    input_size: tuple[int, int]          # pose network input (height, width)
-    heatmap_size: tuple[int, int]        # (h, w)
+    input_size: tuple[int, int]          # pose network input (width, height) pixels; (0, 0): not from a model
+    heatmap_size: tuple[int, int]        # the image-frame grid (width, height) cells
     heatmap_dtype: str = "uint8"
     segment_size: int = 0                # 0: segments derived from keypoints on read; S: stored packed S x S
     chunk_size: int = 256
+
+    def __post_init__(self) -> None:
+        if min(self.heatmap_size) <= 0:
+            raise ConfigError(f"cache grid (--grid): cells per side must be positive, got {list(self.heatmap_size)}")
 
     def as_dict(self) -> dict:
         return {"weights_sha256": self.weights_sha256, "pose_config": self.pose_config,
@@ -148,7 +152,7 @@ class CacheWriter:
                 for f in self.chunk_dir.iterdir():
                     f.unlink()
         self.chunk_dir.mkdir(exist_ok=True)
-        n, (h, w) = len(self.names), self.spec.heatmap_size
+        n, (w, h) = len(self.names), self.spec.heatmap_size
         self.arrays = {
             "heatmaps": self._open_array("heatmaps.npy", (n, NUM_KEYPOINTS, h, w),
                                          HEATMAP_DTYPES[self.spec.heatmap_dtype]),
@@ -316,6 +320,12 @@ class Cache:
 
     def __len__(self) -> int:
         return len(self.names)
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        """(width, height) cells of the image-frame heatmap grid, read from the stored array."""
+        h, w = self.arrays["heatmaps"].shape[-2:]
+        return int(w), int(h)
 
     def __contains__(self, name: str) -> bool:
         return name in self.index

@@ -20,9 +20,9 @@ from pamtri.data.images import MAX_SIDE, read_image
 from pamtri.data.labels import read_pose_csv
 from pamtri.data.records import REAL, SYNTHETIC, Record
 
+from .codec import HeatmapCodec
 from .config import DataConfig, DataSource
-from .heatmaps import encode
-from .transforms import Augment, apply, colour_jitter, compose, input_to_heatmap, invert, normalise, sample_crop
+from .transforms import Augment, colour_jitter, invert, normalise, sample_crop
 
 log = logging.getLogger(__name__)
 
@@ -48,22 +48,19 @@ def read_source(source: DataSource) -> list[Record]:
 
 
 class PoseDataset(Dataset):
-    """Records -> dict(image (3, h, w) float32, target (36, h/4, w/4), weight (36,), keypoints (36, 3)
-    original pixels, inverse (2, 3) heatmap cells -> image pixels, index).
+    """Records -> dict(image (3, h, w) float32, target (36, H, W) and weight (36,) from ``codec``, keypoints
+    (36, 3) original pixels, inverse (2, 3) network-input pixels -> image pixels, index).
 
-    ``augment=None`` gives the plain evaluation crop. Items may be indexed by ``i`` or ``(i, seed)``.
+    Crops are ``codec.input_size``; ``augment=None`` gives the plain evaluation crop. Items may be indexed by
+    ``i`` or ``(i, seed)``.
     """
 
-    def __init__(self, records: Sequence[Record], input_size: tuple[int, int], sigma: float = 2.0,
-                 enlarge: float = 1.25, augment: Augment | None = None, stride: int = 4,
-                 convention: str = "centred"):
+    def __init__(self, records: Sequence[Record], codec: HeatmapCodec, enlarge: float = 1.25,
+                 augment: Augment | None = None):
         self.records = list(records)
-        self.input_size = (int(input_size[0]), int(input_size[1]))
-        self.heatmap_size = (self.input_size[1] // stride, self.input_size[0] // stride)  # (H, W)
-        self.sigma = sigma
+        self.codec = codec
         self.enlarge = enlarge
         self.augment = augment
-        self.to_heatmap = input_to_heatmap(stride, convention)
 
     def __len__(self) -> int:
         return len(self.records)
@@ -84,12 +81,11 @@ class PoseDataset(Dataset):
             scale, rotation, flip = self.augment.sample(rng)
         else:
             scale, rotation, flip = 1.0, 0.0, False
-        crop, crop_kps, m = sample_crop(image, kps, self.input_size, self.enlarge, scale, rotation, flip)
+        crop, crop_kps, m = sample_crop(image, kps, self.codec.input_size, self.enlarge, scale, rotation, flip)
         if self.augment is not None:
             crop = colour_jitter(crop, rng, self.augment.colour)
-        cells = apply(self.to_heatmap, crop_kps[:, :2])
-        target, weight = encode(cells[None], crop_kps[None, :, 2] > 0.5, self.heatmap_size, self.sigma)
-        inverse = invert(compose(self.to_heatmap, m))
+        target, weight = self.codec.encode(crop_kps[None])
+        inverse = invert(m)
         return {
             "image": normalise(crop),
             "target": target[0],
@@ -152,9 +148,10 @@ class MixSampler(Sampler):
         return self.num_samples - self.num_samples % self.world_size
 
 
-def build_datasets(cfg: DataConfig, stride: int = 4, convention: str = "centred"
+def build_datasets(cfg: DataConfig, codec: HeatmapCodec
                    ) -> tuple[PoseDataset, list[int], list[float], PoseDataset | None]:
-    """(training set over all training sources, their sizes, their weights, validation set or None)."""
+    """(training set over all training sources, their sizes, their weights, validation set or None), with
+    crops and targets of ``codec``."""
     sizes, weights, train_records = [], [], []
     for src in cfg.train:
         recs = read_source(src)
@@ -164,14 +161,13 @@ def build_datasets(cfg: DataConfig, stride: int = 4, convention: str = "centred"
         log.info("train source %s/%s (%s): %d images, weight %g", src.root, src.split, src.format, len(recs),
                  src.weight)
     augment = Augment(cfg.scale, cfg.rotation, cfg.rotation_prob, cfg.flip_prob, cfg.color_jitter)
-    train = PoseDataset(train_records, cfg.input_size, cfg.sigma, cfg.box_enlarge, augment, stride, convention)
+    train = PoseDataset(train_records, codec, cfg.box_enlarge, augment)
     val_records: list[Record] = []
     for src in cfg.val:
         val_records += read_source(src)
     if cfg.max_val:
         val_records = val_records[:cfg.max_val]
-    val = (PoseDataset(val_records, cfg.input_size, cfg.sigma, cfg.box_enlarge, None, stride, convention)
-           if val_records else None)
+    val = PoseDataset(val_records, codec, cfg.box_enlarge) if val_records else None
     return train, sizes, weights, val
 
 

@@ -24,8 +24,7 @@ def evaluate(predictor: PosePredictor, cfg: PoseConfig, sources, num_workers: in
     """Predict every image of ``sources`` (DataSource list) and score it -> report dict
     (table, curve, optional legacy, n_images, predictions (N, 36, 3), ground truth (N, 36, 3))."""
     records = [r for src in sources for r in read_source(src)]
-    ds = PoseDataset(records, predictor.input_size, cfg.data.sigma, predictor.enlarge, None, predictor.stride,
-                     predictor.cell_convention)
+    ds = PoseDataset(records, predictor.codec, predictor.enlarge)
     loader = DataLoader(ds, batch_size=cfg.eval.batch_size, shuffle=False, num_workers=num_workers,
                         collate_fn=collate)
     pred, gt, _ = predict_loader(predictor, loader, progress="eval")
@@ -33,7 +32,7 @@ def evaluate(predictor: PosePredictor, cfg: PoseConfig, sources, num_workers: in
         "n_images": len(records),
         "threshold": threshold,
         "flip_test": predictor.flip_test,
-        "decode": predictor.decode_method,
+        "decode": predictor.codec.decode_method,
         "table": pck_table(pred[..., :2], gt, threshold),
         "curve": {"thresholds": DEFAULT_CURVE.tolist(),
                   **{k: v.tolist() for k, v in pck_curve(pred[..., :2], gt).items()}},

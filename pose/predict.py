@@ -14,21 +14,24 @@ from pamtri.common.errors import CheckpointError
 from pamtri.common.runtime import autocast, autocast_dtype, pick_device
 from pamtri.pose.result import PoseResult
 
+from .codec import HeatmapCodec
 from .config import PoseConfig
-from .heatmaps import decode, flip_back
 from .segments import rasterise
-from .transforms import apply, compose, crop_matrix, image_box, input_to_heatmap, invert, normalise, warp
+from .transforms import apply, crop_matrix, image_box, invert, normalise, warp
 
 log = logging.getLogger(__name__)
 
 
-def load_pose_model(weights: str | os.PathLike, name: str | None = None) -> tuple[torch.nn.Module, PoseConfig]:
-    """(model in eval mode on CPU, its PoseConfig) from a pamtri checkpoint (self-describing) or, given
-    ``name``, any file :func:`pose.model.load_weights` reads (e.g. the official PoseEstNet checkpoint)."""
+def load_pose_model(weights: str | os.PathLike, name: str | None = None
+                    ) -> tuple[torch.nn.Module, PoseConfig, HeatmapCodec]:
+    """(model in eval mode on CPU, its PoseConfig, its HeatmapCodec) from a pamtri checkpoint (self-describing:
+    the codec stored with it, or built from its config when it predates stored codecs) or, given ``name``, any
+    file :func:`pose.model.load_weights` reads (e.g. the official PoseEstNet checkpoint)."""
     from .model import PoseHRNet, checkpoint_layout, load_weights, state_dict_of
     state = load_checkpoint(weights)
     cfg_dict = state.get("config") if isinstance(state.get("config"), dict) else None
-    if cfg_dict is not None and name is None:
+    stored = cfg_dict is not None and name is None
+    if stored:
         cfg = from_dict(PoseConfig, upgrade_renamed(PoseConfig, cfg_dict), f"{weights} (stored config)")
     else:
         if name is None:
@@ -43,62 +46,67 @@ def load_pose_model(weights: str | os.PathLike, name: str | None = None) -> tupl
     model = PoseHRNet(cfg.model.name)
     load_weights(model, weights)
     model.eval()
-    return model, cfg
+    if stored and isinstance(state.get("codec"), dict):
+        codec = HeatmapCodec.from_dict(state["codec"], f"{weights} (stored codec)")
+    else:
+        codec = HeatmapCodec.from_config(cfg, model.stride)
+    return model, cfg, codec
 
 
 class PosePredictor:
-    """Runs a pose model on crops of whole-vehicle images and maps the peaks back to image pixels."""
+    """Runs a pose model on crops of whole-vehicle images and maps the peaks back to image pixels.
 
-    def __init__(self, model: torch.nn.Module, input_size: tuple[int, int] = (256, 256), flip_test: bool = True,
-                 device: str | torch.device = "auto", precision: str = "auto", decode_method: str = "dark",
-                 blur_sigma: float = 2.0, flip_shift: float = 0.0, enlarge: float = 1.25,
-                 cell_convention: str = "centred"):
+    ``codec`` gives the crop size, how the model's heatmaps decode and how the flip test flips them back.
+    """
+
+    def __init__(self, model: torch.nn.Module, codec: HeatmapCodec, flip_test: bool = True,
+                 device: str | torch.device = "auto", precision: str = "auto", enlarge: float = 1.25):
         self.device = pick_device(device) if isinstance(device, str) else device
         self.model = model.to(self.device).eval()
-        self.input_size = (int(input_size[0]), int(input_size[1]))
-        self.stride = int(getattr(model, "stride", 4))
+        self.codec = codec
         self.flip_test = flip_test
         self.dtype = autocast_dtype(self.device, precision)
-        self.decode_method = decode_method
-        self.blur_sigma = blur_sigma
-        self.flip_shift = flip_shift
         self.enlarge = enlarge
-        self.cell_convention = cell_convention
 
     @classmethod
-    def from_config(cls, model: torch.nn.Module, cfg: PoseConfig, device: str | torch.device = "auto",
-                    precision: str | None = None, flip_test: bool | None = None) -> PosePredictor:
-        """A predictor set up from a PoseConfig's data and eval sections."""
-        e = cfg.eval
-        return cls(model, tuple(cfg.data.input_size), e.flip_test if flip_test is None else flip_test, device,
-                   precision or cfg.precision, e.decode, e.blur_sigma, e.flip_shift, cfg.data.box_enlarge,
-                   cfg.model.cell_convention)
+    def from_config(cls, model: torch.nn.Module, cfg: PoseConfig, codec: HeatmapCodec | None = None,
+                    device: str | torch.device = "auto", precision: str | None = None,
+                    flip_test: bool | None = None) -> PosePredictor:
+        """A predictor set up from a PoseConfig and ``codec`` (the checkpoint's, see :func:`load_pose_model`;
+        None: the config's)."""
+        codec = codec or HeatmapCodec.from_config(cfg, getattr(model, "stride", 4))
+        return cls(model, codec, cfg.eval.flip_test if flip_test is None else flip_test, device,
+                   precision or cfg.precision, cfg.data.box_enlarge)
 
     def crop(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """uint8 RGB (H, W, 3) -> (normalised crop (3, h, w) float32, (2, 3) heatmap cells -> image pixels)."""
+        """uint8 RGB (H, W, 3) -> (normalised crop (3, h, w) float32, (2, 3) crop pixels -> image pixels)."""
         height, width = image.shape[:2]
-        centre, size = image_box(width, height, self.input_size[0] / self.input_size[1], self.enlarge)
-        m = crop_matrix(centre, size, self.input_size)
-        inverse = invert(compose(input_to_heatmap(self.stride, self.cell_convention), m))
-        return normalise(warp(image, m, self.input_size)), inverse.astype(np.float32)
+        size = self.codec.input_size
+        centre, box = image_box(width, height, size[0] / size[1], self.enlarge)
+        m = crop_matrix(centre, box, size)
+        return normalise(warp(image, m, size)), invert(m).astype(np.float32)
 
     @torch.no_grad()
     def heatmaps(self, x: torch.Tensor) -> torch.Tensor:
-        """(N, 3, h, w) normalised crops -> (N, 36, h/4, w/4) float32 heatmaps, flip-averaged when enabled."""
+        """(N, 3, h, w) normalised crops -> (N, 36, H, W) float32 heatmaps (codec.heatmap_size), flip-averaged
+        when enabled."""
         x = x.to(self.device, non_blocking=True)
         with autocast(self.device, self.dtype):
             hm = self.model(x).float()
             if self.flip_test:
-                hm = 0.5 * (hm + flip_back(self.model(x.flip(-1)).float(), self.flip_shift))
+                hm = 0.5 * (hm + self.codec.flip_back(self.model(x.flip(-1)).float()))
+        w, h = self.codec.heatmap_size
+        if tuple(hm.shape[-2:]) != (h, w):
+            raise CheckpointError(f"the pose model gives {hm.shape[-1]}x{hm.shape[-2]} heatmaps for "
+                                  f"{x.shape[-1]}x{x.shape[-2]} crops, its codec expects {w}x{h} (width x height)")
         return hm
 
     def keypoints(self, heatmaps: torch.Tensor | np.ndarray, inverse: np.ndarray) -> np.ndarray:
-        """heatmaps (N, 36, h, w), inverse (N, 2, 3) cells -> pixels  ->  (N, 36, 3): x, y in pixels, confidence."""
-        xy, conf = decode(heatmaps, self.decode_method, self.blur_sigma)
-        xy = xy.cpu().numpy() if isinstance(xy, torch.Tensor) else xy
-        conf = conf.cpu().numpy() if isinstance(conf, torch.Tensor) else conf
-        pix = apply(np.asarray(inverse, dtype=np.float64), xy)
-        return np.concatenate([pix, conf[..., None]], axis=-1).astype(np.float32)
+        """heatmaps (N, 36, H, W), inverse (N, 2, 3) crop -> image pixels  ->  (N, 36, 3): x, y in image pixels,
+        confidence."""
+        kps = self.codec.decode(heatmaps)
+        kps[..., :2] = apply(np.asarray(inverse, dtype=np.float64), kps[..., :2])
+        return kps
 
     def predict_arrays(self, images: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """uint8 RGB images (any sizes) -> (keypoints (N, 36, 3) pixels + confidence, heatmaps (N, 36, h, w))."""

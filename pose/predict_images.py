@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -20,12 +21,13 @@ def load_predictor(weights: str | os.PathLike, model_name: str | None = None, *,
                    batch_size: int | None = None, device: str = "auto", precision: str = "auto",
                    flip_test: bool = True) -> tuple[PosePredictor, PoseConfig]:
     """(predictor, its config) for ``weights``; ``decode`` / ``batch_size`` override the stored config's."""
-    model, cfg = load_pose_model(weights, model_name)
+    model, cfg, codec = load_pose_model(weights, model_name)
     if decode:
-        cfg.eval.decode = decode
+        codec = replace(codec, decode_method=decode)
     if batch_size:
         cfg.eval.batch_size = batch_size
-    predictor = PosePredictor.from_config(model, cfg, device=device, precision=precision, flip_test=flip_test)
+    predictor = PosePredictor.from_config(model, cfg, codec, device=device, precision=precision,
+                                          flip_test=flip_test)
     return predictor, cfg
 
 
@@ -90,7 +92,7 @@ def predict_images(predictor: PosePredictor, images: str | os.PathLike, out: str
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     loader = DataLoader(ImageFiles(base, names), batch_size=batch_size, num_workers=workers, collate_fn=_as_list)
-    h, w = predictor.input_size[1] // predictor.stride, predictor.input_size[0] // predictor.stride
+    w, h = predictor.codec.heatmap_size
     scratch = out / ".heatmaps.tmp.npy"
     heat = None
     try:

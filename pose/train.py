@@ -16,6 +16,7 @@ from pamtri.common.distributed import DistInfo, all_gather_objects
 from pamtri.common.engine import Run, Stage, fit, open_run
 from pamtri.common.errors import PamtriError
 
+from .codec import HeatmapCodec
 from .config import PoseConfig
 from .dataset import MixSampler, build_datasets, collate
 from .metrics import pck_table
@@ -57,7 +58,8 @@ def train(cfg: PoseConfig, out_dir: str | os.PathLike, resume: bool = False) -> 
 
 def build_stage(cfg: PoseConfig, run: Run) -> Stage:
     """The pose model, its loaders, the heatmap loss and PCK validation, for ``fit``."""
-    loader, val_loader = build_loaders(cfg, run)
+    codec = HeatmapCodec.from_config(cfg)  # saved with the weights: how their heatmaps read
+    loader, val_loader = build_loaders(cfg, codec, run)
     model = build_pose_model(cfg.model.name, cfg.model.weights or None).to(run.device)
 
     def forward(model: torch.nn.Module, batch: dict, progress: float) -> torch.Tensor:
@@ -74,22 +76,22 @@ def build_stage(cfg: PoseConfig, run: Run) -> Stage:
 
     def weights_file(metrics: dict) -> dict:
         """What best.pt holds: the weights, the config that made them, and their epoch's metrics."""
-        return {"model": model.state_dict(), "config": to_dict(cfg), "kind": "pose", "epoch": metrics["epoch"],
-                "metrics": metrics, "format": "pamtri-weights-1"}
+        return {"model": model.state_dict(), "config": to_dict(cfg), "kind": "pose", "codec": codec.to_dict(),
+                "epoch": metrics["epoch"], "metrics": metrics, "format": "pamtri-weights-1"}
 
     return Stage(model=model, loader=loader, forward=forward, losses=losses,
                  validate=pck if val_loader is not None else None, score="pck_mean", weights_file=weights_file,
-                 state_extra={"kind": "pose"}, sharded_validation=True)
+                 state_extra={"kind": "pose", "codec": codec.to_dict()}, sharded_validation=True)
 
 
-def build_loaders(cfg: PoseConfig, run: Run) -> tuple[DataLoader, DataLoader | None]:
+def build_loaders(cfg: PoseConfig, codec: HeatmapCodec, run: Run) -> tuple[DataLoader, DataLoader | None]:
     """(this rank's training loader of data.batch_size / world images per step, its shard of the validation
     set or None)."""
     rank, world = run.info.rank, run.info.world_size
     d = cfg.data
     if d.batch_size % world:
         raise PamtriError(f"data.batch_size {d.batch_size} is not divisible by the {world} processes")
-    train_set, sizes, weights, val_set = build_datasets(d, convention=cfg.model.cell_convention)
+    train_set, sizes, weights, val_set = build_datasets(d, codec)
     sampler = MixSampler(sizes, weights, d.epoch_size, cfg.seed, rank, world)
     per_rank = d.batch_size // world
     if len(sampler) < per_rank:

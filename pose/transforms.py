@@ -54,16 +54,19 @@ def flip_matrix(width: int) -> np.ndarray:
 CELL_CONVENTIONS = ("centred", "reference")
 
 
-def input_to_heatmap(stride: int, convention: str = "centred") -> np.ndarray:
-    """(2, 3) input pixels -> heatmap cells for a network of output ``stride``.
+def input_to_heatmap(stride: float | tuple[float, float], convention: str = "centred") -> np.ndarray:
+    """(2, 3) input pixels -> heatmap cells for a grid of ``stride`` input pixels per cell (one number, or
+    (x, y) per axis).
 
     ``centred`` (pamtri): x_cell = (x_input + 0.5) / stride - 0.5. ``reference`` (HRNet / PAMTRI code):
     x_cell = x_input / stride; only for running weights trained that way (with flip_shift 1).
     """
     if convention not in CELL_CONVENTIONS:
         raise ValueError(f"cell convention must be one of {CELL_CONVENTIONS}, got {convention!r}")
-    b = 0.5 / stride - 0.5 if convention == "centred" else 0.0
-    return np.array([[1.0 / stride, 0.0, b], [0.0, 1.0 / stride, b]])
+    sx, sy = (stride, stride) if np.isscalar(stride) else stride
+    if convention == "centred":
+        return np.array([[1.0 / sx, 0.0, 0.5 / sx - 0.5], [0.0, 1.0 / sy, 0.5 / sy - 0.5]])
+    return np.array([[1.0 / sx, 0.0, 0.0], [0.0, 1.0 / sy, 0.0]])
 
 
 def compose(*mats: np.ndarray) -> np.ndarray:

@@ -35,7 +35,8 @@ class DataConfig:
     pose_source: Literal["none", "keypoints", "cache"] = "keypoints"
     query_cache: str = ""          # pose cache folders of the query / gallery split (pose_source: cache)
     gallery_cache: str = ""
-    heatmap_size: int = 64         # heatmaps are rendered at this size (cells), then resized to the image
+    heatmap_size: int = 64         # cells per side of the pose channels' grid over the image, then resized to
+                                   # it; pose caches (cache build --grid) and inference use the same grid
     heatmap_sigma: float = 2.0     # Gaussian sigma in heatmap cells
     segment_threshold: float = 0.5
     translate: bool = True         # enlarge by 1/8, then random crop back to (height, width)

@@ -16,10 +16,12 @@ from pamtri.common.runtime import autocast
 from pamtri.data.records import Record
 
 from .config import DataConfig, EvalConfig
-from .data import ReIDDataset, cache_weights_sha256, make_builder, make_pose_source
+from .dataset import ReIDDataset
 from .metrics import attribute_accuracy, evaluate, pairwise_distance
 from .model import ReIDNet
+from .pose_inputs import cache_weights_sha256, make_pose_source
 from .rerank import rerank
+from .transforms import make_builder
 
 log = logging.getLogger(__name__)
 

@@ -36,7 +36,7 @@ def checkpoint_config(ckpt: dict, model, config: str | os.PathLike | None = None
 
 def _check_pose_weights(ckpt: dict, pose_source, cache: str | None, weights) -> None:
     """ConfigError when the evaluation pose cache comes from other pose weights than training used."""
-    from .data import cache_weights_sha256
+    from .pose_inputs import cache_weights_sha256
     trained_with, eval_with = ckpt.get("pose_weights_sha256"), cache_weights_sha256(pose_source)
     if trained_with and eval_with and trained_with != eval_with:
         raise ConfigError(f"{cache}: this pose cache was built with other pose weights than the ones "

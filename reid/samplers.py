@@ -4,6 +4,7 @@ Both are batch samplers (``DataLoader(dataset, batch_sampler=...)``) that yield 
 An epoch's batches depend only on (seed, epoch), so every DistributedDataParallel rank computes the same
 list and takes every ``world_size``-th batch from ``rank`` (equal counts on every rank); each rank's
 batch keeps the full P x K structure, so the triplet loss sees positives and negatives on every rank.
+``SeededBatches`` wraps either one and hands each index out with a seed for its augmentation.
 """
 from __future__ import annotations
 
@@ -138,3 +139,23 @@ class DomainBalancedSampler(_EpochBatches):
         while len(synth) < len(real):
             synth += _draw(_groups(self.synth_ids, self.m, rng), self.n, rng)
         return [np.concatenate(r + s).tolist() for r, s in zip(real, synth)]
+
+
+class SeededBatches:
+    """Wraps a batch sampler: yields ``[(index, seed), ...]`` with seeds drawn from (seed, rank, epoch, batch)."""
+
+    def __init__(self, batch_sampler, seed: int, rank: int = 0):
+        self.inner, self.seed, self.rank, self.epoch = batch_sampler, int(seed), int(rank), 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+        if hasattr(self.inner, "set_epoch"):
+            self.inner.set_epoch(epoch)
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        for b, batch in enumerate(self.inner):
+            seeds = np.random.default_rng([self.seed, self.rank, self.epoch, b]).integers(0, 2**62, size=len(batch))
+            yield [(int(i), int(s)) for i, s in zip(batch, seeds)]
+
+    def __len__(self) -> int:
+        return len(self.inner)

@@ -21,19 +21,13 @@ from pamtri.common.training import unwrap
 from pamtri.data.records import REAL, SYNTHETIC, Record
 
 from .config import ReIDConfig
-from .data import (
-    ReIDDataset,
-    SeededBatches,
-    cache_weights_sha256,
-    collate_labels,
-    combine_training_sets,
-    make_builder,
-    make_pose_source,
-)
+from .dataset import ReIDDataset, collate_labels, combine_training_sets
 from .evaluate import eval_loaders, evaluate_model, read_eval_records
 from .losses import reid_losses
 from .model import ReIDNet, build_model
-from .samplers import DomainBalancedSampler, IdentitySampler
+from .pose_inputs import cache_weights_sha256, make_pose_source
+from .samplers import DomainBalancedSampler, IdentitySampler, SeededBatches
+from .transforms import make_builder
 
 log = logging.getLogger(__name__)
 DOMAINS = {"real": REAL, "synthetic": SYNTHETIC}

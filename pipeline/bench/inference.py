@@ -17,7 +17,7 @@ def _roofline(fast, pose, reid, images, ours_rate: float, naive_rate: float, bat
     import torch
 
     from pamtri.pipeline.infer import run_pose
-    x, kv = fast.reid_inputs(images[:1], run_pose(fast.predictor, images[:1]))
+    x, kv = fast.reid_inputs(images[:1], run_pose(fast.predictor, images[:1], fast.grid))
     crop = torch.from_numpy(fast.predictor.crop(images[0])[0][None])
     flops = 2 * count_flops(lambda: pose(crop)) + count_flops(lambda: reid(x, kv))
     prec = "bf16" if fast.dtype == torch.bfloat16 else "fp32"
@@ -35,6 +35,7 @@ def bench_inference(quick: bool) -> list[Row]:
     """Two-stage inference at paper sizes: our pipeline vs the naive path (fp32, eager, NCHW, batch 1,
     per-keypoint Python decoding, heatmaps through 36 JPEG files as the reference does)."""
     from pamtri.pipeline.infer import Pipeline
+    from pamtri.pose.codec import HeatmapCodec
     from pamtri.pose.predict import PosePredictor
     from pamtri.reid.config import DataConfig
 
@@ -43,12 +44,12 @@ def bench_inference(quick: bool) -> list[Row]:
     rng = np.random.default_rng(0)
     images = [rng.integers(0, 255, (256, 256, 3), dtype=np.uint8) for _ in range(n_ours)]
     data = DataConfig(height=256, width=256)
-    fast = Pipeline(PosePredictor(pose, (256, 256), flip_test=True, device="cpu", precision="auto"), reid, data,
+    fast = Pipeline(PosePredictor(pose, HeatmapCodec(), flip_test=True, device="cpu", precision="auto"), reid, data,
                     batch_size=n_ours)
     t_ours = timed(lambda: fast.embed_arrays(images), repeat=2)
 
     pose32, reid32 = paper_models()
-    slow = PosePredictor(pose32, (256, 256), flip_test=True, device="cpu", precision="fp32")
+    slow = PosePredictor(pose32, HeatmapCodec(), flip_test=True, device="cpu", precision="fp32")
     work = Path(tempfile.mkdtemp(prefix="pamtri-bench-naive-"))
     try:
         t_naive = timed(lambda: naive_two_stage(images[:n_naive], slow, reid32, work), repeat=1)

@@ -14,7 +14,7 @@ def register(subparsers) -> None:
 
     build = sub.add_parser("build", help="run the pose model over a split and store its output",
                            description="Run the pose stage over a data set split (or an image folder/list) and "
-                                       "store 36x64x64 image-frame heatmaps and 36x3 keypoints per image. Under "
+                                       "store 36 x G x G image-frame heatmaps and 36x3 keypoints per image. Under "
                                        "`torchrun --nproc_per_node N` the ranks share the work.")
     build.add_argument("--pose-weights", required=True, help="pose checkpoint written by `pamtri pose train`")
     src = build.add_mutually_exclusive_group(required=True)
@@ -23,6 +23,9 @@ def register(subparsers) -> None:
     build.add_argument("--split", default="train", help="split of --data: train, query or test (default train)")
     build.add_argument("--format", dest="fmt", default="auto", help="data set format of --data (default: detect)")
     build.add_argument("--out", required=True, help="cache folder to create or resume")
+    build.add_argument("--grid", type=int, default=64, metavar="G",
+                       help="image-frame heatmap grid, cells per side: the ReID config's data.heatmap_size "
+                            "(default 64)")
     build.add_argument("--batch-size", type=int, default=32)
     build.add_argument("--chunk-size", type=int, default=256, help="images per atomically committed chunk")
     build.add_argument("--heatmap-dtype", choices=("uint8", "float16"), default="uint8")
@@ -43,6 +46,7 @@ def register(subparsers) -> None:
     imp.add_argument("--split", required=True)
     imp.add_argument("--labels", required=True, help="reference ReID label CSV with the keypoints of these images")
     imp.add_argument("--out", required=True, help="cache folder to create")
+    imp.add_argument("--grid", type=int, default=64, metavar="G", help="as for build (default 64)")
     imp.add_argument("--rebuild", action="store_true")
     imp.set_defaults(func=cmd_cache_import_legacy)
 
@@ -64,9 +68,9 @@ def cmd_cache_build(args: argparse.Namespace) -> int:
     else:
         base, names = read_image_list(args.images)
         images = [str(base / n) for n in names]
-    out = build_cache(args.pose_weights, images, args.out, batch_size=args.batch_size, chunk_size=args.chunk_size,
-                      heatmap_dtype=args.heatmap_dtype, device=args.device, precision=args.precision,
-                      flip_test=False if args.no_flip_test else None, rebuild=args.rebuild)
+    out = build_cache(args.pose_weights, images, args.out, grid=args.grid, batch_size=args.batch_size,
+                      chunk_size=args.chunk_size, heatmap_dtype=args.heatmap_dtype, device=args.device,
+                      precision=args.precision, flip_test=False if args.no_flip_test else None, rebuild=args.rebuild)
     print(f"cache ready: {out} ({len(images)} images)")
     return 0
 
@@ -85,7 +89,7 @@ def cmd_cache_verify(args: argparse.Namespace) -> int:
 
 def cmd_cache_import_legacy(args: argparse.Namespace) -> int:
     from pamtri.pipeline.cachebuild import import_legacy
-    out = import_legacy(args.root, args.split, args.labels, args.out, rebuild=args.rebuild)
+    out = import_legacy(args.root, args.split, args.labels, args.out, grid=args.grid, rebuild=args.rebuild)
     print(f"imported into {out}")
     return 0
 

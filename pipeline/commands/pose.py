@@ -129,7 +129,7 @@ def cmd_pose_eval(args: argparse.Namespace) -> int:
                                    legacy=args.legacy_pck, vis=args.vis)
     flip = "flip test" if predictor.flip_test else "no flip test"
     print(format_table(report["table"], f"PCK (%) on {args.data} [{args.split}], {report['n_images']} images, "
-                                        f"{flip}, {predictor.decode_method} decoding"))
+                                        f"{flip}, {predictor.codec.decode_method} decoding"))
     if args.legacy_pck:
         leg = report["legacy"]
         print(format_table(leg, f"Legacy PCK (%) - the reference code's formula, NOT the paper's definition: "

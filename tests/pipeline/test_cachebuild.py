@@ -112,3 +112,16 @@ def test_legacy_import_export_round_trip(tmp_path):
     back = read_reid_csv(out / "label_test.csv")
     np.testing.assert_allclose(np.stack([r.keypoints for r in back]), np.stack([r.keypoints for r in records]),
                                atol=1e-3)
+
+
+def test_the_grid_comes_from_the_build_argument(tmp_path, pose_weights):
+    """--grid sets the image-frame grid; the spec records sizes as (width, height): a 96 x 64 pose input."""
+    state = torch.load(pose_weights, weights_only=True)
+    state["config"]["data"]["input_size"] = [96, 64]
+    save_checkpoint(state, tmp_path / "wide.pt")
+    names = make_images(tmp_path / "img", 2, np.random.default_rng(2))
+    assert main(["cache", "build", "--pose-weights", str(tmp_path / "wide.pt"), "--images", str(tmp_path / "img"),
+                 "--out", str(tmp_path / "c16"), "--grid", "16", "--precision", "fp32", "--device", "cpu"]) == 0
+    cache = Cache(tmp_path / "c16")
+    assert cache.names == names and cache.grid == (16, 16) and cache.arrays["heatmaps"].shape == (2, 36, 16, 16)
+    assert cache.manifest["spec"]["heatmap_size"] == [16, 16] and cache.manifest["spec"]["input_size"] == [96, 64]

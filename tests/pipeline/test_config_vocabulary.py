@@ -88,7 +88,7 @@ def test_pose_weights_with_a_config_of_the_old_names_still_load(tmp_path):
     torch.manual_seed(0)
     path = tmp_path / "old.pt"
     save_checkpoint({"model": build_pose_model("hrnet_w18_small").state_dict(), "config": old}, path)
-    _, cfg = load_pose_model(path)
+    _, cfg, _ = load_pose_model(path)
     assert (cfg.optim.epochs, cfg.data.batch_size, cfg.optim.milestones, cfg.precision, cfg.eval.every) == \
         (7, 8, [5], "fp32", 2)
     assert cfg.optim.lr == 1e-3  # not in the old file: the pose default

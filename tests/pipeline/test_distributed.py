@@ -39,7 +39,7 @@ def _worker(argv: list[str]) -> int:
 
     import pamtri.pose.dataset as pose_dataset
     import pamtri.pose.train as pose_train
-    import pamtri.reid.data as reid_data
+    import pamtri.reid.samplers as reid_samplers
     import pamtri.reid.train as reid_train
     from pamtri.pipeline.cli import main
 
@@ -65,7 +65,7 @@ def _worker(argv: list[str]) -> int:
         cls.__iter__ = __iter__
 
     record_iter(pose_dataset.MixSampler, lambda items: [i for i, _ in items])            # (index, seed)
-    record_iter(reid_data.SeededBatches, lambda items: [[i for i, _ in b] for b in items])  # batches
+    record_iter(reid_samplers.SeededBatches, lambda items: [[i for i, _ in b] for b in items])  # batches
 
     def wrap(module, name, note):
         """Replace ``module.name`` by a wrapper that hands each call's (args, result) to ``note``."""
@@ -187,13 +187,14 @@ def test_pose_train_ddp(pose_data, tmp_path):
     import pamtri.pose.train as pose_train
     from pamtri.common.checkpoint import load_checkpoint
     from pamtri.common.config import load_config
+    from pamtri.pose.codec import HeatmapCodec
     from pamtri.pose.config import PoseConfig
     from pamtri.pose.dataset import build_datasets, collate
     from pamtri.pose.model import build_pose_model
     cfg = load_config(PoseConfig, None, overrides)
     model = build_pose_model(cfg.model.name, None)
     model.load_state_dict(load_checkpoint(run / "last.pt")["model"])
-    val_set = build_datasets(cfg.data, convention=cfg.model.cell_convention)[3]
+    val_set = build_datasets(cfg.data, HeatmapCodec.from_config(cfg))[3]
     loader = torch.utils.data.DataLoader(val_set, batch_size=4, collate_fn=collate)
     table = pose_train.validate(model, loader, cfg, torch.device("cpu"))
     assert float(rows[-1]["pck_mean"]) == pytest.approx(table["mean"], abs=1e-4)

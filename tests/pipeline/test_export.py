@@ -53,7 +53,7 @@ def test_pose_export_matches_pytorch_with_a_dynamic_batch(pose_weights, tmp_path
     (inp,), (outp,) = sess.get_inputs(), sess.get_outputs()
     assert inp.name == "image" and inp.shape == ["batch", 3, 64, 64]
     assert outp.name == "heatmaps" and outp.shape == ["batch", 36, 16, 16]
-    model, _ = load_pose_model(pose_weights)
+    model, _, _ = load_pose_model(pose_weights)
     for n in (1, 4):
         x = torch.randn(n, 3, 64, 64)
         got = sess.run(None, {"image": x.numpy()})[0]

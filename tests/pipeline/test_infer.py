@@ -37,8 +37,9 @@ def test_pipeline_inputs_match_the_training_sample_builder(tmp_path):
     """The vectorised batch preparation gives what the ReID data pipeline gives for the same pose output."""
     from pamtri.data.records import Record
     from pamtri.pipeline.infer import Pipeline, PoseBatch, _NoPose
-    from pamtri.reid.data import ArrayPose, make_builder
     from pamtri.reid.model import load_reid_weights
+    from pamtri.reid.pose_inputs import ArrayPose
+    from pamtri.reid.transforms import make_builder
     cfg = write_tiny_reid_checkpoint(tmp_path / "r.pt", heatmaps=True, segments=True, keypoints=True)
     model, _ = load_reid_weights(tmp_path / "r.pt")
     pipe = Pipeline(_NoPose("cpu", "fp32"), model, cfg.data, channels_last=False)
@@ -49,14 +50,14 @@ def test_pipeline_inputs_match_the_training_sample_builder(tmp_path):
     heat = rng.uniform(0, 1, (2, 36, 64, 64)).astype(np.float32)
     x, kv = pipe.reid_inputs(images, PoseBatch(kps, torch.from_numpy(heat)))
     builder = make_builder(cfg.data, model.cfg, train=False)
-    from pamtri.pipeline.infer import HEATMAP_GRID
     from pamtri.pose.segments import rasterise
+    grid = (pipe.grid, pipe.grid)
     for i, im in enumerate(images):
         h, w = im.shape[:2]
         cells = kps[i].copy()
         cells[:, 0] = (cells[:, 0] + 0.5) * 64 / w - 0.5
         cells[:, 1] = (cells[:, 1] + 0.5) * 64 / h - 0.5
-        source = ArrayPose(kps[i:i + 1], heat[i:i + 1], rasterise(cells, HEATMAP_GRID)[None])
+        source = ArrayPose(kps[i:i + 1], heat[i:i + 1], rasterise(cells, grid)[None])
         ref_x, ref_kv = builder(im, source(0, Record(path="x"), (w, h)))
         assert ref_x.shape == x[i].shape == (3 + 36 + 13, 32, 32)
         np.testing.assert_allclose(x[i, :3].numpy(), ref_x[:3].numpy(), atol=0.03)   # uint8 resize rounding
@@ -99,6 +100,7 @@ def test_pipeline_embeds_image_files_end_to_end(tmp_path):
 def test_compile_flag_wraps_both_networks(tmp_path, monkeypatch):
     """--compile hands both networks to torch.compile (compiling for real takes minutes on 2 cores)."""
     from pamtri.pipeline.infer import Pipeline
+    from pamtri.pose.codec import HeatmapCodec
     from pamtri.pose.model import build_pose_model
     from pamtri.pose.predict import PosePredictor
     from pamtri.reid.model import load_reid_weights
@@ -107,9 +109,10 @@ def test_compile_flag_wraps_both_networks(tmp_path, monkeypatch):
     cfg = write_tiny_reid_checkpoint(tmp_path / "r.pt", heatmaps=True, segments=False, keypoints=True)
     reid, _ = load_reid_weights(tmp_path / "r.pt")
     pose = build_pose_model("hrnet_w18_small")
-    Pipeline(PosePredictor(pose, (64, 64), device="cpu", precision="fp32"), reid, cfg.data)
+    codec = HeatmapCodec((64, 64), (16, 16))
+    Pipeline(PosePredictor(pose, codec, device="cpu", precision="fp32"), reid, cfg.data)
     assert compiled == []
-    Pipeline(PosePredictor(pose, (64, 64), device="cpu", precision="fp32"), reid, cfg.data, compile=True)
+    Pipeline(PosePredictor(pose, codec, device="cpu", precision="fp32"), reid, cfg.data, compile=True)
     assert compiled == [reid, pose]
 
 
@@ -133,3 +136,57 @@ def test_pose_weights_other_than_the_trained_ones_are_warned_about(tmp_path, cap
         caplog.clear()
         Pipeline.from_weights(pose, tmp_path / "r.pt", device="cpu", precision="fp32")
         assert ("other pose weights" in caplog.text) == warned
+
+
+def test_embed_gives_the_features_of_reid_eval_on_the_models_own_grid(tmp_path):
+    """A ReID model trained with data.heatmap_size 32 on caches built with --grid 32 gets, through `pamtri embed`,
+    the features its own evaluation path computes; the 64-cell grid inference used to hard-code does not."""
+    import cv2
+
+    from pamtri.common.checkpoint import save_checkpoint
+    from pamtri.common.config import from_dict, to_dict
+    from pamtri.pipeline.cli import main
+    from pamtri.pipeline.infer import Pipeline
+    from pamtri.pose.config import PoseConfig
+    from pamtri.pose.model import build_pose_model
+    from pamtri.reid.config import ReIDConfig
+    from pamtri.reid.evaluate import eval_loaders, extract_features, read_eval_records
+    from pamtri.reid.model import load_reid_weights
+    from tests.conftest import write_tiny_reid_config, write_tiny_synth_tree
+    root = write_tiny_synth_tree(tmp_path / "data", ids=8)
+    for path in root.glob("image_*/*.jpg"):  # the ReID input size, so that the RGB channels need no resampling
+        cv2.imwrite(str(path), cv2.resize(cv2.imread(str(path)), (32, 32), interpolation=cv2.INTER_AREA))
+    pcfg = PoseConfig()
+    pcfg.model.name, pcfg.data.input_size = "hrnet_w18_small", (64, 64)
+    torch.manual_seed(0)
+    pose = tmp_path / "pose.pt"
+    save_checkpoint({"model": build_pose_model("hrnet_w18_small").state_dict(), "config": to_dict(pcfg)}, pose)
+    caches = {split: tmp_path / f"cache_{split}" for split in ("train", "query", "test")}
+    for split, out in caches.items():  # float16: the random pose model's heatmaps are tiny, uint8 would zero them
+        assert main(["cache", "build", "--pose-weights", str(pose), "--data", str(root), "--split", split,
+                     "--out", str(out), "--grid", "32", "--heatmap-dtype", "float16", "--device", "cpu",
+                     "--precision", "fp32"]) == 0
+    config = write_tiny_reid_config(tmp_path / "tiny.yaml", root, epochs=1, batches=2)
+    assert main(["reid", "train", "--config", str(config), "--out", str(tmp_path / "run"),
+                 "--set", "data.pose_source=cache", "--set", "data.heatmap_size=32", "--set", "model.segments=true",
+                 "--set", "data.segment_threshold=0",  # the random pose model's confidences are near 0
+                 "--set", f"data.train=[{{root: '{root}', split: train, pose_cache: '{caches['train']}'}}]",
+                 "--set", f"data.query_cache={caches['query']}", "--set", f"data.gallery_cache={caches['test']}",
+                 "--set", "device=cpu", "--set", "precision=fp32"]) == 0
+    weights = tmp_path / "run" / "best.pt"
+    model, ckpt = load_reid_weights(weights)
+    cfg = from_dict(ReIDConfig, ckpt["config"])
+    query, gallery = read_eval_records(cfg.data)
+    ql, _ = eval_loaders(query, gallery, cfg.data, model.cfg, batch_size=16, workers=0)
+    expected = extract_features(model, ql, torch.device("cpu"))
+    assert main(["embed", "--pose-weights", str(pose), "--reid-weights", str(weights), "--images",
+                 str(root / "image_query"), "--out", str(tmp_path / "q.npz"), "--device", "cpu",
+                 "--precision", "fp32"]) == 0
+    got = np.load(tmp_path / "q.npz")
+    order = [list(got["names"]).index(name) for name in expected.names]
+    np.testing.assert_allclose(got["features"][order], expected.features.numpy(), atol=1e-4)
+    pipe = Pipeline.from_weights(pose, weights, device="cpu", precision="fp32")
+    assert pipe.grid == 32
+    pipe.grid = 64
+    old = pipe.embed([str(root / "image_query" / name) for name in expected.names])["features"]
+    assert np.abs(old - expected.features.numpy()).max() > 1e-2

@@ -3,6 +3,7 @@ import numpy as np
 import torch
 
 from pamtri.pipeline.infer import Pipeline
+from pamtri.pose.codec import HeatmapCodec
 from pamtri.pose.model import build_pose_model
 from pamtri.pose.predict import PosePredictor
 from pamtri.reid.config import DataConfig, ModelConfig
@@ -27,8 +28,8 @@ def test_bf16_embeddings_and_rankings_match_fp32(one_torch_thread):
     images, _ = _vehicles(36)
     out = {}
     for prec, channels_last in (("fp32", False), ("bf16", True)):
-        pipe = Pipeline(PosePredictor(pose, (64, 64), flip_test=True, device="cpu", precision=prec), reid, data,
-                        batch_size=12, channels_last=channels_last)
+        predictor = PosePredictor(pose, HeatmapCodec((64, 64), (16, 16)), flip_test=True, device="cpu", precision=prec)
+        pipe = Pipeline(predictor, reid, data, batch_size=12, channels_last=channels_last)
         out[prec] = pipe.embed(images)
         reid = reid.to(memory_format=torch.contiguous_format)
         pose = pose.to(memory_format=torch.contiguous_format)

@@ -29,7 +29,7 @@ def test_posestnet_converts_to_a_self_describing_pose_checkpoint(official_pose, 
     assert "hrnet_w18_small" in capsys.readouterr().out  # architecture found from the tensor shapes
     ckpt = load_checkpoint(out)
     assert ckpt["format"] == "pamtri-weights-1" and ckpt["config"]["model"]["name"] == "hrnet_w18_small"
-    loaded, cfg = load_pose_model(out)  # no --model needed any more
+    loaded, cfg, _ = load_pose_model(out)  # no --model needed any more
     assert cfg.model.cell_convention == "reference" and cfg.eval.flip_shift == 1.0
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():

@@ -156,3 +156,23 @@ def test_killed_build_resumes_to_identical_cache(tmp_path, scripts):
     assert digest_folder(target) == digest_folder(ref)
     a, b = (json.loads((d / "manifest.json").read_text()) for d in (ref, target))
     assert a["chunks"] == b["chunks"]
+
+
+def test_sizes_are_width_height_and_the_grid_is_read_from_the_heatmaps(tmp_path):
+    """A 10 x 6 (width x height) grid stores (N, 36, 6, 10) heatmaps; Cache.grid reads it from the array, so a
+    manifest written when the spec documented (height, width) reads the same."""
+    def produce(batch):
+        return np.full((len(batch), 36, 6, 10), 0.5, np.float32), np.ones((len(batch), 36, 3), np.float32)
+
+    w = CacheWriter(tmp_path / "c", names(3), spec(input_size=(64, 48), heatmap_size=(10, 6)))
+    w.build(produce, progress=False)
+    w.finalise()
+    cache = Cache(tmp_path / "c")
+    assert cache.arrays["heatmaps"].shape == (3, 36, 6, 10) and cache.grid == (10, 6)
+    assert cache.manifest["spec"]["input_size"] == [64, 48] and cache.manifest["spec"]["heatmap_size"] == [10, 6]
+    manifest = json.loads((tmp_path / "c" / "manifest.json").read_text())
+    manifest["spec"]["heatmap_size"] = [6, 10]  # an older manifest's order
+    (tmp_path / "c" / "manifest.json").write_text(json.dumps(manifest))
+    assert Cache(tmp_path / "c").grid == (10, 6)
+    with pytest.raises(PamtriError, match="positive"):
+        spec(heatmap_size=(0, 0))

@@ -95,6 +95,6 @@ def test_load_pose_model_reads_official_posestnet_with_its_conventions(model, tm
     torch.save(ours_to_official(model.state_dict()), path)
     with pytest.raises(CheckpointError, match="stores no pamtri config"):
         load_pose_model(path)
-    loaded, cfg = load_pose_model(path, name="hrnet_w18_small")
+    loaded, cfg, _ = load_pose_model(path, name="hrnet_w18_small")
     assert cfg.model.cell_convention == "reference" and cfg.eval.flip_shift == 1.0
     assert torch.equal(loaded.head.weight, model.head.weight)

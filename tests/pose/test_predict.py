@@ -3,6 +3,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from pamtri.pose.codec import HeatmapCodec
 from pamtri.pose.predict import PosePredictor
 from pamtri.pose.segments import rasterise
 from pamtri.pose.visualize import draw_pose, pose_grid
@@ -37,8 +38,9 @@ def _marker_image(width, height, centres, sigma=4.0):
 def test_predictor_maps_peaks_back_to_original_pixels_and_flip_test_is_consistent():
     centres = [(30.3, 20.6), (70.8, 40.2), (50.5, 12.25)]
     img = _marker_image(97, 61, centres)
-    plain = PosePredictor(MarkerModel(), (128, 128), flip_test=False, device="cpu")
-    flipped = PosePredictor(MarkerModel(), (128, 128), flip_test=True, device="cpu")
+    codec = HeatmapCodec((128, 128), (32, 32))
+    plain = PosePredictor(MarkerModel(), codec, flip_test=False, device="cpu")
+    flipped = PosePredictor(MarkerModel(), codec, flip_test=True, device="cpu")
     kps, hm = plain.predict_arrays([img])
     kps_f, hm_f = flipped.predict_arrays([img])
     assert kps.shape == (1, 36, 3) and hm.shape == (1, 36, 32, 32)
@@ -48,14 +50,15 @@ def test_predictor_maps_peaks_back_to_original_pixels_and_flip_test_is_consisten
         np.testing.assert_allclose(kps[0, a, :2], centres[c], atol=0.05)
         np.testing.assert_allclose(kps[0, b, :2], centres[c], atol=0.05)
     # the reference's one-cell shift would move every flip-tested peak
-    shifted = PosePredictor(MarkerModel(), (128, 128), flip_test=True, device="cpu", flip_shift=1.0)
+    shifted = PosePredictor(MarkerModel(), HeatmapCodec((128, 128), (32, 32), flip_shift=1.0), flip_test=True,
+                            device="cpu")
     k_s, _ = shifted.predict_arrays([img])
     assert abs(k_s[0, 0, 0] - kps[0, 0, 0]) > 0.5
 
 
 def test_predict_batch_returns_pose_results_with_segments():
     imgs = [_marker_image(64, 48, [(10, 10), (40, 30), (20, 40)]), _marker_image(50, 80, [(5, 5), (25, 60), (45, 20)])]
-    results = PosePredictor(MarkerModel(), (64, 64), device="cpu").predict_batch(imgs)
+    results = PosePredictor(MarkerModel(), HeatmapCodec((64, 64), (16, 16)), device="cpu").predict_batch(imgs)
     assert len(results) == 2
     r = results[1]
     assert r.keypoints.shape == (36, 3) and r.heatmaps.shape == (36, 16, 16) and r.image_size == (50, 80)
@@ -63,7 +66,7 @@ def test_predict_batch_returns_pose_results_with_segments():
     np.testing.assert_array_equal(r.segments, rasterise(r.keypoints, (80, 50)))
     # keypoints the marker model never sees have confidence 0, so every segment is blank
     assert r.keypoints[5, 2] == 0 and r.segments.sum() == 0
-    predictor = PosePredictor(MarkerModel(), (64, 64), device="cpu")
+    predictor = PosePredictor(MarkerModel(), HeatmapCodec((64, 64), (16, 16)), device="cpu")
     assert predictor.predict_batch(torch.from_numpy(np.stack([imgs[0]] * 2)))[0].keypoints.shape == (36, 3)
 
 

@@ -3,6 +3,7 @@ import cv2
 import numpy as np
 
 from pamtri.data.labels import read_reid_csv
+from pamtri.pose.codec import HeatmapCodec
 from pamtri.pose.predict import PosePredictor
 from pamtri.pose.predict_images import predict_images
 from tests.pose.test_predict import MarkerModel, _marker_image
@@ -20,7 +21,7 @@ def _folder(tmp_path):
 
 def test_predict_images_writes_csv_and_npz_and_removes_its_scratch_file(tmp_path):
     images, names = _folder(tmp_path)
-    predictor = PosePredictor(MarkerModel(), (64, 64), flip_test=False, device="cpu")
+    predictor = PosePredictor(MarkerModel(), HeatmapCodec((64, 64), (16, 16)), flip_test=False, device="cpu")
     out = tmp_path / "pred"
     n, paths = predict_images(predictor, images, out, batch_size=2, workers=0, vis=2)
     assert n == 3 and paths == [out / "keypoints.csv", out / "poses.npz", out / "vis.png"]
@@ -40,7 +41,7 @@ def test_predict_images_writes_csv_and_npz_and_removes_its_scratch_file(tmp_path
 
 def test_predict_images_without_heatmaps(tmp_path):
     images, _ = _folder(tmp_path)
-    predictor = PosePredictor(MarkerModel(), (64, 64), flip_test=False, device="cpu")
+    predictor = PosePredictor(MarkerModel(), HeatmapCodec((64, 64), (16, 16)), flip_test=False, device="cpu")
     n, paths = predict_images(predictor, images, tmp_path / "pred", workers=0, heatmaps=False)
     assert n == 3 and len(paths) == 2
     assert set(np.load(paths[1]).files) == {"names", "image_sizes", "keypoints"}

@@ -1,7 +1,9 @@
+from dataclasses import replace
+
 import numpy as np
 
+from pamtri.pose.codec import HeatmapCodec
 from pamtri.pose.dataset import PoseDataset
-from pamtri.pose.heatmaps import decode
 from pamtri.pose.keypoints import FLIP_INDEX
 from pamtri.pose.transforms import (
     Augment,
@@ -70,19 +72,20 @@ def test_colour_jitter_keeps_shape_and_zero_strength_is_identity():
 
 def test_dataset_targets_decode_back_to_original_pixels(tmp_path):
     records = make_pose_set(tmp_path, "train", n=2, seed=3)
-    plain = PoseDataset(records, (64, 64), sigma=2.0)
+    plain = PoseDataset(records, HeatmapCodec((64, 64), (16, 16), sigma=2.0))
     item = plain[0]
     assert item["image"].shape == (3, 64, 64) and item["target"].shape == (36, 16, 16)
-    pred = apply(item["inverse"], decode(item["target"][None], blur_sigma=None)[0][0])
+    pred = apply(item["inverse"], replace(plain.codec, blur_sigma=0).decode(item["target"][None])[0, :, :2])
     vis = item["weight"] > 0
     np.testing.assert_allclose(pred[vis], records[0].keypoints[vis, :2], atol=1e-3)
     np.testing.assert_array_equal(vis, records[0].keypoints[:, 2] > 0)
 
-    aug = PoseDataset(records, (64, 64), sigma=2.0, augment=Augment(flip_prob=1.0, rotation_prob=1.0))
+    aug = PoseDataset(records, HeatmapCodec((64, 64), (16, 16), sigma=2.0),
+                      augment=Augment(flip_prob=1.0, rotation_prob=1.0))
     a = aug[(1, 1234)]
     b = aug[(1, 1234)]
     np.testing.assert_array_equal(a["image"], b["image"])  # seed-determined augmentation
-    pred = apply(a["inverse"], decode(a["target"][None], blur_sigma=None)[0][0])
+    pred = apply(a["inverse"], replace(aug.codec, blur_sigma=0).decode(a["target"][None])[0, :, :2])
     vis = a["weight"] > 0
     truth = records[1].keypoints[list(FLIP_INDEX), :2]  # every sample is flipped: channel k is old FLIP_INDEX[k]
     np.testing.assert_allclose(pred[vis], truth[vis], atol=1e-3)

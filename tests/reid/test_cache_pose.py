@@ -10,7 +10,7 @@ from pamtri.data.records import Record
 from pamtri.pose.cache import CacheSpec, CacheWriter
 from pamtri.pose.segments import rasterise
 from pamtri.reid.config import DataConfig, DataSource, ModelConfig
-from pamtri.reid.data import CachePose, make_pose_source
+from pamtri.reid.pose_inputs import CachePose, make_pose_source
 
 W, H = 40, 30  # image size (pixels); cached heatmaps are 8 x 8 cells over the whole image
 
@@ -70,7 +70,7 @@ def test_refusals_name_the_problem(tmp_path):
         CachePose(_records(["0099_c001_00000000_0.jpg"]), [ca])
     with pytest.raises(ConfigError, match="different pose weights"):
         CachePose(_records(a[:1]), [ca, cb], sources=[0])
-    data = DataConfig(pose_source="cache", train=[DataSource(root="r", pose_cache=ca)])
+    data = DataConfig(pose_source="cache", heatmap_size=8, train=[DataSource(root="r", pose_cache=ca)])
     with pytest.raises(ConfigError, match="no pose cache folder"):
         make_pose_source(data, ModelConfig(), _records(a), [""])
     assert isinstance(make_pose_source(data, ModelConfig(), _records(a), [ca]), CachePose)
@@ -98,6 +98,7 @@ def test_training_and_evaluation_refuse_caches_of_other_pose_weights(tmp_path, c
 
     def train(out, query_cache, gallery_cache=caches["test"]):
         return main(["reid", "train", "--config", str(cfg), "--out", str(out), "--set", "data.pose_source=cache",
+                     "--set", "data.heatmap_size=8",
                      "--set", f"data.train=[{{root: '{root}', split: train, pose_cache: '{caches['train']}'}}]",
                      "--set", f"data.query_cache={query_cache}", "--set", f"data.gallery_cache={gallery_cache}"])
 
@@ -115,3 +116,16 @@ def test_training_and_evaluation_refuse_caches_of_other_pose_weights(tmp_path, c
     assert "other pose weights than the ones" in err and str(caches["other"]) in err
     assert main(["reid", "eval", "--weights", str(tmp_path / "run" / "best.pt"), "--data", str(root),
                  "--out", str(tmp_path / "eval")]) == 0
+
+
+def test_caches_on_another_grid_than_data_heatmap_size_are_refused(tmp_path):
+    """Cached heatmaps are never resampled: a cache whose grid is not data.heatmap_size is refused, naming the
+    folder and the --grid to rebuild it with; a model without heatmap channels does not read them."""
+    a = [f"{i:04d}_c001_00000000_0.jpg" for i in range(3)]
+    ca = _cache(tmp_path / "a", a)  # 8 x 8 cells
+    data = DataConfig(pose_source="cache", heatmap_size=16, train=[DataSource(root="r", pose_cache=ca)])
+    with pytest.raises(ConfigError, match=r"/a: this pose cache holds 8x8-cell heatmaps but data\.heatmap_size is "
+                                          r"16; rebuild it with `pamtri cache build \.\.\. --grid 16`"):
+        make_pose_source(data, ModelConfig(), _records(a), [ca])
+    segments_only = ModelConfig(heatmaps=False, segments=True, keypoints=True)
+    assert make_pose_source(data, segments_only, _records(a), [ca]).size == 16

@@ -5,16 +5,10 @@ import torch
 
 from pamtri.data.records import REAL, SYNTHETIC, Record
 from pamtri.pose.keypoints import FLIP_INDEX, NUM_KEYPOINTS, SEGMENT_FLIP, flip_keypoints
-from pamtri.reid.data import (
-    AugParams,
-    KeypointPose,
-    PoseChannels,
-    ReIDDataset,
-    SampleBuilder,
-    SeededBatches,
-    combine_training_sets,
-)
-from pamtri.reid.samplers import IdentitySampler
+from pamtri.reid.dataset import ReIDDataset, combine_training_sets
+from pamtri.reid.pose_inputs import KeypointPose, PoseChannels
+from pamtri.reid.samplers import IdentitySampler, SeededBatches
+from pamtri.reid.transforms import AugParams, SampleBuilder
 
 MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 STD = np.array([0.229, 0.224, 0.225], np.float32)
