@@ -32,10 +32,12 @@ _TEST_LIST = re.compile(r"^test_(\d+)\.txt$")
 
 @dataclass
 class VehicleInfo:
-    """``vehicle_info.txt``: image key -> (camera, colour id, type id), and the names of the ids."""
+    """``vehicle_info.txt``: image key -> (camera, colour id, type id), the names of the ids, and the keys of the
+    lines reported as bad (lenient mode: not reported again where a list names them)."""
     images: dict[str, tuple[int, int, int]]
     colors: tuple[str, ...]
     types: tuple[str, ...]
+    rejected: set[str]
 
 
 def veriwild_test_sizes(root: str | os.PathLike) -> tuple[int, ...]:
@@ -56,7 +58,7 @@ def read_vehicle_info(path: str | os.PathLike, problems: Problems | None = None)
     """Every line of ``vehicle_info.txt`` after its header; colour and type names numbered in sorted order."""
     path = Path(path)
     sink = Problems.of(problems)
-    rows, first = {}, {}
+    rows, first, rejected = {}, {}, set()
     for line, text in read_text_lines(path, sink, "vehicle info file")[1:]:  # the first line is the header
         fields = [f.strip() for f in text.split(";")]
         try:
@@ -69,6 +71,7 @@ def read_vehicle_info(path: str | os.PathLike, problems: Problems | None = None)
             camera = parse_int(fields[1], "camera id", path, line)
         except DataError as err:
             sink.error(err)
+            rejected.add(fields[0])
             continue
         first[key] = line
         rows[key] = (camera, fields[5], fields[4])
@@ -76,7 +79,7 @@ def read_vehicle_info(path: str | os.PathLike, problems: Problems | None = None)
     types = tuple(sorted({t for _, _, t in rows.values() if t}))
     color_id, type_id = {c: i for i, c in enumerate(colors)}, {t: i for i, t in enumerate(types)}
     images = {k: (cam, color_id.get(c, UNLABELLED), type_id.get(t, UNLABELLED)) for k, (cam, c, t) in rows.items()}
-    return VehicleInfo(images, colors, types)
+    return VehicleInfo(images, colors, types, rejected)
 
 
 def _list_path(root: Path, split: str, test_size: int | None) -> Path:
@@ -107,8 +110,8 @@ def read_veriwild_split(root: str | os.PathLike, split: str, test_size: int | No
             vid = parse_int(vid_text, "vehicle id", path, line)
             full = locate_image(root / "images", f"{key}.jpg", path, line, check_images)
             if key not in info.images:
-                if not info.images:
-                    continue  # vehicle_info.txt itself is missing or empty: already reported
+                if not info.images or key in info.rejected:
+                    continue  # vehicle_info.txt is missing or empty, or its line is bad: already reported
                 raise DataError(path, f"image {key!r} has no line in {info_path.name}", line)
         except DataError as err:
             sink.error(err)
