@@ -12,7 +12,12 @@ def register(subparsers) -> None:
                     "colour and type predictions, and the weights it used.")
     e.add_argument("--pose-weights", help="pose checkpoint (needed when the ReID model uses pose input)")
     e.add_argument("--reid-weights", required=True, help="ReID checkpoint")
-    e.add_argument("--images", required=True, metavar="DIR|LIST", help="image folder or a list file")
+    src = e.add_mutually_exclusive_group(required=True)
+    src.add_argument("--images", metavar="DIR|LIST", help="image folder or a list file")
+    src.add_argument("--data", metavar="ROOT", help="a data set split instead (any supported format)")
+    e.add_argument("--split", default="test", help="split of --data: train, query or test (default test)")
+    e.add_argument("--format", dest="fmt", default="auto", help="data set format of --data (default: detect)")
+    e.add_argument("--test-size", type=int, metavar="N", help="VehicleID / VERI-Wild test set of --data")
     e.add_argument("--out", required=True, help="output .npz")
     _runtime_args(e)
     e.set_defaults(func=run_embed)
@@ -51,12 +56,19 @@ def _pipeline(args, pose_weights, reid_weights):
 
 def run_embed(args: argparse.Namespace) -> int:
     import io
+    import os
+    from pathlib import Path
 
     import numpy as np
 
     from pamtri.common.atomic import atomic_write_bytes
     from pamtri.data.images import read_image_list
-    base, names = read_image_list(args.images)
+    from pamtri.pipeline.cachebuild import split_images
+    if args.data:
+        base = Path(args.data)
+        names = [os.path.relpath(p, base) for p in split_images(base, args.split, args.fmt, args.test_size)]
+    else:
+        base, names = read_image_list(args.images)
     pipe = _pipeline(args, args.pose_weights, args.reid_weights)
     out = pipe.embed([str(base / n) for n in names], progress=True)
     buf = io.BytesIO()
