@@ -76,6 +76,7 @@ def test_folder_format_train_and_eval(synth, tmp_path, capsys):
     m = json.loads((out / "metrics.json").read_text())
     assert m["num_queries"] == len(read_split(synth, "query")) and 0 <= m["mAP"] <= 1
     assert m["ignore_cameras"] is False and (out / "ranklist.png").is_file()
+    assert not (tmp_path / "run" / "attributes.json").exists()  # the folder format names no colours or types
 
 
 def test_csv_format_without_cameras_train_and_eval(synth, tmp_path, capsys):
@@ -148,3 +149,13 @@ def test_embed_and_cache_build_read_a_split_of_any_format(rgb_weights, tmp_path,
     assert list(saved["names"]) == [f"images/{k}.jpg" for k in
                                     ("00010/000010", "00010/000011", "00011/000013", "00011/000014", "00012/000016")]
     assert saved["features"].shape[0] == 5
+
+
+def test_veriwild_train_writes_the_names_of_its_ids(tmp_path):
+    root = make_veriwild_tree(tmp_path / "veriwild")
+    cfg = write_tiny_reid_config(tmp_path / "tiny.yaml", root, epochs=1, batches=1)
+    train(cfg, tmp_path / "run", root, "veriwild", "data.test_size=5000")
+    names = json.loads((tmp_path / "run" / "attributes.json").read_text())["sources"]
+    assert names == [{"root": str(root), "format": "veriwild", "color": ["black", "red", "white"],
+                      "type": ["MPV", "SUV", "sedan"]}]
+    assert "mAP" in (tmp_path / "run" / "metrics.csv").read_text()  # evaluated on test set 5000 while training
