@@ -54,7 +54,6 @@ def summarise_draws(results: list[dict]) -> dict:
     return out
 
 
-@torch.no_grad()
 def evaluate_vehicleid(model: ReIDNet, loader: DataLoader, data: DataConfig, cfg: EvalConfig, device: torch.device,
                        dtype: torch.dtype | None = None) -> tuple[dict, np.ndarray, list[Record], list[Record]]:
     """(summary over the draws, distances of the first draw (Q, G), its query records, its gallery records)."""

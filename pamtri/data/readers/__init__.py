@@ -80,7 +80,7 @@ def detect_format(root: str | os.PathLike) -> str:
         return "cityflow"
     if any(root.glob("label_*.csv")) or any(root.glob("pose_label_*.csv")):
         return "pamtri-csv"
-    if (root / "train_test_split" / "vehicle_info.txt").is_file():
+    if (root / "train_test_split" / "vehicle_info.txt").is_file() or veriwild_test_sizes(root):
         return "veriwild"
     if vehicleid_splits(root):
         return "vehicleid"
@@ -156,8 +156,8 @@ def read_split(root: str | os.PathLike, split: str, fmt: str = "auto", *, check_
     if gt is not None and fmt != "cityflow":
         raise DataError(gt, f"a ground-truth file is only used with the cityflow format, not {fmt}")
     if test_size is not None and fmt not in SIZED_SPLITS:
-        raise DataError(root, f"--test-size {test_size}: the {fmt} format has one test set (test sizes are for "
-                              "vehicleid and veriwild)")
+        raise DataError(root, f"test size {test_size} (--test-size, data.test_size): the {fmt} format has one test "
+                              "set; test sizes are for vehicleid and veriwild")
     if fmt == "vehicleid":
         return read_vehicleid_split(root, split, test_size, check_images=check_images, problems=problems)
     if fmt == "veriwild":

@@ -44,7 +44,7 @@ def vehicleid_test_sizes(root: str | os.PathLike) -> tuple[int, ...]:
 def vehicleid_splits(root: str | os.PathLike) -> tuple[str, ...]:
     """The splits present: ``train`` (train_list.txt) and ``test`` (any test list)."""
     train = (Path(root) / "train_test_split" / "train_list.txt").is_file()
-    return ("train",) * train + ("test",) * bool(vehicleid_test_sizes(root))
+    return (("train",) if train else ()) + (("test",) if vehicleid_test_sizes(root) else ())
 
 
 def read_attribute_file(path: Path, what: str, problems: Problems) -> dict[int, int]:
