@@ -76,7 +76,7 @@ def test_folder_format_train_and_eval(synth, tmp_path, capsys):
     m = json.loads((out / "metrics.json").read_text())
     assert m["num_queries"] == len(read_split(synth, "query")) and 0 <= m["mAP"] <= 1
     assert m["ignore_cameras"] is False and (out / "ranklist.png").is_file()
-    assert not (tmp_path / "run" / "attributes.json").exists()  # the folder format names no colours or types
+    assert not (tmp_path / "run" / "attributes.json").exists()  # only VERI-Wild names its colours and types
 
 
 def test_csv_format_without_cameras_train_and_eval(synth, tmp_path, capsys):

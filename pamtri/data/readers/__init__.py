@@ -27,7 +27,6 @@ from pathlib import Path
 
 from pamtri.common.atomic import atomic_write_text
 from pamtri.common.errors import DataError
-from pamtri.data.attributes import VEHICLEX_COLORS, VEHICLEX_TYPES, VERI_COLORS, VERI_TYPES
 from pamtri.data.records import Problems, Record
 
 from ._common import SPLITS, check_split
@@ -220,22 +219,18 @@ def missing_cameras(records: list[Record], split: str, root: str | os.PathLike |
 # --- class names of the colour and type ids, written beside a run's results ---
 
 def attribute_names(root: str | os.PathLike, fmt: str = "auto") -> dict[str, list[str]] | None:
-    """{"color": names, "type": names} of the 0-based ids a tree's records hold; None when its files give only
-    ids (VehicleID, CityFlow, folder, csv)."""
-    fmt = check_format(fmt, root)
-    if fmt == "veriwild":
-        info = read_vehicle_info(Path(root) / "train_test_split" / "vehicle_info.txt")
-        return {"color": list(info.colors), "type": list(info.types)}
-    if fmt == "vehiclex":
-        return {"color": list(VEHICLEX_COLORS), "type": list(VEHICLEX_TYPES)}
-    if fmt in ("veri", "pamtri-csv", "synth"):
-        return {"color": list(VERI_COLORS), "type": list(VERI_TYPES)}
-    return None
+    """{"color": names, "type": names} of the 0-based ids a VERI-Wild tree's records hold (numbered from the names
+    in its vehicle_info.txt); None for the other formats, whose files hold the ids themselves (VeRi's and
+    VehicleX's vocabularies are ``pamtri.data.attributes``)."""
+    if check_format(fmt, root) != "veriwild":
+        return None
+    info = read_vehicle_info(Path(root) / "train_test_split" / "vehicle_info.txt")
+    return {"color": list(info.colors), "type": list(info.types)}
 
 
 def write_attribute_names(path: str | os.PathLike, sources: list[tuple[str, str]]) -> bool:
-    """Write ``attributes.json``: the colour and type names of each (root, format) that has them; False (and no
-    file) when none has."""
+    """Write ``attributes.json``: the colour and type names of each (root, format) that has them (VERI-Wild);
+    False (and no file) when none has."""
     entries = [{"root": str(root), "format": check_format(fmt, root), **names}
                for root, fmt in sources if (names := attribute_names(root, fmt)) is not None]
     if entries:
