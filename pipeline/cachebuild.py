@@ -25,10 +25,10 @@ from .infer import run_pose
 log = logging.getLogger(__name__)
 
 
-def split_images(root: str | os.PathLike, split: str, fmt: str = "auto") -> list[str]:
-    """Absolute image paths of a data set split, in the reader's order."""
+def split_images(root: str | os.PathLike, split: str, fmt: str = "auto", test_size: int | None = None) -> list[str]:
+    """Absolute image paths of a data set split (of the test set of ``test_size``), in the reader's order."""
     from pamtri.data.readers import read_split
-    return [r.path for r in read_split(root, split, fmt)]
+    return [r.path for r in read_split(root, split, fmt, test_size=test_size)]
 
 
 def build_cache(pose_weights: str | os.PathLike, images: Sequence[str], out: str | os.PathLike, *,

@@ -1,7 +1,8 @@
 """``pamtri data check``: validate a data set tree in any supported format and collect every problem.
 
 Each split is read by its format's reader in lenient mode (every malformed row, item or name is recorded
-and skipped, so one pass lists all problems), then checked further:
+and skipped, so one pass lists all problems), then checked further; VehicleID and VERI-Wild test splits are
+read once per test set present (``test_800``, ``query_3000``, ...):
 
 - images: every listed image must exist and be non-empty; its header (JPEG frame header, PNG IHDR, BMP)
   is parsed for all images (cheap: a few small reads per file), giving size and channels; a full decode
@@ -33,7 +34,9 @@ import numpy as np
 from pamtri.common.errors import DataError
 from pamtri.data.images import IMAGE_SUFFIXES, image_header, too_small
 from pamtri.data.readers import (
+    SIZED_SPLITS,
     available_splits,
+    available_test_sizes,
     check_format,
     missing_cameras,
     queries_without_gallery,
@@ -155,7 +158,8 @@ def _ids_text(ids) -> str:
     return ", ".join(str(i) for i in ids[:10]) + (", ..." if len(ids) > 10 else "")
 
 
-def _cross_split(root: Path, splits: dict[str, list[Record]], sink: Problems) -> None:
+def _cross_split(root: Path, splits: dict[str, list[Record]], sink: Problems, cameras: bool = True) -> None:
+    """Checks across the splits of one test set; ``cameras``: the format has camera ids (VehicleID has none)."""
     train = splits.get("train", [])
     train_names = {r.name for r in train if parse_veri_name(r.name)}
     for split in ("query", "test"):
@@ -178,16 +182,15 @@ def _cross_split(root: Path, splits: dict[str, list[Record]], sink: Problems) ->
         for r in gallery:
             if r.vehicle_id >= 0:
                 cams_of[r.vehicle_id].add(r.camera_id)
-        for r in query:
+        for r in query if cameras else ():
             cams = cams_of.get(r.vehicle_id)
             if r.vehicle_id >= 0 and cams and r.camera_id >= 0 and cams == {r.camera_id}:
                 sink.warn(DataError(r.path, f"query identity {r.vehicle_id} appears in the gallery only in its own "
                                             f"camera {r.camera_id}, so evaluation finds no valid match"))
     for split, records in splits.items():
-        if split == "train":
-            if records and all(r.camera_id < 0 for r in records):
-                sink.warn(DataError(root, "split 'train' has no camera ids"))
-        elif (cams := missing_cameras(records, split, root)) is not None:
+        if cameras and split == "train" and records and all(r.camera_id < 0 for r in records):
+            sink.warn(DataError(root, "split 'train' has no camera ids"))
+        elif cameras and split != "train" and (cams := missing_cameras(records, split, root)) is not None:
             sink.warn(cams)  # an error for evaluation unless eval.ignore_cameras
         if split != "train" and records and all(r.vehicle_id < 0 for r in records):
             sink.warn(DataError(root, f"split {split!r} has no identity labels; evaluation needs a ground-truth "
@@ -228,21 +231,26 @@ def check_dataset(root: str | os.PathLike, fmt: str = "auto", max_decodes: int =
     if not names:
         problems.append(_problem(DataError(root, f"no split found (expected image_<split>/ and its labels for "
                                                  f"{fmt})"), "error", None))
-    for split in names:
+    sizes = available_test_sizes(root, fmt) or (None,)  # VehicleID, VERI-Wild: every test set is checked
+    parts = [(split, size) for split in names for size in (sizes if split in SIZED_SPLITS.get(fmt, ()) else (None,))]
+    for split, size in parts:
+        name = split if size is None else f"{split}_{size}"
         sink = Problems()
         try:
-            records = read_split(root, split, fmt, check_images=True, problems=sink)
+            records = read_split(root, split, fmt, check_images=True, problems=sink, test_size=size)
         except DataError as err:  # a split the format does not have
             sink.errors.append(err)
             records = []
         h, d = _check_images(records, sink, max_decodes, seen)
         headers, decoded = headers + h, decoded + d
         _unlisted(root, split, records, sink)
-        splits[split] = records
-        problems += [_problem(e, "error", split) for e in sink.errors]
-        problems += [_problem(w, "warning", split) for w in sink.warnings]
+        splits[name] = records
+        problems += [_problem(e, "error", name) for e in sink.errors]
+        problems += [_problem(w, "warning", name) for w in sink.warnings]
     sink = Problems()
-    _cross_split(root, splits, sink)
+    for size in sizes:
+        group = {split: splits[split if sz is None else f"{split}_{sz}"] for split, sz in parts if sz in (None, size)}
+        _cross_split(root, group, sink, cameras=fmt != "vehicleid")
     if fmt == "cityflow":
         _check_tracks(root, splits, sink)
     problems += [_problem(e, "error", None) for e in sink.errors]
@@ -269,13 +277,14 @@ def check_dataset(root: str | os.PathLike, fmt: str = "auto", max_decodes: int =
 def format_report(report: dict) -> str:
     """The human-readable text of a ``check_dataset`` report: a table per split, then one line per problem."""
     lines = [f"data set {report['root']} (format: {report['format']})", ""]
-    head = f"{'split':<7} {'images':>8} {'ids':>6} {'cameras':>7} {'colour':>7} {'type':>7} {'orient':>7} " \
+    w = max([7] + [len(name) for name in report["splits"]])  # test sets of several sizes: "query_10000"
+    head = f"{'split':<{w}} {'images':>8} {'ids':>6} {'cameras':>7} {'colour':>7} {'type':>7} {'orient':>7} " \
            f"{'keypts':>7}  domains"
     lines.append(head)
     for name, s in report["splits"].items():
         pct = [f"{100 * s[k]:6.1f}%" for k in ("color", "type", "orientation", "keypoints")]
         doms = ", ".join(f"{k} {v}" for k, v in s["domains"].items()) or "-"
-        lines.append(f"{name:<7} {s['images']:>8} {s['identities']:>6} {s['cameras']:>7} {pct[0]:>7} {pct[1]:>7} "
+        lines.append(f"{name:<{w}} {s['images']:>8} {s['identities']:>6} {s['cameras']:>7} {pct[0]:>7} {pct[1]:>7} "
                      f"{pct[2]:>7} {pct[3]:>7}  {doms}")
     im = report["images"]
     lines += ["", f"images: {im['headers']} headers read, {im['decoded']} fully decoded "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -14,18 +15,29 @@ from pamtri.common.errors import DataError
 GALLERY_KEYS = ("features", "paths", "reid_weights")
 
 
-def embed_to_file(images: str | os.PathLike, out: str | os.PathLike, pose_weights: str | os.PathLike | None,
+def image_source(images: str | os.PathLike | None = None, data: str | os.PathLike | None = None, split: str = "test",
+                 fmt: str = "auto", test_size: int | None = None) -> tuple[Path, list[str]]:
+    """(base folder, image names relative to it) of a folder or list file ``images``, or of a data set split
+    (``data`` root in format ``fmt``; ``test_size``: the VehicleID / VERI-Wild test set)."""
+    from pamtri.data.images import read_image_list
+    if images is not None:
+        return read_image_list(images)
+    from .cachebuild import split_images
+    base = Path(data)
+    return base, [os.path.relpath(p, base) for p in split_images(base, split, fmt, test_size)]
+
+
+def embed_to_file(source: tuple[Path, list[str]], out: str | os.PathLike, pose_weights: str | os.PathLike | None,
                   reid_weights: str | os.PathLike, **pipeline_options) -> tuple[int, int]:
-    """Embed every image of ``images`` (a folder or a list file) into the gallery .npz ``out``: names, paths
-    (absolute), features (N, D), the other ``Pipeline.embed`` outputs and both weights paths -> (N, D).
-    ``pipeline_options``: device, precision, batch_size, flip_test, compile of ``Pipeline.from_weights``."""
+    """Embed every image of ``source`` (base folder, names: :func:`image_source`) into the gallery .npz ``out``:
+    names, paths (absolute), features (N, D), the other ``Pipeline.embed`` outputs and both weights paths ->
+    (N, D). ``pipeline_options``: device, precision, batch_size, flip_test, compile of ``Pipeline.from_weights``."""
     import io
 
     from pamtri.common.atomic import atomic_write_bytes
-    from pamtri.data.images import read_image_list
 
     from .infer import Pipeline
-    base, names = read_image_list(images)
+    base, names = source
     pipe = Pipeline.from_weights(pose_weights, reid_weights, **pipeline_options)
     arrays = pipe.embed([str(base / n) for n in names], progress=True)
     buf = io.BytesIO()

@@ -30,6 +30,9 @@ class DataConfig:
     eval_format: str = "auto"
     query_split: str = "query"
     gallery_split: str = "test"
+    test_size: int = 0             # VehicleID 800/1600/2400, VERI-Wild 3000/5000/10000 (0 = the smallest present)
+    draws: int = 10                # VehicleID: gallery draws (one image per vehicle) that reid eval averages over
+    draw_seed: int = 0             # VehicleID: seed of the draws (recorded in metrics.json)
     height: int = 256              # input size in pixels
     width: int = 256
     pose_source: Literal["none", "keypoints", "cache"] = "keypoints"
@@ -64,6 +67,9 @@ class DataConfig:
                                       f"--split {src.split} --out DIR)")
         if self.workers < 0:
             raise ConfigError("data.workers must be >= 0")
+        if self.test_size < 0 or self.draws < 1:
+            raise ConfigError(f"data.test_size must be >= 0 (0 = the smallest test set) and data.draws >= 1, got "
+                              f"{self.test_size} and {self.draws}")
 
 
 @dataclass

@@ -39,6 +39,13 @@ class Features:
     type_logits: torch.Tensor | None = None
     names: list[str] = field(default_factory=list)
 
+    def subset(self, index: np.ndarray) -> Features:
+        """The rows ``index`` (K,) of every array: a Features of K images."""
+        idx = torch.as_tensor(np.asarray(index, dtype=np.int64))
+        logits = [None if t is None else t[idx] for t in (self.color_logits, self.type_logits)]
+        return Features(self.features[idx], self.pids[index], self.camids[index], self.colors[index],
+                        self.types[index], *logits, [self.names[i] for i in index] if self.names else [])
+
 
 @torch.no_grad()
 def extract_features(model: ReIDNet, loader: DataLoader, device: torch.device, dtype: torch.dtype | None = None,
@@ -70,14 +77,31 @@ def extract_features(model: ReIDNet, loader: DataLoader, device: torch.device, d
                     torch.cat(types_l) if types_l else None, [Path(records[i].path).name for i in cat["index"]])
 
 
+VEHICLEID_CAMERAS = ("VehicleID has no camera ids: its protocol compares query and gallery images without the "
+                     "same-camera rule; set eval.ignore_cameras: true (reid eval --format vehicleid applies the "
+                     "protocol itself)")
+
+
 def read_eval_records(data: DataConfig, root: str | None = None, cameras: bool = False
                       ) -> tuple[list[Record], list[Record]]:
     """Query and gallery records of the evaluation data set (``data.eval_root`` or the first training root);
-    every query identity must have gallery images, and with ``cameras`` every image a camera id."""
-    from pamtri.data.readers import missing_cameras, queries_without_gallery, read_split
+    every query identity must have gallery images, and with ``cameras`` every image a camera id.
+
+    VehicleID: the first of the protocol's draws (seed ``data.draw_seed``) from the test split; a test split
+    of several sizes (VehicleID, VERI-Wild): the one of ``data.test_size``.
+    """
+    from pamtri.data.readers import check_format, gallery_draws, missing_cameras, queries_without_gallery, read_split
     root = root or data.eval_root or data.train[0].root
-    query = read_split(root, data.query_split, data.eval_format, check_images=True)
-    gallery = read_split(root, data.gallery_split, data.eval_format, check_images=True)
+    fmt, size = check_format(data.eval_format, root), data.test_size or None
+    if fmt == "vehicleid":
+        if cameras:
+            raise DataError(root, VEHICLEID_CAMERAS)
+        test = read_split(root, "test", fmt, check_images=True, test_size=size)
+        q, g = gallery_draws(test, 1, data.draw_seed)[0]
+        query, gallery = [test[i] for i in q], [test[i] for i in g]
+    else:
+        query = read_split(root, data.query_split, fmt, check_images=True, test_size=size)
+        gallery = read_split(root, data.gallery_split, fmt, check_images=True, test_size=size)
     for name, recs in (("query", query), ("gallery", gallery)):
         if not recs:
             raise DataError(root, f"the {name} split is empty")
@@ -97,18 +121,22 @@ def eval_loaders(query: list[Record], gallery: list[Record], data: DataConfig, m
                  workers: int | None = None) -> tuple[DataLoader, DataLoader]:
     """Test-time loaders (no augmentation) for query and gallery records (pose caches: data.query_cache and
     data.gallery_cache, which must come from the same pose weights)."""
-    builder = make_builder(data, model_cfg, train=False)
-    nw = data.workers if workers is None else workers
-    q_pose = make_pose_source(data, model_cfg, query, [data.query_cache])
-    g_pose = make_pose_source(data, model_cfg, gallery, [data.gallery_cache])
-    if cache_weights_sha256(q_pose) != cache_weights_sha256(g_pose):
+    ql = eval_loader(query, data, model_cfg, batch_size, data.query_cache, workers)
+    gl = eval_loader(gallery, data, model_cfg, batch_size, data.gallery_cache, workers)
+    if cache_weights_sha256(ql.dataset.pose) != cache_weights_sha256(gl.dataset.pose):
         raise ConfigError(f"data.query_cache {data.query_cache} and data.gallery_cache {data.gallery_cache} were "
                           "built with different pose weights; rebuild them with one pose checkpoint")
+    return ql, gl
 
-    def loader(recs, pose):
-        return DataLoader(ReIDDataset(recs, builder, pose, model_cfg.orientation_bins), batch_size=batch_size,
-                          shuffle=False, num_workers=nw, pin_memory=torch.cuda.is_available())
-    return loader(query, q_pose), loader(gallery, g_pose)
+
+def eval_loader(records: list[Record], data: DataConfig, model_cfg, batch_size: int, cache: str,
+                workers: int | None = None) -> DataLoader:
+    """A test-time loader (no augmentation, file order) of ``records``, pose channels from ``cache`` when the
+    config reads pose caches."""
+    ds = ReIDDataset(records, make_builder(data, model_cfg, train=False),
+                     make_pose_source(data, model_cfg, records, [cache]), model_cfg.orientation_bins)
+    nw = data.workers if workers is None else workers
+    return DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=nw, pin_memory=torch.cuda.is_available())
 
 
 def compute_distances(q: torch.Tensor, g: torch.Tensor, cfg: EvalConfig) -> np.ndarray:

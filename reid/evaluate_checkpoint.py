@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 
 from pamtri.common.config import load_config, to_dict
-from pamtri.common.errors import ConfigError
 from pamtri.data.records import Record
 
 from .config import ReIDConfig
@@ -34,16 +33,6 @@ def checkpoint_config(ckpt: dict, model, config: str | os.PathLike | None = None
     return load_config(ReIDConfig, config, overrides, stored=stored, stored_source="checkpoint config")
 
 
-def _check_pose_weights(ckpt: dict, pose_source, cache: str | None, weights) -> None:
-    """ConfigError when the evaluation pose cache comes from other pose weights than training used."""
-    from .pose_inputs import cache_weights_sha256
-    trained_with, eval_with = ckpt.get("pose_weights_sha256"), cache_weights_sha256(pose_source)
-    if trained_with and eval_with and trained_with != eval_with:
-        raise ConfigError(f"{cache}: this pose cache was built with other pose weights than the ones "
-                          f"{weights} was trained with; rebuild the query/gallery caches with that pose "
-                          "checkpoint")
-
-
 def _write_results(out: Path, metrics: dict, dist: np.ndarray, query: list[Record], gallery: list[Record],
                    label: str, ignore_cameras: bool) -> list[Path]:
     """metrics.json, the CMC curve and the rank-list picture (``dist`` (Q, G)) in ``out``; returns their paths."""
@@ -62,29 +51,31 @@ def _write_results(out: Path, metrics: dict, dist: np.ndarray, query: list[Recor
 def evaluate_checkpoint(weights: str | os.PathLike, root: str | os.PathLike, fmt: str = "auto",
                         out: str | os.PathLike | None = None, *, config: str | os.PathLike | None = None,
                         overrides: Iterable[str] = (), rerank: bool = False, ignore_cameras: bool = False,
-                        device: str | None = None) -> CheckpointEval:
+                        device: str | None = None, test_size: int | None = None) -> CheckpointEval:
     """Evaluate ``weights`` (a pamtri checkpoint or an official MultiTaskNet file) on the query and test splits of
     ``root`` under the checkpoint's config (+ ``config`` + ``--set``); writes into ``out`` (default: <weights
-    folder>/eval). ``rerank`` / ``ignore_cameras`` switch those on over the config; ``device`` None: the config's."""
+    folder>/eval) with attributes.json (colour / type names). ``rerank`` / ``ignore_cameras`` switch those on over
+    the config; ``device`` and ``test_size`` (VehicleID / VERI-Wild test set) None: the config's."""
     from pamtri.common.runtime import autocast_dtype, pick_device
+    from pamtri.data.readers import write_attribute_names
 
-    from .evaluate import eval_loaders, evaluate_model, read_eval_records
     from .model import load_reid_weights
+    from .protocols import evaluate_data_set
 
     model, ckpt = load_reid_weights(weights)
     cfg = checkpoint_config(ckpt, model, config, overrides)
     ev = replace(cfg.eval, rerank=rerank or cfg.eval.rerank, ignore_cameras=ignore_cameras or cfg.eval.ignore_cameras)
-    data = replace(cfg.data, eval_root=str(root), eval_format=fmt)
+    data = replace(cfg.data, eval_root=str(root), eval_format=fmt,
+                   test_size=cfg.data.test_size if test_size is None else test_size)
     device = pick_device(device or cfg.device)
     dtype = autocast_dtype(device, cfg.precision)
     model.to(device)
-    query, gallery = read_eval_records(data, str(root), cameras=not ev.ignore_cameras)
-    ql, gl = eval_loaders(query, gallery, data, model.cfg, ev.batch_size)
-    _check_pose_weights(ckpt, ql.dataset.pose, data.query_cache, weights)
-    metrics, dist = evaluate_model(model, ql, gl, ev, device, dtype)
+    metrics, dist, query, gallery = evaluate_data_set(model, data, ev, device, dtype, str(root),
+                                                      ckpt.get("pose_weights_sha256"), str(weights))
     metrics.pop("_first_rank", None)
-    metrics.update({"weights": str(weights), "data": str(root), "rerank": ev.rerank, "metric": ev.metric,
-                    "ignore_cameras": ev.ignore_cameras})
+    metrics.update({"weights": str(weights), "data": str(root), "rerank": ev.rerank, "metric": ev.metric})
     out = Path(out) if out else Path(weights).resolve().parent / "eval"
-    paths = _write_results(out, metrics, dist, query, gallery, Path(weights).parent.name, ev.ignore_cameras)
+    paths = _write_results(out, metrics, dist, query, gallery, Path(weights).parent.name, metrics["ignore_cameras"])
+    write_attribute_names(out / "attributes.json", [(str(root), fmt)])
+    paths.append(out / "attributes.json")
     return CheckpointEval(metrics, len(gallery), ev.topk_map, paths)

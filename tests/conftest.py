@@ -251,3 +251,116 @@ def vehiclex_tree(tmp_path) -> Path:
 @pytest.fixture
 def synth_tree(tmp_path) -> Path:
     return make_synth_tree(tmp_path / "synth")
+
+
+# VehicleID: (image name, vehicle id) per list line; attribute files give colour / model per vehicle (0-based).
+VEHICLEID_TRAIN = [("0000001", 1), ("0000002", 1), ("0000003", 2), ("0000004", 2)]
+VEHICLEID_TEST_800 = [("0000005", 10), ("0000006", 10), ("0000007", 10), ("0000008", 11), ("0000009", 11),
+                      ("0000010", 12), ("0000011", 12), ("0000012", 12)]
+VEHICLEID_TEST_1600 = VEHICLEID_TEST_800 + [("0000013", 13), ("0000014", 13)]
+VEHICLEID_COLORS = {1: 0, 2: 3, 10: 5, 11: 6}          # vehicle 12 and 13 have no colour line
+VEHICLEID_MODELS = {1: 12, 2: 200, 10: 7, 11: 7, 12: 30}
+
+
+def make_vehicleid_tree(root: Path) -> Path:
+    """A VehicleID tree: image/, train_list.txt, test_list_800.txt and test_list_1600.txt, attribute files."""
+    lists = {"train_list.txt": VEHICLEID_TRAIN, "test_list_800.txt": VEHICLEID_TEST_800,
+             "test_list_1600.txt": VEHICLEID_TEST_1600}
+    (root / "train_test_split").mkdir(parents=True)
+    for i, (name, _) in enumerate(VEHICLEID_TRAIN + VEHICLEID_TEST_1600):
+        write_jpeg(root / "image" / f"{name}.jpg", seed=i)
+    for file, rows in lists.items():
+        (root / "train_test_split" / file).write_text("".join(f"{n} {v}\n" for n, v in rows))
+    (root / "attribute").mkdir()
+    (root / "attribute" / "color_attr.txt").write_text("".join(f"{v} {c}\n" for v, c in VEHICLEID_COLORS.items()))
+    (root / "attribute" / "model_attr.txt").write_text("".join(f"{v} {m}\n" for v, m in VEHICLEID_MODELS.items()))
+    return root
+
+
+# VERI-Wild: vehicle_info.txt rows (<vid>/<imgid>, camera, time, model, type, colour) and the split lists.
+VERIWILD_INFO = [("00001/000001", 1, "Wuling Rongguang", "MPV", "white"),
+                 ("00001/000002", 2, "Wuling Rongguang", "MPV", "white"),
+                 ("00002/000003", 1, "Buick Excelle", "sedan", "black"),
+                 ("00002/000004", 3, "Buick Excelle", "sedan", "black"),
+                 ("00010/000010", 4, "Haval H6", "SUV", "red"),
+                 ("00010/000011", 5, "Haval H6", "SUV", "red"),
+                 ("00010/000012", 6, "Haval H6", "SUV", "red"),
+                 ("00011/000013", 4, "Honda Fit", "sedan", "white"),
+                 ("00011/000014", 5, "Honda Fit", "sedan", "white"),
+                 ("00011/000015", 6, "Honda Fit", "sedan", "white"),
+                 ("00012/000016", 4, "Ford Focus", "sedan", "black"),
+                 ("00012/000017", 7, "Ford Focus", "sedan", "black")]
+VERIWILD_LISTS = {"train_list.txt": ["00001/000001", "00001/000002", "00002/000003", "00002/000004"],
+                  "test_3000.txt": ["00010/000010", "00010/000011", "00011/000013", "00011/000014"],
+                  "test_3000_query.txt": ["00010/000012", "00011/000015"],
+                  "test_5000.txt": ["00010/000010", "00010/000011", "00011/000013", "00011/000014",
+                                    "00012/000016"],
+                  "test_5000_query.txt": ["00010/000012", "00011/000015", "00012/000017"]}
+
+
+def make_veriwild_tree(root: Path) -> Path:
+    """A VERI-Wild tree: images/<vid>/<imgid>.jpg, the lists of test sets 3000 and 5000, vehicle_info.txt."""
+    split = root / "train_test_split"
+    split.mkdir(parents=True)
+    for i, (key, *_) in enumerate(VERIWILD_INFO):
+        write_jpeg(root / "images" / f"{key}.jpg", seed=i)
+    for file, keys in VERIWILD_LISTS.items():
+        (split / file).write_text("\n".join(keys) + "\n")
+    lines = ["id/image;Camera ID;Time;Model;Type;Color"]
+    lines += [f"{k};{cam};2018-03-11 10:08:{i:02d};{model};{vtype};{color}"
+              for i, (k, cam, model, vtype, color) in enumerate(VERIWILD_INFO)]
+    (split / "vehicle_info.txt").write_text("\n".join(lines) + "\n")
+    return root
+
+
+# folder format: relative image paths per split folder -> (vehicle id, camera id) the reader must give.
+FOLDER_TREE = {"train": {"0001_c001_a.jpg": (1, 1), "0001_c002_b.jpg": (1, 2), "0002/0002_c003_y.jpg": (2, 3),
+                         "0002/front.jpg": (2, -1)},
+               "query": {"0003_c001_q.jpg": (3, 1)},
+               "gallery": {"0003_c002_00084280_0.jpg": (3, 2), "0003_c1s1_000451_03.jpg": (3, 1)}}
+
+
+def make_folder_tree(root: Path) -> Path:
+    """A folder-format tree: train/ mixes named crops and a vehicle sub-folder; query/, gallery/ named crops."""
+    for i, (split, images) in enumerate(FOLDER_TREE.items()):
+        for j, name in enumerate(images):
+            write_jpeg(root / split / name, seed=10 * i + j)
+    (root / "train" / "notes.txt").write_text("not an image: ignored\n")
+    return root
+
+
+# csv format: the rows of each file under the header CSV_HEADER.
+CSV_HEADER = "image,vehicle_id,camera_id,color,type,orientation,track"
+CSV_ROWS = {"train.csv": ["crops/a.jpg,1,c001,4,2,90,7", "crops/b.jpg,1,2,4,,,", "crops/c.jpg,2,1,,0,359.5,8",
+                          "crops/d.jpg,2,3,1,0,,8"],
+            "query.csv": ["crops/q.jpg,3,1,0,1,,"],
+            "gallery.csv": ["crops/g1.jpg,3,2,0,1,,", "crops/g2.jpg,3,4,0,1,,"]}
+
+
+def make_csv_tree(root: Path) -> Path:
+    """A csv-format tree: crops/ and train.csv, query.csv, gallery.csv with every column."""
+    for file, rows in CSV_ROWS.items():
+        for i, row in enumerate(rows):
+            write_jpeg(root / row.split(",")[0], seed=i)
+        (root / file).write_text("\n".join([CSV_HEADER] + rows) + "\n")
+    return root
+
+
+@pytest.fixture
+def vehicleid_tree(tmp_path) -> Path:
+    return make_vehicleid_tree(tmp_path / "vehicleid")
+
+
+@pytest.fixture
+def veriwild_tree(tmp_path) -> Path:
+    return make_veriwild_tree(tmp_path / "veriwild")
+
+
+@pytest.fixture
+def folder_tree(tmp_path) -> Path:
+    return make_folder_tree(tmp_path / "folder")
+
+
+@pytest.fixture
+def csv_tree(tmp_path) -> Path:
+    return make_csv_tree(tmp_path / "csv")

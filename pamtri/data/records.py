@@ -28,7 +28,8 @@ class Record:
     """One image of a data set split. Class ids are 0-based; -1 (UNLABELLED) means no label.
 
     ``keypoints`` is (36, 3) float32: x, y in original-image pixels, then visibility (0/1, label files)
-    or confidence (predictions); None when the split has no keypoints.
+    or confidence (predictions); None when the split has no keypoints. ``track_id`` is the tracklet the
+    image belongs to (the csv format's ``track`` column).
     """
     path: str
     vehicle_id: int = UNLABELLED
@@ -40,6 +41,7 @@ class Record:
     keypoints: np.ndarray | None = None
     width: int = 0
     height: int = 0
+    track_id: int = UNLABELLED
 
     @property
     def name(self) -> str:

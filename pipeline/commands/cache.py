@@ -22,6 +22,8 @@ def register(subparsers) -> None:
     src.add_argument("--images", metavar="DIR|LIST", help="an image folder or a list file instead of --data")
     build.add_argument("--split", default="train", help="split of --data: train, query or test (default train)")
     build.add_argument("--format", dest="fmt", default="auto", help="data set format of --data (default: detect)")
+    build.add_argument("--test-size", type=int, metavar="N",
+                       help="VehicleID / VERI-Wild: the test set of --split query/test (default: the smallest)")
     build.add_argument("--out", required=True, help="cache folder to create or resume")
     build.add_argument("--grid", type=int, default=64, metavar="G",
                        help="image-frame heatmap grid, cells per side: the ReID config's data.heatmap_size "
@@ -64,7 +66,7 @@ def cmd_cache_build(args: argparse.Namespace) -> int:
     from pamtri.data.images import read_image_list
     from pamtri.pipeline.cachebuild import build_cache, split_images
     if args.data:
-        images = split_images(args.data, args.split, args.fmt)
+        images = split_images(args.data, args.split, args.fmt, args.test_size)
     else:
         base, names = read_image_list(args.images)
         images = [str(base / n) for n in names]

@@ -23,7 +23,8 @@ def register(subparsers) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description=_fill(
             "Validate a data set tree (VeRi-776, CityFlow-ReID, AI City 2020 synthetic/VehicleX, the reference "
-            "PAMTRI CSVs, or a `pamtri synth` tree): print a summary per split (identities, images, cameras, "
+            "PAMTRI CSVs, a `pamtri synth` tree, VehicleID, VERI-Wild, a folder of crops or a CSV per split; "
+            "every test set of VehicleID and VERI-Wild): print a summary per split (identities, images, cameras, "
             "colour/type/orientation/keypoint coverage) and every problem found, one line each naming the file "
             "and line. All problems are collected in one pass; errors fail the check, warnings do not."),
         epilog=_fill(

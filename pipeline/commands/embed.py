@@ -14,14 +14,20 @@ def register(subparsers) -> None:
                     "colour and type predictions, and the weights it used.")
     e.add_argument("--pose-weights", help="pose checkpoint (needed when the ReID model uses pose input)")
     e.add_argument("--reid-weights", required=True, help="ReID checkpoint")
-    e.add_argument("--images", required=True, metavar="DIR|LIST", help="image folder or a list file")
+    src = e.add_mutually_exclusive_group(required=True)
+    src.add_argument("--images", metavar="DIR|LIST", help="image folder or a list file")
+    src.add_argument("--data", metavar="ROOT", help="a data set split instead (any supported format)")
+    e.add_argument("--split", default="test", help="split of --data: train, query or test (default test)")
+    e.add_argument("--format", dest="fmt", default="auto", help="data set format of --data (default: detect)")
+    e.add_argument("--test-size", type=int, metavar="N", help="VehicleID / VERI-Wild test set of --data")
     e.add_argument("--out", required=True, help="output .npz")
     add_pipeline_args(e)
     e.set_defaults(func=cmd_embed)
 
 
 def cmd_embed(args: argparse.Namespace) -> int:
-    from pamtri.pipeline.search import embed_to_file
-    n, dim = embed_to_file(args.images, args.out, args.pose_weights, args.reid_weights, **pipeline_options(args))
+    from pamtri.pipeline.search import embed_to_file, image_source
+    source = image_source(args.images, args.data, args.split, args.fmt, args.test_size)
+    n, dim = embed_to_file(source, args.out, args.pose_weights, args.reid_weights, **pipeline_options(args))
     print(f"{n} images embedded ({dim}-d) -> {args.out}")
     return 0

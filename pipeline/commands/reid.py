@@ -26,6 +26,9 @@ def register(subparsers) -> None:
     e.add_argument("--weights", required=True, metavar="W", help="checkpoint file")
     e.add_argument("--data", required=True, metavar="ROOT", help="data set root with query and test splits")
     e.add_argument("--format", default="auto", help="data set format (default: detect)")
+    e.add_argument("--test-size", type=int, metavar="N",
+                   help="VehicleID 800|1600|2400 (10 gallery draws, mean and std) or VERI-Wild 3000|5000|10000 "
+                        "test set (default: data.test_size, else the smallest present)")
     e.add_argument("--rerank", action="store_true", help="k-reciprocal re-ranking (k1=20, k2=6, lambda=0.3)")
     e.add_argument("--ignore-cameras", action="store_true",
                    help="keep same-vehicle same-camera gallery images (data sets without camera ids)")
@@ -45,6 +48,8 @@ def cmd_reid_train(args: argparse.Namespace) -> int:
     from pamtri.reid.train import train
     out = Path(args.out) if args.out else Path("runs") / "reid" / Path(args.config).stem
     result = train(cfg, out, resume=args.resume)
+    from pamtri.data.readers import write_attribute_names
+    write_attribute_names(out / "attributes.json", [(s.root, s.format) for s in cfg.data.train])
     print(f"run folder: {out}")
     if result["best_epoch"] >= 0:
         print(f"best mAP {100 * result['best_mAP']:.2f}% at epoch {result['best_epoch']}")
@@ -55,12 +60,19 @@ def cmd_reid_eval(args: argparse.Namespace) -> int:
     from pamtri.reid.evaluate_checkpoint import evaluate_checkpoint
     result = evaluate_checkpoint(args.weights, args.data, args.format, args.out, config=args.config,
                                  overrides=args.overrides, rerank=args.rerank, ignore_cameras=args.ignore_cameras,
-                                 device=args.device)
+                                 device=args.device, test_size=args.test_size)
     res, k = result.metrics, result.topk_map
+
+    def std(key: str) -> str:
+        return f" +- {100 * res[key + '_std']:.2f}" if key + "_std" in res else ""
     lines = [f"queries       {res['num_valid_queries']} of {res['num_queries']} with a match in "
-             f"{result.gallery_size} gallery images" + (" (re-ranked)" if res["rerank"] else ""),
-             f"mAP           {100 * res['mAP']:6.2f}%"]
-    lines += [f"rank-{r:<8d} {100 * res[f'rank{r}']:6.2f}%" for r in (1, 5, 10, 20) if f"rank{r}" in res]
+             f"{result.gallery_size} gallery images" + (" (re-ranked)" if res["rerank"] else "")]
+    if res.get("protocol") == "vehicleid":
+        lines.append(f"protocol      VehicleID test size {res['test_size']}: mean over {res['num_draws']} gallery "
+                     f"draws (seed {res['draw_seed']}), no camera rule")
+    lines.append(f"mAP           {100 * res['mAP']:6.2f}%{std('mAP')}")
+    lines += [f"rank-{r:<8d} {100 * res[f'rank{r}']:6.2f}%{std(f'rank{r}')}" for r in (1, 5, 10, 20)
+              if f"rank{r}" in res]
     lines += [f"rank-{k} mAP  {100 * res[f'mAP@{k}']:6.2f}%", f"mINP          {100 * res['mINP']:6.2f}%"]
     for name, key in (("colour acc", "color_acc"), ("type acc", "type_acc")):
         if res.get(key) is not None:

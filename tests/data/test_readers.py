@@ -51,7 +51,8 @@ def test_detect_format(veri_tree, cityflow_tree, vehiclex_tree, synth_tree, tmp_
         detect_format(tmp_path / "empty")
     with pytest.raises(DataError, match="no such data set folder"):
         detect_format(tmp_path / "missing")
-    assert set(FORMATS) == {"veri", "cityflow", "vehiclex", "pamtri-csv", "synth"}
+    assert set(FORMATS) == {"veri", "cityflow", "vehiclex", "pamtri-csv", "synth", "vehicleid", "veriwild", "folder",
+                            "csv"}
 
 
 @pytest.mark.parametrize("fmt", FORMATS)

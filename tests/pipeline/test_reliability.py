@@ -436,7 +436,9 @@ def test_data_set_without_camera_ids(trained_reid, reid_run, capsys):
     code, out, err = cli(argv, capsys)
     message = one_error(code, err)
     assert message == f"{root}: split 'query' has no camera ids; evaluation cannot apply the same-camera rule: set " \
-                      "eval.ignore_cameras: true (reid eval --ignore-cameras) to keep every same-identity gallery image"
+                      "eval.ignore_cameras: true (reid eval --ignore-cameras) to keep every same-identity gallery " \
+                      "image, or add camera ids (folder format: name the images " \
+                      "<vehicle id>_c<camera>_<anything>.jpg; csv format: a camera_id column)"
     assert message in check_warnings(root, capsys)
     code, out, err = cli(argv + ["--ignore-cameras"], capsys)
     assert code == 0, err

@@ -67,6 +67,55 @@ def read_name_list(path: Path, problems: Problems) -> list[tuple[int, str]]:
     return out
 
 
+def read_text_lines(path: Path, problems: Problems, what: str) -> list[tuple[int, str]]:
+    """(line number, stripped text) of the non-blank lines of a UTF-8 ``what`` file; [] (reported) when unreadable."""
+    try:
+        text = Path(path).read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        problems.error(DataError(path, f"{what} does not exist"))
+        return []
+    except UnicodeDecodeError as exc:
+        problems.error(DataError(path, f"not UTF-8 text ({exc.reason} at byte {exc.start})"))
+        return []
+    return [(n, line.strip()) for n, line in enumerate(text.splitlines(), start=1) if line.strip()]
+
+
+def read_id_pairs(path: Path, problems: Problems, what: str, key: str, value: str) -> list[tuple[int, str, int]]:
+    """(line, key, integer value) of a ``<key> <value>`` list (VehicleID); bad lines and repeated keys reported."""
+    out, first = [], {}
+    for line, text in read_text_lines(path, problems, what):
+        fields = text.split()
+        try:
+            if len(fields) != 2:
+                raise DataError(path, f"expected 2 fields '<{key}> <{value}>', got {len(fields)}", line)
+            if fields[0] in first:
+                raise DataError(path, f"duplicate {key} {fields[0]!r} (first on line {first[fields[0]]})", line)
+            number = parse_int(fields[1], value, path, line)
+            if number < 0:
+                raise DataError(path, f"{value} {fields[1]!r} is negative", line)
+        except DataError as err:
+            problems.error(err)
+            continue
+        first[fields[0]] = line
+        out.append((line, fields[0], number))
+    return out
+
+
+def pick_test_size(sizes: tuple[int, ...], size: int | None, folder: Path, pattern: str) -> int:
+    """The test size to read: ``size`` when its list is present, the smallest present when None; DataError else.
+
+    ``pattern`` is the list file name with ``{size}`` in it (for the message).
+    """
+    if not sizes:
+        raise DataError(folder, f"no test list {pattern.format(size='<N>')} found")
+    if size is None:
+        return sizes[0]
+    if size not in sizes:
+        raise DataError(folder / pattern.format(size=size), f"no test set of size {size} (present: "
+                                                            f"{', '.join(map(str, sizes))}); pass one of those")
+    return size
+
+
 def names_of_split(root: Path, split: str, problems: Problems) -> tuple[Path, list[tuple[int, str]]]:
     """The split's names from ``name_<split>.txt`` or, when that file is absent, its image folder listing."""
     name_file = root / f"name_{split}.txt"
