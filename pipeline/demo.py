@@ -47,7 +47,6 @@ class DemoConfig:
     pose_overrides: list[str] = field(default_factory=list)
     reid_overrides: list[str] = field(default_factory=list)
     batch_size: int = 32  # inference batch for the cache
-    rank_list_queries: int = 6
 
     def validate(self) -> None:
         """Refuse renamed pose / ReID keys in the overrides now, not after the data set is generated."""

@@ -15,8 +15,6 @@ from pamtri.common.schedule import OptimConfig
 
 from .heatmaps import DECODE_METHODS
 
-DATA_FORMATS = ("pose_csv", "synthetic")
-
 
 @dataclass
 class DataSource:

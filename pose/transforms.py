@@ -124,7 +124,7 @@ def colour_jitter(image: np.ndarray, rng: np.random.Generator, strength: float) 
 
 @dataclass
 class Augment:
-    """Training augmentation ranges (SPEC section 2): scale +-25 %, rotation +-30 degrees, flip, jitter."""
+    """Training augmentation ranges (paper defaults: scale +-25 %, rotation +-30 degrees, flip, jitter)."""
     scale: float = 0.25
     rotation: float = 30.0
     rotation_prob: float = 0.6

@@ -1,4 +1,4 @@
-"""The reference implementation's label CSVs (formats in docs/facts.md, "Label files"): pose labels and ReID labels, read and write.
+"""The reference implementation's label CSVs (docs/facts.md, "Label files"): pose and ReID labels, read and write.
 
 Pose label row:  ``image,width,height,`` + 36 x ``x,y,visibility(0|1)`` (integers).
 ReID label row:  ``image,vehicle_id,colour_id,type_id,`` + 36 x ``x,y,confidence`` (floats).
@@ -18,8 +18,8 @@ import numpy as np
 
 from pamtri.common.atomic import atomic_write_text
 from pamtri.common.errors import DataError
-
 from pamtri.pose.keypoints import NUM_KEYPOINTS
+
 from .records import REAL, UNLABELLED, Problems, Record, check_image, parse_veri_name, resolve_image
 
 KP_FIELDS = NUM_KEYPOINTS * 3

@@ -5,13 +5,12 @@ import logging
 import math
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from pamtri.common.errors import DataError
-
 
 REAL = 0
 SYNTHETIC = 1

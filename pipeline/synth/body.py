@@ -39,7 +39,7 @@ RIBBONS = ((BACK_BOTTOM, BACK_UPPER, "back_face"), (BACK_UPPER, BACK_WS_BASE, "t
            (ROOF_FRONT, FRONT_WS_BASE, "front_windshield"), (FRONT_WS_BASE, FRONT_UPPER, "hood"),
            (FRONT_UPPER, FRONT_BOTTOM, "front_face"))
 
-# Nominal paint colours (RGB) of VeRi's 10 colour classes, in reid.attributes.VERI_COLORS order.
+# Nominal paint colours (RGB) of VeRi's 10 colour classes, in pamtri.data.attributes.VERI_COLORS order.
 PAINT_RGB = {
     "yellow": (222, 188, 38), "orange": (232, 118, 28), "green": (46, 128, 60), "gray": (128, 131, 134),
     "red": (182, 24, 30), "blue": (32, 62, 156), "white": (236, 236, 232), "golden": (198, 168, 102),
@@ -137,10 +137,6 @@ class Identity:
     @property
     def type_name(self) -> str:
         return VERI_TYPES[self.type_id]
-
-    @property
-    def color_name(self) -> str:
-        return VERI_COLORS[self.color_id]
 
     def params(self) -> dict[str, float]:
         """The shape as a dict (metres / fractions, keys of TYPE_SHAPES)."""

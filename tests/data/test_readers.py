@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from pamtri.common.errors import DataError
-from pamtri.data.records import REAL, SYNTHETIC, Problems
 from pamtri.data.readers import FORMATS, detect_format, read_split, read_tracks, require_ground_truth
 from pamtri.data.readers.cityflow import read_ground_truth
+from pamtri.data.records import REAL, SYNTHETIC, Problems
 from tests.conftest import (
     CITYFLOW_TRAIN,
     SYNTH_HEADER,

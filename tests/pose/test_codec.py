@@ -100,8 +100,8 @@ def test_pose_checkpoints_carry_their_codec(tmp_path):
     root = tmp_path / "data"
     cfg = load_config(PoseConfig, None, [
         f"data.train=[{{root: '{root}', split: train}}]", f"data.val=[{{root: '{root}', split: train}}]",
-        "data.input_size=[64, 64]", "data.num_workers=0", "model.name=hrnet_w18_small", "train.epochs=1",
-        "train.batch_size=4", "train.max_steps=1", "train.lr_steps=[1]", "train.precision=fp32", "train.device=cpu",
+        "data.input_size=[64, 64]", "data.workers=0", "model.name=hrnet_w18_small", "optim.epochs=1",
+        "data.batch_size=4", "max_batches=1", "optim.milestones=[1]", "precision=fp32", "device=cpu",
         "eval.batch_size=4", "eval.flip_shift=0.25"])
     pose_train.train(cfg, tmp_path / "run")
     expected = HeatmapCodec.from_config(cfg)

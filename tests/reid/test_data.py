@@ -103,11 +103,11 @@ def test_normalisation_of_image_and_pose_channels():
     x, kv = b(img, pose)
     want_rgb = (np.array([1.0, 0.0, 128 / 255], np.float32) - MEAN) / STD
     assert np.allclose(x[:3, 5, 5].numpy(), want_rgb, atol=1e-6)
-    pm, ps = MEAN.mean(), STD.mean()  # SPEC 3: the mean of the RGB means and stds
+    pm, ps = MEAN.mean(), STD.mean()  # the paper: the mean of the RGB means and stds
     assert np.allclose(x[3:39].numpy(), (1 - pm) / ps, atol=1e-5)
     assert np.allclose(x[39:].numpy(), (0 - pm) / ps, atol=1e-5)
     assert np.allclose(kv.numpy().reshape(36, 3)[:, 2], -0.5)
-    assert b.mean.tolist() == pytest.approx(MEAN.tolist())  # unchanged by use (SPEC 8)
+    assert b.mean.tolist() == pytest.approx(MEAN.tolist())  # unchanged by use (the reference code mutates its lists)
 
 
 def test_colour_jitter_and_erasing_touch_image_channels_only():

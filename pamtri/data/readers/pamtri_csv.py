@@ -11,9 +11,9 @@ import os
 from pathlib import Path
 
 from pamtri.common.errors import DataError
+from pamtri.data.attributes import VERI_COLORS, VERI_TYPES
 from pamtri.data.labels import read_pose_csv, read_reid_csv
 from pamtri.data.records import Problems, Record
-from pamtri.data.attributes import VERI_COLORS, VERI_TYPES
 
 from ._common import check_split, image_dir
 

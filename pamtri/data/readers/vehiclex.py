@@ -1,7 +1,7 @@
 """AI City Challenge 2020 synthetic data (VehicleX): ``image_train/`` + ``train_label.xml``.
 
 Items: ``<Item imageName vehicleID cameraID colorID typeID orientation/>``; colour (12 classes) and type
-(11 classes) are 0-based in the file (``reid.attributes.VEHICLEX_COLORS`` / ``VEHICLEX_TYPES``); orientation
+(11 classes) are 0-based in the file (``pamtri.data.attributes.VEHICLEX_COLORS`` / ``VEHICLEX_TYPES``); orientation
 in degrees 0-360. ``cameraID`` may be absent (camera -1). The file declares gb2312. All records are
 SYNTHETIC. The data set has only a train split.
 """
@@ -12,8 +12,8 @@ import os
 from pathlib import Path
 
 from pamtri.common.errors import DataError
-from pamtri.data.records import SYNTHETIC, UNLABELLED, Problems, Record
 from pamtri.data.attributes import VEHICLEX_COLORS, VEHICLEX_TYPES
+from pamtri.data.records import SYNTHETIC, UNLABELLED, Problems, Record
 
 from ._common import check_split, image_dir, locate_image, parse_camera, parse_class, parse_int, read_label_xml
 

@@ -13,9 +13,9 @@ import os
 from pathlib import Path
 
 from pamtri.common.errors import DataError
+from pamtri.data.attributes import VERI_COLORS, VERI_TYPES
 from pamtri.data.labels import read_reid_csv
 from pamtri.data.records import UNLABELLED, Problems, Record, parse_veri_name
-from pamtri.data.attributes import VERI_COLORS, VERI_TYPES
 
 from ._common import (
     XmlItem,
