@@ -383,6 +383,9 @@ def render_view(ident: Identity, view: View, size: int = 128, camera: CameraProf
     float32 (x, y pixels, visibility), and a meta dict (width, height, orientation_deg, ...; with ``with_buffers``
     also 'mask' (H, W) bool vehicle pixels, 'parts' (H, W) uint8 surface index + 1 (insets count as their surface,
     255 = occluder) and 'part_names').
+
+    Drawn at the view's native resolution, in painter's order: ground, shadow and clutter, then the vehicle far
+    to near, then occluders; one random stream (``view.scene_seed``) feeds every step in that order.
     """
     prep = _prepared(ident)
     body = prep.body
@@ -399,7 +402,30 @@ def render_view(ident: Identity, view: View, size: int = 128, camera: CameraProf
     def to_render_px(p_uv):
         return (crop.apply(p_uv) + 0.5) * to_r - 0.5
 
-    # ---- background, lane markings, clutter, the car's shadow ------------------------------------------
+    img = _scene(body, view, camera, centre, rot, to_render_px, (Hr, Wr), rng)
+    ids = np.zeros((Hr, Wr), dtype=np.uint8)
+    _draw_vehicle(img, ids, prep, np.round(to_render_px(uv) * _ONE).astype(np.int32), depth, centre, view)
+    for _ in range(view.occluders):
+        _occluder(img, ids, rng)
+    kps = _visible_keypoints(crop.apply(kuv), ids, prep, (W, H), to_r)
+    if (Wr, Hr) != (W, H):
+        img = cv2.resize(img, (W, H), interpolation=cv2.INTER_LINEAR)
+    img = _camera_effects(img, view, rng)
+    meta = dict(width=W, height=H, orientation_deg=view.yaw, elevation_deg=view.elevation, camera_id=view.camera_id,
+                type_id=ident.type_id, color_id=ident.color_id, jpeg_quality=view.jpeg_quality, native=view.native)
+    if with_buffers:
+        parts = ids if (Wr, Hr) == (W, H) else cv2.resize(ids, (W, H), interpolation=cv2.INTER_NEAREST_EXACT)
+        meta["parts"] = parts
+        meta["mask"] = (parts > 0) & (parts != OCCLUDER_ID)
+        meta["part_names"] = body.names
+    return img, kps, meta
+
+
+def _scene(body, view: View, camera: CameraProfile, centre, rot, to_render_px, shape: tuple[int, int],
+           rng: np.random.Generator) -> np.ndarray:
+    """BGR uint8 (Hr, Wr, 3) render-size scene without the vehicle: background, lane markings (road), the car's
+    shadow on the ground, clutter (road)."""
+    Hr, Wr = shape
     bg = _background(Hr, Wr, view, camera, rng)
     L, Wd, Hv = body.dims
     az, el = math.radians(view.light_az), math.radians(view.light_el)
@@ -433,10 +459,14 @@ def render_view(ident: Identity, view: View, size: int = 128, camera: CameraProf
     img = np.ascontiguousarray(np.clip(bg, 0, 255), dtype=np.uint8)
     if view.bg == "road":
         _clutter(img, camera, rng)
-    ids = np.zeros((Hr, Wr), dtype=np.uint8)
+    return img
 
-    # ---- vehicle polygons, far to near ---------------------------------------------------------------
-    px = np.round(to_render_px(uv) * _ONE).astype(np.int32)
+
+def _draw_vehicle(img: np.ndarray, ids: np.ndarray, prep, px: np.ndarray, depth: np.ndarray, centre,
+                  view: View) -> None:
+    """Paint the vehicle's visible polygons into ``img`` and their surface index + 1 into ``ids``, far to near;
+    ``px`` are the vertices in fixed-point render pixels, ``depth`` their camera depths."""
+    body = prep.body
     facing = ((centre - body.ref) * body.normals).sum(axis=1) > 0
     draw = facing[prep.surface_or_self] | body.always
     colours = _shade(prep, centre, view).tolist()
@@ -464,12 +494,13 @@ def render_view(ident: Identity, view: View, size: int = 128, camera: CameraProf
         for c in prep.children[s]:          # insets only change colour; the id buffer keeps the surface
             cv2.fillConvexPoly(img, px[spans[c][0]:spans[c][1]], colours[c], cv2.LINE_AA, SHIFT)
 
-    # ---- occluders (in front of everything) ----------------------------------------------------------
-    for _ in range(view.occluders):
-        _occluder(img, ids, rng)
 
-    # ---- keypoints and visibility ----------------------------------------------------------------------
-    kpx = crop.apply(kuv)
+def _visible_keypoints(kpx: np.ndarray, ids: np.ndarray, prep, size: tuple[int, int], to_r: np.ndarray
+                       ) -> np.ndarray:
+    """(36, 3) float32 keypoints: output pixels ``kpx`` (36, 2) and visibility = inside the (W, H) image and a
+    surface of that keypoint drawn at or next to it in the render-size id buffer ``ids``."""
+    W, H = size
+    Hr, Wr = ids.shape
     inside = (kpx[:, 0] >= 0) & (kpx[:, 0] <= W - 1) & (kpx[:, 1] >= 0) & (kpx[:, 1] <= H - 1)
     r = np.round((kpx + 0.5) * to_r - 0.5).astype(np.int64)
     ny = np.clip(r[:, 1:2] + _NEIGH[None, :, 0], 0, Hr - 1)
@@ -478,19 +509,7 @@ def render_view(ident: Identity, view: View, size: int = 128, camera: CameraProf
     kps = np.empty((NUM_KEYPOINTS, 3), dtype=np.float32)
     kps[:, :2] = kpx
     kps[:, 2] = inside & seen
-
-    # ---- camera effects ----------------------------------------------------------------------------------
-    if (Wr, Hr) != (W, H):
-        img = cv2.resize(img, (W, H), interpolation=cv2.INTER_LINEAR)
-    img = _camera_effects(img, view, rng)
-    meta = dict(width=W, height=H, orientation_deg=view.yaw, elevation_deg=view.elevation, camera_id=view.camera_id,
-                type_id=ident.type_id, color_id=ident.color_id, jpeg_quality=view.jpeg_quality, native=view.native)
-    if with_buffers:
-        parts = ids if (Wr, Hr) == (W, H) else cv2.resize(ids, (W, H), interpolation=cv2.INTER_NEAREST_EXACT)
-        meta["parts"] = parts
-        meta["mask"] = (parts > 0) & (parts != OCCLUDER_ID)
-        meta["part_names"] = body.names
-    return img, kps, meta
+    return kps
 
 
 def _occluder(img: np.ndarray, ids: np.ndarray, rng: np.random.Generator) -> None:
