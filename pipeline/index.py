@@ -227,7 +227,9 @@ def open_index(path: str | os.PathLike) -> GalleryIndex:
 def _refuse_duplicates(source, names: list[str], existing: set[str]) -> None:
     seen, dupes = set(existing), []
     for n in names:
-        (dupes.append(n) if n in seen else seen.add(n))
+        if n in seen:
+            dupes.append(n)
+        seen.add(n)
     if dupes:
         raise DataError(source, f"{len(dupes)} image(s) already in the index or repeated (first: {dupes[0]}); "
                                 "pass --skip-existing to add only the new ones")
