@@ -138,3 +138,20 @@ def test_blocked_evaluation_from_features_equals_the_dense_path(metric, ignore_c
     np.testing.assert_array_equal(blocked["cmc"], dense["cmc"])
     np.testing.assert_array_equal(blocked["first_rank"], dense["first_rank"])
     np.testing.assert_allclose(blocked["ap"], dense["ap"], atol=1e-12)
+
+
+def test_reid_eval_features_use_the_blocked_path_and_keep_only_the_rank_list_rows(monkeypatch):
+    from pamtri.reid import evaluate as ev
+    from pamtri.reid.config import EvalConfig
+    rng = np.random.default_rng(3)
+    q = ev.Features(torch.randn(20, 8), rng.integers(0, 5, 20), rng.integers(0, 3, 20), None, None, None, None, [])
+    g = ev.Features(torch.randn(90, 8), rng.integers(0, 5, 90), rng.integers(0, 3, 90), None, None, None, None, [])
+    dense = evaluate(pairwise_distance(q.features, g.features), q.pids, g.pids, q.camids, g.camids)
+
+    def no_dense(*args):
+        raise AssertionError("the (Q, G) matrix was built without re-ranking")
+    monkeypatch.setattr(ev, "compute_distances", no_dense)
+    out, rows = ev.evaluate_features(q, g, EvalConfig())
+    assert out["mAP"] == pytest.approx(dense["mAP"], abs=1e-6) and rows.shape == (8, 90)
+    np.testing.assert_allclose(rows, pairwise_distance(q.features, g.features).numpy()[[0, 3, 5, 8, 11, 14, 16, 19]],
+                               atol=1e-5)
