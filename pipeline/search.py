@@ -30,11 +30,13 @@ def image_source(images: str | os.PathLike | None = None, data: str | os.PathLik
 def embed_to_file(source: tuple[Path, list[str]], out: str | os.PathLike, pose_weights: str | os.PathLike | None,
                   reid_weights: str | os.PathLike, **pipeline_options) -> tuple[int, int]:
     """Embed every image of ``source`` (base folder, names: :func:`image_source`) into the gallery .npz ``out``:
-    names, paths (absolute), features (N, D), the other ``Pipeline.embed`` outputs and both weights paths ->
+    names, paths (absolute), features (N, D), the other ``Pipeline.embed`` outputs, both weights paths and the
+    ReID checkpoint's SHA-256 (the model identity ``pamtri index`` checks) ->
     (N, D). ``pipeline_options``: device, precision, batch_size, flip_test, compile of ``Pipeline.from_weights``."""
     import io
 
     from pamtri.common.atomic import atomic_write_bytes
+    from pamtri.pose.cache import file_sha256
 
     from .infer import Pipeline
     base, names = source
@@ -42,7 +44,8 @@ def embed_to_file(source: tuple[Path, list[str]], out: str | os.PathLike, pose_w
     arrays = pipe.embed([str(base / n) for n in names], progress=True)
     buf = io.BytesIO()
     np.savez(buf, names=np.asarray(names), paths=np.asarray([str((base / n).resolve()) for n in names]),
-             pose_weights=np.asarray(str(pose_weights or "")), reid_weights=np.asarray(str(reid_weights)), **arrays)
+             pose_weights=np.asarray(str(pose_weights or "")), reid_weights=np.asarray(str(reid_weights)),
+             reid_weights_sha256=np.asarray(file_sha256(reid_weights)), **arrays)
     atomic_write_bytes(out, buf.getvalue())
     return len(names), int(arrays["features"].shape[1])
 
@@ -72,7 +75,7 @@ def search_gallery(query: Sequence[str], gallery_path: str | os.PathLike, out: s
     pipe = Pipeline.from_weights(pose_w, reid_w, **pipeline_options)
     order, dist = search(pipe.embed(list(query))["features"], gallery["features"], top, rerank=rerank)
     paths = [str(p) for p in gallery["paths"]]
-    draw_search(query, paths, order, dist, out)
+    draw_search(query, paths, order, np.take_along_axis(dist, order, 1), out)
     return paths, order, dist
 
 
@@ -93,7 +96,8 @@ def search(query: np.ndarray, gallery: np.ndarray, top: int = 10, rerank: bool =
 
 def draw_search(query_paths: Sequence[str], gallery_paths: Sequence[str], order: np.ndarray, dist: np.ndarray,
                 path: str | os.PathLike, tile: tuple[int, int] = (96, 96)) -> None:
-    """One row per query: the query (blue border), then its matches with their distances."""
+    """One row per query: the query (blue border), then its matches ``order`` (Q, top) gallery indices (-1: none)
+    with their distances ``dist`` (Q, top)."""
     import cv2
 
     from pamtri.common.atomic import atomic_write_bytes
@@ -102,8 +106,9 @@ def draw_search(query_paths: Sequence[str], gallery_paths: Sequence[str], order:
     rows = []
     for qi, qp in enumerate(query_paths):
         cells = [_tile(read_image(qp), tile, (40, 90, 220), "query")]
-        for gi in order[qi]:
-            cells.append(_tile(read_image(gallery_paths[gi]), tile, (200, 200, 200), f"{dist[qi, gi]:.3f}"))
+        for gi, d in zip(order[qi], dist[qi]):
+            if gi >= 0:
+                cells.append(_tile(read_image(gallery_paths[gi]), tile, (200, 200, 200), f"{d:.3f}"))
         rows.append(np.concatenate(cells, axis=1))
     width = max(r.shape[1] for r in rows)
     sheet = np.concatenate([np.pad(r, ((0, 0), (0, width - r.shape[1]), (0, 0)), constant_values=255) for r in rows])

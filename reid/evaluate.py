@@ -17,7 +17,7 @@ from pamtri.data.records import Record
 
 from .config import DataConfig, EvalConfig
 from .dataset import ReIDDataset
-from .metrics import attribute_accuracy, evaluate, pairwise_distance
+from .metrics import attribute_accuracy, evaluate, evaluate_from_features, pairwise_distance
 from .model import ReIDNet
 from .pose_inputs import cache_weights_sha256, make_pose_source
 from .rerank import rerank
@@ -180,10 +180,20 @@ def queries_not_in_gallery(qf: Features, gf: Features) -> np.ndarray:
 
 
 def evaluate_features(qf: Features, gf: Features, cfg: EvalConfig) -> tuple[dict, np.ndarray]:
-    """(summary metrics incl. colour/type accuracy over the distinct test images, distance matrix)."""
-    dist = compute_distances(qf.features, gf.features, cfg)
-    raw = evaluate(dist, qf.pids, gf.pids, qf.camids, gf.camids, cfg.max_rank, cfg.topk_map,
-                   ignore_cameras=cfg.ignore_cameras)
+    """(summary metrics incl. colour/type accuracy over the distinct test images, distances (K, G) of the K
+    rank-list queries ``visualize.rank_list_queries(Q)``). Without re-ranking the (Q, G) matrix is never built:
+    the metrics come from the features block by block (``metrics.evaluate_from_features``)."""
+    from .visualize import rank_list_queries
+    shown = torch.from_numpy(rank_list_queries(len(qf.pids)))
+    if cfg.rerank:
+        dist = compute_distances(qf.features, gf.features, cfg)
+        raw = evaluate(dist, qf.pids, gf.pids, qf.camids, gf.camids, cfg.max_rank, cfg.topk_map,
+                       ignore_cameras=cfg.ignore_cameras)
+        dist = dist[shown.numpy()]
+    else:
+        raw = evaluate_from_features(qf.features, gf.features, qf.pids, gf.pids, qf.camids, gf.camids, cfg.metric,
+                                     cfg.max_rank, cfg.topk_map, ignore_cameras=cfg.ignore_cameras)
+        dist = pairwise_distance(qf.features[shown], gf.features, cfg.metric).numpy()
     out = summarise(raw, cfg.topk_map)
     extra = torch.from_numpy(queries_not_in_gallery(qf, gf))
     for name, logits_attr, labels_attr in (("color_acc", "color_logits", "colors"),

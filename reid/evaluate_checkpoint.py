@@ -35,10 +35,12 @@ def checkpoint_config(ckpt: dict, model, config: str | os.PathLike | None = None
 
 def _write_results(out: Path, metrics: dict, dist: np.ndarray, query: list[Record], gallery: list[Record],
                    label: str, ignore_cameras: bool) -> list[Path]:
-    """metrics.json, the CMC curve and the rank-list picture (``dist`` (Q, G)) in ``out``; returns their paths."""
+    """metrics.json, the CMC curve and the rank-list picture in ``out`` (``dist`` (K, G): the distances of the
+    queries ``rank_list_queries(len(query))``); returns their paths."""
     from pamtri.common.atomic import atomic_write_text
 
-    from .visualize import plot_cmc, rank_list_image
+    from .visualize import plot_cmc, rank_list_image, rank_list_queries
+    query = [query[i] for i in rank_list_queries(len(query))]
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     plot_cmc(metrics["cmc"], out / "cmc.png", label=label)

@@ -5,6 +5,8 @@ among the kept gallery images: its match distances are taken in order (``topk``)
 is placed between them (``searchsorted``) and the places are counted per row. Ties are broken by gallery
 order, exactly like a stable argsort: rows where a tie could matter are redone with tie-free int64 keys
 (order-preserving float bits, then the gallery index). Row blocks run on a thread pool.
+``evaluate_from_features`` computes each block's distances from the features itself, so a (Q, G) matrix
+(10,000 x 138,517 float32 is 5.5 GB) never exists.
 """
 from __future__ import annotations
 
@@ -143,37 +145,70 @@ def evaluate(distmat, query_ids, gallery_ids, query_cams=None, gallery_cams=None
     dist = torch.as_tensor(np.asarray(distmat) if not torch.is_tensor(distmat) else distmat).float()
     if dist.ndim != 2:
         raise ValueError(f"distmat must be 2-D (queries x gallery), got shape {tuple(dist.shape)}")
-    nq, ng = dist.shape
-    if not torch.isfinite(dist).all():
-        raise ValueError("distmat contains NaN or infinite distances (features with NaN?)")
+    return _evaluate_rows(lambda s, e: dist[s:e], dist.shape, query_ids, gallery_ids, query_cams, gallery_cams,
+                          max_rank, topk_map, ignore_cameras, block, threads)
+
+
+def evaluate_from_features(query, gallery, query_ids, gallery_ids, query_cams=None, gallery_cams=None,
+                      metric: str = "euclidean", max_rank: int = 50, topk_map: int = 100, ignore_cameras: bool = False,
+                      memory_mib: int = 1024, threads: int | None = None) -> dict:
+    """:func:`evaluate` of (Q, D) query and (G, D) gallery features without the (Q, G) matrix: each block of
+    queries gets its (B, G) distances by one matmul (:func:`pairwise_distance`), B chosen so the blocks in flight
+    take about ``memory_mib`` MiB (about 40 bytes per distance with the ranking's buffers). Same results as
+    ``evaluate(pairwise_distance(query, gallery, metric), ...)`` up to the float rounding of the matmul, which can
+    differ with the block's shape (and so break a near-tie the other way)."""
+    q, g = torch.as_tensor(np.asarray(query)).float(), torch.as_tensor(np.asarray(gallery)).float()
+    workers = threads or os.cpu_count() or 1
+    block = max(1, min(256, (memory_mib << 20) // (40 * max(1, len(g)) * workers)))
+    return _evaluate_rows(lambda s, e: pairwise_distance(q[s:e], g, metric), (len(q), len(g)), query_ids,
+                          gallery_ids, query_cams, gallery_cams, max_rank, topk_map, ignore_cameras, block, workers)
+
+
+def _cameras(query_cams, gallery_cams, nq: int, ng: int, ignore_cameras: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """(Q,), (G,) int64 camera ids; zeros with ``ignore_cameras``; PamtriError when the camera rule lacks them."""
+    if ignore_cameras:
+        return torch.zeros(nq, dtype=torch.int64), torch.zeros(ng, dtype=torch.int64)
+    if query_cams is None or gallery_cams is None:
+        raise PamtriError("camera ids are missing: the same-vehicle-same-camera rule needs them; pass "
+                          "ignore_cameras=True (eval.ignore_cameras) to keep every same-id gallery image")
+    q_cams = _as_int_tensor(query_cams, "query_cams", nq)
+    g_cams = _as_int_tensor(gallery_cams, "gallery_cams", ng)
+    if (q_cams < 0).any() or (g_cams < 0).any():
+        raise PamtriError(f"{int((q_cams < 0).sum())} query and {int((g_cams < 0).sum())} gallery images have "
+                          "no camera id (synthetic data?): the same-vehicle-same-camera rule cannot be applied; "
+                          "pass ignore_cameras=True (eval.ignore_cameras) to keep every same-id gallery image")
+    return q_cams, g_cams
+
+
+def _evaluate_rows(rows, shape, query_ids, gallery_ids, query_cams, gallery_cams, max_rank, topk_map,
+                   ignore_cameras, block, threads) -> dict:
+    """:func:`evaluate` with the distances of queries s:e given by ``rows(s, e)`` -> (e - s, G), block by block."""
+    nq, ng = shape
     q_ids = _as_int_tensor(query_ids, "query_ids", nq)
     g_ids = _as_int_tensor(gallery_ids, "gallery_ids", ng)
-    if not ignore_cameras:
-        if query_cams is None or gallery_cams is None:
-            raise PamtriError("camera ids are missing: the same-vehicle-same-camera rule needs them; pass "
-                              "ignore_cameras=True (eval.ignore_cameras) to keep every same-id gallery image")
-        q_cams = _as_int_tensor(query_cams, "query_cams", nq)
-        g_cams = _as_int_tensor(gallery_cams, "gallery_cams", ng)
-        if (q_cams < 0).any() or (g_cams < 0).any():
-            raise PamtriError(f"{int((q_cams < 0).sum())} query and {int((g_cams < 0).sum())} gallery images have "
-                              "no camera id (synthetic data?): the same-vehicle-same-camera rule cannot be applied; "
-                              "pass ignore_cameras=True (eval.ignore_cameras) to keep every same-id gallery image")
-    else:
-        q_cams = torch.zeros(nq, dtype=torch.int64)
-        g_cams = torch.zeros(ng, dtype=torch.int64)
+    q_cams, g_cams = _cameras(query_cams, gallery_cams, nq, ng, ignore_cameras)
     blocks = [(s, min(s + block, nq)) for s in range(0, nq, block)]
 
     def run(se):
         s, e = se
-        return _block_stats(dist[s:e], q_ids[s:e], g_ids, q_cams[s:e], g_cams, max_rank, topk_map, ignore_cameras)
+        dist = rows(s, e)
+        if not torch.isfinite(dist).all():
+            raise ValueError("distmat contains NaN or infinite distances (features with NaN?)")
+        return _block_stats(dist, q_ids[s:e], g_ids, q_cams[s:e], g_cams, max_rank, topk_map, ignore_cameras)
 
-    workers = threads or min(len(blocks), os.cpu_count() or 1)
+    workers = min(len(blocks), threads or os.cpu_count() or 1)
     if workers > 1:
         with ThreadPoolExecutor(workers) as pool:
             parts = list(pool.map(run, blocks))
     else:
         parts = [run(b) for b in blocks]
     has, ap, ap_k, inp, cmc, first = (torch.cat([p[i] for p in parts]) for i in range(6))
+    return _summary(has, ap, ap_k, inp, cmc, first, q_ids, g_ids, topk_map, ignore_cameras)
+
+
+def _summary(has, ap, ap_k, inp, cmc, first, q_ids, g_ids, topk_map, ignore_cameras) -> dict:
+    """The dict of :func:`evaluate` from the per-query statistics of every block."""
+    nq, ng = len(q_ids), len(g_ids)
     n_valid = int(has.sum())
     if n_valid == 0:
         shared = len(np.intersect1d(q_ids.numpy(), g_ids.numpy()))

@@ -56,7 +56,8 @@ def summarise_draws(results: list[dict]) -> dict:
 
 def evaluate_vehicleid(model: ReIDNet, loader: DataLoader, data: DataConfig, cfg: EvalConfig, device: torch.device,
                        dtype: torch.dtype | None = None) -> tuple[dict, np.ndarray, list[Record], list[Record]]:
-    """(summary over the draws, distances of the first draw (Q, G), its query records, its gallery records)."""
+    """(summary over the draws, rank-list distances of the first draw (K, G) (``evaluate_features``), its query
+    records, its gallery records)."""
     from pamtri.data.readers import gallery_draws
     records = loader.dataset.records
     features = extract_features(model, loader, device, dtype, "test")
@@ -77,7 +78,8 @@ def evaluate_data_set(model: ReIDNet, data: DataConfig, cfg: EvalConfig, device:
                       dtype: torch.dtype | None, root: str, pose_weights_sha256: str | None = None,
                       weights: str = "") -> tuple[dict, np.ndarray, list[Record], list[Record]]:
     """Evaluate ``model`` on the data set at ``root`` under its protocol (VehicleID: the draws; any other: query
-    against gallery). Returns (summary, distances (Q, G), query records, gallery records) of the (first) draw.
+    against gallery). Returns (summary, rank-list distances (K, G) of ``evaluate_features``, query records,
+    gallery records) of the (first) draw.
 
     ``pose_weights_sha256``: the pose weights the model was trained with; pose caches built with others are
     refused (``weights`` names the checkpoint in that message).

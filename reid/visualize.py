@@ -48,6 +48,11 @@ def _tile(path: str, size: tuple[int, int], colour: tuple[int, int, int], border
     return cv2.copyMakeBorder(img, border, border, border, border, cv2.BORDER_CONSTANT, value=colour)
 
 
+def rank_list_queries(num_queries: int) -> np.ndarray:
+    """The query indices a rank list shows by default: up to 8, evenly spread over ``num_queries``."""
+    return np.linspace(0, num_queries - 1, num=min(8, num_queries)).round().astype(int)
+
+
 def rank_list_image(distmat: np.ndarray, query_paths: Sequence[str], gallery_paths: Sequence[str],
                     query_ids, gallery_ids, query_cams=None, gallery_cams=None, path: str | os.PathLike = "ranks.png",
                     queries: Sequence[int] | None = None, top: int = 10, tile: tuple[int, int] = (96, 96),
@@ -57,7 +62,7 @@ def rank_list_image(distmat: np.ndarray, query_paths: Sequence[str], gallery_pat
     distmat = np.asarray(distmat)
     q_ids, g_ids = np.asarray(query_ids), np.asarray(gallery_ids)
     if queries is None:
-        queries = np.linspace(0, len(q_ids) - 1, num=min(8, len(q_ids))).round().astype(int)
+        queries = rank_list_queries(len(q_ids))
     gap = 12
     rows = []
     for qi in queries:

@@ -19,6 +19,7 @@ from pamtri.common.errors import ConfigError
 from .cache import bench_cache
 from .decode import bench_decode
 from .harness import Row, format_table, machine_info
+from .index import bench_index
 from .inference import bench_inference
 from .ranking import bench_evaluate, bench_rerank
 from .synth import bench_synth
@@ -34,6 +35,7 @@ ROWS: dict[str, Callable[[bool], list[Row]]] = {
     "decode": bench_decode,
     "synth": bench_synth,
     "cache": bench_cache,
+    "index": bench_index,
 }
 
 __all__ = ["ROWS", "format_table", "run_bench"]

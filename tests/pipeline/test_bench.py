@@ -53,3 +53,13 @@ def test_run_bench_writes_the_json_rows(tmp_path):
     assert set(row) >= {"name", "ours", "baseline", "unit", "ratio", "roofline_share"}
     assert row["name"] == "decode" and row["ratio"] == pytest.approx(row["ours"] / row["baseline"])
     assert "| decode |" in bench.format_table(saved)
+
+
+def test_index_rows_compare_flat_with_torch_and_ivf_with_flat():
+    from pamtri.pipeline.bench.index import bench_index
+    search, ivf = bench_index(quick=True)
+    assert search.name == "index_search" and ivf.name == "index_ivf" and search.unit == ivf.unit == "queries/s"
+    assert "identical top-10 for 100.0%" in search.note
+    recall = float(ivf.note.split("recall@10 ")[1].split(",")[0])
+    assert recall >= 0.95, ivf.note
+    assert ivf.baseline == search.ours  # IVF is measured against the same flat index

@@ -114,3 +114,44 @@ def test_attribute_accuracy_counts_each_test_image_once():
     q = feats(["a.jpg", "b.jpg", "e.jpg"], [0, 1, 0], [1, 1, 3], [0, 1, 1], [0, 1, 2])
     out, _ = evaluate_features(q, g, EvalConfig())
     assert out["color_acc"] == pytest.approx(3 / 5) and out["type_acc"] == pytest.approx(3 / 5)  # not 5 / 7
+
+
+@pytest.mark.parametrize("metric", ["euclidean", "cosine"])
+@pytest.mark.parametrize("ignore_cameras", [False, True])
+@pytest.mark.parametrize("ties", [False, True])
+def test_blocked_evaluation_from_features_equals_the_dense_path(metric, ignore_cameras, ties):
+    from pamtri.reid.metrics import evaluate_from_features
+    rng = np.random.default_rng(7)
+    q, g = rng.normal(size=(37, 8)).astype(np.float32), rng.normal(size=(150, 8)).astype(np.float32)
+    if ties:  # +-1 in 4 of 8 places: every distance is exact in float32, and many are equal (ties decide ranks)
+        q, g = (np.sign(x) * (np.argsort(rng.random(x.shape), 1) < 4) for x in (q, g))
+        q, g = q.astype(np.float32), g.astype(np.float32)
+    q_ids, g_ids = rng.integers(0, 12, 37), rng.integers(0, 12, 150)
+    q_cams, g_cams = rng.integers(0, 3, 37), rng.integers(0, 3, 150)
+    dense = evaluate(pairwise_distance(torch.from_numpy(q), torch.from_numpy(g), metric), q_ids, g_ids, q_cams,
+                     g_cams, max_rank=20, topk_map=100, ignore_cameras=ignore_cameras)
+    # memory_mib=0: one query per block, so no block ever holds more than one row of the (Q, G) matrix
+    blocked = evaluate_from_features(q, g, q_ids, g_ids, q_cams, g_cams, metric, max_rank=20, topk_map=100,
+                                     ignore_cameras=ignore_cameras, memory_mib=0, threads=2)
+    for key in ("mAP", "mINP", "mAP@100", "num_valid_queries"):
+        assert blocked[key] == pytest.approx(dense[key], abs=1e-12), key
+    np.testing.assert_array_equal(blocked["cmc"], dense["cmc"])
+    np.testing.assert_array_equal(blocked["first_rank"], dense["first_rank"])
+    np.testing.assert_allclose(blocked["ap"], dense["ap"], atol=1e-12)
+
+
+def test_reid_eval_features_use_the_blocked_path_and_keep_only_the_rank_list_rows(monkeypatch):
+    from pamtri.reid import evaluate as ev
+    from pamtri.reid.config import EvalConfig
+    rng = np.random.default_rng(3)
+    q = ev.Features(torch.randn(20, 8), rng.integers(0, 5, 20), rng.integers(0, 3, 20), None, None, None, None, [])
+    g = ev.Features(torch.randn(90, 8), rng.integers(0, 5, 90), rng.integers(0, 3, 90), None, None, None, None, [])
+    dense = evaluate(pairwise_distance(q.features, g.features), q.pids, g.pids, q.camids, g.camids)
+
+    def no_dense(*args):
+        raise AssertionError("the (Q, G) matrix was built without re-ranking")
+    monkeypatch.setattr(ev, "compute_distances", no_dense)
+    out, rows = ev.evaluate_features(q, g, EvalConfig())
+    assert out["mAP"] == pytest.approx(dense["mAP"], abs=1e-6) and rows.shape == (8, 90)
+    np.testing.assert_allclose(rows, pairwise_distance(q.features, g.features).numpy()[[0, 3, 5, 8, 11, 14, 16, 19]],
+                               atol=1e-5)
