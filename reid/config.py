@@ -72,11 +72,17 @@ class DataConfig:
                               f"{self.test_size} and {self.draws}")
 
 
+BACKBONES = ("densenet121", "resnet50", "resnet50_ibn_a")  # besides timm/<name>
+
+
 @dataclass
 class ModelConfig:
-    """The network: backbone, input channels (H, S), keypoint vector (K) and heads."""
-    backbone: Literal["densenet121", "resnet50"] = "densenet121"
-    pretrained: str | None = None  # local torchvision ImageNet state dict (weights/densenet121.pth); None = random
+    """The network: backbone, pooling, neck, input channels (H, S), keypoint vector (K) and heads."""
+    backbone: str = "densenet121"  # densenet121 | resnet50 | resnet50_ibn_a | timm/<any timm model name>
+    pretrained: str | None = None  # local ImageNet state dict (weights/densenet121.pth); None = random
+    pooling: Literal["avg", "max", "gem"] = "avg"  # gem: generalised mean, learnable exponent initialised to 3
+    last_stride: Literal[1, 2] = 2  # stride of the last stage (ResNet-style backbones); 1 doubles its resolution
+    neck: Literal["fc", "bnneck"] = "fc"  # PAMTRI's FC + Leaky ReLU, or BNNeck (Luo et al. 2019): BN, bias frozen
     heatmaps: bool = True          # H: 36 heatmap input channels
     segments: bool = False         # S: 13 segment input channels
     keypoints: bool = True         # K: 108-d keypoint vector concatenated to the pooled feature
@@ -90,17 +96,39 @@ class ModelConfig:
     domain: bool = False           # real-vs-synthetic classifier behind a gradient reversal layer
     grl: Literal["ramp", "constant"] = "ramp"
     grl_coefficient: float = 1.0   # constant coefficient, or the ramp's final value
-    embedding: Literal["fc", "pool"] = "fc"  # test feature: the ReID FC output or the pooled backbone feature
+    # test feature: "auto" = "fc" with the FC neck, "after_bn" with BNNeck; "pool" = the pooled backbone feature;
+    # "before_bn" = the BNNeck's input (pooled feature [+ keypoint vector])
+    embedding: Literal["auto", "fc", "pool", "after_bn", "before_bn"] = "auto"
     num_colors: int = 0            # 0 = from the training labels (max + 1)
     num_types: int = 0
 
     def validate(self) -> None:
         if self.id_fc < 0 or self.attr_fc < 0:
             raise ConfigError("model.id_fc and model.attr_fc must be >= 0")
-        if self.embedding == "fc" and self.id_fc == 0:
+        if self.backbone not in BACKBONES and not (self.backbone.startswith("timm/") and len(self.backbone) > 5):
+            raise ConfigError(f"model.backbone: unknown backbone {self.backbone!r} (expected one of "
+                              f"{', '.join(BACKBONES)} or timm/<model name>)")
+        if self.last_stride == 1 and self.backbone == "densenet121":
+            raise ConfigError("model.last_stride: 1 applies to ResNet-style backbones, not densenet121")
+        if self.neck == "bnneck":
+            if self.id_fc:
+                raise ConfigError(f"model.neck is 'bnneck' (BN on the pooled feature) but model.id_fc is {self.id_fc}; "
+                                  "set model.id_fc: 0")
+            if self.test_feature == "fc":
+                raise ConfigError("model.embedding 'fc' needs model.neck 'fc'; with bnneck use after_bn or before_bn")
+        elif self.test_feature in ("after_bn", "before_bn"):
+            raise ConfigError(f"model.embedding '{self.embedding}' needs model.neck: bnneck")
+        if self.test_feature == "fc" and self.id_fc == 0:
             raise ConfigError("model.embedding is 'fc' but model.id_fc is 0 (no ReID FC layer); use embedding: pool")
         if self.orientation_bins < 2:
             raise ConfigError(f"model.orientation_bins must be >= 2, got {self.orientation_bins}")
+
+    @property
+    def test_feature(self) -> str:
+        """The resolved test feature: fc | pool | after_bn | before_bn ("auto" follows the neck)."""
+        if self.embedding != "auto":
+            return self.embedding
+        return "after_bn" if self.neck == "bnneck" else "fc"
 
     @property
     def in_channels(self) -> int:

@@ -66,7 +66,7 @@ def reid_losses(outputs: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]
                 ) -> dict[str, torch.Tensor]:
     """Named losses of one batch and their weighted ``total``.
 
-    ``outputs``: the model's dict (feature, id, color, type, orientation, domain logits as present);
+    ``outputs``: the model's dict (feature, [triplet_feature], id, color, type, orientation, domain logits as present);
     ``batch``: pid (B,), color (B,), type (B,), orientation (B,) bins, domain (B,); -1 = no label.
     Heads whose loss weight is 0 are still reported (for logging) and add nothing to the total.
 
@@ -80,7 +80,9 @@ def reid_losses(outputs: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]
     out: dict[str, torch.Tensor] = {}
     weights: dict[str, float] = {}
     if cfg.triplet > 0:
-        out["triplet"] = triplet_batch_hard(outputs["feature"], pid, cfg.margin, cfg.soft_margin)
+        # BNNeck models give the BN's input as 'triplet_feature'; otherwise the triplet sees the test feature
+        feature = outputs.get("triplet_feature", outputs["feature"])
+        out["triplet"] = triplet_batch_hard(feature, pid, cfg.margin, cfg.soft_margin)
         weights["triplet"] = cfg.triplet
     if "id" in outputs:
         mask = batch["domain"] == REAL if cfg.id_real_only else None
