@@ -83,6 +83,9 @@ class ModelConfig:
     pooling: Literal["avg", "max", "gem"] = "avg"  # gem: generalised mean, learnable exponent initialised to 3
     last_stride: Literal[1, 2] = 2  # stride of the last stage (ResNet-style backbones); 1 doubles its resolution
     neck: Literal["fc", "bnneck"] = "fc"  # PAMTRI's FC + Leaky ReLU, or BNNeck (Luo et al. 2019): BN, bias frozen
+    classifier: Literal["linear", "cosine"] = "linear"  # ID logits: x W^T + b, or cos(x, W) for loss.id_loss margins
+    centers: bool = False          # learnable class centres (ids x D) for loss.center, trained by the optimiser
+    freeze_iters: int = 0          # backbone frozen (no gradient, BN statistics fixed) for the first N optimiser steps
     heatmaps: bool = True          # H: 36 heatmap input channels
     segments: bool = False         # S: 13 segment input channels
     keypoints: bool = True         # K: 108-d keypoint vector concatenated to the pooled feature
@@ -120,6 +123,8 @@ class ModelConfig:
             raise ConfigError(f"model.embedding '{self.embedding}' needs model.neck: bnneck")
         if self.test_feature == "fc" and self.id_fc == 0:
             raise ConfigError("model.embedding is 'fc' but model.id_fc is 0 (no ReID FC layer); use embedding: pool")
+        if self.freeze_iters < 0:
+            raise ConfigError(f"model.freeze_iters must be >= 0, got {self.freeze_iters}")
         if self.orientation_bins < 2:
             raise ConfigError(f"model.orientation_bins must be >= 2, got {self.orientation_bins}")
 
@@ -144,6 +149,10 @@ class LossConfig:
     margin: float = 0.3
     soft_margin: bool = False
     id: float = 1.0
+    center: float = 0.0            # center loss (Wen et al. 2016) weight: mean ||f - c_y||^2 on the triplet's feature
+    id_loss: Literal["softmax", "cosface", "arcface", "circle"] = "softmax"  # margins need model.classifier: cosine
+    scale: float = 64.0            # s of the cosine logits (model.classifier: cosine)
+    id_margin: float = 0.35        # m of CosFace (cos - m), ArcFace (angle + m, radians), Circle (relaxation)
     label_smoothing: float = 0.0
     color: float = 0.125
     type: float = 0.125
@@ -153,9 +162,12 @@ class LossConfig:
     id_real_only: bool = False     # StRDAN authors' code: ID cross-entropy on real images only
 
     def validate(self) -> None:
-        for name in ("triplet", "id", "color", "type", "orientation", "domain", "disjoint_weight", "margin"):
+        for name in ("triplet", "id", "center", "color", "type", "orientation", "domain", "disjoint_weight", "margin"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"loss.{name} must be >= 0, got {getattr(self, name)}")
+        if self.scale <= 0 or self.id_margin < 0:
+            raise ConfigError(f"loss.scale must be positive and loss.id_margin >= 0, got {self.scale} and "
+                              f"{self.id_margin}")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ConfigError(f"loss.label_smoothing must be in [0, 1), got {self.label_smoothing}")
 
@@ -238,6 +250,12 @@ class ReIDConfig:
             raise ConfigError("data.train lists no training data set")
         if loss.id > 0 and not m.id_head:
             raise ConfigError("loss.id > 0 but model.id_head is false (no ID classifier)")
+        if (loss.id_loss != "softmax") != (m.classifier == "cosine"):
+            raise ConfigError(f"loss.id_loss '{loss.id_loss}' and model.classifier '{m.classifier}' do not go "
+                              "together: cosface / arcface / circle need classifier: cosine, softmax needs linear")
+        if (loss.center > 0) != m.centers:
+            raise ConfigError(f"loss.center = {loss.center} and model.centers = {m.centers}: the center loss needs the "
+                              "model's class centres and the centres need the loss; set both or neither")
         if loss.triplet <= 0 and loss.id <= 0:
             raise ConfigError("loss.triplet and loss.id are both 0: nothing trains the ReID feature")
         if m.domain and loss.domain > 0 and len({src.domain for src in d.train}) < 2:

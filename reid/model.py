@@ -182,6 +182,23 @@ def _bias_free_classifier(dim: int, num_ids: int) -> nn.Linear:
     return fc
 
 
+class CosineClassifier(nn.Module):
+    """(B, D) -> (B, C) cosine similarities to C learnable class weights, the input of margin softmaxes."""
+
+    def __init__(self, dim: int, num_classes: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(num_classes, dim).normal_(0.0, 0.01))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(F.normalize(x, dim=1), F.normalize(self.weight, dim=1))
+
+
+def _id_classifier(cfg: ModelConfig, dim: int, num_ids: int) -> nn.Module:
+    if cfg.classifier == "cosine":
+        return CosineClassifier(dim, num_ids)
+    return _bias_free_classifier(dim, num_ids) if cfg.neck == "bnneck" else nn.Linear(dim, num_ids)
+
+
 class ReIDNet(nn.Module):
     """The configurable ReID network; ``forward`` returns a dict of the feature and each head's logits."""
 
@@ -202,10 +219,8 @@ class ReIDNet(nn.Module):
         self.bnneck = _bnneck(head_in) if cfg.neck == "bnneck" else None
         self.id_fc = nn.Linear(head_in, cfg.id_fc) if cfg.id_fc > 0 else None
         id_dim = cfg.id_fc if cfg.id_fc > 0 else head_in
-        self.id_classifier = None
-        if cfg.id_head:
-            self.id_classifier = (_bias_free_classifier(id_dim, self.num_ids) if self.bnneck is not None
-                                  else nn.Linear(id_dim, self.num_ids))
+        self.id_classifier = _id_classifier(cfg, id_dim, self.num_ids) if cfg.id_head else None
+        self.centers = nn.Parameter(torch.randn(self.num_ids, head_in)) if cfg.centers else None
         self.color_fc, self.color_classifier = _head(head_in, cfg.attr_fc, num_colors) if cfg.color else (None, None)
         self.type_fc, self.type_classifier = _head(head_in, cfg.attr_fc, num_types) if cfg.type else (None, None)
         self.orientation_fc, self.orientation_classifier = (
@@ -213,6 +228,7 @@ class ReIDNet(nn.Module):
         self.domain_fc, self.domain_classifier = _head(head_in, cfg.attr_fc, 2) if cfg.domain else (None, None)
         self.embedding_dim = {"fc": cfg.id_fc, "pool": self.feature_dim}.get(cfg.test_feature, head_in)
         self.grl_coefficient = cfg.grl_coefficient if cfg.grl == "constant" else 0.0
+        self.backbone_frozen = False
 
     def set_progress(self, progress: float) -> float:
         """Update the reversal coefficient for training progress p in [0, 1]; returns it."""
@@ -224,8 +240,14 @@ class ReIDNet(nn.Module):
         """(B, C, H, W) normalised input -> (B, feature_dim, h, w) backbone output (timm: ``forward_features``)."""
         if images.shape[1] != self.cfg.in_channels:
             raise ValueError(f"the model takes {self.cfg.in_channels} input channels, got {images.shape[1]}")
-        forward_features = getattr(self.backbone, "forward_features", None)
-        return forward_features(images) if forward_features is not None else self.backbone(images)
+        forward = getattr(self.backbone, "forward_features", self.backbone)
+        if not (self.backbone_frozen and self.training):
+            return forward(images)
+        self.backbone.eval()  # frozen: no gradient and no BatchNorm statistics update (model.freeze_iters)
+        with torch.no_grad():
+            x = forward(images)
+        self.backbone.train()
+        return x
 
     def pooled(self, images: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) normalised input -> (B, feature_dim) globally pooled (avg, max or GeM) backbone feature."""
@@ -263,13 +285,16 @@ class ReIDNet(nn.Module):
 
     def forward(self, images: torch.Tensor, keypoints: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """{'feature': (B, D) test feature, 'id', 'color', 'type', 'orientation', 'domain': logits} for the heads
-        on; BNNeck adds 'triplet_feature' (B, D), its input, which the triplet loss sees."""
+        on; BNNeck adds 'triplet_feature' (B, D), its input, which the triplet loss sees; 'centers' (ids, D) the
+        center loss's class centres (model.centers)."""
         pooled = self.pooled(images)
         f = self._head_input(pooled, keypoints)
         fid = self._id_feature(f)
         out = {"feature": self._test_feature(pooled, f, fid)}
         if self.bnneck is not None:
             out["triplet_feature"] = f
+        if self.centers is not None:
+            out["centers"] = self.centers
         if self.id_classifier is not None:
             out["id"] = self.id_classifier(fid)
         for name in ("color", "type", "orientation", "domain"):
