@@ -205,9 +205,14 @@ def _reid_optim() -> OptimConfig:
 
 @dataclass
 class EvalConfig:
-    """Test-time protocol: distance, re-ranking, camera rule."""
+    """Test-time protocol: features (flip, query expansion, track averaging), distance, re-ranking, camera rule."""
     every: int = 10                # evaluate every N epochs (and after the last); 0 = only at the end
     metric: Literal["euclidean", "cosine"] = "euclidean"
+    flip_feature: bool = False     # average each image's feature with its mirror's (pose channels swapped)
+    query_expansion: bool = False  # alpha-QE over query + gallery before the distances (and re-ranking)
+    qe_k: int = 5
+    qe_alpha: float = 3.0
+    track_file: str = ""           # CityFlow test_track.txt: gallery features averaged per track ("" = off)
     rerank: bool = False
     k1: int = 20
     k2: int = 6
@@ -220,6 +225,8 @@ class EvalConfig:
     def validate(self) -> None:
         if self.every < 0 or self.batch_size <= 0:
             raise ConfigError("eval.every must be >= 0 and eval.batch_size positive")
+        if self.qe_k < 1 or self.qe_alpha < 0:
+            raise ConfigError(f"eval.qe_k must be >= 1 and eval.qe_alpha >= 0, got {self.qe_k} and {self.qe_alpha}")
         if self.k1 < 1 or self.k2 < 1 or not 0 <= self.lambda_value <= 1:
             raise ConfigError("eval.k1 and eval.k2 must be >= 1 and eval.lambda_value in [0, 1]")
 
