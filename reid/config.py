@@ -79,7 +79,8 @@ BACKBONES = ("densenet121", "resnet50", "resnet50_ibn_a")  # besides timm/<name>
 class ModelConfig:
     """The network: backbone, pooling, neck, input channels (H, S), keypoint vector (K) and heads."""
     backbone: str = "densenet121"  # densenet121 | resnet50 | resnet50_ibn_a | timm/<any timm model name>
-    pretrained: str | None = None  # local ImageNet state dict (weights/densenet121.pth); None = random
+    pretrained: str | None = None  # local ImageNet state dict (weights/densenet121.pth), "imagenet" (torchvision's
+                                   # or timm's file through the torch hub cache) or None = random
     pooling: Literal["avg", "max", "gem"] = "avg"  # gem: generalised mean, learnable exponent initialised to 3
     last_stride: Literal[1, 2] = 2  # stride of the last stage (ResNet-style backbones); 1 doubles its resolution
     neck: Literal["fc", "bnneck"] = "fc"  # PAMTRI's FC + Leaky ReLU, or BNNeck (Luo et al. 2019): BN, bias frozen

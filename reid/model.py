@@ -24,6 +24,8 @@ import os
 import re
 from collections import OrderedDict
 from dataclasses import asdict, replace
+from pathlib import Path
+from urllib.parse import urlparse
 
 import torch
 import torch.nn.functional as F
@@ -315,11 +317,45 @@ class ReIDNet(nn.Module):
 
 
 def build_model(cfg: ModelConfig, num_ids: int, num_colors: int = 10, num_types: int = 9) -> ReIDNet:
-    """The network of ``cfg``, with local ImageNet weights loaded into the backbone when ``cfg.pretrained``."""
+    """The network of ``cfg``, with ImageNet weights loaded into the backbone when ``cfg.pretrained`` names a
+    local file or is ``imagenet`` (the torch hub cache)."""
     model = ReIDNet(cfg, num_ids, num_colors, num_types)
-    if cfg.pretrained:
+    if cfg.pretrained == "imagenet":
+        load_imagenet_weights(model, imagenet_weights_file(model))
+    elif cfg.pretrained:
         load_imagenet_weights(model, cfg.pretrained)
     return model
+
+
+def imagenet_weights_url(model: ReIDNet) -> str:
+    """Where torchvision or timm publish the ImageNet weights of ``model``'s backbone; ConfigError when nobody does."""
+    name = model.cfg.backbone
+    if name == "densenet121":
+        return torchvision.models.DenseNet121_Weights.IMAGENET1K_V1.url
+    if name == "resnet50":
+        return torchvision.models.ResNet50_Weights.IMAGENET1K_V1.url
+    url = model.backbone.pretrained_cfg.get("url") if name.startswith("timm/") else None
+    if not url:
+        raise ConfigError(f"model.pretrained: imagenet: no download address for {name} (resnet50_ibn_a: IBN-Net's "
+                          "r50_ibn_a.pth from github.com/XingangPan/IBN-Net releases); set model.pretrained to a file")
+    return url
+
+
+def imagenet_weights_file(model: ReIDNet) -> Path:
+    """The torch hub cache file (``torch.hub.get_dir()/checkpoints``) of the backbone's ImageNet weights,
+    downloaded with its hash check when missing; CheckpointError naming the file when it cannot be fetched."""
+    url = imagenet_weights_url(model)
+    path = Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(url).path).name
+    if path.is_file():
+        return path
+    digest = re.search(r"-([a-f0-9]{6,})\.", path.name)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.hub.download_url_to_file(url, str(path), hash_prefix=digest.group(1) if digest else None)
+    except (OSError, RuntimeError) as exc:
+        raise CheckpointError(f"{path}: ImageNet weights of {model.cfg.backbone} not in the torch hub cache and not "
+                              f"downloadable ({exc}); fetch {url} and place it there") from None
+    return path
 
 
 def model_from_description(desc: dict) -> ReIDNet:

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pamtri.common.errors import ConfigError
+from pamtri.common.errors import CheckpointError, ConfigError
 from pamtri.reid.config import LossConfig, ModelConfig
 from pamtri.reid.losses import reid_losses, triplet_batch_hard
 from pamtri.reid.model import IBN, GeM, ReIDNet, build_model
@@ -164,3 +164,34 @@ def test_widened_timm_conv_keeps_imagenet_rgb_weights(tmp_path):
     assert torch.equal(model.backbone.conv1.weight[:, :3], state["conv1.weight"])
     assert torch.equal(model.backbone.layer4[1].bn2.weight, state["layer4.1.bn2.weight"])
     assert 0.01 < model.backbone.conv1.weight[:, 3:].std() < 0.03
+
+
+def _offline(monkeypatch, hub):
+    def no_network(url, dst, hash_prefix=None, progress=True):
+        raise OSError(f"no network for {url}")
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(hub))
+    monkeypatch.setattr(torch.hub, "download_url_to_file", no_network)
+
+
+def test_pretrained_imagenet_loads_from_a_seeded_hub_cache_without_network(tmp_path, monkeypatch):
+    import timm
+    _offline(monkeypatch, tmp_path / "hub")
+    torch.manual_seed(2)
+    state = timm.create_model("resnet18", pretrained=False).state_dict()
+    url = timm.create_model("resnet18", pretrained=False).pretrained_cfg["url"]
+    (tmp_path / "hub" / "checkpoints").mkdir(parents=True)
+    torch.save(state, tmp_path / "hub" / "checkpoints" / url.rsplit("/", 1)[1])
+    model = build_model(replace(RGB, backbone="timm/resnet18", heatmaps=True, pretrained="imagenet"), num_ids=2)
+    assert torch.equal(model.backbone.conv1.weight[:, :3], state["conv1.weight"])
+    assert torch.equal(model.backbone.layer3[0].bn1.running_mean, state["layer3.0.bn1.running_mean"])
+
+
+def test_pretrained_imagenet_offline_without_the_file_names_it(tmp_path, monkeypatch):
+    _offline(monkeypatch, tmp_path / "hub")
+    with pytest.raises(CheckpointError) as err:
+        build_model(replace(RGB, backbone="resnet50", pretrained="imagenet"), num_ids=2)
+    message = str(err.value)
+    assert str(tmp_path / "hub" / "checkpoints" / "resnet50-0676ba61.pth") in message and "\n" not in message
+    assert "https://download.pytorch.org/models/resnet50-0676ba61.pth" in message
+    with pytest.raises(ConfigError, match="r50_ibn_a.pth"):
+        build_model(replace(RGB, backbone="resnet50_ibn_a", pretrained="imagenet"), num_ids=2)
