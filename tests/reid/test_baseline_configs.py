@@ -69,3 +69,20 @@ def test_bnneck_circle_gem_freeze_and_test_time_train_end_to_end(tmp_path):
     assert "centers" in best["model"] and "gem.p" in best["model"] and "bnneck.weight" in best["model"]
     assert best["model"]["backbone.conv1.weight"].shape[1] == 3 + 36  # the tiny config's heatmap channels
     assert 0 <= best["metrics"]["mAP"] <= 1
+
+
+def test_training_freezes_the_backbone_for_the_first_freeze_iters_steps(tmp_path, monkeypatch):
+    from pamtri.reid.model import ReIDNet
+    root = write_tiny_synth_tree(tmp_path / "data", ids=8)
+    cfg = write_tiny_reid_config(tmp_path / "tiny.yaml", root, epochs=2, batches=2, every=0)
+    flags = []
+    feature_map = ReIDNet.feature_map
+
+    def recording(self, images):
+        if self.training:
+            flags.append(self.backbone_frozen)
+        return feature_map(self, images)
+    monkeypatch.setattr(ReIDNet, "feature_map", recording)
+    assert main(["reid", "train", "--config", str(cfg), "--out", str(tmp_path / "run"), "--set",
+                 "model.freeze_iters=3"]) == 0
+    assert flags == [True, True, True, False]
