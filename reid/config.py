@@ -72,11 +72,21 @@ class DataConfig:
                               f"{self.test_size} and {self.draws}")
 
 
+BACKBONES = ("densenet121", "resnet50", "resnet50_ibn_a")  # besides timm/<name>
+
+
 @dataclass
 class ModelConfig:
-    """The network: backbone, input channels (H, S), keypoint vector (K) and heads."""
-    backbone: Literal["densenet121", "resnet50"] = "densenet121"
-    pretrained: str | None = None  # local torchvision ImageNet state dict (weights/densenet121.pth); None = random
+    """The network: backbone, pooling, neck, input channels (H, S), keypoint vector (K) and heads."""
+    backbone: str = "densenet121"  # densenet121 | resnet50 | resnet50_ibn_a | timm/<any timm model name>
+    pretrained: str | None = None  # local ImageNet state dict (weights/densenet121.pth), "imagenet" (torchvision's
+                                   # or timm's file through the torch hub cache) or None = random
+    pooling: Literal["avg", "max", "gem"] = "avg"  # gem: generalised mean, learnable exponent initialised to 3
+    last_stride: Literal[1, 2] = 2  # stride of the last stage (ResNet-style backbones); 1 doubles its resolution
+    neck: Literal["fc", "bnneck"] = "fc"  # PAMTRI's FC + Leaky ReLU, or BNNeck (Luo et al. 2019): BN, bias frozen
+    classifier: Literal["linear", "cosine"] = "linear"  # ID logits: x W^T + b, or cos(x, W) for loss.id_loss margins
+    centers: bool = False          # learnable class centres (ids x D) for loss.center, trained by the optimiser
+    freeze_iters: int = 0          # backbone frozen (no gradient, BN statistics fixed) for the first N optimiser steps
     heatmaps: bool = True          # H: 36 heatmap input channels
     segments: bool = False         # S: 13 segment input channels
     keypoints: bool = True         # K: 108-d keypoint vector concatenated to the pooled feature
@@ -90,17 +100,41 @@ class ModelConfig:
     domain: bool = False           # real-vs-synthetic classifier behind a gradient reversal layer
     grl: Literal["ramp", "constant"] = "ramp"
     grl_coefficient: float = 1.0   # constant coefficient, or the ramp's final value
-    embedding: Literal["fc", "pool"] = "fc"  # test feature: the ReID FC output or the pooled backbone feature
+    # test feature: "auto" = "fc" with the FC neck, "after_bn" with BNNeck; "pool" = the pooled backbone feature;
+    # "before_bn" = the BNNeck's input (pooled feature [+ keypoint vector])
+    embedding: Literal["auto", "fc", "pool", "after_bn", "before_bn"] = "auto"
     num_colors: int = 0            # 0 = from the training labels (max + 1)
     num_types: int = 0
 
     def validate(self) -> None:
         if self.id_fc < 0 or self.attr_fc < 0:
             raise ConfigError("model.id_fc and model.attr_fc must be >= 0")
-        if self.embedding == "fc" and self.id_fc == 0:
+        if self.backbone not in BACKBONES and not (self.backbone.startswith("timm/") and len(self.backbone) > 5):
+            raise ConfigError(f"model.backbone: unknown backbone {self.backbone!r} (expected one of "
+                              f"{', '.join(BACKBONES)} or timm/<model name>)")
+        if self.last_stride == 1 and self.backbone == "densenet121":
+            raise ConfigError("model.last_stride: 1 applies to ResNet-style backbones, not densenet121")
+        if self.neck == "bnneck":
+            if self.id_fc:
+                raise ConfigError(f"model.neck is 'bnneck' (BN on the pooled feature) but model.id_fc is {self.id_fc}; "
+                                  "set model.id_fc: 0")
+            if self.test_feature == "fc":
+                raise ConfigError("model.embedding 'fc' needs model.neck 'fc'; with bnneck use after_bn or before_bn")
+        elif self.test_feature in ("after_bn", "before_bn"):
+            raise ConfigError(f"model.embedding '{self.embedding}' needs model.neck: bnneck")
+        if self.test_feature == "fc" and self.id_fc == 0:
             raise ConfigError("model.embedding is 'fc' but model.id_fc is 0 (no ReID FC layer); use embedding: pool")
+        if self.freeze_iters < 0:
+            raise ConfigError(f"model.freeze_iters must be >= 0, got {self.freeze_iters}")
         if self.orientation_bins < 2:
             raise ConfigError(f"model.orientation_bins must be >= 2, got {self.orientation_bins}")
+
+    @property
+    def test_feature(self) -> str:
+        """The resolved test feature: fc | pool | after_bn | before_bn ("auto" follows the neck)."""
+        if self.embedding != "auto":
+            return self.embedding
+        return "after_bn" if self.neck == "bnneck" else "fc"
 
     @property
     def in_channels(self) -> int:
@@ -116,6 +150,10 @@ class LossConfig:
     margin: float = 0.3
     soft_margin: bool = False
     id: float = 1.0
+    center: float = 0.0            # center loss (Wen et al. 2016) weight: mean ||f - c_y||^2 on the triplet's feature
+    id_loss: Literal["softmax", "cosface", "arcface", "circle"] = "softmax"  # margins need model.classifier: cosine
+    scale: float = 64.0            # s of the cosine logits (model.classifier: cosine)
+    id_margin: float = 0.35        # m of CosFace (cos - m), ArcFace (angle + m, radians), Circle (relaxation)
     label_smoothing: float = 0.0
     color: float = 0.125
     type: float = 0.125
@@ -125,9 +163,12 @@ class LossConfig:
     id_real_only: bool = False     # StRDAN authors' code: ID cross-entropy on real images only
 
     def validate(self) -> None:
-        for name in ("triplet", "id", "color", "type", "orientation", "domain", "disjoint_weight", "margin"):
+        for name in ("triplet", "id", "center", "color", "type", "orientation", "domain", "disjoint_weight", "margin"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"loss.{name} must be >= 0, got {getattr(self, name)}")
+        if self.scale <= 0 or self.id_margin < 0:
+            raise ConfigError(f"loss.scale must be positive and loss.id_margin >= 0, got {self.scale} and "
+                              f"{self.id_margin}")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ConfigError(f"loss.label_smoothing must be in [0, 1), got {self.label_smoothing}")
 
@@ -165,9 +206,14 @@ def _reid_optim() -> OptimConfig:
 
 @dataclass
 class EvalConfig:
-    """Test-time protocol: distance, re-ranking, camera rule."""
+    """Test-time protocol: features (flip, query expansion, track averaging), distance, re-ranking, camera rule."""
     every: int = 10                # evaluate every N epochs (and after the last); 0 = only at the end
     metric: Literal["euclidean", "cosine"] = "euclidean"
+    flip_feature: bool = False     # average each image's feature with its mirror's (pose channels swapped)
+    query_expansion: bool = False  # alpha-QE over query + gallery before the distances (and re-ranking)
+    qe_k: int = 5
+    qe_alpha: float = 3.0
+    track_file: str = ""           # CityFlow test_track.txt: gallery features averaged per track ("" = off)
     rerank: bool = False
     k1: int = 20
     k2: int = 6
@@ -180,6 +226,8 @@ class EvalConfig:
     def validate(self) -> None:
         if self.every < 0 or self.batch_size <= 0:
             raise ConfigError("eval.every must be >= 0 and eval.batch_size positive")
+        if self.qe_k < 1 or self.qe_alpha < 0:
+            raise ConfigError(f"eval.qe_k must be >= 1 and eval.qe_alpha >= 0, got {self.qe_k} and {self.qe_alpha}")
         if self.k1 < 1 or self.k2 < 1 or not 0 <= self.lambda_value <= 1:
             raise ConfigError("eval.k1 and eval.k2 must be >= 1 and eval.lambda_value in [0, 1]")
 
@@ -210,6 +258,12 @@ class ReIDConfig:
             raise ConfigError("data.train lists no training data set")
         if loss.id > 0 and not m.id_head:
             raise ConfigError("loss.id > 0 but model.id_head is false (no ID classifier)")
+        if (loss.id_loss != "softmax") != (m.classifier == "cosine"):
+            raise ConfigError(f"loss.id_loss '{loss.id_loss}' and model.classifier '{m.classifier}' do not go "
+                              "together: cosface / arcface / circle need classifier: cosine, softmax needs linear")
+        if (loss.center > 0) != m.centers:
+            raise ConfigError(f"loss.center = {loss.center} and model.centers = {m.centers}: the center loss needs the "
+                              "model's class centres and the centres need the loss; set both or neither")
         if loss.triplet <= 0 and loss.id <= 0:
             raise ConfigError("loss.triplet and loss.id are both 0: nothing trains the ReID feature")
         if m.domain and loss.domain > 0 and len({src.domain for src in d.train}) < 2:

@@ -21,6 +21,7 @@ from .metrics import attribute_accuracy, evaluate, evaluate_from_features, pairw
 from .model import ReIDNet
 from .pose_inputs import cache_weights_sha256, make_pose_source
 from .rerank import rerank
+from .test_time import alpha_query_expansion, mirror_inputs, track_average
 from .transforms import make_builder
 
 log = logging.getLogger(__name__)
@@ -49,8 +50,9 @@ class Features:
 
 @torch.no_grad()
 def extract_features(model: ReIDNet, loader: DataLoader, device: torch.device, dtype: torch.dtype | None = None,
-                     desc: str = "features") -> Features:
-    """Run ``model`` over a loader of ``ReIDDataset`` samples; colour/type logits when the model has those heads."""
+                     desc: str = "features", flip: bool = False) -> Features:
+    """Run ``model`` over a loader of ``ReIDDataset`` samples; colour/type logits when the model has those heads;
+    with ``flip`` each feature is the mean of the image's and its mirror's (eval.flip_feature)."""
     model.eval()
     feats, colors_l, types_l = [], [], []
     labels = {k: [] for k in ("pid", "camid", "color", "type", "index")}
@@ -68,6 +70,8 @@ def extract_features(model: ReIDNet, loader: DataLoader, device: torch.device, d
                     types_l.append(out["type"].float().cpu())
             else:
                 feats.append(model.embed(x, kp).float().cpu())
+            if flip:
+                feats[-1] = 0.5 * (feats[-1] + model.embed(*mirror_inputs(x, kp, model.cfg)).float().cpu())
         for k in labels:
             labels[k].append(torch.as_tensor(batch[k]).numpy())
     cat = {k: np.concatenate(v) if v else np.zeros(0, np.int64) for k, v in labels.items()}
@@ -181,19 +185,26 @@ def queries_not_in_gallery(qf: Features, gf: Features) -> np.ndarray:
 
 def evaluate_features(qf: Features, gf: Features, cfg: EvalConfig) -> tuple[dict, np.ndarray]:
     """(summary metrics incl. colour/type accuracy over the distinct test images, distances (K, G) of the K
-    rank-list queries ``visualize.rank_list_queries(Q)``). Without re-ranking the (Q, G) matrix is never built:
-    the metrics come from the features block by block (``metrics.evaluate_from_features``)."""
+    rank-list queries ``visualize.rank_list_queries(Q)``); gallery features track-averaged (eval.track_file),
+    then query-expanded (eval.query_expansion). Without re-ranking the (Q, G) matrix is never built: the metrics
+    come from the features block by block (``metrics.evaluate_from_features``)."""
     from .visualize import rank_list_queries
+    q, g = qf.features, gf.features
+    if cfg.track_file:
+        from pamtri.data.readers.cityflow import read_tracks
+        g = track_average(g, gf.names, read_tracks(cfg.track_file))
+    if cfg.query_expansion:
+        q, g = alpha_query_expansion(q, g, cfg.qe_k, cfg.qe_alpha)
     shown = torch.from_numpy(rank_list_queries(len(qf.pids)))
     if cfg.rerank:
-        dist = compute_distances(qf.features, gf.features, cfg)
+        dist = compute_distances(q, g, cfg)
         raw = evaluate(dist, qf.pids, gf.pids, qf.camids, gf.camids, cfg.max_rank, cfg.topk_map,
                        ignore_cameras=cfg.ignore_cameras)
         dist = dist[shown.numpy()]
     else:
-        raw = evaluate_from_features(qf.features, gf.features, qf.pids, gf.pids, qf.camids, gf.camids, cfg.metric,
+        raw = evaluate_from_features(q, g, qf.pids, gf.pids, qf.camids, gf.camids, cfg.metric,
                                      cfg.max_rank, cfg.topk_map, ignore_cameras=cfg.ignore_cameras)
-        dist = pairwise_distance(qf.features[shown], gf.features, cfg.metric).numpy()
+        dist = pairwise_distance(q[shown], g, cfg.metric).numpy()
     out = summarise(raw, cfg.topk_map)
     extra = torch.from_numpy(queries_not_in_gallery(qf, gf))
     for name, logits_attr, labels_attr in (("color_acc", "color_logits", "colors"),
@@ -209,6 +220,6 @@ def evaluate_features(qf: Features, gf: Features, cfg: EvalConfig) -> tuple[dict
 def evaluate_model(model: ReIDNet, query_loader: DataLoader, gallery_loader: DataLoader, cfg: EvalConfig,
                    device: torch.device, dtype: torch.dtype | None = None) -> tuple[dict, np.ndarray]:
     """Features of both splits, then ``evaluate_features``."""
-    qf = extract_features(model, query_loader, device, dtype, "query")
-    gf = extract_features(model, gallery_loader, device, dtype, "gallery")
+    qf = extract_features(model, query_loader, device, dtype, "query", cfg.flip_feature)
+    gf = extract_features(model, gallery_loader, device, dtype, "gallery", cfg.flip_feature)
     return evaluate_features(qf, gf, cfg)

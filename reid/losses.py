@@ -1,4 +1,4 @@
-"""ReID losses: batch-hard triplet, (masked) cross-entropy, and the PAMTRI / StRDAN totals.
+"""ReID losses: batch-hard triplet, (masked) cross-entropy, margin softmaxes, and the PAMTRI / StRDAN totals.
 
 Every attribute loss is masked per sample: a label of -1 (no label) contributes nothing, so a batch with
 no labelled image gives exactly 0 and no gradient into that head.
@@ -62,16 +62,48 @@ def masked_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, smoothing: 
     return per.sum() / keep.sum().clamp_min(1)
 
 
+def center_loss(features: torch.Tensor, labels: torch.Tensor, centers: torch.Tensor) -> torch.Tensor:
+    """Center loss (Wen et al. 2016, as the strong baseline): mean over labelled samples of ||f_i - c_{y_i}||^2;
+    features (B, D), labels (B,) with -1 = no label, centers (C, D)."""
+    keep = labels >= 0
+    d2 = (features.float() - centers.float()[labels.clamp_min(0).long()]).square().sum(1)
+    return torch.where(keep, d2, torch.zeros_like(d2)).sum() / keep.sum().clamp_min(1)
+
+
+def margin_logits(cosine: torch.Tensor, labels: torch.Tensor, kind: str, scale: float, margin: float
+                  ) -> torch.Tensor:
+    """Cosine similarities (B, C) to the class weights -> logits (B, C) of a margin softmax; labels (B,), -1 allowed.
+
+    Others get s cos, except in Circle. CosFace (Wang et al. 2018): s (cos - m) for the true class; ArcFace (Deng
+    et al. 2019): s cos(theta + m) for the true class; Circle (Sun et al. 2020, as fast-reid's CircleSoftmax):
+    s [1 + m - cos]_+ (cos - 1 + m) for the true class, s [cos + m]_+ (cos - m) for the others ([.]_+ detached).
+    """
+    cos = cosine.float()
+    target = F.one_hot(labels.clamp_min(0).long(), cos.shape[1]).bool()
+    if kind == "cosface":
+        return scale * torch.where(target, cos - margin, cos)
+    if kind == "arcface":
+        theta = torch.acos(cos.clamp(-1 + 1e-7, 1 - 1e-7))
+        return scale * torch.where(target, torch.cos(theta + margin), cos)
+    if kind == "circle":
+        alpha_p = F.relu(1 + margin - cos).detach()
+        alpha_n = F.relu(cos + margin).detach()
+        return scale * torch.where(target, alpha_p * (cos - 1 + margin), alpha_n * (cos - margin))
+    raise ValueError(f"unknown margin softmax {kind!r}")
+
+
 def reid_losses(outputs: dict[str, torch.Tensor], batch: dict[str, torch.Tensor], cfg: LossConfig
                 ) -> dict[str, torch.Tensor]:
     """Named losses of one batch and their weighted ``total``.
 
-    ``outputs``: the model's dict (feature, id, color, type, orientation, domain logits as present);
+    ``outputs``: the model's dict (feature, [triplet_feature], [centers], id, color, type, orientation, domain
+    logits as present);
     ``batch``: pid (B,), color (B,), type (B,), orientation (B,) bins, domain (B,); -1 = no label.
     Heads whose loss weight is 0 are still reported (for logging) and add nothing to the total.
 
-    PAMTRI: ``triplet + id + color * CE(colour) + type * CE(type)``, attributes on every labelled image.
-    StRDAN: ``L_joint + disjoint_weight * L_disjoint`` with L_joint = ID + domain + triplet on every image
+    PAMTRI: ``triplet + center * L_center + id + color * CE(colour) + type * CE(type)``, attributes on every
+    labelled image (id: cross-entropy of the linear logits or of a margin softmax's).
+    StRDAN: ``L_joint + disjoint_weight * L_disjoint`` with L_joint = ID + domain + triplet (+ center) on every image
     and L_disjoint = colour + type + orientation on synthetic images only, whatever labels a real image
     carries (Lee et al. 2020, Sec. 3).
     """
@@ -79,12 +111,19 @@ def reid_losses(outputs: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]
     eps = cfg.label_smoothing
     out: dict[str, torch.Tensor] = {}
     weights: dict[str, float] = {}
+    # BNNeck models give the BN's input as 'triplet_feature' (triplet and center loss); else the test feature
+    feature = outputs.get("triplet_feature", outputs["feature"])
     if cfg.triplet > 0:
-        out["triplet"] = triplet_batch_hard(outputs["feature"], pid, cfg.margin, cfg.soft_margin)
+        out["triplet"] = triplet_batch_hard(feature, pid, cfg.margin, cfg.soft_margin)
         weights["triplet"] = cfg.triplet
+    if "centers" in outputs:
+        out["center"] = center_loss(feature, pid, outputs["centers"])
+        weights["center"] = cfg.center
     if "id" in outputs:
         mask = batch["domain"] == REAL if cfg.id_real_only else None
-        out["id"] = masked_cross_entropy(outputs["id"], pid, eps, mask)
+        logits = outputs["id"] if cfg.id_loss == "softmax" else margin_logits(
+            outputs["id"], pid, cfg.id_loss, cfg.scale, cfg.id_margin)
+        out["id"] = masked_cross_entropy(logits, pid, eps, mask)
         weights["id"] = cfg.id
     attr_mask = batch["domain"] == SYNTHETIC if cfg.objective == "strdan" else None
     for name in ("color", "type", "orientation"):
@@ -96,7 +135,7 @@ def reid_losses(outputs: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]
         weights["domain"] = cfg.domain
     zero = outputs["feature"].sum() * 0.0
     if cfg.objective == "strdan":
-        joint = sum((weights[k] * out[k] for k in ("id", "domain", "triplet") if k in out), zero)
+        joint = sum((weights[k] * out[k] for k in ("id", "domain", "triplet", "center") if k in out), zero)
         disjoint = sum((weights[k] * out[k] for k in ("color", "type", "orientation") if k in out), zero)
         out["joint"], out["disjoint"] = joint, disjoint
         out["total"] = joint + cfg.disjoint_weight * disjoint

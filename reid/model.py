@@ -1,10 +1,13 @@
 """PAMTRI's pose-aware multi-task network and StRDAN's domain-adaptive variant: one configurable module.
 
 Input: images (B, 3 [+36 heatmaps] [+13 segments], H, W), normalised; keypoints (B, 108) in [-0.5, 0.5].
-Backbone (torchvision DenseNet121 or ResNet-50 convolutional part) -> global average pooling -> pooled
-feature (1024 / 2048), concatenated with the keypoint vector when ``keypoints`` is on -> heads:
+Backbone (torchvision DenseNet121, ResNet-50, ResNet-50-IBN-a, or any timm model's ``forward_features``; the
+first convolution widened for the pose channels) -> global pooling (avg, max or GeM) -> pooled feature (1024 /
+2048 / timm's ``num_features``), concatenated with the keypoint vector when ``keypoints`` is on -> heads:
 
-- ID: FC ``id_fc`` + Leaky ReLU (the ReID feature) -> classifier over training identities;
+- ID, ``neck: fc`` (PAMTRI): FC ``id_fc`` + Leaky ReLU (the ReID feature) -> classifier over training identities;
+- ID, ``neck: bnneck`` (Luo et al. 2019): BatchNorm1d (bias frozen) -> bias-free classifier; the triplet loss
+  sees the BN's input (``triplet_feature``), the test feature is the BN's output (or its input);
 - colour / type / orientation: FC ``attr_fc`` + Leaky ReLU -> classifier;
 - domain (real vs synthetic): gradient reversal layer -> FC ``attr_fc`` + Leaky ReLU -> classifier.
 
@@ -21,6 +24,8 @@ import os
 import re
 from collections import OrderedDict
 from dataclasses import asdict, replace
+from pathlib import Path
+from urllib.parse import urlparse
 
 import torch
 import torch.nn.functional as F
@@ -28,7 +33,7 @@ import torchvision
 from torch import nn
 
 from pamtri.common.checkpoint import load_checkpoint, match_state_dict
-from pamtri.common.errors import CheckpointError
+from pamtri.common.errors import CheckpointError, ConfigError
 from pamtri.pose.keypoints import NUM_KEYPOINTS, NUM_SEGMENTS
 
 from .config import ModelConfig
@@ -37,8 +42,6 @@ log = logging.getLogger(__name__)
 
 KEYPOINT_DIM = NUM_KEYPOINTS * 3  # 108
 NEW_CHANNEL_STD = 0.02
-_FIRST_CONV = {"densenet121": "conv0", "resnet50": "conv1"}
-_FEATURE_DIM = {"densenet121": 1024, "resnet50": 2048}
 
 
 class _GradientReversal(torch.autograd.Function):
@@ -63,15 +66,89 @@ def grl_ramp(progress: float) -> float:
     return 2.0 / (1.0 + math.exp(-10.0 * p)) - 1.0
 
 
-def _backbone(name: str) -> nn.Sequential:
-    """The convolutional part of a torchvision model (random weights), named as in torchvision."""
+class GeM(nn.Module):
+    """Generalised-mean pooling (Radenovic et al. 2018): (B, C, H, W) -> (B, C) = mean(x^p)^(1/p), p learnable."""
+
+    def __init__(self, p: float = 3.0, eps: float = 1e-6):
+        super().__init__()
+        self.p = nn.Parameter(torch.tensor(float(p)))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.adaptive_avg_pool2d(x.clamp_min(self.eps).pow(self.p), 1).flatten(1).pow(1.0 / self.p)
+
+
+class IBN(nn.Module):
+    """IBN-a normalisation (Pan et al. 2018): affine instance norm on the first half of the channels, batch norm
+    on the rest; ``IN`` / ``BN`` named as in the IBN-Net weights."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.half = channels // 2
+        self.IN = nn.InstanceNorm2d(self.half, affine=True)
+        self.BN = nn.BatchNorm2d(channels - self.half)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a, b = torch.split(x, [self.half, x.shape[1] - self.half], dim=1)
+        return torch.cat([self.IN(a.contiguous()), self.BN(b.contiguous())], dim=1)
+
+
+def _resnet_features(r: torchvision.models.ResNet) -> nn.Sequential:
+    return nn.Sequential(OrderedDict((n, getattr(r, n)) for n in
+                                     ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4")))
+
+
+def resnet50_ibn_a() -> nn.Sequential:
+    """ResNet-50-IBN-a's convolutional part: ``bn1`` of every block in layers 1-3 is an ``IBN``, BN elsewhere."""
+    net = _resnet_features(torchvision.models.resnet50(weights=None))
+    for layer in (net.layer1, net.layer2, net.layer3):
+        for block in layer:
+            block.bn1 = IBN(block.bn1.num_features)
+    return net
+
+
+def _timm_backbone(name: str) -> tuple[nn.Module, int, str, str]:
+    import timm
+    try:
+        net = timm.create_model(name, pretrained=False, num_classes=0)
+    except RuntimeError as exc:
+        raise ConfigError(f"model.backbone: timm/{name}: {exc}") from None
+    first = net.pretrained_cfg.get("first_conv")
+    if not isinstance(first, str) or not isinstance(net.get_submodule(first), nn.Conv2d):
+        raise ConfigError(f"model.backbone: timm/{name} has no single first convolution to widen or load")
+    return net, int(net.num_features), first, str(net.pretrained_cfg.get("classifier", "fc"))
+
+
+def _backbone(name: str) -> tuple[nn.Module, int, str, str]:
+    """(convolutional part with random weights, its channels, its first conv's name, the classifier's name in
+    ImageNet state dicts) of a backbone name; torchvision names as in torchvision, timm ones as in timm."""
     if name == "densenet121":
-        return torchvision.models.densenet121(weights=None).features
+        return torchvision.models.densenet121(weights=None).features, 1024, "conv0", "classifier"
     if name == "resnet50":
-        r = torchvision.models.resnet50(weights=None)
-        return nn.Sequential(OrderedDict((n, getattr(r, n)) for n in
-                                         ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4")))
-    raise ValueError(f"unknown backbone {name!r}")
+        return _resnet_features(torchvision.models.resnet50(weights=None)), 2048, "conv1", "fc"
+    if name == "resnet50_ibn_a":
+        return resnet50_ibn_a(), 2048, "conv1", "fc"
+    if name.startswith("timm/"):
+        return _timm_backbone(name[len("timm/"):])
+    raise ConfigError(f"model.backbone: unknown backbone {name!r}")
+
+
+def set_last_stride_one(backbone: nn.Module, name: str) -> None:
+    """Stride 1 instead of 2 in the first block of ``layer4`` (ResNet-style backbones): twice the final map size."""
+    layer4 = getattr(backbone, "layer4", None)
+    if layer4 is None:
+        raise ConfigError(f"model.last_stride: 1 needs a ResNet-style backbone with a layer4; {name} has none")
+    for m in layer4[0].modules():
+        if isinstance(m, nn.Conv2d) and m.stride == (2, 2):
+            m.stride = (1, 1)
+        elif isinstance(m, nn.AvgPool2d) and m.stride in (2, (2, 2)):  # timm's average-pool downsampling
+            m.kernel_size, m.stride = 1, 1
+
+
+def replace_submodule(root: nn.Module, path: str, module: nn.Module) -> None:
+    """Put ``module`` at dotted ``path`` (e.g. 'stem.0') inside ``root``."""
+    parent, _, leaf = path.rpartition(".")
+    setattr(root.get_submodule(parent) if parent else root, leaf, module)
 
 
 def widen_first_conv(conv: nn.Conv2d, in_channels: int, rgb_weight: torch.Tensor | None = None) -> nn.Conv2d:
@@ -93,6 +170,37 @@ def _head(in_dim: int, hidden: int, out_dim: int) -> tuple[nn.Linear | None, nn.
     return fc, nn.Linear(hidden if hidden > 0 else in_dim, out_dim)
 
 
+def _bnneck(dim: int) -> nn.BatchNorm1d:
+    """BNNeck's BatchNorm (weight 1, bias 0 and frozen, as in Luo et al. 2019)."""
+    bn = nn.BatchNorm1d(dim)
+    bn.bias.requires_grad_(False)
+    return bn
+
+
+def _bias_free_classifier(dim: int, num_ids: int) -> nn.Linear:
+    """BNNeck's ID classifier: no bias, weights N(0, 0.001) as in the strong baseline."""
+    fc = nn.Linear(dim, num_ids, bias=False)
+    nn.init.normal_(fc.weight, std=0.001)
+    return fc
+
+
+class CosineClassifier(nn.Module):
+    """(B, D) -> (B, C) cosine similarities to C learnable class weights, the input of margin softmaxes."""
+
+    def __init__(self, dim: int, num_classes: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(num_classes, dim).normal_(0.0, 0.01))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(F.normalize(x, dim=1), F.normalize(self.weight, dim=1))
+
+
+def _id_classifier(cfg: ModelConfig, dim: int, num_ids: int) -> nn.Module:
+    if cfg.classifier == "cosine":
+        return CosineClassifier(dim, num_ids)
+    return _bias_free_classifier(dim, num_ids) if cfg.neck == "bnneck" else nn.Linear(dim, num_ids)
+
+
 class ReIDNet(nn.Module):
     """The configurable ReID network; ``forward`` returns a dict of the feature and each head's logits."""
 
@@ -102,22 +210,27 @@ class ReIDNet(nn.Module):
             raise ValueError("num_ids must be >= 1 when the ID head is on")
         self.cfg = cfg
         self.num_ids, self.num_colors, self.num_types = int(num_ids), int(num_colors), int(num_types)
-        self.backbone = _backbone(cfg.backbone)
-        first = _FIRST_CONV[cfg.backbone]
+        self.backbone, self.feature_dim, self.first_conv, self.imagenet_classifier = _backbone(cfg.backbone)
+        if cfg.last_stride == 1:
+            set_last_stride_one(self.backbone, cfg.backbone)
         if cfg.in_channels != 3:
-            setattr(self.backbone, first, widen_first_conv(getattr(self.backbone, first), cfg.in_channels))
-        self.feature_dim = _FEATURE_DIM[cfg.backbone]
+            conv = self.backbone.get_submodule(self.first_conv)
+            replace_submodule(self.backbone, self.first_conv, widen_first_conv(conv, cfg.in_channels))
+        self.gem = GeM() if cfg.pooling == "gem" else None
         head_in = self.feature_dim + (KEYPOINT_DIM if cfg.keypoints else 0)
+        self.bnneck = _bnneck(head_in) if cfg.neck == "bnneck" else None
         self.id_fc = nn.Linear(head_in, cfg.id_fc) if cfg.id_fc > 0 else None
         id_dim = cfg.id_fc if cfg.id_fc > 0 else head_in
-        self.id_classifier = nn.Linear(id_dim, self.num_ids) if cfg.id_head else None
+        self.id_classifier = _id_classifier(cfg, id_dim, self.num_ids) if cfg.id_head else None
+        self.centers = nn.Parameter(torch.randn(self.num_ids, head_in)) if cfg.centers else None
         self.color_fc, self.color_classifier = _head(head_in, cfg.attr_fc, num_colors) if cfg.color else (None, None)
         self.type_fc, self.type_classifier = _head(head_in, cfg.attr_fc, num_types) if cfg.type else (None, None)
         self.orientation_fc, self.orientation_classifier = (
             _head(head_in, cfg.attr_fc, cfg.orientation_bins) if cfg.orientation else (None, None))
         self.domain_fc, self.domain_classifier = _head(head_in, cfg.attr_fc, 2) if cfg.domain else (None, None)
-        self.embedding_dim = cfg.id_fc if cfg.embedding == "fc" else self.feature_dim
+        self.embedding_dim = {"fc": cfg.id_fc, "pool": self.feature_dim}.get(cfg.test_feature, head_in)
         self.grl_coefficient = cfg.grl_coefficient if cfg.grl == "constant" else 0.0
+        self.backbone_frozen = False
 
     def set_progress(self, progress: float) -> float:
         """Update the reversal coefficient for training progress p in [0, 1]; returns it."""
@@ -125,11 +238,26 @@ class ReIDNet(nn.Module):
         self.grl_coefficient = c if self.cfg.grl == "constant" else c * grl_ramp(progress)
         return self.grl_coefficient
 
-    def pooled(self, images: torch.Tensor) -> torch.Tensor:
-        """(B, C, H, W) normalised input -> (B, 1024 | 2048) globally average-pooled backbone feature."""
+    def feature_map(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) normalised input -> (B, feature_dim, h, w) backbone output (timm: ``forward_features``)."""
         if images.shape[1] != self.cfg.in_channels:
             raise ValueError(f"the model takes {self.cfg.in_channels} input channels, got {images.shape[1]}")
-        x = self.backbone(images)
+        forward = getattr(self.backbone, "forward_features", self.backbone)
+        if not (self.backbone_frozen and self.training):
+            return forward(images)
+        self.backbone.eval()  # frozen: no gradient and no BatchNorm statistics update (model.freeze_iters)
+        with torch.no_grad():
+            x = forward(images)
+        self.backbone.train()
+        return x
+
+    def pooled(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) normalised input -> (B, feature_dim) globally pooled (avg, max or GeM) backbone feature."""
+        x = self.feature_map(images)
+        if self.gem is not None:
+            return self.gem(x)
+        if self.cfg.pooling == "max":
+            return F.adaptive_max_pool2d(x, 1).flatten(1)
         return F.adaptive_avg_pool2d(x, 1).flatten(1)
 
     def _head_input(self, pooled: torch.Tensor, keypoints: torch.Tensor | None) -> torch.Tensor:
@@ -141,21 +269,34 @@ class ReIDNet(nn.Module):
         return torch.cat([pooled, keypoints.to(pooled.dtype).reshape(-1, KEYPOINT_DIM)], dim=1)
 
     def _id_feature(self, f: torch.Tensor) -> torch.Tensor:
+        """The ID classifier's input: FC + Leaky ReLU, BNNeck's BN output, or ``f`` itself."""
+        if self.bnneck is not None:
+            return self.bnneck(f)
         return F.leaky_relu(self.id_fc(f)) if self.id_fc is not None else f
 
+    def _test_feature(self, pooled: torch.Tensor, f: torch.Tensor, fid: torch.Tensor) -> torch.Tensor:
+        return {"pool": pooled, "before_bn": f}.get(self.cfg.test_feature, fid)
+
     def embed(self, images: torch.Tensor, keypoints: torch.Tensor | None = None) -> torch.Tensor:
-        """Test-time feature (B, embedding_dim): the ReID FC output, or the pooled feature; no logits."""
+        """Test-time feature (B, embedding_dim): FC output, BNNeck after / before its BN, or pooled; no logits."""
         pooled = self.pooled(images)
-        if self.cfg.embedding == "pool":
+        if self.cfg.test_feature == "pool":
             return pooled
-        return self._id_feature(self._head_input(pooled, keypoints))
+        f = self._head_input(pooled, keypoints)
+        return f if self.cfg.test_feature == "before_bn" else self._id_feature(f)
 
     def forward(self, images: torch.Tensor, keypoints: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        """{'feature': (B, D), 'id': (B, ids), 'color', 'type', 'orientation', 'domain': logits} for the heads on."""
+        """{'feature': (B, D) test feature, 'id', 'color', 'type', 'orientation', 'domain': logits} for the heads
+        on; BNNeck adds 'triplet_feature' (B, D), its input, which the triplet loss sees; 'centers' (ids, D) the
+        center loss's class centres (model.centers)."""
         pooled = self.pooled(images)
         f = self._head_input(pooled, keypoints)
         fid = self._id_feature(f)
-        out = {"feature": fid if self.cfg.embedding == "fc" else pooled}
+        out = {"feature": self._test_feature(pooled, f, fid)}
+        if self.bnneck is not None:
+            out["triplet_feature"] = f
+        if self.centers is not None:
+            out["centers"] = self.centers
         if self.id_classifier is not None:
             out["id"] = self.id_classifier(fid)
         for name in ("color", "type", "orientation", "domain"):
@@ -176,11 +317,45 @@ class ReIDNet(nn.Module):
 
 
 def build_model(cfg: ModelConfig, num_ids: int, num_colors: int = 10, num_types: int = 9) -> ReIDNet:
-    """The network of ``cfg``, with local ImageNet weights loaded into the backbone when ``cfg.pretrained``."""
+    """The network of ``cfg``, with ImageNet weights loaded into the backbone when ``cfg.pretrained`` names a
+    local file or is ``imagenet`` (the torch hub cache)."""
     model = ReIDNet(cfg, num_ids, num_colors, num_types)
-    if cfg.pretrained:
+    if cfg.pretrained == "imagenet":
+        load_imagenet_weights(model, imagenet_weights_file(model))
+    elif cfg.pretrained:
         load_imagenet_weights(model, cfg.pretrained)
     return model
+
+
+def imagenet_weights_url(model: ReIDNet) -> str:
+    """Where torchvision or timm publish the ImageNet weights of ``model``'s backbone; ConfigError when nobody does."""
+    name = model.cfg.backbone
+    if name == "densenet121":
+        return torchvision.models.DenseNet121_Weights.IMAGENET1K_V1.url
+    if name == "resnet50":
+        return torchvision.models.ResNet50_Weights.IMAGENET1K_V1.url
+    url = model.backbone.pretrained_cfg.get("url") if name.startswith("timm/") else None
+    if not url:
+        raise ConfigError(f"model.pretrained: imagenet: no download address for {name} (resnet50_ibn_a: IBN-Net's "
+                          "r50_ibn_a.pth from github.com/XingangPan/IBN-Net releases); set model.pretrained to a file")
+    return url
+
+
+def imagenet_weights_file(model: ReIDNet) -> Path:
+    """The torch hub cache file (``torch.hub.get_dir()/checkpoints``) of the backbone's ImageNet weights,
+    downloaded with its hash check when missing; CheckpointError naming the file when it cannot be fetched."""
+    url = imagenet_weights_url(model)
+    path = Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(url).path).name
+    if path.is_file():
+        return path
+    digest = re.search(r"-([a-f0-9]{6,})\.", path.name)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.hub.download_url_to_file(url, str(path), hash_prefix=digest.group(1) if digest else None)
+    except (OSError, RuntimeError) as exc:
+        raise CheckpointError(f"{path}: ImageNet weights of {model.cfg.backbone} not in the torch hub cache and not "
+                              f"downloadable ({exc}); fetch {url} and place it there") from None
+    return path
 
 
 def model_from_description(desc: dict) -> ReIDNet:
@@ -204,8 +379,9 @@ def _unwrap_state(obj: dict) -> dict:
     return {(k[7:] if k.startswith("module.") else k): v for k, v in obj.items()}
 
 
-def imagenet_backbone_state(state: dict, backbone: str) -> dict:
-    """Backbone-only keys of a torchvision ImageNet state dict (classifier dropped, old DenseNet names fixed)."""
+def imagenet_backbone_state(state: dict, backbone: str, classifier: str = "fc") -> dict:
+    """Backbone-only keys of a torchvision / timm / IBN-Net ImageNet state dict (``classifier``.* dropped, old
+    DenseNet names fixed)."""
     out = {}
     for k, v in _unwrap_state(state).items():
         if backbone == "densenet121":
@@ -213,24 +389,23 @@ def imagenet_backbone_state(state: dict, backbone: str) -> dict:
                 continue
             k = k[len("features."):]
             k = _OLD_DENSENET_KEY.sub(lambda m: m.group(1) + m.group(2), k)
-        elif k.startswith("fc."):
+        elif k.startswith(classifier + "."):
             continue
         out[k] = v
     return out
 
 
 def load_imagenet_weights(model: ReIDNet, path: str | os.PathLike) -> None:
-    """Load a local torchvision ImageNet state dict into ``model.backbone``; the widened conv keeps RGB weights."""
-    state = imagenet_backbone_state(load_checkpoint(path), model.cfg.backbone)
-    first = _FIRST_CONV[model.cfg.backbone] + ".weight"
+    """Load a local ImageNet state dict into ``model.backbone``; the widened conv keeps RGB weights."""
+    state = imagenet_backbone_state(load_checkpoint(path), model.cfg.backbone, model.imagenet_classifier)
+    first = model.first_conv + ".weight"
     rgb = state.get(first)
     if rgb is None or rgb.shape[1] != 3:
-        raise CheckpointError(f"{path}: not a torchvision {model.cfg.backbone} ImageNet state dict "
-                              f"(no 3-channel '{first}')")
-    conv = getattr(model.backbone, _FIRST_CONV[model.cfg.backbone])
+        raise CheckpointError(f"{path}: not a {model.cfg.backbone} ImageNet state dict (no 3-channel '{first}')")
+    conv = model.backbone.get_submodule(model.first_conv)
     if conv.in_channels != 3:
-        setattr(model.backbone, _FIRST_CONV[model.cfg.backbone], widen_first_conv(conv, conv.in_channels, rgb))
-        state[first] = getattr(model.backbone, _FIRST_CONV[model.cfg.backbone]).weight.detach().clone()
+        replace_submodule(model.backbone, model.first_conv, widen_first_conv(conv, conv.in_channels, rgb))
+        state[first] = model.backbone.get_submodule(model.first_conv).weight.detach().clone()
     own = model.backbone.state_dict()
     for k in own:  # PyTorch < 0.4.1 files lack BatchNorm counters
         if k.endswith("num_batches_tracked") and k not in state:

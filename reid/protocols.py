@@ -60,7 +60,7 @@ def evaluate_vehicleid(model: ReIDNet, loader: DataLoader, data: DataConfig, cfg
     records, its gallery records)."""
     from pamtri.data.readers import gallery_draws
     records = loader.dataset.records
-    features = extract_features(model, loader, device, dtype, "test")
+    features = extract_features(model, loader, device, dtype, "test", cfg.flip_feature)
     cfg = replace(cfg, ignore_cameras=True)
     results, first = [], None
     for q, g in gallery_draws(records, data.draws, data.draw_seed):

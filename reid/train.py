@@ -89,10 +89,13 @@ def build_stage(cfg: ReIDConfig, run: Run, records: list[Record], data_info: dic
                           "same pose checkpoint")
     model = build_model(cfg.model, data_info["num_ids"], cfg.model.num_colors, cfg.model.num_types).to(run.device)
     description = model.describe()
+    steps = cfg.optim.epochs * (len(loader) if cfg.max_batches == 0 else min(len(loader), cfg.max_batches))
 
     def forward(model: torch.nn.Module, batch: dict, progress: float) -> dict[str, torch.Tensor]:
-        """Images (B, C, H, W) and keypoint vectors (B, 108) -> the heads' outputs; progress drives the GRL ramp."""
+        """Images (B, C, H, W) and keypoint vectors (B, 108) -> the heads' outputs; progress drives the GRL ramp
+        and the backbone freeze of the first model.freeze_iters steps."""
         unwrap(model).set_progress(progress)
+        unwrap(model).backbone_frozen = round(progress * steps) < cfg.model.freeze_iters
         return model(batch["image"], batch["keypoints"])
 
     def losses(outputs: dict[str, torch.Tensor], batch: dict) -> dict[str, torch.Tensor]:
@@ -116,11 +119,13 @@ def build_stage(cfg: ReIDConfig, run: Run, records: list[Record], data_info: dic
 
 def idle_parameters(model: ReIDNet, cfg: ReIDConfig) -> bool:
     """True when some parameters get no gradient, which DDP must be told: a head whose loss weight is 0, or the
-    ReID FC when neither the ID head nor the embedding uses it."""
+    ReID FC when neither the ID head nor the embedding uses it, or the backbone while it is frozen."""
+    if cfg.model.freeze_iters > 0:
+        return True
     heads = ("id", "color", "type", "orientation", "domain")
     if any(getattr(cfg.loss, h) == 0 for h in heads if getattr(model, f"{h}_classifier", None) is not None):
         return True
-    return model.id_fc is not None and not cfg.model.id_head and cfg.model.embedding == "pool"
+    return model.id_fc is not None and not cfg.model.id_head and cfg.model.test_feature == "pool"
 
 
 def evaluation_loaders(cfg: ReIDConfig) -> tuple[DataLoader, DataLoader] | None:

@@ -5,6 +5,7 @@ x0.1 at epochs 170 and 200 of 210; ReID: Adam 3e-4, x0.1 at 20 and 40 of 60).
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -15,8 +16,10 @@ from .errors import ConfigError
 
 @dataclass
 class OptimConfig:
-    """Optimiser and step schedule (x gamma at each milestone epoch), with an optional linear warm-up."""
+    """Optimiser and schedule (x gamma at each milestone epoch, or cosine annealing), with an optional linear
+    warm-up."""
     name: Literal["adam", "amsgrad", "sgd"] = "adam"
+    schedule: Literal["step", "cosine"] = "step"  # cosine: 0.5 (1 + cos(pi t)), t from 0 after the warm-up to 1
     lr: float = 3e-4
     weight_decay: float = 5e-4
     momentum: float = 0.9          # SGD only (Nesterov)
@@ -36,8 +39,13 @@ class OptimConfig:
 
 
 def lr_factor(epoch: int, cfg: OptimConfig) -> float:
-    """Learning-rate multiplier at ``epoch`` (0-based): linear warm-up, then x gamma at each milestone."""
-    f = cfg.gamma ** sum(epoch >= m for m in cfg.milestones)
+    """Learning-rate multiplier at ``epoch`` (0-based): linear warm-up, then x gamma at each milestone, or cosine
+    annealing from 1 at the warm-up's end towards 0 at ``epochs``."""
+    if cfg.schedule == "cosine":
+        t = max(epoch - cfg.warmup_epochs, 0) / max(cfg.epochs - cfg.warmup_epochs, 1)
+        f = 0.5 * (1.0 + math.cos(math.pi * t))
+    else:
+        f = cfg.gamma ** sum(epoch >= m for m in cfg.milestones)
     if epoch < cfg.warmup_epochs:
         f *= cfg.warmup_factor + (1 - cfg.warmup_factor) * epoch / cfg.warmup_epochs
     return f

@@ -449,7 +449,7 @@ def test_data_set_without_camera_ids(trained_reid, reid_run, capsys):
 
 @pytest.mark.parametrize("overrides, expected", [
     (["optim.lrr=1"], "{cfg} (with --set overrides): unknown key 'optim.lrr' (valid keys here: epochs, gamma, lr, "
-                      "milestones, momentum, name, warmup_epochs, warmup_factor, weight_decay)"),
+                      "milestones, momentum, name, schedule, warmup_epochs, warmup_factor, weight_decay)"),
     (["optim.lr=fast"], "{cfg} (with --set overrides): key 'optim.lr': expected a number, got 'fast'"),
     (["sampler.k=four"], "{cfg} (with --set overrides): key 'sampler.k': expected an integer, got 'four'"),
     (["data.pose_source=none"], "model.heatmaps/model.segments need pose channels but data.pose_source is 'none'"),
