@@ -1,0 +1,120 @@
+"""The runtimes the two networks of ``Pipeline`` can run on: PyTorch eager, ONNX Runtime, OpenVINO.
+
+Only the networks change: each is exported to ONNX once (``pipeline.export``), cached next to its weights (or in
+the temp folder when that folder is read-only) under the weights' SHA-256, and wrapped in :class:`OnnxNetwork`,
+a module called like the torch network it stands in for. Cropping, the flip test, decoding, heatmap
+resampling, segments and the keypoint vector stay the torch code they are for ``--runtime torch``.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from pamtri.common.errors import ConfigError, PamtriError
+
+log = logging.getLogger(__name__)
+
+RUNTIMES = ("torch", "onnxruntime", "openvino")
+
+
+def check_runtime(runtime: str) -> str:
+    """``runtime`` if it is one of RUNTIMES and its package imports; ConfigError / PamtriError naming the fix."""
+    if runtime not in RUNTIMES:
+        raise ConfigError(f"--runtime {runtime!r}: choose one of {', '.join(RUNTIMES)}")
+    if runtime == "torch":
+        return runtime
+    try:
+        __import__(runtime)
+    except ImportError:
+        extra = "openvino" if runtime == "openvino" else "export"
+        raise PamtriError(f"--runtime {runtime} needs the {runtime!r} package: pip install 'pamtri[{extra}]'") from None
+    return runtime
+
+
+def cached_onnx(stage: str, weights: str | os.PathLike, size_hw: tuple[int, int]) -> Path:
+    """The ONNX file of one stage's network at ``size_hw`` (H, W) pixels, exported on first use; the ReID graph
+    outputs feature + colour + type logits (``export_reid(heads=True)``)."""
+    from pamtri.pose.cache import file_sha256
+
+    from .export import export_pose, export_reid
+    name = f"{Path(weights).name}.{stage}-{file_sha256(weights)[:16]}-{size_hw[0]}x{size_hw[1]}.onnx"
+    folder = Path(weights).resolve().parent / ".pamtri-onnx"
+    if not os.access(folder if folder.is_dir() else folder.parent, os.W_OK):
+        folder = Path(tempfile.gettempdir()) / "pamtri-onnx"
+    path = folder / name
+    if not path.is_file():
+        folder.mkdir(parents=True, exist_ok=True)
+        log.info("exporting the %s network of %s to %s", stage, weights, path)
+        if stage == "pose":
+            export_pose(weights, path, size=size_hw)
+        else:
+            export_reid(weights, path, size=size_hw, heads=True)
+    return path
+
+
+class OnnxNetwork(nn.Module):
+    """An ONNX graph on onnxruntime or OpenVINO (CPU), called like the torch network it replaces: float32
+    tensors in (None inputs dropped), float32 tensors out; one output as a tensor, several (``as_dict``) as a
+    dict keyed by the graph's output names."""
+
+    def __init__(self, path: str | os.PathLike, runtime: str, precision: str = "fp32", as_dict: bool = False):
+        super().__init__()
+        self.path, self.runtime, self.as_dict = str(path), runtime, as_dict
+        threads = torch.get_num_threads()
+        if runtime == "onnxruntime":
+            self.input_names, self.output_names, self._run = _onnxruntime_session(self.path, threads)
+        elif runtime == "openvino":
+            self.input_names, self.output_names, self._run = _openvino_model(self.path, threads, precision)
+        else:
+            raise ConfigError(f"--runtime {runtime!r}: an ONNX network runs on onnxruntime or openvino")
+
+    def forward(self, *inputs: torch.Tensor | None):
+        feed = {name: np.ascontiguousarray(t.detach().float().cpu().numpy())
+                for name, t in zip(self.input_names, inputs) if t is not None}
+        outs = [torch.from_numpy(np.asarray(o, dtype=np.float32)) for o in self._run(feed)]
+        return dict(zip(self.output_names, outs)) if self.as_dict else outs[0]
+
+
+def _onnxruntime_session(path: str, threads: int):
+    """(input names, output names, feed dict -> list of arrays) of an onnxruntime CPU session."""
+    import onnxruntime as ort
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    return ([i.name for i in session.get_inputs()], [o.name for o in session.get_outputs()],
+            lambda feed: session.run(None, feed))
+
+
+def _openvino_model(path: str, threads: int, precision: str):
+    """(input names, output names, feed dict -> list of arrays) of an OpenVINO CPU model; ``precision`` 'fp32'
+    forces f32 (OpenVINO otherwise runs bf16 on CPUs with AMX), 'bf16' asks for bf16, anything else its default."""
+    import openvino as ov
+    core = ov.Core()
+    config = {"INFERENCE_NUM_THREADS": threads}
+    hint = {"fp32": "f32", "bf16": "bf16"}.get(precision)
+    if hint:
+        config["INFERENCE_PRECISION_HINT"] = hint
+    compiled = core.compile_model(core.read_model(path), "CPU", config)
+    inputs = [i.get_any_name() for i in compiled.inputs]
+    outputs = [o.get_any_name() for o in compiled.outputs]
+
+    def run(feed):
+        result = compiled(feed)
+        return [result[o] for o in compiled.outputs]
+    return inputs, outputs, run
+
+
+def onnx_networks(pose_weights, reid_weights, runtime: str, precision: str, pose_size_hw: tuple[int, int] | None,
+                  reid_size_hw: tuple[int, int]) -> tuple[OnnxNetwork | None, OnnxNetwork]:
+    """(pose network or None without pose weights, ReID network) on ``runtime``, from the cached ONNX files."""
+    pose = None
+    if pose_weights:
+        pose = OnnxNetwork(cached_onnx("pose", pose_weights, pose_size_hw), runtime, precision)
+    reid = OnnxNetwork(cached_onnx("reid", reid_weights, reid_size_hw), runtime, precision, as_dict=True)
+    return pose, reid

@@ -1,0 +1,100 @@
+"""``--runtime``: both networks on onnxruntime / OpenVINO give the torch path's features (tiny models, fp32)."""
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("onnx")
+pytest.importorskip("onnxruntime")
+
+from pamtri.common.errors import ConfigError  # noqa: E402
+from pamtri.pipeline.infer import Pipeline  # noqa: E402
+from tests.conftest import write_tiny_reid_checkpoint  # noqa: E402
+
+# fp32 on both sides: the runtimes differ from torch by float rounding (~1e-6 on these features)
+FEATURE_ATOL = 1e-4
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory):
+    """(pose checkpoint: hrnet_w18_small at 64x64, ReID checkpoint: heatmaps + segments + keypoint vector)."""
+    from pamtri.common.checkpoint import save_checkpoint
+    from pamtri.common.config import to_dict
+    from pamtri.pose.config import PoseConfig
+    from pamtri.pose.model import build_pose_model
+    folder = tmp_path_factory.mktemp("weights")
+    cfg = PoseConfig()
+    cfg.model.name = "hrnet_w18_small"
+    cfg.data.input_size = (64, 64)
+    torch.manual_seed(0)
+    save_checkpoint({"model": build_pose_model("hrnet_w18_small").state_dict(), "config": to_dict(cfg)},
+                    folder / "pose.pt")
+    write_tiny_reid_checkpoint(folder / "reid.pt", heatmaps=True, segments=True, keypoints=True, id_fc=64,
+                               attr_fc=32)
+    return folder / "pose.pt", folder / "reid.pt"
+
+
+@pytest.fixture(scope="module")
+def images():
+    rng = np.random.default_rng(0)
+    return [rng.integers(0, 255, (40 + 7 * i, 60 - 3 * i, 3), dtype=np.uint8) for i in range(5)]
+
+
+def _embed(weights, images, runtime):
+    pipe = Pipeline.from_weights(*weights, device="cpu", precision="fp32", batch_size=3, runtime=runtime)
+    return pipe.embed(images)
+
+
+def _assert_same(got, want):
+    np.testing.assert_allclose(got["keypoints"], want["keypoints"], atol=1e-3)
+    np.testing.assert_allclose(got["features"], want["features"], atol=FEATURE_ATOL)
+    np.testing.assert_array_equal(got["color"], want["color"])
+    np.testing.assert_array_equal(got["type"], want["type"])
+
+
+def test_onnxruntime_features_equal_the_torch_path(weights, images, one_torch_thread):
+    want = _embed(weights, images, "torch")
+    got = _embed(weights, images, "onnxruntime")
+    assert got["features"].shape == want["features"].shape == (5, 64)
+    _assert_same(got, want)
+
+
+def test_openvino_features_equal_the_torch_path(weights, images, one_torch_thread):
+    pytest.importorskip("openvino")
+    _assert_same(_embed(weights, images, "openvino"), _embed(weights, images, "torch"))
+
+
+def test_the_onnx_files_are_exported_once_per_weights(weights, images, one_torch_thread, monkeypatch):
+    from pamtri.pipeline import export
+    _embed(weights, images[:1], "onnxruntime")
+    cached = sorted(p.name for p in (weights[0].parent / ".pamtri-onnx").iterdir())
+    assert [n.split("-")[0] for n in cached] == ["pose.pt.pose", "reid.pt.reid"]
+
+    def fail(*args, **kwargs):
+        raise AssertionError("exported again")
+    monkeypatch.setattr(export, "export_pose", fail)
+    monkeypatch.setattr(export, "export_reid", fail)
+    _embed(weights, images[:1], "onnxruntime")  # the cached files, no export
+
+
+def test_runtime_options_that_cannot_work_are_one_line_errors(weights):
+    with pytest.raises(ConfigError, match="--compile applies to --runtime torch only"):
+        Pipeline.from_weights(*weights, device="cpu", runtime="onnxruntime", compile=True)
+    with pytest.raises(ConfigError, match="--runtime 'tensorflow'"):
+        Pipeline.from_weights(*weights, device="cpu", runtime="tensorflow")
+
+
+def test_embed_command_takes_the_runtime(weights, images, tmp_path, one_torch_thread):
+    import cv2
+
+    from pamtri.pipeline.cli import main
+    (tmp_path / "img").mkdir()
+    for i, im in enumerate(images[:3]):
+        cv2.imwrite(str(tmp_path / "img" / f"{i}.png"), im[..., ::-1])
+    outs = {}
+    for runtime in ("torch", "onnxruntime"):
+        outs[runtime] = tmp_path / f"{runtime}.npz"
+        assert main(["embed", "--pose-weights", str(weights[0]), "--reid-weights", str(weights[1]), "--images",
+                     str(tmp_path / "img"), "--out", str(outs[runtime]), "--precision", "fp32",
+                     "--runtime", runtime]) == 0
+    np.testing.assert_allclose(np.load(outs["onnxruntime"])["features"], np.load(outs["torch"])["features"],
+                               atol=FEATURE_ATOL)
