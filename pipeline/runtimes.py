@@ -68,16 +68,20 @@ class OnnxNetwork(nn.Module):
         self.path, self.runtime, self.as_dict = str(path), runtime, as_dict
         threads = torch.get_num_threads()
         if runtime == "onnxruntime":
-            self.input_names, self.output_names, self._run = _onnxruntime_session(self.path, threads)
+            self.input_names, self.output_names, self._session = _onnxruntime_session(self.path, threads)
         elif runtime == "openvino":
-            self.input_names, self.output_names, self._run = _openvino_model(self.path, threads, precision)
+            self.input_names, self.output_names, self._session = _openvino_model(self.path, threads, precision)
         else:
             raise ConfigError(f"--runtime {runtime!r}: an ONNX network runs on onnxruntime or openvino")
+
+    def run(self, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+        """The graph's outputs for a feed of named float32 arrays."""
+        return self._session(feed)
 
     def forward(self, *inputs: torch.Tensor | None):
         feed = {name: np.ascontiguousarray(t.detach().float().cpu().numpy())
                 for name, t in zip(self.input_names, inputs) if t is not None}
-        outs = [torch.from_numpy(np.asarray(o, dtype=np.float32)) for o in self._run(feed)]
+        outs = [torch.from_numpy(np.asarray(o, dtype=np.float32)) for o in self.run(feed)]
         return dict(zip(self.output_names, outs)) if self.as_dict else outs[0]
 
 
