@@ -122,3 +122,59 @@ def onnx_networks(pose_weights, reid_weights, runtime: str, precision: str, pose
         pose = OnnxNetwork(cached_onnx("pose", pose_weights, pose_size_hw), runtime, precision)
     reid = OnnxNetwork(cached_onnx("reid", reid_weights, reid_size_hw), runtime, precision, as_dict=True)
     return pose, reid
+
+
+def cpu_name() -> str:
+    """The CPU model name (/proc/cpuinfo's, else platform.processor())."""
+    import platform
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def record_path() -> Path:
+    """Where ``pamtri bench`` records the fastest runtime of this machine: $PAMTRI_RUNTIME_RECORD, or
+    pamtri/runtime.json in the user's cache folder ($XDG_CACHE_HOME, default ~/.cache)."""
+    if os.environ.get("PAMTRI_RUNTIME_RECORD"):
+        return Path(os.environ["PAMTRI_RUNTIME_RECORD"])
+    cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(cache) / "pamtri" / "runtime.json"
+
+
+def fastest_runtime(rates: dict[str, float]) -> str:
+    """The runtime with the highest images/s among the fp32/bf16 ones measured; torch unless another beats it."""
+    best = "torch"
+    for runtime, rate in rates.items():
+        if runtime in RUNTIMES and rate > rates.get(best, 0.0):
+            best = runtime
+    return best
+
+
+def record_fastest(rates: dict[str, float], cpu: str, path: str | os.PathLike | None = None) -> str:
+    """Write {"runtime": fastest, "cpu": cpu, "images_per_s": rates} to the record -> the fastest runtime."""
+    import json
+
+    from pamtri.common.atomic import atomic_write_text
+    best = fastest_runtime(rates)
+    path = Path(path or record_path())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps({"runtime": best, "cpu": cpu, "images_per_s": rates}, indent=1))
+    return best
+
+
+def default_runtime(cpu: str | None = None, path: str | os.PathLike | None = None) -> str:
+    """``--runtime auto``: the runtime ``pamtri bench`` (full, not --quick) recorded as fastest on this CPU model,
+    when its package imports; torch when there is no record, it is for another CPU, or it cannot be read."""
+    import json
+    try:
+        record = json.loads(Path(path or record_path()).read_text())
+        runtime = str(record["runtime"])
+        if record.get("cpu") != (cpu or cpu_name()) or runtime not in RUNTIMES:
+            return "torch"
+        return check_runtime(runtime)
+    except (OSError, ValueError, KeyError, TypeError, PamtriError):
+        return "torch"

@@ -98,3 +98,51 @@ def test_embed_command_takes_the_runtime(weights, images, tmp_path, one_torch_th
                      "--runtime", runtime]) == 0
     np.testing.assert_allclose(np.load(outs["onnxruntime"])["features"], np.load(outs["torch"])["features"],
                                atol=FEATURE_ATOL)
+
+
+def test_the_default_runtime_is_the_recorded_fastest_never_slower_than_torch(tmp_path):
+    from pamtri.pipeline.runtimes import default_runtime, fastest_runtime, record_fastest
+    assert fastest_runtime({"torch": 10.0, "onnxruntime": 9.0}) == "torch"
+    assert fastest_runtime({"torch": 10.0, "onnxruntime": 9.0, "openvino": 12.0}) == "openvino"
+    record = tmp_path / "runtime.json"
+    assert default_runtime("cpu A", record) == "torch"  # no record yet
+    assert record_fastest({"torch": 10.0, "onnxruntime": 11.0}, "cpu A", record) == "onnxruntime"
+    assert default_runtime("cpu A", record) == "onnxruntime"
+    assert default_runtime("cpu B", record) == "torch"  # measured on another CPU model
+    record.write_text("{not json")
+    assert default_runtime("cpu A", record) == "torch"
+
+
+def test_bench_runtime_rows_and_the_recorded_default(weights, tmp_path, monkeypatch, one_torch_thread):
+    """The bench's own rows on tiny models: each runtime vs the torch path on the same images and batch; the
+    runtime recorded for `--runtime auto` is one whose measured rate is at least torch's."""
+    import json
+
+    from pamtri.pipeline.bench.harness import timed
+    from pamtri.pipeline.bench.inference import runtime_rows
+    from pamtri.pose.predict import load_pose_model
+    from pamtri.reid.model import load_reid_weights
+    monkeypatch.setenv("PAMTRI_RUNTIME_RECORD", str(tmp_path / "runtime.json"))
+    pose, _, _ = load_pose_model(weights[0])
+    reid, _ = load_reid_weights(weights[1])
+    rng = np.random.default_rng(1)
+    images = [rng.integers(0, 255, (64, 64, 3), dtype=np.uint8) for _ in range(4)]
+    torch_pipe = Pipeline.from_weights(*weights, device="cpu", batch_size=4, runtime="torch")
+    torch_rate = 4 / timed(lambda: torch_pipe.embed_arrays(images), repeat=2)
+    rows = {r.name: r for r in runtime_rows(pose, reid, images, torch_rate, record=True, size=64)}
+    expected = {"inference_onnxruntime", "inference_int8"} | (
+        {"inference_openvino"} if _installed("openvino") else set())
+    assert set(rows) == expected
+    for name in expected - {"inference_int8"}:
+        assert rows[name].baseline == torch_rate and rows[name].ratio == pytest.approx(rows[name].ours / torch_rate)
+    assert "cosine" in rows["inference_int8"].note and "top-10 agreement" in rows["inference_int8"].note
+    recorded = json.loads((tmp_path / "runtime.json").read_text())
+    rates = recorded["images_per_s"]
+    assert rates[recorded["runtime"]] >= rates["torch"] == torch_rate
+    from pamtri.pipeline.runtimes import default_runtime
+    assert default_runtime() == recorded["runtime"]
+
+
+def _installed(name):
+    import importlib.util
+    return importlib.util.find_spec(name) is not None
