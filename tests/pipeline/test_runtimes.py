@@ -146,3 +146,12 @@ def test_bench_runtime_rows_and_the_recorded_default(weights, tmp_path, monkeypa
 def _installed(name):
     import importlib.util
     return importlib.util.find_spec(name) is not None
+
+
+def test_runtime_auto_follows_the_record_of_this_cpu(weights, tmp_path, monkeypatch):
+    from pamtri.pipeline.runtimes import OnnxNetwork, cpu_name, record_fastest
+    monkeypatch.setenv("PAMTRI_RUNTIME_RECORD", str(tmp_path / "runtime.json"))
+    assert not isinstance(Pipeline.from_weights(*weights, device="cpu", runtime="auto").model, OnnxNetwork)
+    record_fastest({"torch": 1.0, "onnxruntime": 2.0}, cpu_name())
+    pipe = Pipeline.from_weights(*weights, device="cpu", runtime="auto")
+    assert isinstance(pipe.model, OnnxNetwork) and pipe.model.runtime == "onnxruntime"
