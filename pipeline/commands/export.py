@@ -32,7 +32,8 @@ def register(subparsers) -> None:
     o.add_argument("--model", metavar="NAME",
                    help="pose only: HRNet name for weights that store no pamtri config (e.g. hrnet_w32)")
     o.add_argument("--tolerance", type=float, default=1e-3, metavar="T",
-                   help="largest allowed max-abs difference ONNX vs PyTorch (default 1e-3)")
+                   help="largest allowed max-abs difference ONNX vs PyTorch, relative to the output's largest "
+                        "magnitude where that exceeds 1 (default 1e-3)")
     o.add_argument("--no-check", action="store_true", help="skip the onnxruntime comparison")
     q = o.add_argument_group(
         "INT8", "post-training static quantisation with onnxruntime (QDQ), written only when an accuracy guard on "
