@@ -138,7 +138,7 @@ class Pipeline:
             predictor = _NoPose(device, precision)
         if runtime == "auto":
             from .runtimes import default_runtime
-            runtime = default_runtime() if predictor.device.type == "cpu" else "torch"
+            runtime = default_runtime() if predictor.device.type == "cpu" and not compile else "torch"
             log.info("--runtime auto: %s", runtime)
         if runtime == "torch":
             return cls(predictor, reid_model, data_cfg, batch_size=batch_size, compile=compile)

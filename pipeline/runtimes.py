@@ -29,11 +29,10 @@ def check_runtime(runtime: str) -> str:
         raise ConfigError(f"--runtime {runtime!r}: choose one of {', '.join(RUNTIMES)}")
     if runtime == "torch":
         return runtime
-    try:
-        __import__(runtime)
-    except ImportError:
+    import importlib.util
+    if importlib.util.find_spec(runtime) is None:
         extra = "openvino" if runtime == "openvino" else "export"
-        raise PamtriError(f"--runtime {runtime} needs the {runtime!r} package: pip install 'pamtri[{extra}]'") from None
+        raise PamtriError(f"--runtime {runtime} needs the {runtime!r} package: pip install 'pamtri[{extra}]'")
     return runtime
 
 
