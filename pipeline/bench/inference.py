@@ -87,6 +87,7 @@ def _int8_pipeline(pose_pt: Path, reid_pt: Path, folder: Path, images, batch: in
     guard measured on ``images``), the guard's note)."""
     import cv2
 
+    from pamtri.common.atomic import atomic_write_bytes
     from pamtri.pipeline.infer import Pipeline
     from pamtri.pipeline.quantize import Thresholds, export_int8
     from pamtri.pipeline.runtimes import OnnxNetwork
@@ -95,7 +96,7 @@ def _int8_pipeline(pose_pt: Path, reid_pt: Path, folder: Path, images, batch: in
                       ("guard", images)):
         (folder / name).mkdir()
         for i, im in enumerate(ims):
-            cv2.imwrite(str(folder / name / f"{i:03d}.png"), im[..., ::-1])
+            atomic_write_bytes(folder / name / f"{i:03d}.png", cv2.imencode(".png", im[..., ::-1])[1].tobytes())
     # the bench measures the guard and reports it; it writes the model whatever the figures (thresholds 0)
     measure = Thresholds(cosine=-1.0, top10=0.0, within=0.0)
     p = export_int8("pose", pose_pt, folder / "pose.int8.onnx", folder / "calib", folder / "guard", thresholds=measure)
