@@ -75,16 +75,17 @@ class Pipeline:
 
     Preprocessing is vectorised on the batch (resize of the stacked pose channels with F.interpolate,
     normalisation, keypoint vector); models run under ``torch.inference_mode``, channels-last, with
-    bfloat16/float16 autocast where the device supports it.
+    bfloat16/float16 autocast where the device supports it. ``network`` runs the ReID forward in place of
+    ``reid_model`` (whose config still says what to stack): an ONNX runtime's stand-in (pipeline.runtimes).
     """
 
     def __init__(self, predictor, reid_model, data_cfg, batch_size: int = 32, channels_last: bool = True,
-                 compile: bool = False):
+                 compile: bool = False, network: torch.nn.Module | None = None):
         from pamtri.common.runtime import autocast_dtype
         from pamtri.reid.transforms import IMAGENET_MEAN, IMAGENET_STD
         self.predictor = predictor
         self.device = predictor.device
-        self.model = reid_model.to(self.device).eval()
+        self.model = (network if network is not None else reid_model).to(self.device).eval()
         self.cfg = reid_model.cfg
         self.height, self.width = int(data_cfg.height), int(data_cfg.width)
         self.dtype = predictor.dtype if predictor.dtype is not None else autocast_dtype(self.device, "fp32")
@@ -109,8 +110,10 @@ class Pipeline:
     @classmethod
     def from_weights(cls, pose_weights: str | os.PathLike | None, reid_weights: str | os.PathLike,
                      device: str = "auto", precision: str = "auto", batch_size: int = 32,
-                     flip_test: bool | None = None, compile: bool = False) -> Pipeline:
-        """Load a pose checkpoint (``pamtri pose train``) and a ReID checkpoint (``pamtri reid train``)."""
+                     flip_test: bool | None = None, compile: bool = False, runtime: str = "torch") -> Pipeline:
+        """Load a pose checkpoint (``pamtri pose train``) and a ReID checkpoint (``pamtri reid train``); both
+        networks run on ``runtime`` (pipeline.runtimes.RUNTIMES, or 'auto': ``runtimes.default_runtime``),
+        everything around them in torch."""
         from pamtri.common.config import from_dict
         from pamtri.common.errors import ConfigError
         from pamtri.pose.predict import PosePredictor, load_pose_model
@@ -133,7 +136,15 @@ class Pipeline:
                                                   flip_test=flip_test)
         else:
             predictor = _NoPose(device, precision)
-        return cls(predictor, reid_model, data_cfg, batch_size=batch_size, compile=compile)
+        if runtime == "auto":
+            from .runtimes import default_runtime
+            runtime = default_runtime() if predictor.device.type == "cpu" and not compile else "torch"
+            log.info("--runtime auto: %s", runtime)
+        if runtime == "torch":
+            return cls(predictor, reid_model, data_cfg, batch_size=batch_size, compile=compile)
+        return cls(predictor, reid_model, data_cfg, batch_size=batch_size, channels_last=False,
+                   network=_onnx_stand_ins(predictor, pose_weights, reid_weights, data_cfg, runtime, precision,
+                                           compile))
 
     def reid_inputs(self, images: Sequence[np.ndarray], pose: PoseBatch | None
                     ) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -210,6 +221,28 @@ class Pipeline:
         if not parts:
             raise ValueError("no images to embed")
         return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+
+def _onnx_stand_ins(predictor, pose_weights, reid_weights, data_cfg, runtime: str, precision: str,
+                    compile: bool) -> torch.nn.Module:
+    """Put the pose network of ``predictor`` on ``runtime`` and return the ReID network's stand-in."""
+    from pamtri.common.errors import ConfigError
+
+    from .runtimes import check_runtime, onnx_networks
+    check_runtime(runtime)
+    if compile:
+        raise ConfigError(f"--compile applies to --runtime torch only, not {runtime}")
+    if predictor.device.type != "cpu":
+        raise ConfigError(f"--runtime {runtime} runs on the CPU; pass --device cpu (or --runtime torch)")
+    pose_size = None
+    if pose_weights:
+        w, h = predictor.codec.input_size
+        pose_size = (int(h), int(w))
+    pose_net, reid_net = onnx_networks(pose_weights, reid_weights, runtime, precision, pose_size,
+                                       (int(data_cfg.height), int(data_cfg.width)))
+    if pose_net is not None:
+        predictor.model = pose_net
+    return reid_net
 
 
 class _NoPose:

@@ -66,6 +66,12 @@ def write_tiny_reid_checkpoint(path: Path, heatmaps: bool, segments: bool, keypo
     return cfg
 
 
+@pytest.fixture(autouse=True)
+def no_runtime_record(tmp_path_factory, monkeypatch):
+    """``--runtime auto`` sees no record of this machine's bench runs (torch, unless a test writes one)."""
+    monkeypatch.setenv("PAMTRI_RUNTIME_RECORD", str(tmp_path_factory.getbasetemp() / "no-runtime-record.json"))
+
+
 @pytest.fixture()
 def one_torch_thread():
     """One torch thread for the test (small models on a busy 2-core machine run far faster that way)."""

@@ -1,8 +1,10 @@
 """The ``inference`` row: two-stage inference at the paper's sizes, ours vs the naive path, with its roofline."""
 from __future__ import annotations
 
+import logging
 import shutil
 import tempfile
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +12,8 @@ import numpy as np
 from .baselines import naive_two_stage
 from .harness import Row, count_flops, make_row, peak_flops, timed
 from .inputs import paper_models
+
+log = logging.getLogger(__name__)
 
 
 def _roofline(fast, pose, reid, images, ours_rate: float, naive_rate: float, batch: int) -> tuple[float, str]:
@@ -33,7 +37,8 @@ def _roofline(fast, pose, reid, images, ours_rate: float, naive_rate: float, bat
 
 def bench_inference(quick: bool) -> list[Row]:
     """Two-stage inference at paper sizes: our pipeline vs the naive path (fp32, eager, NCHW, batch 1,
-    per-keypoint Python decoding, heatmaps through 36 JPEG files as the reference does)."""
+    per-keypoint Python decoding, heatmaps through 36 JPEG files as the reference does), then the same job,
+    images and batch on the ONNX runtimes and INT8 (:func:`runtime_rows`)."""
     from pamtri.pipeline.infer import Pipeline
     from pamtri.pose.codec import HeatmapCodec
     from pamtri.pose.predict import PosePredictor
@@ -57,4 +62,88 @@ def bench_inference(quick: bool) -> list[Row]:
         shutil.rmtree(work, ignore_errors=True)
     ours_rate, naive_rate = n_ours / t_ours, n_naive / t_naive
     share, note = _roofline(fast, pose, reid, images, ours_rate, naive_rate, n_ours)
-    return [make_row("inference", ours_rate, naive_rate, "img/s", roofline_share=share, note=note)]
+    row = make_row("inference", ours_rate, naive_rate, "img/s", roofline_share=share, note=note)
+    return [row, *runtime_rows(pose, reid, images, ours_rate, record=not quick)]
+
+
+def _checkpoints(pose, reid, folder: Path, size: int) -> tuple[Path, Path]:
+    """The benchmark's networks as pose / ReID checkpoints (``size`` x ``size`` inputs), as ``pamtri embed``
+    loads them."""
+    from pamtri.common.checkpoint import save_checkpoint
+    from pamtri.common.config import to_dict
+    from pamtri.pose.config import PoseConfig
+    from pamtri.reid.config import ReIDConfig
+    pcfg, rcfg = PoseConfig(), ReIDConfig()
+    pcfg.model.name, pcfg.data.input_size = pose.name, (size, size)
+    rcfg.model, rcfg.data.height, rcfg.data.width = reid.cfg, size, size
+    save_checkpoint({"model": pose.state_dict(), "config": to_dict(pcfg)}, folder / "pose.pt")
+    save_checkpoint({"model": reid.state_dict(), "model_description": reid.describe(), "config": to_dict(rcfg)},
+                    folder / "reid.pt")
+    return folder / "pose.pt", folder / "reid.pt"
+
+
+def _int8_pipeline(pose_pt: Path, reid_pt: Path, folder: Path, images, batch: int):
+    """(the onnxruntime pipeline with both networks INT8 (calibrated on other images than ``images``, the
+    guard measured on ``images``), the guard's note)."""
+    import cv2
+
+    from pamtri.common.atomic import atomic_write_bytes
+    from pamtri.pipeline.infer import Pipeline
+    from pamtri.pipeline.quantize import Thresholds, export_int8
+    from pamtri.pipeline.runtimes import OnnxNetwork
+    rng = np.random.default_rng(1)
+    for name, ims in (("calib", [rng.integers(0, 255, im.shape, dtype=np.uint8) for im in images]),
+                      ("guard", images)):
+        (folder / name).mkdir()
+        for i, im in enumerate(ims):
+            atomic_write_bytes(folder / name / f"{i:03d}.png", cv2.imencode(".png", im[..., ::-1])[1].tobytes())
+    # the bench measures the guard and reports it; it writes the model whatever the figures (thresholds 0)
+    measure = Thresholds(cosine=-1.0, top10=0.0, within=0.0)
+    p = export_int8("pose", pose_pt, folder / "pose.int8.onnx", folder / "calib", folder / "guard", thresholds=measure)
+    r = export_int8("reid", reid_pt, folder / "reid.int8.onnx", folder / "calib", folder / "guard",
+                    pose_weights=pose_pt, thresholds=measure, heads=True)
+    pipe = Pipeline.from_weights(pose_pt, reid_pt, device="cpu", batch_size=batch, runtime="onnxruntime")
+    pipe.predictor.model = OnnxNetwork(p.path, "onnxruntime")
+    pipe.model = OnnxNetwork(r.path, "onnxruntime", as_dict=True)
+    default = Thresholds()
+    passed = r.cosine >= default.cosine and r.top10 >= default.top10 and p.within >= default.within
+    note = (f"onnxruntime QDQ INT8, both networks; guard on the {len(images)} bench images (calibrated on "
+            f"{len(images)} others): cosine {r.cosine:.4f}, top-10 agreement {r.top10:.3f}, pose "
+            f"{100 * p.within:.0f}% of visible keypoints within 0.5 px; {'passes' if passed else 'fails'} the "
+            f"default guard (random weights)")
+    return pipe, note
+
+
+def runtime_rows(pose, reid, images, torch_rate: float, record: bool, size: int = 256) -> list[Row]:
+    """``inference_onnxruntime``, ``inference_openvino`` (images/s vs the torch path, ``torch_rate``) and
+    ``inference_int8`` (vs the best fp32/bf16 runtime) on the same images and batch, networks at ``size``
+    pixels; with ``record`` (a full run) the fastest fp32/bf16 runtime is recorded for ``pamtri embed
+    --runtime auto`` (pipeline.runtimes.record_fastest), torch unless another measured faster."""
+    import importlib.util
+
+    from pamtri.pipeline.infer import Pipeline
+    from pamtri.pipeline.runtimes import cpu_name, record_fastest
+    batch = len(images)
+    work = Path(tempfile.mkdtemp(prefix="pamtri-bench-runtimes-"))
+    rows, rates = [], {"torch": torch_rate}
+    try:
+        pose_pt, reid_pt = _checkpoints(pose, reid, work, size)
+        for runtime in ("onnxruntime", "openvino"):
+            if importlib.util.find_spec(runtime) is None:
+                log.warning("bench: %s is not installed, no inference_%s row", runtime, runtime)
+                continue
+            pipe = Pipeline.from_weights(pose_pt, reid_pt, device="cpu", batch_size=batch, runtime=runtime)
+            rates[runtime] = batch / timed(partial(pipe.embed_arrays, images), repeat=2)
+            rows.append(make_row(f"inference_{runtime}", rates[runtime], torch_rate, "img/s",
+                                 note=f"same job, images and batch {batch} as `inference`; ratio vs the torch path"))
+        if importlib.util.find_spec("onnxruntime") is not None:
+            pipe, note = _int8_pipeline(pose_pt, reid_pt, work, images, batch)
+            best = max(rates, key=rates.get)
+            rows.append(make_row("inference_int8", batch / timed(partial(pipe.embed_arrays, images), repeat=2),
+                                 rates[best], "img/s", note=f"ratio vs the best fp32/bf16 runtime ({best}); {note}"))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    if record:
+        log.info("bench: fastest runtime here %s (recorded for `pamtri embed --runtime auto`)",
+                 record_fastest(rates, cpu_name()))
+    return rows

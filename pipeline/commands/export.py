@@ -32,8 +32,25 @@ def register(subparsers) -> None:
     o.add_argument("--model", metavar="NAME",
                    help="pose only: HRNet name for weights that store no pamtri config (e.g. hrnet_w32)")
     o.add_argument("--tolerance", type=float, default=1e-3, metavar="T",
-                   help="largest allowed max-abs difference ONNX vs PyTorch (default 1e-3)")
+                   help="largest allowed max-abs difference ONNX vs PyTorch, relative to the output's largest "
+                        "magnitude where that exceeds 1 (default 1e-3)")
     o.add_argument("--no-check", action="store_true", help="skip the onnxruntime comparison")
+    q = o.add_argument_group(
+        "INT8", "post-training static quantisation with onnxruntime (QDQ), written only when an accuracy guard on "
+                "images disjoint from the calibration set passes: ReID: cosine to the fp32 features and top-10 "
+                "agreement of the rankings among the guard images; pose: visible keypoints (fp32 confidence >= "
+                "0.5) decoded within --max-px of fp32")
+    q.add_argument("--int8", action="store_true", help="write the INT8 model (needs --calibrate)")
+    q.add_argument("--calibrate", metavar="DIR", help="calibration images (any sizes; searched recursively)")
+    q.add_argument("--guard", metavar="DIR",
+                   help="guard images, disjoint from --calibrate (default: every 4th --calibrate image, held out)")
+    q.add_argument("--pose-weights", metavar="PT",
+                   help="reid only: pose checkpoint that builds the pose channels (when the ReID model uses them)")
+    q.add_argument("--min-cosine", type=float, default=0.99, help="reid guard: mean cosine (default 0.99)")
+    q.add_argument("--min-top10", type=float, default=0.95, help="reid guard: top-10 agreement (default 0.95)")
+    q.add_argument("--max-px", type=float, default=0.5, help="pose guard: pixel distance (default 0.5)")
+    q.add_argument("--min-within", type=float, default=0.95,
+                   help="pose guard: share of visible keypoints within --max-px (default 0.95)")
     o.set_defaults(func=cmd_export_onnx)
 
 
@@ -42,6 +59,8 @@ def cmd_export_onnx(args: argparse.Namespace) -> int:
     from pamtri.pipeline.export import export_pose, export_reid
     size = tuple(args.size) if args.size else None
     common = dict(size=size, opset=args.opset, check=not args.no_check, tolerance=args.tolerance)
+    if args.int8 or args.calibrate:
+        return cmd_export_int8(args, common)
     if args.stage == "pose":
         report = export_pose(args.weights, args.out, model_name=args.model, **common)
     else:
@@ -57,4 +76,25 @@ def cmd_export_onnx(args: argparse.Namespace) -> int:
     else:
         print(f"onnxruntime vs PyTorch on random input: max abs diff {report.max_abs_diff:.3g} "
               f"(tolerance {report.tolerance:g})")
+    return 0
+
+
+def cmd_export_int8(args: argparse.Namespace, common: dict) -> int:
+    from pamtri.common.errors import ConfigError
+    from pamtri.pipeline.quantize import Thresholds, export_int8
+    if not (args.int8 and args.calibrate):
+        raise ConfigError("--int8 and --calibrate DIR go together")
+    t = Thresholds(cosine=args.min_cosine, top10=args.min_top10, max_px=args.max_px, within=args.min_within)
+    if args.stage == "pose":
+        print(f"guard: >= {100 * t.within:g}% of visible keypoints within {t.max_px:g} px of fp32")
+    else:
+        print(f"guard: cosine to fp32 >= {t.cosine:g}, top-10 agreement >= {t.top10:g}")
+    if args.model:
+        raise ConfigError("--int8 needs a checkpoint that describes its model (no --model)")
+    report = export_int8(args.stage, args.weights, args.out, args.calibrate, guard=args.guard,
+                         pose_weights=args.pose_weights, thresholds=t, **common)
+    measured = (f"{100 * report.within:.1f}% of visible keypoints within {t.max_px:g} px" if args.stage == "pose"
+                else f"cosine {report.cosine:.4f}, top-10 agreement {report.top10:.3f}")
+    print(f"INT8 {args.stage} -> {report.path}: {measured} on {report.n_guard} guard images "
+          f"(calibrated on {report.n_calibration})")
     return 0

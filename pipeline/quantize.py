@@ -1,0 +1,218 @@
+"""INT8 export: ONNX Runtime's post-training static quantisation (QDQ) with an accuracy guard.
+
+Calibration runs the fp32 ONNX graph on the inputs the network sees in two-stage inference (pose: the
+normalised crops and their mirror images, as the flip test feeds them; ReID: the stacked RGB + pose channels
+and keypoint vector built by ``Pipeline.reid_inputs`` from the fp32 pose stage). The guard runs both graphs on
+other images than the calibration ones and refuses to write the INT8 model when it falls below the thresholds:
+ReID: mean cosine to the fp32 features and top-10 agreement of the rankings among the guard images;
+pose: the share of visible keypoints (fp32 confidence >= 0.5) decoded within 0.5 px (image pixels) of fp32.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from pamtri.common.atomic import atomic_write_bytes
+from pamtri.common.errors import ConfigError, PamtriError
+
+log = logging.getLogger(__name__)
+
+VISIBLE_CONFIDENCE = 0.5  # a keypoint counts as visible in the pose guard at this fp32 confidence or above
+
+
+class Int8Refused(PamtriError):
+    """The INT8 model falls below the accuracy guard's thresholds; nothing was written."""
+
+
+@dataclass
+class Thresholds:
+    """The guard's minimums: ReID mean cosine and top-10 agreement; pose share of keypoints within ``max_px``."""
+    cosine: float = 0.99
+    top10: float = 0.95
+    max_px: float = 0.5
+    within: float = 0.95
+
+
+@dataclass
+class Int8Report:
+    """What the guard measured on ``n_guard`` images (calibrated on ``n_calibration``); None: not this stage's."""
+    path: str
+    stage: str
+    n_calibration: int
+    n_guard: int
+    thresholds: Thresholds
+    cosine: float | None = None
+    top10: float | None = None
+    within: float | None = None
+    failures: list[str] = field(default_factory=list)
+
+
+def split_images(calibrate: str | os.PathLike, guard: str | os.PathLike | None = None) -> tuple[list[str], list[str]]:
+    """(calibration image paths, guard image paths): the folders' images, or every 4th calibration image held
+    out as the guard set when no ``guard`` folder is given; ConfigError when they overlap or one is empty."""
+    from pamtri.data.images import list_images
+
+    def paths(folder):
+        if not Path(folder).is_dir():
+            raise ConfigError(f"{folder}: not a folder of images")
+        return [str(Path(folder) / n) for n in list_images(folder, recursive=True)]
+    calib = paths(calibrate)
+    if guard is None:
+        calib, held = [p for i, p in enumerate(calib) if i % 4 != 3], calib[3::4]
+    else:
+        held = paths(guard)
+        shared = {os.path.realpath(p) for p in calib} & {os.path.realpath(p) for p in held}
+        if shared:
+            raise ConfigError(f"--guard {guard}: {len(shared)} images are also in --calibrate {calibrate}; the guard "
+                              f"needs images disjoint from the calibration set")
+    if not calib or len(held) < 2:
+        raise ConfigError(f"--calibrate {calibrate}: need calibration images and at least 2 guard images "
+                          f"(found {len(calib)} and {len(held)})")
+    return calib, held
+
+
+class _Feeds:
+    """onnxruntime's CalibrationDataReader over a list of feed dicts."""
+
+    def __init__(self, feeds: list[dict[str, np.ndarray]]):
+        self._it = iter(feeds)
+
+    def get_next(self):
+        return next(self._it, None)
+
+
+def quantize_onnx(fp32_path: str | os.PathLike, int8_path: str | os.PathLike, feeds: list[dict[str, np.ndarray]]
+                  ) -> None:
+    """Static INT8 quantisation (QDQ, per-channel int8 weights, int8 activations, min-max ranges from ``feeds``).
+    (onnxruntime's optional pre-processing is left out: its symbolic shape inference fails on HRNet, and on
+    DenseNet it changed no guard figure.)"""
+    from onnxruntime.quantization import QuantFormat, quantize_static
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # the quantiser warns on the root logger about every pre-activation BatchNorm
+    try:
+        quantize_static(str(fp32_path), str(int8_path), _Feeds(feeds), quant_format=QuantFormat.QDQ,
+                        per_channel=True)
+    finally:
+        root.setLevel(level)
+
+
+def mean_cosine(a: np.ndarray, b: np.ndarray) -> float:
+    """Mean over rows of the cosine similarity of (N, D) ``a`` and ``b``."""
+    na, nb = np.linalg.norm(a, axis=1), np.linalg.norm(b, axis=1)
+    return float(np.mean((a * b).sum(1) / np.maximum(na * nb, 1e-12)))
+
+
+def topk_agreement(a: np.ndarray, b: np.ndarray, k: int = 10) -> float:
+    """Each row of (N, D) ``a`` / ``b`` as a query against the others (Euclidean): mean share of the top-k
+    neighbours the two rankings have in common (k capped at N - 1)."""
+    k = min(k, len(a) - 1)
+
+    def top(f):
+        d = ((f[:, None, :] - f[None, :, :]) ** 2).sum(-1)
+        np.fill_diagonal(d, np.inf)
+        return np.argsort(d, axis=1, kind="stable")[:, :k]
+    return float(np.mean([len(set(x) & set(y)) / k for x, y in zip(top(a), top(b))]))
+
+
+def keypoints_within(a: np.ndarray, b: np.ndarray, max_px: float) -> float:
+    """Share of the visible keypoints of (N, 36, 3) ``a`` (confidence >= VISIBLE_CONFIDENCE; all when none is)
+    whose (x, y) in ``b`` lies within ``max_px`` pixels."""
+    visible = a[..., 2] >= VISIBLE_CONFIDENCE
+    if not visible.any():
+        visible = np.ones_like(visible)
+    dist = np.linalg.norm(a[..., :2] - b[..., :2], axis=-1)
+    return float(np.mean(dist[visible] <= max_px))
+
+
+def _batches(arrays: dict[str, np.ndarray], size: int = 8) -> list[dict[str, np.ndarray]]:
+    n = len(next(iter(arrays.values())))
+    return [{k: np.ascontiguousarray(v[i:i + size]) for k, v in arrays.items()} for i in range(0, n, size)]
+
+
+def _pose_guard(weights, fp32_path, int8_path, calib, held, thresholds: Thresholds, report: Int8Report) -> None:
+    """Calibrate the pose graph on crops (and their mirrors) of ``calib``; measure keypoints on ``held``."""
+    import torch
+
+    from pamtri.data.images import read_image
+    from pamtri.pose.predict import PosePredictor, load_pose_model
+
+    from .runtimes import OnnxNetwork
+    model, cfg, codec = load_pose_model(weights)
+    predictor = PosePredictor.from_config(model, cfg, codec, device="cpu", precision="fp32")
+    crops = np.stack([predictor.crop(read_image(p))[0] for p in calib])
+    quantize_onnx(fp32_path, int8_path, _batches({"image": np.concatenate([crops, crops[..., ::-1]])}))
+    images = [read_image(p) for p in held]
+    kps = {}
+    for name, path in (("fp32", fp32_path), ("int8", int8_path)):
+        predictor.model = OnnxNetwork(path, "onnxruntime")
+        with torch.inference_mode():
+            kps[name] = predictor.predict_arrays(images)[0]
+    report.within = keypoints_within(kps["fp32"], kps["int8"], thresholds.max_px)
+    if report.within < thresholds.within:
+        report.failures.append(f"{100 * report.within:.1f}% of visible keypoints within {thresholds.max_px:g} px "
+                               f"of fp32 < {100 * thresholds.within:g}%")
+
+
+def _reid_feeds(pipe, paths: list[str]) -> dict[str, np.ndarray]:
+    """The ReID graph's inputs for image files, built by the fp32 torch pipeline."""
+    import torch
+
+    from pamtri.data.images import read_image
+
+    from .infer import run_pose
+    images = [read_image(p) for p in paths]
+    with torch.inference_mode():
+        pose = run_pose(pipe.predictor, images, pipe.grid) if pipe.needs_pose else None
+        x, kv = pipe.reid_inputs(images, pose)
+    return {"images": x.contiguous().numpy(), **({"keypoints": kv.numpy()} if kv is not None else {})}
+
+
+def _reid_guard(weights, pose_weights, fp32_path, int8_path, calib, held, thresholds: Thresholds,
+                report: Int8Report) -> None:
+    """Calibrate the ReID graph on pipeline inputs of ``calib``; compare features on ``held``."""
+    from .infer import Pipeline
+    from .runtimes import OnnxNetwork
+    pipe = Pipeline.from_weights(pose_weights, weights, device="cpu", precision="fp32")
+    quantize_onnx(fp32_path, int8_path, _batches(_reid_feeds(pipe, calib)))
+    guard = _batches(_reid_feeds(pipe, held))
+    feats = {}
+    for name, path in (("fp32", fp32_path), ("int8", int8_path)):
+        net = OnnxNetwork(path, "onnxruntime")
+        feats[name] = np.concatenate([net.run(feed)[0] for feed in guard])
+    report.cosine = mean_cosine(feats["fp32"], feats["int8"])
+    report.top10 = topk_agreement(feats["fp32"], feats["int8"], 10)
+    if report.cosine < thresholds.cosine:
+        report.failures.append(f"cosine to fp32 {report.cosine:.4f} < {thresholds.cosine:g}")
+    if report.top10 < thresholds.top10:
+        report.failures.append(f"top-10 agreement {report.top10:.3f} < {thresholds.top10:g}")
+
+
+def export_int8(stage: str, weights: str | os.PathLike, out: str | os.PathLike, calibrate: str | os.PathLike,
+                guard: str | os.PathLike | None = None, pose_weights: str | os.PathLike | None = None,
+                thresholds: Thresholds | None = None, heads: bool = False, **export_kw) -> Int8Report:
+    """Export ``stage``'s network to ONNX, quantise it to INT8 on ``calibrate`` images and write it to ``out``
+    only when the guard on the ``guard`` images (default: every 4th calibration image, held out) passes;
+    Int8Refused (nothing written) otherwise. ``heads``: the ReID graph with colour/type outputs."""
+    from .export import export_pose, export_reid
+    thresholds = thresholds or Thresholds()
+    calib, held = split_images(calibrate, guard)
+    report = Int8Report(str(out), stage, len(calib), len(held), thresholds)
+    with tempfile.TemporaryDirectory(prefix="pamtri-int8-") as tmp:
+        fp32_path, int8_path = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
+        if stage == "pose":
+            export_pose(weights, fp32_path, **export_kw)
+            _pose_guard(weights, fp32_path, int8_path, calib, held, thresholds, report)
+        else:
+            export_reid(weights, fp32_path, heads=heads, **export_kw)
+            _reid_guard(weights, pose_weights, fp32_path, int8_path, calib, held, thresholds, report)
+        if report.failures:
+            raise Int8Refused(f"INT8 {stage} model refused, nothing written to {out}: {'; '.join(report.failures)} "
+                              f"(on {len(held)} guard images; calibrated on {len(calib)} from {calibrate})")
+        atomic_write_bytes(out, int8_path.read_bytes())
+    return report

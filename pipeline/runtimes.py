@@ -1,0 +1,179 @@
+"""The runtimes the two networks of ``Pipeline`` can run on: PyTorch eager, ONNX Runtime, OpenVINO.
+
+Only the networks change: each is exported to ONNX once (``pipeline.export``), cached next to its weights (or in
+the temp folder when that folder is read-only) under the weights' SHA-256, and wrapped in :class:`OnnxNetwork`,
+a module called like the torch network it stands in for. Cropping, the flip test, decoding, heatmap
+resampling, segments and the keypoint vector stay the torch code they are for ``--runtime torch``.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from pamtri.common.errors import ConfigError, PamtriError
+
+log = logging.getLogger(__name__)
+
+RUNTIMES = ("torch", "onnxruntime", "openvino")
+
+
+def check_runtime(runtime: str) -> str:
+    """``runtime`` if it is one of RUNTIMES and its package imports; ConfigError / PamtriError naming the fix."""
+    if runtime not in RUNTIMES:
+        raise ConfigError(f"--runtime {runtime!r}: choose one of {', '.join(RUNTIMES)}")
+    if runtime == "torch":
+        return runtime
+    import importlib.util
+    if importlib.util.find_spec(runtime) is None:
+        extra = "openvino" if runtime == "openvino" else "export"
+        raise PamtriError(f"--runtime {runtime} needs the {runtime!r} package: pip install 'pamtri[{extra}]'")
+    return runtime
+
+
+def cached_onnx(stage: str, weights: str | os.PathLike, size_hw: tuple[int, int]) -> Path:
+    """The ONNX file of one stage's network at ``size_hw`` (H, W) pixels, exported on first use; the ReID graph
+    outputs feature + colour + type logits (``export_reid(heads=True)``)."""
+    from pamtri.pose.cache import file_sha256
+
+    from .export import export_pose, export_reid
+    name = f"{Path(weights).name}.{stage}-{file_sha256(weights)[:16]}-{size_hw[0]}x{size_hw[1]}.onnx"
+    folder = Path(weights).resolve().parent / ".pamtri-onnx"
+    if not os.access(folder if folder.is_dir() else folder.parent, os.W_OK):
+        folder = Path(tempfile.gettempdir()) / "pamtri-onnx"
+    path = folder / name
+    if not path.is_file():
+        folder.mkdir(parents=True, exist_ok=True)
+        log.info("exporting the %s network of %s to %s", stage, weights, path)
+        if stage == "pose":
+            export_pose(weights, path, size=size_hw)
+        else:
+            export_reid(weights, path, size=size_hw, heads=True)
+    return path
+
+
+class OnnxNetwork(nn.Module):
+    """An ONNX graph on onnxruntime or OpenVINO (CPU), called like the torch network it replaces: float32
+    tensors in (None inputs dropped), float32 tensors out; one output as a tensor, several (``as_dict``) as a
+    dict keyed by the graph's output names."""
+
+    def __init__(self, path: str | os.PathLike, runtime: str, precision: str = "fp32", as_dict: bool = False):
+        super().__init__()
+        self.path, self.runtime, self.as_dict = str(path), runtime, as_dict
+        threads = torch.get_num_threads()
+        if runtime == "onnxruntime":
+            self.input_names, self.output_names, self._session = _onnxruntime_session(self.path, threads)
+        elif runtime == "openvino":
+            self.input_names, self.output_names, self._session = _openvino_model(self.path, threads, precision)
+        else:
+            raise ConfigError(f"--runtime {runtime!r}: an ONNX network runs on onnxruntime or openvino")
+
+    def run(self, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+        """The graph's outputs for a feed of named float32 arrays."""
+        return self._session(feed)
+
+    def forward(self, *inputs: torch.Tensor | None):
+        feed = {name: np.ascontiguousarray(t.detach().float().cpu().numpy())
+                for name, t in zip(self.input_names, inputs) if t is not None}
+        outs = [torch.from_numpy(np.asarray(o, dtype=np.float32)) for o in self.run(feed)]
+        return dict(zip(self.output_names, outs)) if self.as_dict else outs[0]
+
+
+def _onnxruntime_session(path: str, threads: int):
+    """(input names, output names, feed dict -> list of arrays) of an onnxruntime CPU session."""
+    import onnxruntime as ort
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    return ([i.name for i in session.get_inputs()], [o.name for o in session.get_outputs()],
+            lambda feed: session.run(None, feed))
+
+
+def _openvino_model(path: str, threads: int, precision: str):
+    """(input names, output names, feed dict -> list of arrays) of an OpenVINO CPU model; ``precision`` 'fp32'
+    forces f32 (OpenVINO otherwise runs bf16 on CPUs with AMX), 'bf16' asks for bf16, anything else its default."""
+    import openvino as ov
+    core = ov.Core()
+    config = {"INFERENCE_NUM_THREADS": threads}
+    hint = {"fp32": "f32", "bf16": "bf16"}.get(precision)
+    if hint:
+        config["INFERENCE_PRECISION_HINT"] = hint
+    compiled = core.compile_model(core.read_model(path), "CPU", config)
+    inputs = [i.get_any_name() for i in compiled.inputs]
+    outputs = [o.get_any_name() for o in compiled.outputs]
+
+    def run(feed):
+        result = compiled(feed)
+        return [result[o] for o in compiled.outputs]
+    return inputs, outputs, run
+
+
+def onnx_networks(pose_weights, reid_weights, runtime: str, precision: str, pose_size_hw: tuple[int, int] | None,
+                  reid_size_hw: tuple[int, int]) -> tuple[OnnxNetwork | None, OnnxNetwork]:
+    """(pose network or None without pose weights, ReID network) on ``runtime``, from the cached ONNX files."""
+    pose = None
+    if pose_weights:
+        pose = OnnxNetwork(cached_onnx("pose", pose_weights, pose_size_hw), runtime, precision)
+    reid = OnnxNetwork(cached_onnx("reid", reid_weights, reid_size_hw), runtime, precision, as_dict=True)
+    return pose, reid
+
+
+def cpu_name() -> str:
+    """The CPU model name (/proc/cpuinfo's, else platform.processor())."""
+    import platform
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def record_path() -> Path:
+    """Where ``pamtri bench`` records the fastest runtime of this machine: $PAMTRI_RUNTIME_RECORD, or
+    pamtri/runtime.json in the user's cache folder ($XDG_CACHE_HOME, default ~/.cache)."""
+    if os.environ.get("PAMTRI_RUNTIME_RECORD"):
+        return Path(os.environ["PAMTRI_RUNTIME_RECORD"])
+    cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(cache) / "pamtri" / "runtime.json"
+
+
+def fastest_runtime(rates: dict[str, float]) -> str:
+    """The runtime with the highest images/s among the fp32/bf16 ones measured; torch unless another beats it."""
+    best = "torch"
+    for runtime, rate in rates.items():
+        if runtime in RUNTIMES and rate > rates.get(best, 0.0):
+            best = runtime
+    return best
+
+
+def record_fastest(rates: dict[str, float], cpu: str, path: str | os.PathLike | None = None) -> str:
+    """Write {"runtime": fastest, "cpu": cpu, "images_per_s": rates} to the record -> the fastest runtime."""
+    import json
+
+    from pamtri.common.atomic import atomic_write_text
+    best = fastest_runtime(rates)
+    path = Path(path or record_path())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps({"runtime": best, "cpu": cpu, "images_per_s": rates}, indent=1))
+    return best
+
+
+def default_runtime(cpu: str | None = None, path: str | os.PathLike | None = None) -> str:
+    """``--runtime auto``: the runtime ``pamtri bench`` (full, not --quick) recorded as fastest on this CPU model,
+    when its package imports; torch when there is no record, it is for another CPU, or it cannot be read."""
+    import json
+    try:
+        record = json.loads(Path(path or record_path()).read_text())
+        runtime = str(record["runtime"])
+        if record.get("cpu") != (cpu or cpu_name()) or runtime not in RUNTIMES:
+            return "torch"
+        return check_runtime(runtime)
+    except (OSError, ValueError, KeyError, TypeError, PamtriError):
+        return "torch"

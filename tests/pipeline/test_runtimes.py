@@ -1,0 +1,157 @@
+"""``--runtime``: both networks on onnxruntime / OpenVINO give the torch path's features (tiny models, fp32)."""
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("onnx")
+pytest.importorskip("onnxruntime")
+
+from pamtri.common.errors import ConfigError  # noqa: E402
+from pamtri.pipeline.infer import Pipeline  # noqa: E402
+from tests.conftest import write_tiny_reid_checkpoint  # noqa: E402
+
+# fp32 on both sides: the runtimes differ from torch by float rounding (~1e-6 on these features)
+FEATURE_ATOL = 1e-4
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory):
+    """(pose checkpoint: hrnet_w18_small at 64x64, ReID checkpoint: heatmaps + segments + keypoint vector)."""
+    from pamtri.common.checkpoint import save_checkpoint
+    from pamtri.common.config import to_dict
+    from pamtri.pose.config import PoseConfig
+    from pamtri.pose.model import build_pose_model
+    folder = tmp_path_factory.mktemp("weights")
+    cfg = PoseConfig()
+    cfg.model.name = "hrnet_w18_small"
+    cfg.data.input_size = (64, 64)
+    torch.manual_seed(0)
+    save_checkpoint({"model": build_pose_model("hrnet_w18_small").state_dict(), "config": to_dict(cfg)},
+                    folder / "pose.pt")
+    write_tiny_reid_checkpoint(folder / "reid.pt", heatmaps=True, segments=True, keypoints=True, id_fc=64,
+                               attr_fc=32)
+    return folder / "pose.pt", folder / "reid.pt"
+
+
+@pytest.fixture(scope="module")
+def images():
+    rng = np.random.default_rng(0)
+    return [rng.integers(0, 255, (40 + 7 * i, 60 - 3 * i, 3), dtype=np.uint8) for i in range(5)]
+
+
+def _embed(weights, images, runtime):
+    pipe = Pipeline.from_weights(*weights, device="cpu", precision="fp32", batch_size=3, runtime=runtime)
+    return pipe.embed(images)
+
+
+def _assert_same(got, want):
+    np.testing.assert_allclose(got["keypoints"], want["keypoints"], atol=1e-3)
+    np.testing.assert_allclose(got["features"], want["features"], atol=FEATURE_ATOL)
+    np.testing.assert_array_equal(got["color"], want["color"])
+    np.testing.assert_array_equal(got["type"], want["type"])
+
+
+def test_onnxruntime_features_equal_the_torch_path(weights, images, one_torch_thread):
+    want = _embed(weights, images, "torch")
+    got = _embed(weights, images, "onnxruntime")
+    assert got["features"].shape == want["features"].shape == (5, 64)
+    _assert_same(got, want)
+
+
+def test_openvino_features_equal_the_torch_path(weights, images, one_torch_thread):
+    pytest.importorskip("openvino")
+    _assert_same(_embed(weights, images, "openvino"), _embed(weights, images, "torch"))
+
+
+def test_the_onnx_files_are_exported_once_per_weights(weights, images, one_torch_thread, monkeypatch):
+    from pamtri.pipeline import export
+    _embed(weights, images[:1], "onnxruntime")
+    cached = sorted(p.name for p in (weights[0].parent / ".pamtri-onnx").iterdir())
+    assert [n.split("-")[0] for n in cached] == ["pose.pt.pose", "reid.pt.reid"]
+
+    def fail(*args, **kwargs):
+        raise AssertionError("exported again")
+    monkeypatch.setattr(export, "export_pose", fail)
+    monkeypatch.setattr(export, "export_reid", fail)
+    _embed(weights, images[:1], "onnxruntime")  # the cached files, no export
+
+
+def test_runtime_options_that_cannot_work_are_one_line_errors(weights):
+    with pytest.raises(ConfigError, match="--compile applies to --runtime torch only"):
+        Pipeline.from_weights(*weights, device="cpu", runtime="onnxruntime", compile=True)
+    with pytest.raises(ConfigError, match="--runtime 'tensorflow'"):
+        Pipeline.from_weights(*weights, device="cpu", runtime="tensorflow")
+
+
+def test_embed_command_takes_the_runtime(weights, images, tmp_path, one_torch_thread):
+    import cv2
+
+    from pamtri.pipeline.cli import main
+    (tmp_path / "img").mkdir()
+    for i, im in enumerate(images[:3]):
+        cv2.imwrite(str(tmp_path / "img" / f"{i}.png"), im[..., ::-1])
+    outs = {}
+    for runtime in ("torch", "onnxruntime"):
+        outs[runtime] = tmp_path / f"{runtime}.npz"
+        assert main(["embed", "--pose-weights", str(weights[0]), "--reid-weights", str(weights[1]), "--images",
+                     str(tmp_path / "img"), "--out", str(outs[runtime]), "--precision", "fp32",
+                     "--runtime", runtime]) == 0
+    np.testing.assert_allclose(np.load(outs["onnxruntime"])["features"], np.load(outs["torch"])["features"],
+                               atol=FEATURE_ATOL)
+
+
+def test_the_default_runtime_is_the_recorded_fastest_never_slower_than_torch(tmp_path):
+    from pamtri.pipeline.runtimes import default_runtime, fastest_runtime, record_fastest
+    assert fastest_runtime({"torch": 10.0, "onnxruntime": 9.0}) == "torch"
+    assert fastest_runtime({"torch": 10.0, "onnxruntime": 9.0, "openvino": 12.0}) == "openvino"
+    record = tmp_path / "runtime.json"
+    assert default_runtime("cpu A", record) == "torch"  # no record yet
+    assert record_fastest({"torch": 10.0, "onnxruntime": 11.0}, "cpu A", record) == "onnxruntime"
+    assert default_runtime("cpu A", record) == "onnxruntime"
+    assert default_runtime("cpu B", record) == "torch"  # measured on another CPU model
+    record.write_text("{not json")
+    assert default_runtime("cpu A", record) == "torch"
+
+
+def test_bench_runtime_rows_and_the_recorded_default(weights, tmp_path, monkeypatch, one_torch_thread):
+    """The bench's own rows on tiny models: each runtime vs the torch path on the same images and batch; the
+    runtime recorded for `--runtime auto` is one whose measured rate is at least torch's."""
+    import json
+
+    from pamtri.pipeline.bench.harness import timed
+    from pamtri.pipeline.bench.inference import runtime_rows
+    from pamtri.pose.predict import load_pose_model
+    from pamtri.reid.model import load_reid_weights
+    monkeypatch.setenv("PAMTRI_RUNTIME_RECORD", str(tmp_path / "runtime.json"))
+    pose, _, _ = load_pose_model(weights[0])
+    reid, _ = load_reid_weights(weights[1])
+    rng = np.random.default_rng(1)
+    images = [rng.integers(0, 255, (64, 64, 3), dtype=np.uint8) for _ in range(4)]
+    torch_pipe = Pipeline.from_weights(*weights, device="cpu", batch_size=4, runtime="torch")
+    torch_rate = 4 / timed(lambda: torch_pipe.embed_arrays(images), repeat=2)
+    rows = {r.name: r for r in runtime_rows(pose, reid, images, torch_rate, record=True, size=64)}
+    expected = {"inference_onnxruntime", "inference_int8"} | (
+        {"inference_openvino"} if _installed("openvino") else set())
+    assert set(rows) == expected
+    for name in expected - {"inference_int8"}:
+        assert rows[name].baseline == torch_rate and rows[name].ratio == pytest.approx(rows[name].ours / torch_rate)
+    assert "cosine" in rows["inference_int8"].note and "top-10 agreement" in rows["inference_int8"].note
+    recorded = json.loads((tmp_path / "runtime.json").read_text())
+    rates = recorded["images_per_s"]
+    assert rates[recorded["runtime"]] >= rates["torch"] == torch_rate
+    from pamtri.pipeline.runtimes import default_runtime
+    assert default_runtime() == recorded["runtime"]
+
+
+def _installed(name):
+    import importlib.util
+    return importlib.util.find_spec(name) is not None
+
+
+def test_runtime_auto_follows_the_record_of_this_cpu(weights, tmp_path, monkeypatch):
+    from pamtri.pipeline.runtimes import OnnxNetwork, cpu_name, record_fastest
+    monkeypatch.setenv("PAMTRI_RUNTIME_RECORD", str(tmp_path / "runtime.json"))
+    assert not isinstance(Pipeline.from_weights(*weights, device="cpu", runtime="auto").model, OnnxNetwork)
+    record_fastest({"torch": 1.0, "onnxruntime": 2.0}, cpu_name())
+    pipe = Pipeline.from_weights(*weights, device="cpu", runtime="auto")
+    assert isinstance(pipe.model, OnnxNetwork) and pipe.model.runtime == "onnxruntime"
