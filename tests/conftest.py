@@ -47,6 +47,22 @@ def write_tiny_reid_config(path: Path, root: Path, epochs: int = 2, batches: int
     return path
 
 
+def write_tiny_pose_checkpoint(path: Path) -> Path:
+    """A pamtri pose checkpoint of a random hrnet_w18_small (seed 0) at a 64 x 64 input; returns ``path``."""
+    import torch
+
+    from pamtri.common.checkpoint import save_checkpoint
+    from pamtri.common.config import to_dict
+    from pamtri.pose.config import PoseConfig
+    from pamtri.pose.model import build_pose_model
+    cfg = PoseConfig()
+    cfg.model.name = "hrnet_w18_small"
+    cfg.data.input_size = (64, 64)
+    torch.manual_seed(0)
+    save_checkpoint({"model": build_pose_model("hrnet_w18_small").state_dict(), "config": to_dict(cfg)}, path)
+    return path
+
+
 def write_tiny_reid_checkpoint(path: Path, heatmaps: bool, segments: bool, keypoints: bool, height: int = 32,
                                width: int = 32, **model_kw):
     """A pamtri ReID checkpoint of a random DenseNet121 (5 ids) with the given inputs; returns its ReIDConfig."""

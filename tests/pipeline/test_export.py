@@ -11,23 +11,13 @@ ort = pytest.importorskip("onnxruntime")
 
 from pamtri.common.errors import PamtriError  # noqa: E402
 from pamtri.pipeline.cli import main  # noqa: E402
-from tests.conftest import write_tiny_reid_checkpoint  # noqa: E402
+from tests.conftest import write_tiny_pose_checkpoint, write_tiny_reid_checkpoint  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def pose_weights(tmp_path_factory):
     """A pamtri pose checkpoint: hrnet_w18_small, 64x64 input, random weights."""
-    from pamtri.common.checkpoint import save_checkpoint
-    from pamtri.common.config import to_dict
-    from pamtri.pose.config import PoseConfig
-    from pamtri.pose.model import build_pose_model
-    cfg = PoseConfig()
-    cfg.model.name = "hrnet_w18_small"
-    cfg.data.input_size = (64, 64)
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("pose") / "best.pt"
-    save_checkpoint({"model": build_pose_model("hrnet_w18_small").state_dict(), "config": to_dict(cfg)}, path)
-    return path
+    return write_tiny_pose_checkpoint(tmp_path_factory.mktemp("pose") / "best.pt")
 
 
 def _reid_weights(path, heatmaps, segments, keypoints):

@@ -7,7 +7,7 @@ pytest.importorskip("onnxruntime")
 
 from pamtri.pipeline.cli import main  # noqa: E402
 from pamtri.pipeline.quantize import keypoints_within, mean_cosine, split_images, topk_agreement  # noqa: E402
-from tests.conftest import write_tiny_reid_checkpoint  # noqa: E402
+from tests.conftest import write_tiny_pose_checkpoint, write_tiny_reid_checkpoint  # noqa: E402
 
 
 def _write_images(folder, images):
@@ -87,19 +87,7 @@ def test_guard_measures():
 @pytest.fixture(scope="module")
 def pose_weights(tmp_path_factory):
     """hrnet_w18_small at 64x64, random weights."""
-    import torch
-
-    from pamtri.common.checkpoint import save_checkpoint
-    from pamtri.common.config import to_dict
-    from pamtri.pose.config import PoseConfig
-    from pamtri.pose.model import build_pose_model
-    cfg = PoseConfig()
-    cfg.model.name = "hrnet_w18_small"
-    cfg.data.input_size = (64, 64)
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("pose") / "pose.pt"
-    save_checkpoint({"model": build_pose_model("hrnet_w18_small").state_dict(), "config": to_dict(cfg)}, path)
-    return path
+    return write_tiny_pose_checkpoint(tmp_path_factory.mktemp("pose") / "pose.pt")
 
 
 def test_the_pose_guard_refuses_a_blank_calibration_and_passes_a_real_one(folders, pose_weights, tmp_path, capsys,

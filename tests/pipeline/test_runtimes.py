@@ -1,14 +1,13 @@
 """``--runtime``: both networks on onnxruntime / OpenVINO give the torch path's features (tiny models, fp32)."""
 import numpy as np
 import pytest
-import torch
 
 pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
 from pamtri.common.errors import ConfigError  # noqa: E402
 from pamtri.pipeline.infer import Pipeline  # noqa: E402
-from tests.conftest import write_tiny_reid_checkpoint  # noqa: E402
+from tests.conftest import write_tiny_pose_checkpoint, write_tiny_reid_checkpoint  # noqa: E402
 
 # fp32 on both sides: the runtimes differ from torch by float rounding (~1e-6 on these features)
 FEATURE_ATOL = 1e-4
@@ -17,17 +16,8 @@ FEATURE_ATOL = 1e-4
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory):
     """(pose checkpoint: hrnet_w18_small at 64x64, ReID checkpoint: heatmaps + segments + keypoint vector)."""
-    from pamtri.common.checkpoint import save_checkpoint
-    from pamtri.common.config import to_dict
-    from pamtri.pose.config import PoseConfig
-    from pamtri.pose.model import build_pose_model
     folder = tmp_path_factory.mktemp("weights")
-    cfg = PoseConfig()
-    cfg.model.name = "hrnet_w18_small"
-    cfg.data.input_size = (64, 64)
-    torch.manual_seed(0)
-    save_checkpoint({"model": build_pose_model("hrnet_w18_small").state_dict(), "config": to_dict(cfg)},
-                    folder / "pose.pt")
+    write_tiny_pose_checkpoint(folder / "pose.pt")
     write_tiny_reid_checkpoint(folder / "reid.pt", heatmaps=True, segments=True, keypoints=True, id_fc=64,
                                attr_fc=32)
     return folder / "pose.pt", folder / "reid.pt"
