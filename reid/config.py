@@ -46,6 +46,12 @@ class DataConfig:
     flip: bool = True              # horizontal flip with left/right swaps of keypoints and channels
     random_erasing: float = 0.0    # probability per image (image channels only)
     color_jitter: float = 0.0      # strength in [0, 1] of brightness/contrast/saturation jitter (image only)
+    # torchvision's AutoAugment (ImageNet policy) or RandAugment on the RGB channels, photometric ops only (their
+    # shear / translate / rotate are skipped: the pose channels and keypoints could not follow them)
+    auto_augment: Literal["none", "autoaugment", "randaugment"] = "none"
+    auto_augment_prob: float = 0.1  # probability per image (fast-reid SBS: INPUT.AUTOAUG.PROB 0.1)
+    randaugment_ops: int = 2        # RandAugment's num_ops
+    randaugment_magnitude: int = 9  # RandAugment's magnitude, 0-30
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
     workers: int = 2
@@ -57,6 +63,11 @@ class DataConfig:
             raise ConfigError(f"data.random_erasing is a probability in [0, 1], got {self.random_erasing}")
         if not 0.0 <= self.color_jitter <= 1.0:
             raise ConfigError(f"data.color_jitter must be in [0, 1], got {self.color_jitter}")
+        if not 0.0 <= self.auto_augment_prob <= 1.0:
+            raise ConfigError(f"data.auto_augment_prob is a probability in [0, 1], got {self.auto_augment_prob}")
+        if self.randaugment_ops < 0 or not 0 <= self.randaugment_magnitude <= 30:
+            raise ConfigError(f"data.randaugment_ops must be >= 0 and data.randaugment_magnitude in [0, 30], got "
+                              f"{self.randaugment_ops} and {self.randaugment_magnitude}")
         if self.heatmap_size <= 0 or self.heatmap_sigma <= 0:
             raise ConfigError("data.heatmap_size and data.heatmap_sigma must be positive")
         if self.pose_source == "cache":
