@@ -113,8 +113,20 @@ def build_stage(cfg: ReIDConfig, run: Run, records: list[Record], data_info: dic
 
     return Stage(model=model, loader=loader, forward=forward, losses=losses,
                  validate=evaluate if eval_sets is not None else None, score="mAP", weights_file=weights_file,
-                 state_extra={"model_description": description}, find_unused_parameters=idle_parameters(model, cfg),
+                 state_extra={"model_description": description}, side_optimizer=center_optimizer(model, cfg),
+                 find_unused_parameters=idle_parameters(model, cfg),
                  done_marker=True)
+
+
+def center_optimizer(model: ReIDNet, cfg: ReIDConfig) -> torch.optim.SGD | None:
+    """BoT's own SGD for the class centres at loss.center_lr (None: the main optimiser trains them).
+
+    BoT multiplies the centres' gradient by 1 / loss.center before that step, so they move on the unweighted
+    center-loss gradient; for plain SGD (no momentum, no decay) that is the step of rate center_lr / center.
+    """
+    if model.centers is None or cfg.loss.center_lr == 0:
+        return None
+    return torch.optim.SGD([model.centers], lr=cfg.loss.center_lr / cfg.loss.center)
 
 
 def idle_parameters(model: ReIDNet, cfg: ReIDConfig) -> bool:

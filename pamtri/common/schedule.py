@@ -6,6 +6,7 @@ x0.1 at epochs 170 and 200 of 210; ReID: Adam 3e-4, x0.1 at 20 and 40 of 60).
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -51,9 +52,12 @@ def lr_factor(epoch: int, cfg: OptimConfig) -> float:
     return f
 
 
-def build_optimizer(model: torch.nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
-    """Adam / AMSGrad (or SGD with Nesterov momentum) with weight decay over the trainable parameters."""
-    params = [p for p in model.parameters() if p.requires_grad]
+def build_optimizer(model: torch.nn.Module, cfg: OptimConfig,
+                    exclude: Iterable[torch.nn.Parameter] = ()) -> torch.optim.Optimizer:
+    """Adam / AMSGrad (or SGD with Nesterov momentum) with weight decay over the trainable parameters but
+    ``exclude`` (those another optimiser owns)."""
+    skip = {id(p) for p in exclude}
+    params = [p for p in model.parameters() if p.requires_grad and id(p) not in skip]
     if cfg.name == "sgd":
         return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=True)
     return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay, amsgrad=cfg.name == "amsgrad")
