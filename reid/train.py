@@ -157,12 +157,16 @@ def train_loader(records: list[Record], sources: list[int], cfg: ReIDConfig, run
     """This rank's loader of P x K batches (identity or domain-balanced), each image with its own seed."""
     pids = [r.vehicle_id for r in records]
     s, info = cfg.sampler, run.info
-    if s.kind == "domain":
-        sampler = DomainBalancedSampler(pids, [r.domain for r in records], s.ids_per_batch, s.k, seed=cfg.seed,
-                                        rank=info.rank, world_size=info.world_size)
-    else:
-        sampler = IdentitySampler(pids, s.ids_per_batch, s.k, seed=cfg.seed, rank=info.rank,
-                                  world_size=info.world_size)
+    try:
+        if s.kind == "domain":
+            sampler = DomainBalancedSampler(pids, [r.domain for r in records], s.ids_per_batch, s.k, seed=cfg.seed,
+                                            rank=info.rank, world_size=info.world_size)
+        else:
+            sampler = IdentitySampler(pids, s.ids_per_batch, s.k, seed=cfg.seed, rank=info.rank,
+                                      world_size=info.world_size)
+    except ConfigError as exc:  # name the training data the sampler counted
+        roots = ", ".join(f"{src.root} ({src.split})" for src in cfg.data.train)
+        raise ConfigError(f"data.train {roots}: {exc}") from None
     pose = make_pose_source(cfg.data, cfg.model, records, [src.pose_cache for src in cfg.data.train], sources)
     ds = ReIDDataset(records, make_builder(cfg.data, cfg.model, train=True), pose, cfg.model.orientation_bins)
     return DataLoader(ds, batch_sampler=SeededBatches(sampler, cfg.seed, info.rank), num_workers=cfg.data.workers,
