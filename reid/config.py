@@ -46,6 +46,12 @@ class DataConfig:
     flip: bool = True              # horizontal flip with left/right swaps of keypoints and channels
     random_erasing: float = 0.0    # probability per image (image channels only)
     color_jitter: float = 0.0      # strength in [0, 1] of brightness/contrast/saturation jitter (image only)
+    # torchvision's AutoAugment (ImageNet policy) or RandAugment on the RGB channels, photometric ops only (their
+    # shear / translate / rotate are skipped: the pose channels and keypoints could not follow them)
+    auto_augment: Literal["none", "autoaugment", "randaugment"] = "none"
+    auto_augment_prob: float = 0.1  # probability per image (fast-reid SBS: INPUT.AUTOAUG.PROB 0.1)
+    randaugment_ops: int = 2        # RandAugment's num_ops
+    randaugment_magnitude: int = 9  # RandAugment's magnitude, 0-30
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
     workers: int = 2
@@ -57,6 +63,11 @@ class DataConfig:
             raise ConfigError(f"data.random_erasing is a probability in [0, 1], got {self.random_erasing}")
         if not 0.0 <= self.color_jitter <= 1.0:
             raise ConfigError(f"data.color_jitter must be in [0, 1], got {self.color_jitter}")
+        if not 0.0 <= self.auto_augment_prob <= 1.0:
+            raise ConfigError(f"data.auto_augment_prob is a probability in [0, 1], got {self.auto_augment_prob}")
+        if self.randaugment_ops < 0 or not 0 <= self.randaugment_magnitude <= 30:
+            raise ConfigError(f"data.randaugment_ops must be >= 0 and data.randaugment_magnitude in [0, 30], got "
+                              f"{self.randaugment_ops} and {self.randaugment_magnitude}")
         if self.heatmap_size <= 0 or self.heatmap_sigma <= 0:
             raise ConfigError("data.heatmap_size and data.heatmap_sigma must be positive")
         if self.pose_source == "cache":
@@ -85,7 +96,7 @@ class ModelConfig:
     last_stride: Literal[1, 2] = 2  # stride of the last stage (ResNet-style backbones); 1 doubles its resolution
     neck: Literal["fc", "bnneck"] = "fc"  # PAMTRI's FC + Leaky ReLU, or BNNeck (Luo et al. 2019): BN, bias frozen
     classifier: Literal["linear", "cosine"] = "linear"  # ID logits: x W^T + b, or cos(x, W) for loss.id_loss margins
-    centers: bool = False          # learnable class centres (ids x D) for loss.center, trained by the optimiser
+    centers: bool = False          # learnable class centres (ids x D) for loss.center (optimiser: loss.center_lr)
     freeze_iters: int = 0          # backbone frozen (no gradient, BN statistics fixed) for the first N optimiser steps
     heatmaps: bool = True          # H: 36 heatmap input channels
     segments: bool = False         # S: 13 segment input channels
@@ -151,6 +162,8 @@ class LossConfig:
     soft_margin: bool = False
     id: float = 1.0
     center: float = 0.0            # center loss (Wen et al. 2016) weight: mean ||f - c_y||^2 on the triplet's feature
+    center_lr: float = 0.0         # > 0: the centres get their own SGD at this rate on the unweighted center-loss
+                                   # gradient (BoT: 0.5); 0: the main optimiser trains them
     id_loss: Literal["softmax", "cosface", "arcface", "circle"] = "softmax"  # margins need model.classifier: cosine
     scale: float = 64.0            # s of the cosine logits (model.classifier: cosine)
     id_margin: float = 0.35        # m of CosFace (cos - m), ArcFace (angle + m, radians), Circle (relaxation)
@@ -163,7 +176,8 @@ class LossConfig:
     id_real_only: bool = False     # StRDAN authors' code: ID cross-entropy on real images only
 
     def validate(self) -> None:
-        for name in ("triplet", "id", "center", "color", "type", "orientation", "domain", "disjoint_weight", "margin"):
+        for name in ("triplet", "id", "center", "center_lr", "color", "type", "orientation", "domain",
+                     "disjoint_weight", "margin"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"loss.{name} must be >= 0, got {getattr(self, name)}")
         if self.scale <= 0 or self.id_margin < 0:
@@ -264,6 +278,9 @@ class ReIDConfig:
         if (loss.center > 0) != m.centers:
             raise ConfigError(f"loss.center = {loss.center} and model.centers = {m.centers}: the center loss needs the "
                               "model's class centres and the centres need the loss; set both or neither")
+        if loss.center_lr > 0 and loss.center <= 0:
+            raise ConfigError(f"loss.center_lr = {loss.center_lr} sets the centres' own SGD but loss.center is 0 "
+                              "(no center loss); set loss.center or loss.center_lr: 0")
         if loss.triplet <= 0 and loss.id <= 0:
             raise ConfigError("loss.triplet and loss.id are both 0: nothing trains the ReID feature")
         if m.domain and loss.domain > 0 and len({src.domain for src in d.train}) < 2:

@@ -14,6 +14,8 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 
+from pamtri.common.errors import ConfigError
+
 log = logging.getLogger(__name__)
 
 
@@ -97,12 +99,14 @@ class IdentitySampler(_EpochBatches):
             raise ValueError(f"P and K must be >= 1, got P={p}, K={k}")
         self.index_by_id = _index_by_id(labels)
         if len(self.index_by_id) < p:
-            raise ValueError(f"a batch needs P={p} distinct identities but the data set has only "
-                             f"{len(self.index_by_id)}; lower sampler.batch_size or raise sampler.k")
+            raise ConfigError(f"a batch needs P={p} distinct identities but the data set has only "
+                              f"{len(self.index_by_id)} (sampler.batch_size {p * k} / sampler.k {k}); lower "
+                              "sampler.batch_size or raise sampler.k")
         self.p, self.k = int(p), int(k)
         _warn_small(self.index_by_id, self.k, "")
         if len(self) == 0:
-            raise ValueError(f"not one batch of {p} x {k} per rank with {world_size} ranks")
+            raise ConfigError(f"not one batch of P={p} x K={k} per rank with {world_size} ranks from "
+                              f"{len(self.index_by_id)} identities; lower sampler.batch_size")
 
     def _all_batches(self, rng: np.random.Generator) -> list[list[int]]:
         return [np.concatenate(b).tolist() for b in _draw(_groups(self.index_by_id, self.k, rng), self.p, rng)]
@@ -125,13 +129,15 @@ class DomainBalancedSampler(_EpochBatches):
         self.synth_ids = _index_by_id(labels, np.flatnonzero(domains == synthetic))
         for what, ids in (("real", self.real_ids), ("synthetic", self.synth_ids)):
             if len(ids) < n:
-                raise ValueError(f"a domain-balanced batch needs n={n} {what} identities but the data set has "
-                                 f"{len(ids)}")
+                raise ConfigError(f"a domain-balanced batch needs n={n} {what} identities but the data set has "
+                                  f"{len(ids)} (sampler.batch_size {2 * n * m} / sampler.k {m} / 2); lower "
+                                  "sampler.batch_size or raise sampler.k")
         self.n, self.m = int(n), int(m)
         _warn_small(self.real_ids, self.m, "real ")
         _warn_small(self.synth_ids, self.m, "synthetic ")
         if len(self) == 0:
-            raise ValueError(f"not one domain-balanced batch of 2 x {n} x {m} per rank with {world_size} ranks")
+            raise ConfigError(f"not one domain-balanced batch of 2 x {n} x {m} per rank with {world_size} ranks; "
+                              "lower sampler.batch_size")
 
     def _all_batches(self, rng: np.random.Generator) -> list[list[int]]:
         real = _draw(_groups(self.real_ids, self.m, rng), self.n, rng)

@@ -113,8 +113,20 @@ def build_stage(cfg: ReIDConfig, run: Run, records: list[Record], data_info: dic
 
     return Stage(model=model, loader=loader, forward=forward, losses=losses,
                  validate=evaluate if eval_sets is not None else None, score="mAP", weights_file=weights_file,
-                 state_extra={"model_description": description}, find_unused_parameters=idle_parameters(model, cfg),
+                 state_extra={"model_description": description}, side_optimizer=center_optimizer(model, cfg),
+                 find_unused_parameters=idle_parameters(model, cfg),
                  done_marker=True)
+
+
+def center_optimizer(model: ReIDNet, cfg: ReIDConfig) -> torch.optim.SGD | None:
+    """BoT's own SGD for the class centres at loss.center_lr (None: the main optimiser trains them).
+
+    BoT multiplies the centres' gradient by 1 / loss.center before that step, so they move on the unweighted
+    center-loss gradient; for plain SGD (no momentum, no decay) that is the step of rate center_lr / center.
+    """
+    if model.centers is None or cfg.loss.center_lr == 0:
+        return None
+    return torch.optim.SGD([model.centers], lr=cfg.loss.center_lr / cfg.loss.center)
 
 
 def idle_parameters(model: ReIDNet, cfg: ReIDConfig) -> bool:
@@ -145,12 +157,16 @@ def train_loader(records: list[Record], sources: list[int], cfg: ReIDConfig, run
     """This rank's loader of P x K batches (identity or domain-balanced), each image with its own seed."""
     pids = [r.vehicle_id for r in records]
     s, info = cfg.sampler, run.info
-    if s.kind == "domain":
-        sampler = DomainBalancedSampler(pids, [r.domain for r in records], s.ids_per_batch, s.k, seed=cfg.seed,
-                                        rank=info.rank, world_size=info.world_size)
-    else:
-        sampler = IdentitySampler(pids, s.ids_per_batch, s.k, seed=cfg.seed, rank=info.rank,
-                                  world_size=info.world_size)
+    try:
+        if s.kind == "domain":
+            sampler = DomainBalancedSampler(pids, [r.domain for r in records], s.ids_per_batch, s.k, seed=cfg.seed,
+                                            rank=info.rank, world_size=info.world_size)
+        else:
+            sampler = IdentitySampler(pids, s.ids_per_batch, s.k, seed=cfg.seed, rank=info.rank,
+                                      world_size=info.world_size)
+    except ConfigError as exc:  # name the training data the sampler counted
+        roots = ", ".join(f"{src.root} ({src.split})" for src in cfg.data.train)
+        raise ConfigError(f"data.train {roots}: {exc}") from None
     pose = make_pose_source(cfg.data, cfg.model, records, [src.pose_cache for src in cfg.data.train], sources)
     ds = ReIDDataset(records, make_builder(cfg.data, cfg.model, train=True), pose, cfg.model.orientation_bins)
     return DataLoader(ds, batch_sampler=SeededBatches(sampler, cfg.seed, info.rank), num_workers=cfg.data.workers,

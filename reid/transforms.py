@@ -6,7 +6,8 @@ and pose channels by the mean of those means and of those stds, and ``keypoints`
 
 The transform: resize (to the size enlarged by 1/8 when translating), random crop back to (H, W), horizontal
 flip that mirrors and swaps left/right keypoints (``FLIP_INDEX``), heatmap channels (same permutation) and
-segment channels (``SEGMENT_FLIP``). Colour jitter and random erasing touch the RGB channels only.
+segment channels (``SEGMENT_FLIP``). AutoAugment / RandAugment (torchvision's, photometric ops only), colour
+jitter and random erasing touch the RGB channels only.
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 import torch
+from torchvision.transforms import v2
 
 from pamtri.pose.keypoints import FLIP_INDEX, NUM_KEYPOINTS, NUM_SEGMENTS, SEGMENT_FLIP
 
@@ -26,6 +28,38 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 _FLIP_KP = np.asarray(FLIP_INDEX, dtype=np.int64)
 _FLIP_SEG = np.asarray(SEGMENT_FLIP, dtype=np.int64)
+# AutoAugment / RandAugment ops that move pixels; skipped so that RGB stays aligned with the pose channels
+GEOMETRIC_OPS = frozenset({"ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate"})
+
+
+class _PhotometricOnly:
+    """Runs torchvision's AutoAugment / RandAugment draw as it is but applies a geometric op as the identity.
+
+    torchvision (0.29) refuses Mask and KeyPoints inputs in these transforms, so the pose channels and keypoints
+    cannot follow a shear / translate / rotate in the same call; skipping those ops keeps them aligned.
+    """
+
+    def _apply_image_or_video_transform(self, image, transform_id, *args, **kwargs):
+        if transform_id in GEOMETRIC_OPS:
+            return image
+        return super()._apply_image_or_video_transform(image, transform_id, *args, **kwargs)
+
+
+class PhotometricAutoAugment(_PhotometricOnly, v2.AutoAugment):
+    """``v2.AutoAugment`` (ImageNet policy) without its geometric ops; uint8 (3, H, W) in and out."""
+
+
+class PhotometricRandAugment(_PhotometricOnly, v2.RandAugment):
+    """``v2.RandAugment(num_ops, magnitude)`` without its geometric ops; uint8 (3, H, W) in and out."""
+
+
+def auto_augment_transform(kind: str, num_ops: int = 2, magnitude: int = 9) -> v2.Transform | None:
+    """The photometric AutoAugment / RandAugment of ``kind`` ('none' | 'autoaugment' | 'randaugment'), or None."""
+    if kind == "autoaugment":
+        return PhotometricAutoAugment(v2.AutoAugmentPolicy.IMAGENET)
+    if kind == "randaugment":
+        return PhotometricRandAugment(num_ops=num_ops, magnitude=magnitude)
+    return None
 
 
 @dataclass
@@ -38,6 +72,7 @@ class AugParams:
     contrast: float = 1.0
     saturation: float = 1.0
     erase: tuple[int, int, int, int] | None = None  # x0, y0, x1, y1 in output pixels
+    auto_augment_seed: int | None = None  # torch seed of this image's AutoAugment / RandAugment draw; None = off
 
 
 class SampleBuilder:
@@ -45,13 +80,17 @@ class SampleBuilder:
 
     def __init__(self, height: int, width: int, *, heatmaps: bool = False, segments: bool = False,
                  train: bool = False, translate: bool = True, flip: bool = True, random_erasing: float = 0.0,
-                 color_jitter: float = 0.0, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD):
+                 color_jitter: float = 0.0, auto_augment: v2.Transform | None = None, auto_augment_prob: float = 0.0,
+                 mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD):
         self.height, self.width = int(height), int(width)
         self.heatmaps, self.segments = heatmaps, segments
         self.train = train
         self.translate, self.flip = translate and train, flip and train
         self.random_erasing = random_erasing if train else 0.0
         self.color_jitter = color_jitter if train else 0.0
+        # fast-reid applies its AutoAugment to a fraction of the images (RandomApply, p = INPUT.AUTOAUG.PROB)
+        self.auto_augment = auto_augment if train else None
+        self.auto_augment_prob = auto_augment_prob if self.auto_augment is not None else 0.0
         self.mean = np.asarray(mean, dtype=np.float32)
         self.std = np.asarray(std, dtype=np.float32)
         # as in PAMTRI: pose channels use the mean of the RGB means and the mean of the RGB stds
@@ -79,6 +118,8 @@ class SampleBuilder:
             p.brightness, p.contrast, p.saturation = (float(v) for v in rng.uniform(1 - s, 1 + s, size=3))
         if self.random_erasing > 0 and rng.random() < self.random_erasing:
             p.erase = self._erase_box(rng)
+        if self.auto_augment_prob > 0 and rng.random() < self.auto_augment_prob:
+            p.auto_augment_seed = int(rng.integers(0, 2**31))
         return p
 
     def _erase_box(self, rng: np.random.Generator) -> tuple[int, int, int, int] | None:
@@ -161,9 +202,18 @@ class SampleBuilder:
             if p.flip:
                 cv2.flip(tmp, 1, dst=out[i])
 
+    def _auto_augment(self, img: np.ndarray, seed: int) -> np.ndarray:
+        """RGB uint8 (H, W, 3) -> the same after the AutoAugment / RandAugment draw of torch seed ``seed``."""
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            out = self.auto_augment(torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1))
+        return out.permute(1, 2, 0).numpy()
+
     def _image_channels(self, image: np.ndarray, p: AugParams) -> np.ndarray:
-        """RGB uint8 (h, w, 3) -> normalised (3, H, W) float32: warp, flip, colour jitter, erasing."""
+        """RGB uint8 (h, w, 3) -> normalised (3, H, W) float32: warp, AutoAugment, flip, colour jitter, erasing."""
         img = self._warp(image, p)
+        if p.auto_augment_seed is not None and self.auto_augment is not None:
+            img = self._auto_augment(img, p.auto_augment_seed)
         if p.flip:
             img = img[:, ::-1]
         img = img.astype(np.float32) * (1.0 / 255.0)
@@ -202,4 +252,6 @@ def make_builder(data_cfg, model_cfg, train: bool) -> SampleBuilder:
     return SampleBuilder(data_cfg.height, data_cfg.width, heatmaps=model_cfg.heatmaps, segments=model_cfg.segments,
                          train=train, translate=data_cfg.translate, flip=data_cfg.flip,
                          random_erasing=data_cfg.random_erasing, color_jitter=data_cfg.color_jitter,
-                         mean=data_cfg.mean, std=data_cfg.std)
+                         auto_augment=auto_augment_transform(data_cfg.auto_augment, data_cfg.randaugment_ops,
+                                                             data_cfg.randaugment_magnitude),
+                         auto_augment_prob=data_cfg.auto_augment_prob, mean=data_cfg.mean, std=data_cfg.std)

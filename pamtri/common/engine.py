@@ -7,7 +7,7 @@ A stage (``pamtri.pose.train``, ``pamtri.reid.train``) reads top to bottom as::
         result = fit(run, stage, cfg.optim, config=cfg, eval_every=cfg.eval.every, max_batches=cfg.max_batches)
 
 The run folder holds ``config.yaml`` (resolved), ``last.pt`` (the full training state after every epoch:
-model, optimiser, schedule, fp16 loss scale, RNG, epoch, best score; ``--resume`` continues from it exactly),
+model, optimiser(s), schedule, fp16 loss scale, RNG, epoch, best score; ``--resume`` continues from it exactly),
 ``best.pt`` (the weights with the best validation score, or the final weights when nothing was scored),
 ``metrics.csv`` (one row per epoch: epoch, the rate it trained at, the mean of every loss term over its steps
 and the ranks, its training time, the validation metrics; TensorBoard events in ``tb/`` when installed) and,
@@ -68,6 +68,9 @@ class Stage:
     # the epoch's metrics (the metrics.csv row and every public validation value) -> the dict best.pt holds
     weights_file: Callable[[dict], dict]
     state_extra: dict = field(default_factory=dict)   # more entries for last.pt (e.g. a model description)
+    # an optimiser the stage built over some of its model's parameters (ReID: BoT's SGD for the class centres):
+    # the main optimiser leaves them out, it steps after the main one, unscheduled, and its state is in last.pt
+    side_optimizer: torch.optim.Optimizer | None = None
     find_unused_parameters: bool = False  # DDP: some parameters get no gradient (a head with loss weight 0)
     sharded_validation: bool = False      # validate() is collective (each rank scores its shard); else rank 0 only
     done_marker: bool = False             # write DONE (best score and epoch) when the run finishes
@@ -129,10 +132,11 @@ def fit(run: Run, stage: Stage, optim: OptimConfig, *, config: Any, eval_every: 
     only) and after the last, with at most ``max_batches`` steps per epoch (0: the whole loader); ``config``
     (the stage's resolved config) goes to config.yaml and into the checkpoints."""
     info, main = run.info, run.info.is_main
-    optimizer = build_optimizer(stage.model, optim)
+    side = stage.side_optimizer
+    optimizer = build_optimizer(stage.model, optim, exclude=[] if side is None else parameters_of(side))
     scheduler = build_scheduler(optimizer, optim)
     scaler = torch.amp.GradScaler(run.device.type, enabled=run.dtype == torch.float16)
-    start, best, best_epoch = resume_state(run, stage.model, optimizer, scheduler, scaler)
+    start, best, best_epoch = resume_state(run, stage.model, optimizer, scheduler, scaler, side)
     model = stage.model
     if info.enabled:
         model = torch.nn.parallel.DistributedDataParallel(
@@ -169,6 +173,7 @@ def fit(run: Run, stage: Stage, optim: OptimConfig, *, config: Any, eval_every: 
             metrics.append(row)
             save_training_state(run.out / "last.pt", model=model, optimizer=optimizer, scheduler=scheduler,
                                 epoch=epoch + 1, config=to_dict(config), best=result.best, scaler=scaler,
+                                side_optimizer=side,
                                 extra={**stage.state_extra, "best_epoch": result.best_epoch, "metrics": row})
             log.info("epoch %d/%d: %s (%.0fs)", epoch + 1, optim.epochs, ", ".join(
                 f"{k} {v:.4g}" for k, v in row.items() if k.startswith("loss_") or k == stage.score), row["time_s"])
@@ -181,14 +186,19 @@ def fit(run: Run, stage: Stage, optim: OptimConfig, *, config: Any, eval_every: 
     return result
 
 
-def resume_state(run: Run, model: torch.nn.Module, optimizer, scheduler, scaler) -> tuple[int, float | None,
-                                                                                        int | None]:
+def parameters_of(optimizer: torch.optim.Optimizer) -> list[torch.nn.Parameter]:
+    """Every parameter ``optimizer`` steps."""
+    return [p for group in optimizer.param_groups for p in group["params"]]
+
+
+def resume_state(run: Run, model: torch.nn.Module, optimizer, scheduler, scaler, side_optimizer=None
+                 ) -> tuple[int, float | None, int | None]:
     """(epochs done, best score, its epoch) after loading run.out/last.pt into the objects; (0, None, None)
     for a new run."""
     if not run.resume:
         return 0, None, None
     state = restore_training_state(run.out / "last.pt", model=model, optimizer=optimizer, scheduler=scheduler,
-                                   scaler=scaler)
+                                   scaler=scaler, side_optimizer=side_optimizer)
     best, best_epoch = state.get("best"), state.get("best_epoch")
     log.info("resuming %s after epoch %d (best %s at epoch %s)", run.out, state["epoch"], best, best_epoch)
     return int(state["epoch"]), None if best is None else float(best), best_epoch
@@ -198,6 +208,7 @@ def train_one_epoch(model: torch.nn.Module, stage: Stage, optimizer: torch.optim
                     scaler: torch.amp.GradScaler, run: Run, epoch: int, epochs: int, batches: int) -> dict[str, float]:
     """``batches`` optimiser steps of epoch ``epoch`` (0-based); returns each loss term's mean over the steps
     and the ranks (a collective: every rank calls it)."""
+    optimizers = [optimizer] if stage.side_optimizer is None else [optimizer, stage.side_optimizer]
     set_epoch(stage.loader, epoch)
     model.train()
     sums: dict[str, float] = {}
@@ -210,9 +221,11 @@ def train_one_epoch(model: torch.nn.Module, stage: Stage, optimizer: torch.optim
             outputs = stage.forward(model, batch, (epoch * batches + step) / max(epochs * batches, 1))
         losses = stage.losses(outputs, batch)
         check_finite(losses, step, epoch + 1)
-        optimizer.zero_grad(set_to_none=True)
+        for opt in optimizers:
+            opt.zero_grad(set_to_none=True)
         scaler.scale(losses["total"]).backward()
-        scaler.step(optimizer)
+        for opt in optimizers:
+            scaler.step(opt)
         scaler.update()
         for name, value in losses.items():
             sums[name] = sums.get(name, 0.0) + float(value.detach())

@@ -6,6 +6,7 @@ x0.1 at epochs 170 and 200 of 210; ReID: Adam 3e-4, x0.1 at 20 and 40 of 60).
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -22,7 +23,9 @@ class OptimConfig:
     schedule: Literal["step", "cosine"] = "step"  # cosine: 0.5 (1 + cos(pi t)), t from 0 after the warm-up to 1
     lr: float = 3e-4
     weight_decay: float = 5e-4
-    momentum: float = 0.9          # SGD only (Nesterov)
+    momentum: float = 0.9          # SGD only
+    nesterov: bool = True          # SGD only: Nesterov momentum
+    bias_lr_factor: float = 1.0    # biases train at lr x this (BoT's BIAS_LR_FACTOR; its recipes use 1)
     epochs: int = 60
     milestones: list[int] = field(default_factory=lambda: [20, 40])
     gamma: float = 0.1
@@ -36,6 +39,9 @@ class OptimConfig:
             raise ConfigError(f"optim.milestones must be increasing positive epochs, got {list(self.milestones)}")
         if self.warmup_epochs < 0 or not 0 < self.warmup_factor <= 1:
             raise ConfigError("optim.warmup_epochs must be >= 0 and optim.warmup_factor in (0, 1]")
+        if self.momentum < 0 or self.weight_decay < 0 or self.bias_lr_factor <= 0:
+            raise ConfigError(f"optim.momentum and optim.weight_decay must be >= 0 and optim.bias_lr_factor positive, "
+                              f"got {self.momentum}, {self.weight_decay} and {self.bias_lr_factor}")
 
 
 def lr_factor(epoch: int, cfg: OptimConfig) -> float:
@@ -51,11 +57,19 @@ def lr_factor(epoch: int, cfg: OptimConfig) -> float:
     return f
 
 
-def build_optimizer(model: torch.nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
-    """Adam / AMSGrad (or SGD with Nesterov momentum) with weight decay over the trainable parameters."""
-    params = [p for p in model.parameters() if p.requires_grad]
+def build_optimizer(model: torch.nn.Module, cfg: OptimConfig,
+                    exclude: Iterable[torch.nn.Parameter] = ()) -> torch.optim.Optimizer:
+    """Adam / AMSGrad (or SGD with momentum, Nesterov by default) with weight decay over the trainable parameters
+    but ``exclude`` (those another optimiser owns); biases in a second group at lr x bias_lr_factor when it is not 1."""
+    skip = {id(p) for p in exclude}
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad and id(p) not in skip]
+    params: list = [p for _, p in named]
+    if cfg.bias_lr_factor != 1.0:
+        params = [{"params": [p for n, p in named if not n.endswith("bias")]},
+                  {"params": [p for n, p in named if n.endswith("bias")], "lr": cfg.lr * cfg.bias_lr_factor}]
     if cfg.name == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=True)
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+                               nesterov=cfg.nesterov and cfg.momentum > 0)
     return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay, amsgrad=cfg.name == "amsgrad")
 
 

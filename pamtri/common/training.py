@@ -108,12 +108,13 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
 
 def save_training_state(path: str | os.PathLike, *, model: torch.nn.Module, optimizer, scheduler,
                         epoch: int, config: dict, best: float | None = None, extra: dict | None = None,
-                        scaler: torch.amp.GradScaler | None = None) -> None:
-    """Atomic self-describing checkpoint: weights, optimiser, scheduler, fp16 loss scale, next epoch, RNG,
-    resolved config."""
+                        scaler: torch.amp.GradScaler | None = None, side_optimizer=None) -> None:
+    """Atomic self-describing checkpoint: weights, optimiser (and the stage's side optimiser), scheduler, fp16
+    loss scale, next epoch, RNG, resolved config."""
     state = {
         "model": unwrap(model).state_dict(),
         "optimizer": optimizer.state_dict(),
+        "side_optimizer": side_optimizer.state_dict() if side_optimizer is not None else None,
         "scheduler": scheduler.state_dict() if scheduler is not None else None,
         "scaler": scaler.state_dict() if scaler is not None and scaler.is_enabled() else None,
         "epoch": int(epoch),
@@ -128,7 +129,7 @@ def save_training_state(path: str | os.PathLike, *, model: torch.nn.Module, opti
 
 
 def restore_training_state(path: str | os.PathLike, *, model: torch.nn.Module, optimizer, scheduler,
-                           scaler: torch.amp.GradScaler | None = None) -> dict:
+                           scaler: torch.amp.GradScaler | None = None, side_optimizer=None) -> dict:
     """Load what save_training_state wrote into the objects; returns the checkpoint dict."""
     from .checkpoint import match_state_dict
     state = load_checkpoint(path)
@@ -136,6 +137,11 @@ def restore_training_state(path: str | os.PathLike, *, model: torch.nn.Module, o
         raise PamtriError(f"{path}: not a pamtri training checkpoint (use it as --weights instead of --resume)")
     match_state_dict(unwrap(model), state["model"], str(path))
     optimizer.load_state_dict(state["optimizer"])
+    if side_optimizer is not None:
+        if state.get("side_optimizer") is None:
+            raise PamtriError(f"{path}: holds no state of the side optimiser this run trains with (e.g. "
+                              "loss.center_lr was 0 when it was written); resume with the run's own config")
+        side_optimizer.load_state_dict(state["side_optimizer"])
     if scheduler is not None and state.get("scheduler") is not None:
         scheduler.load_state_dict(state["scheduler"])
     if scaler is not None and scaler.is_enabled() and state.get("scaler"):

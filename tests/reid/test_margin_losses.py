@@ -113,3 +113,25 @@ def test_frozen_backbone_gets_no_gradient_and_keeps_its_statistics():
     model(torch.randn(4, 3, 32, 32))["id"].sum().backward()
     assert model.backbone.conv1.weight.grad is not None
     assert not torch.equal(model.backbone.bn1.running_mean, mean)
+
+
+def test_sgd_with_momentum_nesterov_decay_and_the_bias_rate():
+    from pamtri.common.schedule import build_optimizer, build_scheduler
+    model = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2))
+    cfg = OptimConfig(name="sgd", lr=0.1, momentum=0.8, nesterov=False, weight_decay=1e-3, bias_lr_factor=2.0,
+                      milestones=[1], gamma=0.5)
+    opt = build_optimizer(model, cfg)
+    assert isinstance(opt, torch.optim.SGD)
+    weights, biases = opt.param_groups
+    assert [id(p) for p in biases["params"]] == [id(model[0].bias), id(model[1].bias)]
+    assert (weights["lr"], biases["lr"]) == (0.1, pytest.approx(0.2))
+    assert (weights["momentum"], weights["nesterov"], weights["weight_decay"]) == (0.8, False, 1e-3)
+    sched = build_scheduler(opt, cfg)
+    opt.step()
+    sched.step()  # the schedule scales both groups
+    assert (opt.param_groups[0]["lr"], opt.param_groups[1]["lr"]) == (pytest.approx(0.05), pytest.approx(0.1))
+    plain = build_optimizer(model, OptimConfig(name="sgd"))  # the default: one group, Nesterov momentum 0.9
+    group = plain.param_groups[0]
+    assert len(plain.param_groups) == 1 and group["nesterov"] and group["momentum"] == 0.9
+    with pytest.raises(ConfigError, match="optim.bias_lr_factor"):
+        OptimConfig(bias_lr_factor=0).validate()

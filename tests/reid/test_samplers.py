@@ -86,3 +86,18 @@ def test_sampler_feeds_a_dataloader():
     loader = DataLoader(ds, batch_sampler=IdentitySampler(labels, p=3, k=2))
     for (y,) in loader:
         assert y.shape == (6,) and np.unique(y.numpy()).size == 3
+
+
+def test_too_few_training_identities_is_a_one_line_error_naming_keys_root_and_numbers(tmp_path, capsys):
+    from pamtri.common.errors import ConfigError
+    from pamtri.pipeline.cli import main
+    from tests.conftest import write_tiny_reid_config, write_tiny_synth_tree
+    with pytest.raises(ConfigError, match=r"P=5 .* only 3 \(sampler.batch_size 10 / sampler.k 2\)"):
+        IdentitySampler(_labels([4, 4, 4]), p=5, k=2)
+    root = write_tiny_synth_tree(tmp_path / "data", ids=8)
+    cfg = write_tiny_reid_config(tmp_path / "tiny.yaml", root)
+    capsys.readouterr()
+    assert main(["reid", "train", "--config", str(cfg), "--out", str(tmp_path / "run"),
+                 "--set", "sampler.batch_size=64", "--set", "sampler.k=2"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(root) in err[0] and "P=32" in err[0] and "sampler.batch_size 64" in err[0], err
