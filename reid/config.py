@@ -113,7 +113,8 @@ class ModelConfig:
     # ViT (backbone timm/vit_*, TransReID, reid/vit.py); the feature is the CLS token, model.pooling stays avg
     input_size: tuple[int, int] = (0, 0)  # (H, W) the patch grid is built for; (0, 0) = data.height x data.width
     patch_stride: int = 12         # stride of the 16 x 16 patch convolution; 16 = timm's non-overlapping patches
-    sie_cameras: int = 0           # SIE: learnable embeddings of N cameras (ids 0..N-1, -1 adds nothing); 0 = off
+    sie_cameras: int = 0           # SIE: N camera embeddings for the data set's camera ids 0..N-1 (VeRi c001-c020:
+                                   # 21); -1 (unknown) adds nothing; 0 = off
     sie_views: int = 0             # SIE: M viewpoints (label: model.orientation_bins bins; pose: 8); 0 = off
     sie_coefficient: float = 3.0   # SIE weight (TransReID's sie_xishu)
     sie_view_source: Literal["label", "pose"] = "label"  # view ids: orientation labels, or the keypoints' visibility

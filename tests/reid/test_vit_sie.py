@@ -163,3 +163,55 @@ def test_vit_keys_are_checked(change, match):
 def test_vit_needs_its_input_size():
     with pytest.raises(ConfigError, match="model.input_size"):
         ReIDNet(replace(VIT, input_size=(0, 0)), num_ids=3)
+
+
+VIT_SETS = ["model.backbone=timm/vit_tiny_patch16_224", "model.neck=bnneck", "model.id_fc=0", "model.sie_cameras=3",
+            "model.sie_views=8", "model.sie_view_source=pose", "eval.metric=cosine"]
+
+
+def test_training_and_evaluation_feed_cameras_and_views_to_sie(tmp_path, monkeypatch):
+    from pamtri.common.checkpoint import load_checkpoint
+    from pamtri.pipeline.cli import main
+    from pamtri.reid.vit import TransReIDViT
+    from tests.conftest import write_tiny_reid_config, write_tiny_synth_tree
+    root = write_tiny_synth_tree(tmp_path / "data", ids=8)
+    cfg = write_tiny_reid_config(tmp_path / "tiny.yaml", root, epochs=1, batches=2)
+    seen = []
+    forward = TransReIDViT.forward
+
+    def recording(self, images, keypoints=None, cameras=None, views=None):
+        seen.append((self.training, cameras))
+        return forward(self, images, keypoints, cameras, views)
+    monkeypatch.setattr(TransReIDViT, "forward", recording)
+    out = tmp_path / "run"
+    assert main(["reid", "train", "--config", str(cfg), "--out", str(out),
+                 *[a for s in VIT_SETS for a in ("--set", s)]]) == 0
+    assert any(train for train, _ in seen) and any(not train for train, _ in seen)
+    assert all(c is not None and 0 <= int(c.min()) and int(c.max()) <= 2 for _, c in seen)
+    best = load_checkpoint(out / "best.pt")
+    assert tuple(best["model_description"]["model"]["input_size"]) == (32, 32)  # filled from data.height/width
+    assert best["model"]["backbone.camera_embed"].shape == (3, 192)
+    assert best["model"]["backbone.vit.patch_embed.proj.weight"].shape[1] == 3 + 36
+
+
+def test_training_refuses_more_cameras_than_the_sie_table(tmp_path):
+    from pamtri.pipeline.cli import main
+    from tests.conftest import write_tiny_reid_config, write_tiny_synth_tree
+    root = write_tiny_synth_tree(tmp_path / "data", ids=8)
+    cfg = write_tiny_reid_config(tmp_path / "tiny.yaml", root, epochs=1, batches=1)
+    sets = [s.replace("sie_cameras=3", "sie_cameras=2") for s in VIT_SETS]
+    with pytest.raises(ConfigError, match="model.sie_cameras = 2 but .* has camera id 2"):
+        main(["--debug", "reid", "train", "--config", str(cfg), "--out", str(tmp_path / "run"),
+              *[a for s in sets for a in ("--set", s)]])
+
+
+def test_inference_cameras_are_unknown_unless_given():
+    from pamtri.pipeline.infer import Pipeline, _NoPose
+    from pamtri.reid.config import DataConfig
+    model = _model(replace(SIE, input_size=(32, 32)))
+    pipe = Pipeline(_NoPose("cpu", "fp32"), model, DataConfig(height=32, width=32), channels_last=False)
+    images = [np.random.default_rng(i).integers(0, 255, (40, 30, 3), dtype=np.uint8) for i in range(3)]
+    unknown = pipe.embed_arrays(images)["features"]
+    assert np.allclose(pipe.embed_arrays(images, cameras=[-1, -1, -1])["features"], unknown, atol=1e-6)
+    given = pipe.embed(images, cameras=[0, -1, 3])["features"]
+    assert not np.allclose(given[0], unknown[0]) and np.allclose(given[1], unknown[1], atol=1e-6)
