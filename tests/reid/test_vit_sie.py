@@ -215,3 +215,15 @@ def test_inference_cameras_are_unknown_unless_given():
     assert np.allclose(pipe.embed_arrays(images, cameras=[-1, -1, -1])["features"], unknown, atol=1e-6)
     given = pipe.embed(images, cameras=[0, -1, 3])["features"]
     assert not np.allclose(given[0], unknown[0]) and np.allclose(given[1], unknown[1], atol=1e-6)
+
+
+def test_onnx_export_of_a_sie_vit_runs_with_unknown_cameras(tmp_path):
+    pytest.importorskip("onnxruntime")
+    from pamtri.pipeline.export import export_reid
+    from tests.conftest import write_tiny_reid_checkpoint
+    write_tiny_reid_checkpoint(tmp_path / "vit.pt", True, False, True, backbone=f"timm/{NAME}", input_size=(32, 32),
+                               neck="bnneck", id_fc=0, sie_cameras=3, sie_views=8, sie_view_source="pose",
+                               color=False, type=False)
+    report = export_reid(tmp_path / "vit.pt", tmp_path / "vit.onnx")
+    assert report.inputs == {"images": ["batch", 39, 32, 32], "keypoints": ["batch", 108]}
+    assert report.max_abs_diff is not None and report.max_abs_diff < report.tolerance
