@@ -184,13 +184,16 @@ class Pipeline:
         return x, kv
 
     @torch.inference_mode()
-    def embed_arrays(self, images: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
-        """uint8 RGB images -> {'features' (N, D), 'keypoints' (N, 36, 3), 'color' (N,), 'type' (N,)}."""
+    def embed_arrays(self, images: Sequence[np.ndarray], cameras: Sequence[int] | None = None
+                     ) -> dict[str, np.ndarray]:
+        """uint8 RGB images -> {'features' (N, D), 'keypoints' (N, 36, 3), 'color' (N,), 'type' (N,)};
+        ``cameras`` (N,) 0-based camera ids for a ViT's SIE (-1 or None: unknown, no camera embedding)."""
         from pamtri.common.runtime import autocast
         pose = run_pose(self.predictor, images, self.grid) if self.needs_pose else None
         x, kv = self.reid_inputs(images, pose)
+        side = {} if cameras is None else {"cameras": torch.as_tensor(np.asarray(cameras, np.int64), device=x.device)}
         with autocast(self.device, self.dtype):
-            out = self.model(x, kv)
+            out = self.model(x, kv, **side)
         n = len(images)
         result = {"features": out["feature"].float().cpu().numpy(),
                   "keypoints": pose.keypoints if pose is not None else np.zeros((n, 36, 3), np.float32)}
@@ -199,8 +202,9 @@ class Pipeline:
         return result
 
     def embed(self, images: Sequence[str | os.PathLike | np.ndarray], progress: bool = False,
-              io_threads: int = 4) -> dict[str, np.ndarray]:
-        """Embed image files or arrays in batches (decoding overlapped with compute) -> embed_arrays' dict."""
+              io_threads: int = 4, cameras: Sequence[int] | None = None) -> dict[str, np.ndarray]:
+        """Embed image files or arrays in batches (decoding overlapped with compute) -> embed_arrays' dict;
+        ``cameras`` (N,) as in ``embed_arrays``."""
         from concurrent.futures import ThreadPoolExecutor
 
         from tqdm import tqdm
@@ -216,7 +220,8 @@ class Pipeline:
             for i in range(len(chunks)):
                 batch = pending.result()
                 pending = pool.submit(lambda c: list(map(load, c)), chunks[i + 1]) if i + 1 < len(chunks) else None
-                parts.append(self.embed_arrays(batch))
+                cams = None if cameras is None else cameras[i * self.batch_size:(i + 1) * self.batch_size]
+                parts.append(self.embed_arrays(batch, cams))
                 bar.update(len(batch))
         if not parts:
             raise ValueError("no images to embed")

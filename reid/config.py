@@ -86,6 +86,11 @@ class DataConfig:
 BACKBONES = ("densenet121", "resnet50", "resnet50_ibn_a")  # besides timm/<name>
 
 
+def is_vit(backbone: str) -> bool:
+    """True for the backbone names built as TransReID ViTs (``timm/vit_*``, reid/vit.py)."""
+    return backbone.startswith("timm/vit_")
+
+
 @dataclass
 class ModelConfig:
     """The network: backbone, pooling, neck, input channels (H, S), keypoint vector (K) and heads."""
@@ -116,6 +121,14 @@ class ModelConfig:
     embedding: Literal["auto", "fc", "pool", "after_bn", "before_bn"] = "auto"
     num_colors: int = 0            # 0 = from the training labels (max + 1)
     num_types: int = 0
+    # ViT (backbone timm/vit_*, TransReID, reid/vit.py); the feature is the CLS token, model.pooling stays avg
+    input_size: tuple[int, int] = (0, 0)  # (H, W) the patch grid is built for; (0, 0) = data.height x data.width
+    patch_stride: int = 12         # stride of the 16 x 16 patch convolution; 16 = timm's non-overlapping patches
+    sie_cameras: int = 0           # SIE: N camera embeddings for the data set's camera ids 0..N-1 (VeRi c001-c020:
+                                   # 21); -1 (unknown) adds nothing; 0 = off
+    sie_views: int = 0             # SIE: M viewpoints (label: model.orientation_bins bins; pose: 8); 0 = off
+    sie_coefficient: float = 3.0   # SIE weight (TransReID's sie_xishu)
+    sie_view_source: Literal["label", "pose"] = "label"  # view ids: orientation labels, or the keypoints' visibility
 
     def validate(self) -> None:
         if self.id_fc < 0 or self.attr_fc < 0:
@@ -139,6 +152,25 @@ class ModelConfig:
             raise ConfigError(f"model.freeze_iters must be >= 0, got {self.freeze_iters}")
         if self.orientation_bins < 2:
             raise ConfigError(f"model.orientation_bins must be >= 2, got {self.orientation_bins}")
+        self._validate_vit()
+
+    def _validate_vit(self) -> None:
+        """The ViT keys: only with a timm/vit_* backbone, SIE sizes >= 0, the view count its source gives."""
+        vit = is_vit(self.backbone)
+        if not vit and (self.sie_cameras or self.sie_views):
+            raise ConfigError(f"model.sie_cameras / model.sie_views need a ViT backbone (timm/vit_*), not "
+                              f"{self.backbone}")
+        if vit and (self.pooling != "avg" or self.last_stride != 2):
+            raise ConfigError("model.pooling and model.last_stride apply to CNN backbones; the ViT's feature is its "
+                              "CLS token (leave pooling: avg, last_stride: 2)")
+        if self.patch_stride < 1 or self.sie_cameras < 0 or self.sie_views < 0:
+            raise ConfigError("model.patch_stride must be >= 1, model.sie_cameras and model.sie_views >= 0")
+        if self.sie_views and self.sie_view_source == "pose" and self.sie_views != 8:
+            raise ConfigError(f"model.sie_view_source 'pose' gives 8 views (reid/vit.py VIEW_NAMES); set "
+                              f"model.sie_views: 8, not {self.sie_views}")
+        if self.sie_views and self.sie_view_source == "label" and self.sie_views != self.orientation_bins:
+            raise ConfigError(f"model.sie_views = {self.sie_views} with view labels: the labels are "
+                              f"model.orientation_bins = {self.orientation_bins} bins; set both to the same number")
 
     @property
     def test_feature(self) -> str:
@@ -270,6 +302,11 @@ class ReIDConfig:
             raise ConfigError("model.keypoints needs keypoints but data.pose_source is 'none'")
         if not d.train:
             raise ConfigError("data.train lists no training data set")
+        if m.sie_views and m.sie_view_source == "pose" and d.pose_source == "none":
+            raise ConfigError("model.sie_view_source 'pose' needs keypoints but data.pose_source is 'none'")
+        if any(m.input_size) and tuple(m.input_size) != (d.height, d.width):
+            raise ConfigError(f"model.input_size {tuple(m.input_size)} differs from data.height x data.width "
+                              f"({d.height}, {d.width}); set it to (0, 0) (= the data size) or to the same size")
         if loss.id > 0 and not m.id_head:
             raise ConfigError("loss.id > 0 but model.id_head is false (no ID classifier)")
         if (loss.id_loss != "softmax") != (m.classifier == "cosine"):

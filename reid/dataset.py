@@ -78,6 +78,12 @@ def combine_training_sets(sets: Sequence[tuple[Sequence[Record], int]]) -> tuple
     return out, info
 
 
+def side_information(batch: dict) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """(cameras, views) (B,) int64 of a collated batch for the ViT's SIE: camera ids, orientation bins (-1: none);
+    None for a key the batch lacks."""
+    return tuple(None if batch.get(k) is None else torch.as_tensor(batch[k]).long() for k in ("camid", "orientation"))
+
+
 def collate_labels(batch: dict) -> dict:
     """The label tensors of a collated batch as int64 (pid, color, type, orientation, domain, camid)."""
     return {k: torch.as_tensor(batch[k]).long() for k in ("pid", "color", "type", "orientation", "domain", "camid")}

@@ -16,7 +16,7 @@ from pamtri.common.runtime import autocast
 from pamtri.data.records import Record
 
 from .config import DataConfig, EvalConfig
-from .dataset import ReIDDataset
+from .dataset import ReIDDataset, side_information
 from .metrics import attribute_accuracy, evaluate, evaluate_from_features, pairwise_distance
 from .model import ReIDNet
 from .pose_inputs import cache_weights_sha256, make_pose_source
@@ -60,18 +60,19 @@ def extract_features(model: ReIDNet, loader: DataLoader, device: torch.device, d
     for batch in tqdm(loader, desc=desc, leave=False, dynamic_ncols=True):
         x = batch["image"].to(device, non_blocking=True)
         kp = batch["keypoints"].to(device, non_blocking=True)
+        side = side_information(batch)  # cameras, views: the ViT's SIE
         with autocast(device, dtype):
             if attrs:
-                out = model(x, kp)
+                out = model(x, kp, *side)
                 feats.append(out["feature"].float().cpu())
                 if "color" in out:
                     colors_l.append(out["color"].float().cpu())
                 if "type" in out:
                     types_l.append(out["type"].float().cpu())
             else:
-                feats.append(model.embed(x, kp).float().cpu())
+                feats.append(model.embed(x, kp, *side).float().cpu())
             if flip:
-                feats[-1] = 0.5 * (feats[-1] + model.embed(*mirror_inputs(x, kp, model.cfg)).float().cpu())
+                feats[-1] = 0.5 * (feats[-1] + model.embed(*mirror_inputs(x, kp, model.cfg), *side).float().cpu())
         for k in labels:
             labels[k].append(torch.as_tensor(batch[k]).numpy())
     cat = {k: np.concatenate(v) if v else np.zeros(0, np.int64) for k, v in labels.items()}

@@ -3,7 +3,8 @@
 Input: images (B, 3 [+36 heatmaps] [+13 segments], H, W), normalised; keypoints (B, 108) in [-0.5, 0.5].
 Backbone (torchvision DenseNet121, ResNet-50, ResNet-50-IBN-a, or any timm model's ``forward_features``; the
 first convolution widened for the pose channels) -> global pooling (avg, max or GeM) -> pooled feature (1024 /
-2048 / timm's ``num_features``), concatenated with the keypoint vector when ``keypoints`` is on -> heads:
+2048 / timm's ``num_features``), concatenated with the keypoint vector when ``keypoints`` is on; or a timm ViT
+adapted as TransReID (``timm/vit_*``, reid/vit.py: CLS token as the pooled feature, SIE, keypoint token) -> heads:
 
 - ID, ``neck: fc`` (PAMTRI): FC ``id_fc`` + Leaky ReLU (the ReID feature) -> classifier over training identities;
 - ID, ``neck: bnneck`` (Luo et al. 2019): BatchNorm1d (bias frozen) -> bias-free classifier; the triplet loss
@@ -36,7 +37,8 @@ from pamtri.common.checkpoint import load_checkpoint, match_state_dict
 from pamtri.common.errors import CheckpointError, ConfigError
 from pamtri.pose.keypoints import NUM_KEYPOINTS, NUM_SEGMENTS
 
-from .config import ModelConfig
+from .config import ModelConfig, is_vit
+from .vit import TransReIDViT, build_vit, imagenet_vit_state
 
 log = logging.getLogger(__name__)
 
@@ -119,9 +121,13 @@ def _timm_backbone(name: str) -> tuple[nn.Module, int, str, str]:
     return net, int(net.num_features), first, str(net.pretrained_cfg.get("classifier", "fc"))
 
 
-def _backbone(name: str) -> tuple[nn.Module, int, str, str]:
-    """(convolutional part with random weights, its channels, its first conv's name, the classifier's name in
-    ImageNet state dicts) of a backbone name; torchvision names as in torchvision, timm ones as in timm."""
+def _backbone(cfg: ModelConfig) -> tuple[nn.Module, int, str, str]:
+    """(convolutional part or TransReID ViT with random weights, its channels, its first conv's name, the
+    classifier's name in ImageNet state dicts) of ``cfg.backbone``; torchvision / timm names as there."""
+    name = cfg.backbone
+    if is_vit(name):
+        vit = build_vit(cfg)
+        return vit, int(vit.vit.num_features), "vit.patch_embed.proj", "head"
     if name == "densenet121":
         return torchvision.models.densenet121(weights=None).features, 1024, "conv0", "classifier"
     if name == "resnet50":
@@ -210,14 +216,16 @@ class ReIDNet(nn.Module):
             raise ValueError("num_ids must be >= 1 when the ID head is on")
         self.cfg = cfg
         self.num_ids, self.num_colors, self.num_types = int(num_ids), int(num_colors), int(num_types)
-        self.backbone, self.feature_dim, self.first_conv, self.imagenet_classifier = _backbone(cfg.backbone)
+        self.backbone, self.feature_dim, self.first_conv, self.imagenet_classifier = _backbone(cfg)
         if cfg.last_stride == 1:
             set_last_stride_one(self.backbone, cfg.backbone)
         if cfg.in_channels != 3:
             conv = self.backbone.get_submodule(self.first_conv)
             replace_submodule(self.backbone, self.first_conv, widen_first_conv(conv, cfg.in_channels))
         self.gem = GeM() if cfg.pooling == "gem" else None
-        head_in = self.feature_dim + (KEYPOINT_DIM if cfg.keypoints else 0)
+        self.is_vit = isinstance(self.backbone, TransReIDViT)  # the keypoint vector is its token, not concatenated
+        self.concat_keypoints = cfg.keypoints and not self.is_vit
+        head_in = self.feature_dim + (KEYPOINT_DIM if self.concat_keypoints else 0)
         self.bnneck = _bnneck(head_in) if cfg.neck == "bnneck" else None
         self.id_fc = nn.Linear(head_in, cfg.id_fc) if cfg.id_fc > 0 else None
         id_dim = cfg.id_fc if cfg.id_fc > 0 else head_in
@@ -238,21 +246,26 @@ class ReIDNet(nn.Module):
         self.grl_coefficient = c if self.cfg.grl == "constant" else c * grl_ramp(progress)
         return self.grl_coefficient
 
-    def feature_map(self, images: torch.Tensor) -> torch.Tensor:
-        """(B, C, H, W) normalised input -> (B, feature_dim, h, w) backbone output (timm: ``forward_features``)."""
+    def feature_map(self, images: torch.Tensor, *side) -> torch.Tensor:
+        """(B, C, H, W) normalised input -> (B, feature_dim, h, w) backbone output (timm: ``forward_features``;
+        the ViT: its (B, feature_dim) CLS token, ``side`` = keypoints, cameras, views)."""
         if images.shape[1] != self.cfg.in_channels:
             raise ValueError(f"the model takes {self.cfg.in_channels} input channels, got {images.shape[1]}")
         forward = getattr(self.backbone, "forward_features", self.backbone)
         if not (self.backbone_frozen and self.training):
-            return forward(images)
+            return forward(images, *side)
         self.backbone.eval()  # frozen: no gradient and no BatchNorm statistics update (model.freeze_iters)
         with torch.no_grad():
-            x = forward(images)
+            x = forward(images, *side)
         self.backbone.train()
         return x
 
-    def pooled(self, images: torch.Tensor) -> torch.Tensor:
-        """(B, C, H, W) normalised input -> (B, feature_dim) globally pooled (avg, max or GeM) backbone feature."""
+    def pooled(self, images: torch.Tensor, keypoints: torch.Tensor | None = None,
+               cameras: torch.Tensor | None = None, views: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, C, H, W) normalised input -> (B, feature_dim) globally pooled (avg, max or GeM) backbone feature;
+        the ViT's CLS token, which alone takes the keypoints (B, 108) and the SIE camera / view ids (B,)."""
+        if self.is_vit:
+            return self.feature_map(images, keypoints, cameras, views)
         x = self.feature_map(images)
         if self.gem is not None:
             return self.gem(x)
@@ -261,7 +274,7 @@ class ReIDNet(nn.Module):
         return F.adaptive_avg_pool2d(x, 1).flatten(1)
 
     def _head_input(self, pooled: torch.Tensor, keypoints: torch.Tensor | None) -> torch.Tensor:
-        if not self.cfg.keypoints:
+        if not self.concat_keypoints:
             return pooled
         if keypoints is None:
             raise ValueError("this model concatenates the 108-d keypoint vector: pass keypoints (B, 108)")
@@ -277,19 +290,22 @@ class ReIDNet(nn.Module):
     def _test_feature(self, pooled: torch.Tensor, f: torch.Tensor, fid: torch.Tensor) -> torch.Tensor:
         return {"pool": pooled, "before_bn": f}.get(self.cfg.test_feature, fid)
 
-    def embed(self, images: torch.Tensor, keypoints: torch.Tensor | None = None) -> torch.Tensor:
-        """Test-time feature (B, embedding_dim): FC output, BNNeck after / before its BN, or pooled; no logits."""
-        pooled = self.pooled(images)
+    def embed(self, images: torch.Tensor, keypoints: torch.Tensor | None = None,
+              cameras: torch.Tensor | None = None, views: torch.Tensor | None = None) -> torch.Tensor:
+        """Test-time feature (B, embedding_dim): FC output, BNNeck after / before its BN, or pooled; no logits.
+        ``cameras`` / ``views`` (B,) int64 (-1 unknown) feed the ViT's SIE only."""
+        pooled = self.pooled(images, keypoints, cameras, views)
         if self.cfg.test_feature == "pool":
             return pooled
         f = self._head_input(pooled, keypoints)
         return f if self.cfg.test_feature == "before_bn" else self._id_feature(f)
 
-    def forward(self, images: torch.Tensor, keypoints: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    def forward(self, images: torch.Tensor, keypoints: torch.Tensor | None = None,
+                cameras: torch.Tensor | None = None, views: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """{'feature': (B, D) test feature, 'id', 'color', 'type', 'orientation', 'domain': logits} for the heads
         on; BNNeck adds 'triplet_feature' (B, D), its input, which the triplet loss sees; 'centers' (ids, D) the
-        center loss's class centres (model.centers)."""
-        pooled = self.pooled(images)
+        center loss's class centres (model.centers). ``cameras`` / ``views`` (B,) feed the ViT's SIE only."""
+        pooled = self.pooled(images, keypoints, cameras, views)
         f = self._head_input(pooled, keypoints)
         fid = self._id_feature(f)
         out = {"feature": self._test_feature(pooled, f, fid)}
@@ -337,7 +353,8 @@ def imagenet_weights_url(model: ReIDNet) -> str:
     url = model.backbone.pretrained_cfg.get("url") if name.startswith("timm/") else None
     if not url:
         raise ConfigError(f"model.pretrained: imagenet: no download address for {name} (resnet50_ibn_a: IBN-Net's "
-                          "r50_ibn_a.pth from github.com/XingangPan/IBN-Net releases); set model.pretrained to a file")
+                          "r50_ibn_a.pth from github.com/XingangPan/IBN-Net releases; ViT-B/16: name the tag with a "
+                          "file, timm/vit_base_patch16_224.orig_in21k_ft_in1k); set model.pretrained to a file")
     return url
 
 
@@ -398,6 +415,8 @@ def imagenet_backbone_state(state: dict, backbone: str, classifier: str = "fc") 
 def load_imagenet_weights(model: ReIDNet, path: str | os.PathLike) -> None:
     """Load a local ImageNet state dict into ``model.backbone``; the widened conv keeps RGB weights."""
     state = imagenet_backbone_state(load_checkpoint(path), model.cfg.backbone, model.imagenet_classifier)
+    if model.is_vit:
+        state = imagenet_vit_state(state, model.backbone)
     first = model.first_conv + ".weight"
     rgb = state.get(first)
     if rgb is None or rgb.shape[1] != 3:

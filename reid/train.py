@@ -21,7 +21,7 @@ from pamtri.common.training import unwrap
 from pamtri.data.records import REAL, SYNTHETIC, Record
 
 from .config import ReIDConfig
-from .dataset import ReIDDataset, collate_labels, combine_training_sets
+from .dataset import ReIDDataset, collate_labels, combine_training_sets, side_information
 from .evaluate import eval_loaders, evaluate_model, read_eval_records
 from .losses import reid_losses
 from .model import ReIDNet, build_model
@@ -40,7 +40,9 @@ def train(cfg: ReIDConfig, out: str | Path, resume: bool = False) -> dict:
                   threads=cfg.threads) as run:
         records, data_info = load_training_records(cfg)
         num_colors, num_types = class_counts(records, cfg)
-        cfg = replace(cfg, model=replace(cfg.model, num_colors=num_colors, num_types=num_types))
+        cfg = replace(cfg, model=replace(cfg.model, num_colors=num_colors, num_types=num_types,
+                                         input_size=(cfg.data.height, cfg.data.width)))
+        check_sie_cameras(records, cfg)
         log.info("training on %d images of %d identities (%d real, %d synthetic ids); device %s, autocast %s",
                  data_info["num_images"], data_info["num_ids"], data_info["ids_per_domain"][REAL],
                  data_info["ids_per_domain"][SYNTHETIC], run.device, run.dtype)
@@ -78,6 +80,15 @@ def class_counts(records: list[Record], cfg: ReIDConfig) -> tuple[int, int]:
             count(cfg.model.num_types, [r.type_id for r in records], "num_types"))
 
 
+def check_sie_cameras(records: list[Record], cfg: ReIDConfig) -> None:
+    """ConfigError naming an image whose camera id (the data set's number, VeRi c001 -> 1) the SIE camera table
+    (model.sie_cameras rows, ids 0..N-1) lacks."""
+    n = cfg.model.sie_cameras
+    if n and (bad := next((r for r in records if r.camera_id >= n), None)) is not None:
+        raise ConfigError(f"model.sie_cameras = {n} but {bad.path} has camera id {bad.camera_id}; set "
+                          "model.sie_cameras to the largest camera id + 1")
+
+
 def build_stage(cfg: ReIDConfig, run: Run, records: list[Record], data_info: dict) -> Stage:
     """The ReID network, its P x K loader, its losses and (on rank 0) mAP evaluation, for ``fit``."""
     loader = train_loader(records, data_info["source"], cfg, run)
@@ -92,11 +103,11 @@ def build_stage(cfg: ReIDConfig, run: Run, records: list[Record], data_info: dic
     steps = cfg.optim.epochs * (len(loader) if cfg.max_batches == 0 else min(len(loader), cfg.max_batches))
 
     def forward(model: torch.nn.Module, batch: dict, progress: float) -> dict[str, torch.Tensor]:
-        """Images (B, C, H, W) and keypoint vectors (B, 108) -> the heads' outputs; progress drives the GRL ramp
-        and the backbone freeze of the first model.freeze_iters steps."""
+        """Images (B, C, H, W), keypoint vectors (B, 108), camera and orientation-bin ids (B,) for the ViT's SIE
+        -> the heads' outputs; progress drives the GRL ramp and the backbone freeze of model.freeze_iters steps."""
         unwrap(model).set_progress(progress)
         unwrap(model).backbone_frozen = round(progress * steps) < cfg.model.freeze_iters
-        return model(batch["image"], batch["keypoints"])
+        return model(batch["image"], batch["keypoints"], *side_information(batch))
 
     def losses(outputs: dict[str, torch.Tensor], batch: dict) -> dict[str, torch.Tensor]:
         return reid_losses({k: v.float() for k, v in outputs.items()}, collate_labels(batch), cfg.loss)

@@ -33,6 +33,20 @@ def test_each_recipe_resolves(name, capsys, tmp_path, monkeypatch):
     assert "mAP" in (CONFIGS / f"{name}.yaml").read_text().split("\n_base_")[0].split("\nname")[0]  # the anchor
 
 
+@pytest.mark.parametrize("name", ["veri_vit_sie", "veri_vit_sie_pose"])
+def test_each_vit_recipe_resolves(name, capsys, tmp_path, monkeypatch):
+    """The TransReID pair: ViT-B/16 at stride 12 with SIE camera + view, SGD 0.008 cosine after a warm-up."""
+    cfg = _resolved(name, capsys, tmp_path, monkeypatch)
+    m, o = cfg["model"], cfg["optim"]
+    assert cfg["name"] == name and m["backbone"].startswith("timm/vit_base_patch16_224") and m["neck"] == "bnneck"
+    assert m["patch_stride"] == 12 and m["sie_cameras"] == 21 and m["sie_views"] == 8 and m["sie_coefficient"] == 3.0
+    assert m["pretrained"] == "imagenet" and (cfg["data"]["height"], cfg["data"]["width"]) == (256, 256)
+    assert o["name"] == "sgd" and o["lr"] == 0.008 and o["schedule"] == "cosine" and o["warmup_epochs"] > 0
+    pose = name.endswith("_pose")
+    assert (m["heatmaps"] and m["keypoints"]) == pose and (m["sie_view_source"] == "pose") == pose
+    assert "82.1 mAP / 97.4 rank-1" in (CONFIGS / f"{name}.yaml").read_text()
+
+
 def test_recipes_hold_their_tricks(capsys, tmp_path, monkeypatch):
     bot = _resolved("veri_bot_r50", capsys, tmp_path, monkeypatch)
     assert bot["model"]["backbone"] == "resnet50" and bot["loss"]["center"] == 0.0005 and bot["model"]["centers"]
