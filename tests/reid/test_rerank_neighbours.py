@@ -64,3 +64,42 @@ def test_bad_k_is_refused():
     q, g = _features(0, 3, 5)
     with pytest.raises(ValueError, match="k1 and k2"):
         rerank_neighbours(q, g, k1=0)
+
+
+def _labelled(seed, nq, ng, dim=8, ids=10):
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(ids, dim))
+    q_ids, g_ids = rng.integers(0, ids, nq), rng.integers(0, ids, ng)
+    q = (centres[q_ids] + 0.7 * rng.normal(size=(nq, dim))).astype(np.float32)
+    g = (centres[g_ids] + 0.7 * rng.normal(size=(ng, dim))).astype(np.float32)
+    return q, g, q_ids, g_ids, rng.integers(0, 4, nq), rng.integers(0, 4, ng)
+
+
+def test_reid_eval_rerank_covering_the_gallery_equals_the_dense_re_ranked_evaluation():
+    import torch
+
+    from pamtri.reid.config import EvalConfig
+    from pamtri.reid.evaluate import Features, evaluate_features
+    from pamtri.reid.metrics import evaluate
+    q, g, q_ids, g_ids, q_cams, g_cams = _labelled(5, 25, 120)
+    want = evaluate(_dense(q, g, "euclidean").astype(np.float32), q_ids, g_ids, q_cams, g_cams)
+    qf, gf = (Features(torch.from_numpy(x), i, c, None, None) for x, i, c in ((q, q_ids, q_cams), (g, g_ids, g_cams)))
+    got, rows = evaluate_features(qf, gf, EvalConfig(rerank=True, rerank_top=120))
+    for key in ("mAP", "mINP", "mAP@100"):
+        assert got[key] == pytest.approx(want[key], abs=1e-6), key
+    assert got["rank1"] == pytest.approx(want["cmc"][0]) and rows.shape == (8, 120)
+    assert rows.max() <= 1.0  # every gallery image is in the re-ranked list
+
+
+def test_ranked_lists_put_the_rest_of_the_gallery_after_the_list_in_the_original_order():
+    import torch
+
+    from pamtri.reid.metrics import evaluate, evaluate_ranked_lists
+    q, g, q_ids, g_ids, q_cams, g_cams = _labelled(6, 20, 90)
+    plain = pairwise_distance(torch.from_numpy(q), torch.from_numpy(g)).numpy()
+    order = np.argsort(plain, axis=1, kind="stable")[:, :7]  # lists in the original order, distances in [0, 1]
+    listed = np.take_along_axis(plain, order, 1) / (plain.max() + 1.0)
+    got = evaluate_ranked_lists(order, listed, q, g, q_ids, g_ids, q_cams, g_cams, memory_mib=0, threads=1)
+    want = evaluate(plain, q_ids, g_ids, q_cams, g_cams)
+    assert got["mAP"] == pytest.approx(want["mAP"], abs=1e-12)
+    np.testing.assert_array_equal(got["first_rank"], want["first_rank"])
