@@ -35,7 +35,7 @@ def _np(x) -> np.ndarray:
     return np.asarray(x, dtype=np.float32)
 
 
-def _top_k(d2: np.ndarray, cols: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+def smallest_k(d2: np.ndarray, cols: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Each row's k smallest of d2 (B, C) over column ids ``cols`` (C,) or (B, C), ties by id -> (ids, d2) (B, k)."""
     cols = np.broadcast_to(cols, d2.shape)
     if k < d2.shape[1]:
@@ -61,14 +61,14 @@ class FeatureSpace:
         ids, top = np.empty((len(rows), min(k, self.n)), np.int64), np.empty(len(rows), np.float64)
         for s in range(0, len(rows), self.block):
             d2 = np.square(self._dist(self.x[rows[s:s + self.block]], self.x, self.metric).numpy())
-            ids[s:s + self.block] = _top_k(d2, np.arange(self.n), k)[0]
+            ids[s:s + self.block] = smallest_k(d2, np.arange(self.n), k)[0]
             top[s:s + self.block] = d2.max(1)
         return ids, top
 
     def gallery_nearest(self, top: int) -> tuple[np.ndarray, np.ndarray]:
         """Each query's ``top`` nearest gallery images -> (gallery positions (Q, top), d^2 (Q, top))."""
         g = self.x[self.nq:]
-        parts = [_top_k(np.square(self._dist(self.x[s:min(s + self.block, self.nq)], g, self.metric).numpy()),
+        parts = [smallest_k(np.square(self._dist(self.x[s:min(s + self.block, self.nq)], g, self.metric).numpy()),
                         np.arange(len(g)), top) for s in range(0, self.nq, self.block)]
         return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
@@ -101,10 +101,10 @@ class MatrixSpace:
 
     def nearest(self, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         d2 = self._rows(rows)
-        return _top_k(d2, np.arange(self.n), k)[0], d2.max(1).astype(np.float64)
+        return smallest_k(d2, np.arange(self.n), k)[0], d2.max(1).astype(np.float64)
 
     def gallery_nearest(self, top: int) -> tuple[np.ndarray, np.ndarray]:
-        return _top_k(np.square(self.q_g), np.arange(self.q_g.shape[1]), top)
+        return smallest_k(np.square(self.q_g), np.arange(self.q_g.shape[1]), top)
 
     def pairs(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
         nq, out = self.nq, np.empty(rows.shape, np.float64)
