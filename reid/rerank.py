@@ -47,38 +47,53 @@ def smallest_k(d2: np.ndarray, cols: np.ndarray, k: int) -> tuple[np.ndarray, np
 
 class FeatureSpace:
     """The re-ranking space of (Q, D) query and (G, D) gallery features: distances as
-    ``reid.metrics.pairwise_distance`` (euclidean, or cosine 1 - cos), squared; lists by blocked matmul."""
+    ``reid.metrics.pairwise_distance`` (euclidean, or cosine 1 - cos), squared; lists by blocked matmul + top-k,
+    blocks of about ``memory_mib`` MiB."""
 
-    def __init__(self, query, gallery, metric: str = "euclidean", block: int = 1024):
-        from .metrics import pairwise_distance
-        self._dist = pairwise_distance
-        self.x = torch.cat([torch.as_tensor(_np(query)), torch.as_tensor(_np(gallery))])
-        self.metric, self.block = metric, block
-        self.nq, self.n = len(query), len(self.x)
+    def __init__(self, query, gallery, metric: str = "euclidean", memory_mib: int = 256):
+        if metric not in ("euclidean", "cosine"):
+            raise ValueError(f"unknown metric {metric!r} (euclidean or cosine)")
+        x = torch.cat([torch.as_tensor(_np(query)), torch.as_tensor(_np(gallery))])
+        self.x = torch.nn.functional.normalize(x, dim=1) if metric == "cosine" else x
+        self.sq = (self.x * self.x).sum(1)
+        self.metric, self.nq, self.n = metric, len(query), len(x)
+        self.block = max(1, (memory_mib << 20) // (8 * self.n))  # the slab and top-k's scratch
+
+    def _d2(self, rows, cols: slice = slice(None)) -> torch.Tensor:
+        """(R, C) float32 squared distances of rows (indices or a slice) to the rows ``cols``."""
+        if self.metric == "cosine":
+            return torch.addmm(torch.ones(()), self.x[rows], self.x[cols].T, alpha=-1.0).clamp_min_(0.0).square_()
+        d2 = torch.addmm(self.sq[cols][None, :], self.x[rows], self.x[cols].T, alpha=-2.0)
+        return d2.add_(self.sq[rows][:, None]).clamp_min_(0.0)
+
+    def _smallest(self, d2: torch.Tensor, k: int, offset: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        """Each row's k smallest of d2 (B, C), ties by column among those top-k picks -> (ids + offset, d^2)."""
+        val, idx = torch.topk(d2, min(k, d2.shape[1]), dim=1, largest=False)
+        return smallest_k(val.numpy(), idx.numpy() + offset, k)
 
     def nearest(self, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """(rows (R,) -> (ids (R, k) of the k nearest rows, ties by id), row max of d^2 (R,) float64)."""
         ids, top = np.empty((len(rows), min(k, self.n)), np.int64), np.empty(len(rows), np.float64)
         for s in range(0, len(rows), self.block):
-            d2 = np.square(self._dist(self.x[rows[s:s + self.block]], self.x, self.metric).numpy())
-            ids[s:s + self.block] = smallest_k(d2, np.arange(self.n), k)[0]
-            top[s:s + self.block] = d2.max(1)
+            d2 = self._d2(torch.from_numpy(rows[s:s + self.block]))
+            ids[s:s + self.block] = self._smallest(d2, k)[0]
+            top[s:s + self.block] = d2.max(1).values.numpy()
         return ids, top
 
     def gallery_nearest(self, top: int) -> tuple[np.ndarray, np.ndarray]:
         """Each query's ``top`` nearest gallery images -> (gallery positions (Q, top), d^2 (Q, top))."""
-        g = self.x[self.nq:]
-        parts = [smallest_k(np.square(self._dist(self.x[s:min(s + self.block, self.nq)], g, self.metric).numpy()),
-                        np.arange(len(g)), top) for s in range(0, self.nq, self.block)]
-        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+        parts = [self._smallest(self._d2(slice(s, min(s + self.block, self.nq)), slice(self.nq, None)), top)
+                 for s in range(0, self.nq, self.block)]
+        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]).astype(np.float64)
 
     def pairs(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
-        """d^2 (P,) float64 of the pairs (rows[i], cols[i])."""
-        a, b = self.x[rows].double(), self.x[cols].double()
-        if self.metric == "cosine":
-            a, b = torch.nn.functional.normalize(a, dim=1), torch.nn.functional.normalize(b, dim=1)
-            return np.square((1.0 - (a * b).sum(1)).clamp_min(0.0).numpy())
-        return ((a - b) ** 2).sum(1).numpy()
+        """d^2 (P,) float64 of the pairs (rows[i], cols[i]), in chunks."""
+        out = np.empty(len(rows), np.float64)
+        for s in range(0, len(rows), 16384):
+            a, b = self.x[rows[s:s + 16384]].double(), self.x[cols[s:s + 16384]].double()
+            d = (1.0 - (a * b).sum(1)).clamp_min(0.0).square() if self.metric == "cosine" else ((a - b) ** 2).sum(1)
+            out[s:s + 16384] = d.numpy()
+        return out
 
 
 class MatrixSpace:
@@ -238,10 +253,11 @@ def rerank_space(space, top: int, k1: int = 20, k2: int = 6, lambda_value: float
 
 
 def rerank_neighbours(query, gallery, top: int = 100, metric: str = "euclidean", k1: int = 20, k2: int = 6,
-                      lambda_value: float = 0.3, block: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+                      lambda_value: float = 0.3, memory_mib: int = 256) -> tuple[np.ndarray, np.ndarray]:
     """Re-ranked ``top`` gallery images of each of the (Q, D) ``query`` features among the (G, D) ``gallery``
-    features -> (gallery positions (Q, top) int64, distances (Q, top) float32), nearest first."""
-    return rerank_space(FeatureSpace(query, gallery, metric, block), top, k1, k2, lambda_value)
+    features -> (gallery positions (Q, top) int64, distances (Q, top) float32), nearest first; distance slabs
+    of about ``memory_mib`` MiB."""
+    return rerank_space(FeatureSpace(query, gallery, metric, memory_mib), top, k1, k2, lambda_value)
 
 
 def rerank(q_g, q_q, g_g, k1: int = 20, k2: int = 6, lambda_value: float = 0.3, block: int = 256) -> np.ndarray:

@@ -30,7 +30,7 @@ def _dense(q, g, metric, **kw):
 def test_candidate_list_covering_the_gallery_is_the_dense_result(seed, nq, ng, metric, k1, k2, lam):
     q, g = _features(seed, nq, ng)
     want = _dense(q, g, metric, k1=k1, k2=k2, lambda_value=lam)
-    order, dist = rerank_neighbours(q, g, top=ng, metric=metric, k1=k1, k2=k2, lambda_value=lam, block=7)
+    order, dist = rerank_neighbours(q, g, top=ng, metric=metric, k1=k1, k2=k2, lambda_value=lam, memory_mib=0)
     assert order.shape == dist.shape == (nq, ng) and dist.dtype == np.float32
     assert np.all(np.diff(dist, axis=1) >= 0)
     np.testing.assert_array_equal(order[:, :10], np.argsort(want, axis=1, kind="stable")[:, :10])
@@ -52,7 +52,7 @@ def test_peak_memory_is_not_quadratic():
     q, g = _features(4, nq, ng, dim=16, ids=400)
     tracemalloc.start()
     try:
-        order, _ = rerank_neighbours(q, g, top=50, block=128)
+        order, _ = rerank_neighbours(q, g, top=50, memory_mib=16)
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
