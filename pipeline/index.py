@@ -307,6 +307,91 @@ def search_index(idx: GalleryIndex, query: np.ndarray, top: int = 10, query_came
     return out_pos, out_dist
 
 
+def _search_full(idx: GalleryIndex, x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`_faiss_search` with all k results (k <= len(idx)): IVF rows whose probed lists held fewer than k
+    vectors are searched again over every list."""
+    pos, dist = _faiss_search(idx, x, k)
+    short = (pos < 0).any(1)
+    if short.any() and hasattr(idx.faiss, "nprobe"):
+        nprobe, idx.faiss.nprobe = idx.faiss.nprobe, idx.faiss.nlist
+        try:
+            pos[short], dist[short] = _faiss_search(idx, np.ascontiguousarray(x[short]), k)
+        finally:
+            idx.faiss.nprobe = nprobe
+    return pos, dist
+
+
+class IndexSpace:
+    """The re-ranking space (``reid.rerank.rerank_space``) of (Q, D) prepared queries and an index's vectors:
+    gallery-side neighbours from the index (the same index: flat exact, IVF approximate), query-side by matmul;
+    vectors read back with ``reconstruct_batch`` (IVF-PQ: decoded, approximate). Row maxima of d^2: cosine from
+    the index's nearest to -x (the farthest vector), euclidean by a blocked pass over the index's vectors."""
+
+    def __init__(self, idx: GalleryIndex, queries: np.ndarray, block: int = 4096):
+        import torch
+
+        from pamtri.reid.metrics import pairwise_distance
+        self.idx, self.q, self.metric, self.block = idx, torch.from_numpy(queries), idx.info["metric"], block
+        self._dist = pairwise_distance
+        self.nq, self.n = len(queries), len(queries) + len(idx)
+        if hasattr(idx.faiss, "make_direct_map"):
+            idx.faiss.make_direct_map()
+
+    def _vectors(self, rows: np.ndarray):
+        import torch
+        out = torch.empty(len(rows), self.q.shape[1])
+        q = rows < self.nq
+        out[torch.from_numpy(q)] = self.q[rows[q]]
+        if (~q).any():
+            out[torch.from_numpy(~q)] = torch.from_numpy(self.idx.faiss.reconstruct_batch(rows[~q] - self.nq))
+        return out
+
+    def _rowmax(self, x) -> np.ndarray:
+        """(R,) float64 largest d^2 from each of x (R, D) to any query or indexed vector."""
+        top = np.square(self._dist(x, self.q, self.metric).numpy()).max(1).astype(np.float64)
+        if self.metric == "cosine":
+            far = 1.0 + self.idx.faiss.search(-x.numpy(), 1)[0][:, 0]  # 1 - min cos = 1 + max(-x . g)
+            return np.maximum(top, np.square(far))
+        for s in range(0, len(self.idx), self.block):
+            g = self._vectors(np.arange(s, min(s + self.block, len(self.idx))) + self.nq)
+            top = np.maximum(top, np.square(self._dist(x, g, self.metric).numpy()).max(1))
+        return top
+
+    def nearest(self, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        from pamtri.reid.rerank import smallest_k
+        x = self._vectors(rows)
+        pos, dist = _search_full(self.idx, np.ascontiguousarray(x.numpy()), min(k, len(self.idx)))
+        d2 = np.concatenate([np.square(self._dist(x, self.q, self.metric).numpy()), np.square(dist)], 1)
+        ids = np.concatenate([np.broadcast_to(np.arange(self.nq), (len(rows), self.nq)), pos + self.nq], 1)
+        return smallest_k(d2, ids, k)[0], self._rowmax(x)
+
+    def gallery_nearest(self, top: int) -> tuple[np.ndarray, np.ndarray]:
+        pos, dist = _search_full(self.idx, self.q.numpy(), top)
+        return pos, np.square(dist)
+
+    def pairs(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+        a, b = self._vectors(rows).double(), self._vectors(cols).double()
+        if self.metric == "cosine":
+            return np.square((1.0 - (a * b).sum(1)).clamp_min(0.0).numpy())
+        return ((a - b) ** 2).sum(1).numpy()
+
+
+def rerank_index(idx: GalleryIndex, query: np.ndarray, top: int = 10, candidates: int = 100,
+                 query_cameras: list | None = None, exclude_same_camera: bool = False
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`search_index` with k-reciprocal re-ranking of each query's ``candidates`` nearest (at least
+    ``top``) from the index's neighbour lists -> (positions (Q, top), re-ranked distances (Q, top))."""
+    from pamtri.reid.rerank import rerank_space
+    pos, dist = rerank_space(IndexSpace(idx, _prepare(query, idx.info["metric"])), max(top, candidates))
+    if exclude_same_camera:
+        cams = np.array([-1 if c is None else c for c in _column(idx, "camera")])
+        keep = cams[pos] != np.asarray(query_cameras)[:, None]
+        rank = np.where(keep, np.arange(pos.shape[1]), pos.shape[1]).argsort(1, kind="stable")
+        pos = np.where(np.take_along_axis(keep, rank, 1), np.take_along_axis(pos, rank, 1), -1)
+        dist = np.where(pos >= 0, np.take_along_axis(dist, rank, 1), np.inf)
+    return _pad(pos[:, :top], dist[:, :top], top)
+
+
 def _pad(pos: np.ndarray, dist: np.ndarray, top: int) -> tuple[np.ndarray, np.ndarray]:
     extra = top - pos.shape[1]
     return (np.pad(pos, ((0, 0), (0, extra)), constant_values=-1),
@@ -341,17 +426,22 @@ def query_features(features: str | os.PathLike | None, images: list[str] | None,
 
 
 def search_to_csv(path: str | os.PathLike, features: str | os.PathLike | None = None, images: list[str] | None = None,
-                  *, top: int = 10, exclude_same_camera: bool = False, out: str | os.PathLike | None = None,
-                  png: str | os.PathLike | None = None, **embed_options) -> list[dict]:
+                  *, top: int = 10, exclude_same_camera: bool = False, rerank: bool = False, rerank_top: int = 100,
+                  out: str | os.PathLike | None = None, png: str | os.PathLike | None = None, **embed_options
+                  ) -> list[dict]:
     """Search the index at ``path`` for the queries of :func:`query_features` -> result rows (columns
-    RESULT_COLUMNS, rank 1 first), written to the CSV ``out`` and drawn as a rank list PNG ``png`` when given.
+    RESULT_COLUMNS, rank 1 first), written to the CSV ``out`` and drawn as a rank list PNG ``png`` when given;
+    with ``rerank`` the ``rerank_top`` nearest are k-reciprocal re-ranked (:func:`rerank_index`).
     ``embed_options``: pose_weights, reid_weights and the ``Pipeline.from_weights`` options for ``images``."""
     idx = open_index(path)
     try:
         queries = query_features(features, images, idx, **embed_options)
         if exclude_same_camera and any(c is None for c in queries.cameras):
             raise DataError(features, "--exclude-same-camera needs query cameras (a `cameras` array in the features)")
-        pos, dist = search_index(idx, queries.features, top, queries.cameras, exclude_same_camera)
+        search = rerank_index if rerank else search_index
+        extra = {"candidates": rerank_top} if rerank else {}
+        pos, dist = search(idx, queries.features, top, query_cameras=queries.cameras,
+                           exclude_same_camera=exclude_same_camera, **extra)
         names, paths, cams = _column(idx, "name"), _column(idx, "path"), _column(idx, "camera")
     finally:
         idx.close()

@@ -264,6 +264,7 @@ class EvalConfig:
     k1: int = 20
     k2: int = 6
     lambda_value: float = 0.3
+    rerank_top: int = 1000         # re-ranked candidates per query (the rest keep the original order after them)
     batch_size: int = 64
     ignore_cameras: bool = False   # keep same-id same-camera gallery images (data sets without cameras)
     max_rank: int = 50
@@ -274,8 +275,8 @@ class EvalConfig:
             raise ConfigError("eval.every must be >= 0 and eval.batch_size positive")
         if self.qe_k < 1 or self.qe_alpha < 0:
             raise ConfigError(f"eval.qe_k must be >= 1 and eval.qe_alpha >= 0, got {self.qe_k} and {self.qe_alpha}")
-        if self.k1 < 1 or self.k2 < 1 or not 0 <= self.lambda_value <= 1:
-            raise ConfigError("eval.k1 and eval.k2 must be >= 1 and eval.lambda_value in [0, 1]")
+        if self.k1 < 1 or self.k2 < 1 or not 0 <= self.lambda_value <= 1 or self.rerank_top < 1:
+            raise ConfigError("eval.k1, eval.k2 and eval.rerank_top must be >= 1 and eval.lambda_value in [0, 1]")
 
 
 @dataclass

@@ -17,10 +17,10 @@ from pamtri.data.records import Record
 
 from .config import DataConfig, EvalConfig
 from .dataset import ReIDDataset, side_information
-from .metrics import attribute_accuracy, evaluate, evaluate_from_features, pairwise_distance
+from .metrics import attribute_accuracy, evaluate_from_features, evaluate_ranked_lists, pairwise_distance, ranked_rows
 from .model import ReIDNet
 from .pose_inputs import cache_weights_sha256, make_pose_source
-from .rerank import rerank
+from .rerank import rerank_neighbours
 from .test_time import alpha_query_expansion, mirror_inputs, track_average
 from .transforms import make_builder
 
@@ -144,16 +144,12 @@ def eval_loader(records: list[Record], data: DataConfig, model_cfg, batch_size: 
     return DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=nw, pin_memory=torch.cuda.is_available())
 
 
-def compute_distances(q: torch.Tensor, g: torch.Tensor, cfg: EvalConfig) -> np.ndarray:
-    """(Q, G) distances: Euclidean or cosine, k-reciprocal re-ranked when ``cfg.rerank``."""
-    qg = pairwise_distance(q, g, cfg.metric)
-    if not cfg.rerank:
-        return qg.numpy()
-    qq = pairwise_distance(q, q, cfg.metric)
-    gg = pairwise_distance(g, g, cfg.metric)
+def rerank_lists(q: torch.Tensor, g: torch.Tensor, cfg: EvalConfig) -> tuple[np.ndarray, np.ndarray]:
+    """k-reciprocal re-ranked candidate lists (gallery positions (Q, L), distances (Q, L)), L = eval.rerank_top,
+    from the k-NN lists of query + gallery (``reid.rerank.rerank_neighbours``, never (Q, G) or (N, N))."""
     t = time.time()
-    out = rerank(qg, qq, gg, cfg.k1, cfg.k2, cfg.lambda_value)
-    log.info("re-ranking %dx%d took %.1f s", len(q), len(g), time.time() - t)
+    out = rerank_neighbours(q, g, cfg.rerank_top, cfg.metric, cfg.k1, cfg.k2, cfg.lambda_value)
+    log.info("re-ranking %dx%d (top %d) took %.1f s", len(q), len(g), cfg.rerank_top, time.time() - t)
     return out
 
 
@@ -187,8 +183,9 @@ def queries_not_in_gallery(qf: Features, gf: Features) -> np.ndarray:
 def evaluate_features(qf: Features, gf: Features, cfg: EvalConfig) -> tuple[dict, np.ndarray]:
     """(summary metrics incl. colour/type accuracy over the distinct test images, distances (K, G) of the K
     rank-list queries ``visualize.rank_list_queries(Q)``); gallery features track-averaged (eval.track_file),
-    then query-expanded (eval.query_expansion). Without re-ranking the (Q, G) matrix is never built: the metrics
-    come from the features block by block (``metrics.evaluate_from_features``)."""
+    then query-expanded (eval.query_expansion). The (Q, G) matrix is never built: the metrics come from the
+    features block by block (``metrics.evaluate_from_features``), re-ranked from the candidate lists of
+    :func:`rerank_lists` (``metrics.evaluate_ranked_lists``)."""
     from .visualize import rank_list_queries
     q, g = qf.features, gf.features
     if cfg.track_file:
@@ -198,10 +195,10 @@ def evaluate_features(qf: Features, gf: Features, cfg: EvalConfig) -> tuple[dict
         q, g = alpha_query_expansion(q, g, cfg.qe_k, cfg.qe_alpha)
     shown = torch.from_numpy(rank_list_queries(len(qf.pids)))
     if cfg.rerank:
-        dist = compute_distances(q, g, cfg)
-        raw = evaluate(dist, qf.pids, gf.pids, qf.camids, gf.camids, cfg.max_rank, cfg.topk_map,
-                       ignore_cameras=cfg.ignore_cameras)
-        dist = dist[shown.numpy()]
+        order, ranked = rerank_lists(q, g, cfg)
+        raw = evaluate_ranked_lists(order, ranked, q, g, qf.pids, gf.pids, qf.camids, gf.camids, cfg.metric,
+                                    cfg.max_rank, cfg.topk_map, ignore_cameras=cfg.ignore_cameras)
+        dist = ranked_rows(*(torch.as_tensor(a)[shown] for a in (order, ranked)), q[shown], g, cfg.metric).numpy()
     else:
         raw = evaluate_from_features(q, g, qf.pids, gf.pids, qf.camids, gf.camids, cfg.metric,
                                      cfg.max_rank, cfg.topk_map, ignore_cameras=cfg.ignore_cameras)

@@ -164,6 +164,30 @@ def evaluate_from_features(query, gallery, query_ids, gallery_ids, query_cams=No
                           gallery_ids, query_cams, gallery_cams, max_rank, topk_map, ignore_cameras, block, workers)
 
 
+def evaluate_ranked_lists(order, dist, query, gallery, query_ids, gallery_ids, query_cams=None, gallery_cams=None,
+                          metric: str = "euclidean", max_rank: int = 50, topk_map: int = 100,
+                          ignore_cameras: bool = False, memory_mib: int = 1024, threads: int | None = None) -> dict:
+    """:func:`evaluate` of re-ranked candidate lists without the (Q, G) matrix: query q ranks the gallery positions
+    ``order[q]`` (Q, L) at ``dist[q]`` (values in [0, 1], as ``reid.rerank`` gives), then every other gallery
+    image at 2 + its original distance (so after the list, in the original order). Blocks as
+    :func:`evaluate_from_features`."""
+    q, g = torch.as_tensor(np.asarray(query)).float(), torch.as_tensor(np.asarray(gallery)).float()
+    order, dist = torch.as_tensor(np.asarray(order)).long(), torch.as_tensor(np.asarray(dist)).float()
+    workers = threads or os.cpu_count() or 1
+    block = max(1, min(256, (memory_mib << 20) // (40 * max(1, len(g)) * workers)))
+    return _evaluate_rows(lambda s, e: ranked_rows(order[s:e], dist[s:e], q[s:e], g, metric), (len(q), len(g)),
+                          query_ids, gallery_ids, query_cams, gallery_cams, max_rank, topk_map, ignore_cameras, block,
+                          workers)
+
+
+def ranked_rows(order: torch.Tensor, dist: torch.Tensor, query: torch.Tensor, gallery: torch.Tensor,
+                metric: str = "euclidean") -> torch.Tensor:
+    """(B, G) distances of B queries' candidate lists order, dist (B, L): the list's distances at its gallery
+    positions, 2 + the original distance elsewhere (:func:`evaluate_ranked_lists`)."""
+    rows = pairwise_distance(query, gallery, metric) + 2.0
+    return rows.scatter_(1, order, dist)
+
+
 def _cameras(query_cams, gallery_cams, nq: int, ng: int, ignore_cameras: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """(Q,), (G,) int64 camera ids; zeros with ``ignore_cameras``; PamtriError when the camera rule lacks them."""
     if ignore_cameras:

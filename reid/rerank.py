@@ -1,10 +1,22 @@
-"""k-reciprocal re-ranking (Zhong et al., CVPR 2017) with sparse neighbourhoods instead of N x N matrices.
+"""k-reciprocal re-ranking (Zhong et al., CVPR 2017) from k-nearest-neighbour lists, never an N x N matrix.
 
-Same result as the original algorithm (which squares its input distances and divides each row by its
-maximum), but the encoding V, its query expansion and the Jaccard step are sparse (each row holds only its
-k-reciprocal expansion set), k-nearest neighbours are found in row blocks, and the Jaccard distance is only
-formed for query rows. Memory beyond the caller's three input matrices: O(N * k1^2) for the neighbourhood
-sets, the sparse V, a (block x N) slab, and the (Q x G) result.
+The images are the Q queries and G gallery images together (N = Q + G; rows 0..Q-1 are the queries). A
+*space* gives each row's k nearest rows (k = max(k1 + 1, k2), squared distances d^2, ties by row) and its
+largest squared distance to any row, plus d^2 of any listed pair. From those, for each query's candidate list
+(its ``top`` nearest gallery images by the original distance):
+
+1. neighbour lists only for the rows the candidates need (the queries, the candidates, their k2 nearest, the
+   k1 + 1 nearest of those, the k1 / 2 + 1 nearest of those: the paper's sets never look further);
+2. the k1-reciprocal sets expanded with the k1/2-reciprocal sets (2/3 overlap rule), the sparse Gaussian
+   encoding V (row i: exp(-d^2(i, j) / max_j d^2(i, j)) over its set, summing to 1), its k2 query expansion;
+3. the Jaccard distance 1 - m / (2 - m), m = sum_k min(V_q[k], V_g[k]), and
+   final = (1 - lambda) * Jaccard + lambda * d^2(q, g) / max_j d^2(q, j), both only for the candidate pairs.
+
+What differs from the dense algorithm (``pipeline.bench.baselines.rerank_dense``): nothing for the pairs of
+the candidate list; gallery images outside a query's list get no re-ranked distance (they rank after the
+list; ``reid.metrics.evaluate_ranked_lists`` orders them by the original distance). With ``top`` >= G the
+result is the dense one (up to float rounding and the order of exact ties). Memory: O(N * k) for the lists,
+O(N * k1 * k2) non-zeros of the expanded V, O(Q * top) for the result, and a (block x N) slab of distances.
 """
 from __future__ import annotations
 
@@ -12,6 +24,7 @@ import logging
 
 import numpy as np
 import scipy.sparse as sp
+import torch
 
 log = logging.getLogger(__name__)
 
@@ -22,170 +35,236 @@ def _np(x) -> np.ndarray:
     return np.asarray(x, dtype=np.float32)
 
 
-class _SquaredDistances:
-    """Row blocks and arbitrary entries of the (N x N) squared-distance matrix [[q_q, q_g], [q_g^T, g_g]]."""
+def smallest_k(d2: np.ndarray, cols: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's k smallest of d2 (B, C) over column ids ``cols`` (C,) or (B, C), ties by id -> (ids, d2) (B, k)."""
+    cols = np.broadcast_to(cols, d2.shape)
+    if k < d2.shape[1]:
+        part = np.argpartition(d2, k - 1, axis=1)[:, :k]
+        d2, cols = np.take_along_axis(d2, part, 1), np.take_along_axis(cols, part, 1)
+    order = np.lexsort((cols, d2), axis=1)[:, :k]
+    return np.take_along_axis(cols, order, 1).astype(np.int64), np.take_along_axis(d2, order, 1)
 
-    def __init__(self, q_g: np.ndarray, q_q: np.ndarray, g_g: np.ndarray):
-        self.q_g, self.q_q, self.g_g = q_g, q_q, g_g
-        self.nq, self.ng = q_g.shape
-        self.n = self.nq + self.ng
 
-    def rows(self, s: int, e: int) -> np.ndarray:
-        """(e - s, N) float32 squared distances of rows s..e-1."""
-        out = np.empty((e - s, self.n), dtype=np.float32)
-        q_end = min(e, self.nq)
-        if s < q_end:
-            out[:q_end - s, :self.nq] = self.q_q[s:q_end]
-            out[:q_end - s, self.nq:] = self.q_g[s:q_end]
-        g_start = max(s, self.nq)
-        if g_start < e:
-            r = slice(g_start - s, e - s)
-            out[r, :self.nq] = self.q_g[:, g_start - self.nq:e - self.nq].T
-            out[r, self.nq:] = self.g_g[g_start - self.nq:e - self.nq]
-        np.square(out, out=out)
+class FeatureSpace:
+    """The re-ranking space of (Q, D) query and (G, D) gallery features: distances as
+    ``reid.metrics.pairwise_distance`` (euclidean, or cosine 1 - cos), squared; lists by blocked matmul + top-k,
+    blocks of about ``memory_mib`` MiB."""
+
+    def __init__(self, query, gallery, metric: str = "euclidean", memory_mib: int = 256):
+        if metric not in ("euclidean", "cosine"):
+            raise ValueError(f"unknown metric {metric!r} (euclidean or cosine)")
+        x = torch.cat([torch.as_tensor(_np(query)), torch.as_tensor(_np(gallery))])
+        self.x = torch.nn.functional.normalize(x, dim=1) if metric == "cosine" else x
+        self.sq = (self.x * self.x).sum(1)
+        self.metric, self.nq, self.n = metric, len(query), len(x)
+        self.block = max(1, (memory_mib << 20) // (8 * self.n))  # the slab and top-k's scratch
+
+    def _d2(self, rows, cols: slice = slice(None)) -> torch.Tensor:
+        """(R, C) float32 squared distances of rows (indices or a slice) to the rows ``cols``."""
+        if self.metric == "cosine":
+            return torch.addmm(torch.ones(()), self.x[rows], self.x[cols].T, alpha=-1.0).clamp_min_(0.0).square_()
+        d2 = torch.addmm(self.sq[cols][None, :], self.x[rows], self.x[cols].T, alpha=-2.0)
+        return d2.add_(self.sq[rows][:, None]).clamp_min_(0.0)
+
+    def _smallest(self, d2: torch.Tensor, k: int, offset: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        """Each row's k smallest of d2 (B, C), ties by column among those top-k picks -> (ids + offset, d^2)."""
+        val, idx = torch.topk(d2, min(k, d2.shape[1]), dim=1, largest=False)
+        return smallest_k(val.numpy(), idx.numpy() + offset, k)
+
+    def nearest(self, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """(rows (R,) -> (ids (R, k) of the k nearest rows, ties by id), row max of d^2 (R,) float64)."""
+        ids, top = np.empty((len(rows), min(k, self.n)), np.int64), np.empty(len(rows), np.float64)
+        for s in range(0, len(rows), self.block):
+            d2 = self._d2(torch.from_numpy(rows[s:s + self.block]))
+            ids[s:s + self.block] = self._smallest(d2, k)[0]
+            top[s:s + self.block] = d2.max(1).values.numpy()
+        return ids, top
+
+    def gallery_nearest(self, top: int) -> tuple[np.ndarray, np.ndarray]:
+        """Each query's ``top`` nearest gallery images -> (gallery positions (Q, top), d^2 (Q, top))."""
+        parts = [self._smallest(self._d2(slice(s, min(s + self.block, self.nq)), slice(self.nq, None)), top)
+                 for s in range(0, self.nq, self.block)]
+        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]).astype(np.float64)
+
+    def pairs(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+        """d^2 (P,) float64 of the pairs (rows[i], cols[i]), in chunks."""
+        out = np.empty(len(rows), np.float64)
+        for s in range(0, len(rows), 16384):
+            a, b = self.x[rows[s:s + 16384]].double(), self.x[cols[s:s + 16384]].double()
+            d = (1.0 - (a * b).sum(1)).clamp_min(0.0).square() if self.metric == "cosine" else ((a - b) ** 2).sum(1)
+            out[s:s + 16384] = d.numpy()
         return out
 
-    def column_max(self) -> np.ndarray:
-        """(N,) maximum squared distance of each column."""
-        qmax = np.maximum(self.q_q.max(0), self.q_g.max(1)) if self.nq else np.zeros(0, np.float32)
-        gmax = np.maximum(self.q_g.max(0), self.g_g.max(0)) if self.nq else self.g_g.max(0)
-        return np.square(np.concatenate([qmax, gmax]).astype(np.float64))
 
-    def entries(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
-        """Squared distances at (rows[i], cols[i]) (same shapes), float64."""
-        nq = self.nq
-        out = np.empty(rows.shape, dtype=np.float64)
+class MatrixSpace:
+    """The re-ranking space of plain distance matrices q_g (Q, G), q_q (Q, Q), g_g (G, G) (not squared)."""
+
+    def __init__(self, q_g, q_q, g_g):
+        self.q_g, self.q_q, self.g_g = _np(q_g), _np(q_q), _np(g_g)
+        self.nq, ng = self.q_g.shape
+        if self.q_q.shape != (self.nq, self.nq) or self.g_g.shape != (ng, ng):
+            raise ValueError(f"shapes do not fit: q_g {self.q_g.shape}, q_q {self.q_q.shape}, g_g {self.g_g.shape}")
+        self.n = self.nq + ng
+
+    def _rows(self, rows: np.ndarray) -> np.ndarray:
+        """(R, N) float32 squared distances of ``rows``."""
+        q = rows < self.nq
+        out = np.empty((len(rows), self.n), np.float32)
+        out[q] = np.concatenate([self.q_q[rows[q]], self.q_g[rows[q]]], 1)
+        out[~q] = np.concatenate([self.q_g[:, rows[~q] - self.nq].T, self.g_g[rows[~q] - self.nq]], 1)
+        return np.square(out)
+
+    def nearest(self, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        d2 = self._rows(rows)
+        return smallest_k(d2, np.arange(self.n), k)[0], d2.max(1).astype(np.float64)
+
+    def gallery_nearest(self, top: int) -> tuple[np.ndarray, np.ndarray]:
+        return smallest_k(np.square(self.q_g), np.arange(self.q_g.shape[1]), top)
+
+    def pairs(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+        nq, out = self.nq, np.empty(rows.shape, np.float64)
         rq, cq = rows < nq, cols < nq
-        for mask, fetch in (
-            (rq & cq, lambda r, c: self.q_q[r, c]),
-            (rq & ~cq, lambda r, c: self.q_g[r, c - nq]),
-            (~rq & cq, lambda r, c: self.q_g[c, r - nq]),
-            (~rq & ~cq, lambda r, c: self.g_g[r - nq, c - nq]),
-        ):
-            if mask.any():
-                out[mask] = fetch(rows[mask], cols[mask])
+        for mask, fetch in (((rq & cq), lambda r, c: self.q_q[r, c]), ((rq & ~cq), lambda r, c: self.q_g[r, c - nq]),
+                            ((~rq & cq), lambda r, c: self.q_g[c, r - nq]),
+                            ((~rq & ~cq), lambda r, c: self.g_g[r - nq, c - nq])):
+            out[mask] = fetch(rows[mask], cols[mask])
         return np.square(out)
 
 
-def _nearest(dist: _SquaredDistances, colmax: np.ndarray, k: int, block: int) -> np.ndarray:
-    """(N, k) int64 indices of each row's k nearest (normalised distance, ascending; ties by index)."""
-    n = dist.n
-    k = min(k, n)
-    out = np.empty((n, k), dtype=np.int64)
-    for s in range(0, n, block):
-        e = min(s + block, n)
-        rows = dist.rows(s, e) / colmax[s:e, None].astype(np.float32)
-        part = np.argpartition(rows, k - 1, axis=1)[:, :k] if k < n else np.tile(np.arange(n), (e - s, 1))
-        vals = np.take_along_axis(rows, part, 1)
-        order = np.lexsort((part, vals), axis=1)
-        out[s:e] = np.take_along_axis(part, order, 1)
-    return out
+class _Lists:
+    """Neighbour lists (N, k) and row maxima of d^2 (N,), computed on demand, block by block."""
+
+    def __init__(self, space, k: int):
+        self.space, self.k = space, min(k, space.n)
+        self.ids = np.full((space.n, self.k), -1, np.int64)
+        self.rowmax = np.zeros(space.n, np.float64)
+        self.done = np.zeros(space.n, bool)
+
+    def expand(self, rows: np.ndarray, width: int) -> np.ndarray:
+        """Sorted ``rows`` and their ``width`` nearest, every one of them with its list computed."""
+        todo = rows[~self.done[rows]]
+        if len(todo):
+            self.ids[todo], self.rowmax[todo] = self.space.nearest(todo, self.k)
+            self.done[todo] = True
+        out = np.union1d(rows, self.ids[rows, :width])
+        todo = out[~self.done[out]]
+        if len(todo):
+            self.ids[todo], self.rowmax[todo] = self.space.nearest(todo, self.k)
+            self.done[todo] = True
+        return out
 
 
-def _reciprocal(rank: np.ndarray, k: int, block: int) -> np.ndarray:
-    """(N, k+1) indices of each row's k-reciprocal neighbours (top k+1 of both), -1 where not reciprocal."""
-    n = len(rank)
-    fwd = rank[:, :k + 1]
-    out = np.full_like(fwd, -1)
-    for s in range(0, n, block):
-        e = min(s + block, n)
-        f = fwd[s:e]
-        back = rank[f, :k + 1]  # (b, k+1, k+1)
-        ok = (back == np.arange(s, e)[:, None, None]).any(-1)
-        out[s:e] = np.where(ok, f, -1)
-    return out
+def _reciprocal(ids: np.ndarray, rows: np.ndarray, k: int) -> np.ndarray:
+    """(R, k+1) k-reciprocal neighbours of ``rows`` (in both top k+1 lists), -1 where not reciprocal."""
+    fwd = ids[rows, :k + 1]
+    back = ids[fwd, :k + 1]  # (R, k+1, k+1)
+    return np.where((back == rows[:, None, None]).any(-1), fwd, -1)
 
 
-def _expansion_sets(rank: np.ndarray, k1: int, block: int) -> np.ndarray:
-    """(N, S) sorted k-reciprocal expansion set of each row (paper eq. 7), -1 padded at the end."""
-    n = len(rank)
+def _expansion_sets(ids: np.ndarray, rows: np.ndarray, k1: int, block: int) -> list[np.ndarray]:
+    """Per block of ``rows``: (b, S) sorted k-reciprocal expansion sets (paper eq. 7), -1 padded at the end."""
+    n = len(ids)
     half = int(np.around(k1 / 2.0))
-    r_full = _reciprocal(rank, k1, block)          # (N, k1+1)
-    r_half = _reciprocal(rank, half, block)        # (N, half+1)
-    out_rows = []
-    width = 0
-    for s in range(0, n, block):
-        e = min(s + block, n)
-        r = r_full[s:e]                             # (b, A)
-        cand = np.where(r[:, :, None] >= 0, r_half[np.maximum(r, 0)], -1)  # (b, A, H)
+    members = np.unique(ids[rows, :k1 + 1])
+    r_half = np.full((n, half + 1), -1, np.int64)
+    r_half[members] = _reciprocal(ids, members, half)
+    out = []
+    for s in range(0, len(rows), block):
+        r = _reciprocal(ids, rows[s:s + block], k1)                            # (b, A)
+        cand = np.where(r[:, :, None] >= 0, r_half[np.maximum(r, 0)], -1)      # (b, A, H)
         member = (cand[..., None] == r[:, None, None, :]).any(-1) & (cand >= 0)
-        size = (cand >= 0).sum(-1)
-        accept = (member.sum(-1) > (2.0 / 3.0) * size) & (r >= 0)
-        merged = np.concatenate([r, np.where(accept[..., None], cand, -1).reshape(e - s, -1)], axis=1)
+        accept = (member.sum(-1) > (2.0 / 3.0) * (cand >= 0).sum(-1)) & (r >= 0)
+        merged = np.concatenate([r, np.where(accept[..., None], cand, -1).reshape(len(r), -1)], axis=1)
         merged = np.sort(np.where(merged >= 0, merged, n), axis=1)
-        dup = np.zeros_like(merged, dtype=bool)
-        dup[:, 1:] = merged[:, 1:] == merged[:, :-1]
-        merged = np.where(dup | (merged == n), n, merged)
+        merged[:, 1:][merged[:, 1:] == merged[:, :-1]] = n
         merged = np.sort(merged, axis=1)
         used = int((merged < n).sum(1).max())
-        merged = np.where(merged[:, :used] < n, merged[:, :used], -1)
-        out_rows.append(merged)
-        width = max(width, used)
-    sets = np.full((n, width), -1, dtype=np.int64)
-    for s, block_rows in zip(range(0, n, block), out_rows):
-        sets[s:s + len(block_rows), :block_rows.shape[1]] = block_rows
-    return sets
+        out.append(np.where(merged[:, :used] < n, merged[:, :used], -1))
+    return out
 
 
-def _encode(dist: _SquaredDistances, colmax: np.ndarray, sets: np.ndarray) -> sp.csr_matrix:
-    """Sparse V (N x N): V[i, j] = exp(-d(i, j)) / sum over the expansion set of i (paper eq. 8)."""
-    n = dist.n
-    valid = sets >= 0
-    rows = np.broadcast_to(np.arange(n)[:, None], sets.shape)[valid]
-    cols = sets[valid]
-    w = np.exp(-dist.entries(rows, cols) / colmax[rows])
-    sums = np.bincount(rows, weights=w, minlength=n)
-    return sp.csr_matrix((w / sums[rows], (rows, cols)), shape=(n, n))
+def _encode(space, lists: _Lists, rows: np.ndarray, k1: int, block: int) -> sp.csr_matrix:
+    """Sparse V (N x N), rows ``rows`` only: V[i, j] = exp(-d^2(i, j) / max d^2(i, .)) over i's expansion set,
+    normalised to sum 1 (paper eq. 8)."""
+    n = space.n
+    r_parts, c_parts = [], []
+    for s, sets in zip(range(0, len(rows), block), _expansion_sets(lists.ids, rows, k1, block)):
+        valid = sets >= 0
+        r_parts.append(np.broadcast_to(rows[s:s + block, None], sets.shape)[valid])
+        c_parts.append(sets[valid])
+    r, c = np.concatenate(r_parts), np.concatenate(c_parts)
+    w = np.exp(-space.pairs(r, c) / np.where(lists.rowmax[r] > 0, lists.rowmax[r], 1.0))
+    sums = np.bincount(r, weights=w, minlength=n)
+    return sp.csr_matrix((w / sums[r], (r, c)), shape=(n, n))
 
 
-def _jaccard_gallery(v: sp.csr_matrix, nq: int, block: int) -> np.ndarray:
-    """(Q, G) Jaccard distance 1 - m / (2 - m), m[i, j] = sum_k min(V[i, k], V[j, k]), gallery columns only."""
-    n = v.shape[0]
-    ng = n - nq
-    csc = v[nq:].tocsc()  # gallery rows only, column-major: column k -> gallery rows holding k
-    out = np.empty((nq, ng), dtype=np.float32)
+def _min_sums(v: sp.csr_matrix, nq: int, cand: np.ndarray, block: int) -> np.ndarray:
+    """(Q, L) m[q, l] = sum_k min(V[q, k], V[g, k]) for g = gallery position cand[q, l]."""
+    ng, top = v.shape[0] - nq, cand.shape[1]
+    csc = v[nq:].tocsc()  # gallery rows, column-major: column k -> gallery rows holding k
     col_len = np.diff(csc.indptr)
+    out = np.zeros((nq, top), np.float64)
     for s in range(0, nq, block):
         e = min(s + block, nq)
         vq = v[s:e].tocoo()
         lens = col_len[vq.col]
         total = int(lens.sum())
-        temp = np.zeros((e - s) * ng, dtype=np.float64)
-        if total:
-            starts = np.repeat(csc.indptr[vq.col] - np.concatenate([[0], np.cumsum(lens)[:-1]]), lens)
-            pos = starts + np.arange(total)
-            g = csc.indices[pos]
-            contrib = np.minimum(np.repeat(vq.data, lens), csc.data[pos])
-            temp = np.bincount(np.repeat(vq.row, lens) * ng + g, weights=contrib, minlength=(e - s) * ng)
-        temp = temp.reshape(e - s, ng)
-        out[s:e] = 1.0 - temp / (2.0 - temp)
+        if not total:
+            continue
+        starts = np.repeat(csc.indptr[vq.col] - np.concatenate([[0], np.cumsum(lens)[:-1]]), lens)
+        pos = starts + np.arange(total)
+        keys = np.repeat(vq.row.astype(np.int64), lens) * ng + csc.indices[pos]
+        contrib = np.minimum(np.repeat(vq.data, lens), csc.data[pos])
+        want = (np.arange(e - s, dtype=np.int64)[:, None] * ng + cand[s:e]).reshape(-1)
+        order = np.argsort(want)
+        at = np.minimum(np.searchsorted(want, keys, sorter=order), len(want) - 1)
+        hit = want[order[at]] == keys
+        out[s:e] = np.bincount(order[at[hit]], weights=contrib[hit], minlength=len(want)).reshape(e - s, top)
     return out
 
 
-def rerank(q_g, q_q, g_g, k1: int = 20, k2: int = 6, lambda_value: float = 0.3, block: int = 256) -> np.ndarray:
-    """Re-ranked (Q, G) float32 distances from plain Euclidean distances q_g (Q, G), q_q (Q, Q), g_g (G, G).
-
-    final = (1 - lambda) * Jaccard(k-reciprocal, k2 query expansion) + lambda * (d^2 / row max of d^2).
-    """
-    q_g, q_q, g_g = _np(q_g), _np(q_q), _np(g_g)
-    nq, ng = q_g.shape
-    if q_q.shape != (nq, nq) or g_g.shape != (ng, ng):
-        raise ValueError(f"shapes do not fit: q_g {q_g.shape}, q_q {q_q.shape}, g_g {g_g.shape}")
+def rerank_space(space, top: int, k1: int = 20, k2: int = 6, lambda_value: float = 0.3, block: int = 256
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """Re-ranked candidate lists of each query of ``space`` (:class:`FeatureSpace`, :class:`MatrixSpace` or any
+    object with their ``nq``, ``n``, ``nearest``, ``gallery_nearest``, ``pairs``) -> (gallery positions
+    (Q, top) int64, re-ranked distances (Q, top) float32), each row ascending (ties by gallery position)."""
     if k1 < 1 or k2 < 1:
         raise ValueError("k1 and k2 must be >= 1")
-    dist = _SquaredDistances(q_g, q_q, g_g)
-    colmax = dist.column_max()
-    colmax = np.where(colmax > 0, colmax, 1.0)
-    rank = _nearest(dist, colmax, max(k1 + 1, k2), block)
-    sets = _expansion_sets(rank, k1, block)
-    v = _encode(dist, colmax, sets)
+    nq = space.nq
+    top = max(1, min(top, space.n - nq))
+    cand, cand_d2 = space.gallery_nearest(top)
+    lists = _Lists(space, max(k1 + 1, k2))
+    outer = np.union1d(np.arange(nq), nq + cand.reshape(-1))  # the rows whose V the Jaccard step reads
+    encoded = lists.expand(outer, k2)  # ... and those their query expansion averages
+    lists.expand(lists.expand(encoded, k1 + 1), int(np.around(k1 / 2.0)) + 1)  # what their expansion sets read
+    v = _encode(space, lists, encoded, k1, block)
     if k2 != 1:
-        n = dist.n
-        rows = np.repeat(np.arange(n), k2)
-        a = sp.csr_matrix((np.full(n * k2, 1.0 / k2), (rows, rank[:, :k2].reshape(-1))), shape=(n, n))
+        pairs = (np.repeat(outer, k2), lists.ids[outer, :k2].reshape(-1))
+        a = sp.csr_matrix((np.full(len(outer) * k2, 1.0 / k2), pairs), shape=(space.n, space.n))
         v = (a @ v).tocsr()
     v.sort_indices()
-    jac = _jaccard_gallery(v, nq, max(1, block // 4))
-    original = np.square(q_g.astype(np.float64)) / colmax[:nq, None]
-    log.debug("re-ranking: %d queries, %d gallery, V with %d non-zeros", nq, ng, v.nnz)
-    return (jac * (1.0 - lambda_value) + original * lambda_value).astype(np.float32)
+    m = _min_sums(v, nq, cand, max(1, block // 4))
+    rowmax = np.where(lists.rowmax[:nq] > 0, lists.rowmax[:nq], 1.0)
+    final = (1.0 - m / (2.0 - m)) * (1.0 - lambda_value) + cand_d2 / rowmax[:, None] * lambda_value
+    order = np.lexsort((cand, final), axis=1)
+    log.debug("re-ranking: %d queries x %d candidates, lists for %d of %d rows, V with %d non-zeros",
+              nq, top, int(lists.done.sum()), space.n, v.nnz)
+    return np.take_along_axis(cand, order, 1), np.take_along_axis(final, order, 1).astype(np.float32)
+
+
+def rerank_neighbours(query, gallery, top: int = 100, metric: str = "euclidean", k1: int = 20, k2: int = 6,
+                      lambda_value: float = 0.3, memory_mib: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """Re-ranked ``top`` gallery images of each of the (Q, D) ``query`` features among the (G, D) ``gallery``
+    features -> (gallery positions (Q, top) int64, distances (Q, top) float32), nearest first; distance slabs
+    of about ``memory_mib`` MiB."""
+    return rerank_space(FeatureSpace(query, gallery, metric, memory_mib), top, k1, k2, lambda_value)
+
+
+def rerank(q_g, q_q, g_g, k1: int = 20, k2: int = 6, lambda_value: float = 0.3, block: int = 256) -> np.ndarray:
+    """Re-ranked (Q, G) float32 distances from plain distances q_g (Q, G), q_q (Q, Q), g_g (G, G): every gallery
+    image is a candidate, so this is the dense algorithm's result."""
+    space = MatrixSpace(q_g, q_q, g_g)
+    order, dist = rerank_space(space, space.n - space.nq, k1, k2, lambda_value, block)
+    out = np.empty((space.nq, space.n - space.nq), np.float32)
+    np.put_along_axis(out, order, dist, 1)
+    return out

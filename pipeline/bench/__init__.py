@@ -22,6 +22,7 @@ from .harness import Row, format_table, machine_info
 from .index import bench_index
 from .inference import bench_inference
 from .ranking import bench_evaluate, bench_rerank
+from .scale import bench_scale
 from .synth import bench_synth
 from .training import bench_train
 
@@ -36,6 +37,7 @@ ROWS: dict[str, Callable[[bool], list[Row]]] = {
     "synth": bench_synth,
     "cache": bench_cache,
     "index": bench_index,
+    "scale": bench_scale,
 }
 
 __all__ = ["ROWS", "format_table", "run_bench"]

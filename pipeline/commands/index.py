@@ -34,6 +34,10 @@ def register(subparsers) -> None:
     src.add_argument("--images", nargs="+", metavar="IMG", help="query images (embedded first)")
     s.add_argument("--top", type=int, default=10, metavar="K")
     s.add_argument("--exclude-same-camera", action="store_true", help="leave out gallery images of the query's camera")
+    s.add_argument("--rerank", action="store_true",
+                   help="k-reciprocal re-ranking (k1=20, k2=6, lambda=0.3) from the index's neighbour lists")
+    s.add_argument("--rerank-top", type=int, default=100, metavar="L",
+                   help="with --rerank: how many nearest of each query are re-ranked (default 100)")
     s.add_argument("--out", metavar="CSV", help="results CSV: query, rank, image, distance, camera (rank 1 first)")
     s.add_argument("--png", metavar="PNG", help="rank list picture (needs the image files)")
     s.add_argument("--pose-weights", help="with --images: override the pose weights the index records")
@@ -62,7 +66,8 @@ def cmd_index_add(args: argparse.Namespace) -> int:
 def cmd_index_search(args: argparse.Namespace) -> int:
     from pamtri.pipeline.index import search_to_csv
     rows = search_to_csv(args.index, args.features, args.images, top=args.top,
-                         exclude_same_camera=args.exclude_same_camera, out=args.out, png=args.png,
+                         exclude_same_camera=args.exclude_same_camera, rerank=args.rerank,
+                         rerank_top=args.rerank_top, out=args.out, png=args.png,
                          pose_weights=args.pose_weights, reid_weights=args.reid_weights, **pipeline_options(args))
     if args.out is None:
         for r in rows:

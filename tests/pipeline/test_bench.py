@@ -63,3 +63,21 @@ def test_index_rows_compare_flat_with_torch_and_ivf_with_flat():
     recall = float(ivf.note.split("recall@10 ")[1].split(",")[0])
     assert recall >= 0.95, ivf.note
     assert ivf.baseline == search.ours  # IVF is measured against the same flat index
+
+
+def test_scale_rows_measure_evaluation_and_re_ranking_in_child_processes(monkeypatch):
+    from pamtri.pipeline.bench import scale
+    monkeypatch.setitem(scale.SHAPES, True, (60, 600, 16))
+    rows = {r.name: r for r in scale.bench_scale(quick=True)}
+    assert list(rows) == ["evaluate_large", "evaluate_large_peak", "rerank_large", "rerank_large_peak"]
+    assert all(r.ours > 0 and r.baseline > 0 for r in rows.values() if r.unit == "s")
+    assert "60x600" in rows["evaluate_large"].note and "12+120" in rows["rerank_large"].note
+    assert "ru_maxrss" in rows["rerank_large_peak"].note
+
+
+def test_scale_features_have_one_query_per_vehicle_and_a_moderate_map():
+    from pamtri.pipeline.bench.scale import labelled_features
+    from pamtri.reid.metrics import evaluate_from_features
+    qf, gf, q_ids, g_ids, q_cams, g_cams = labelled_features(200, 2600, 64)
+    assert qf.dtype == np.float32 and gf.shape == (2600, 64) and sorted(q_ids) == list(range(200))
+    assert 0.2 < evaluate_from_features(qf, gf, q_ids, g_ids, q_cams, g_cams)["mAP"] < 0.95

@@ -182,3 +182,33 @@ def test_cli_embed_build_add_search_with_images_and_features(tmp_path, capsys):
     assert float(rows[0]["distance"]) < 1e-4 and (tmp_path / "r.png").stat().st_size > 0
     assert main(["index", "search", idx, "--features", str(tmp_path / "a.npz"), "--top", "1"]) == 0
     assert capsys.readouterr().out.count(" 1. ") == 3
+
+
+@pytest.mark.parametrize("metric", ["cosine", "euclidean"])
+def test_search_rerank_from_the_index_equals_rerank_neighbours(tmp_path, metric):
+    from pamtri.reid.rerank import rerank_neighbours
+    g, q = clustered(200), clustered(6, seed=1)
+    f = write_features(tmp_path / "g.npz", g, [f"g{i}.jpg" for i in range(200)])
+    idx = gi.build_index([f], tmp_path / "g.faiss", "flat", metric)
+    pos, dist = gi.rerank_index(idx, q, top=10, candidates=50)
+    want_pos, want_dist = rerank_neighbours(q, g, top=50, metric=metric)
+    np.testing.assert_array_equal(pos, want_pos[:, :10])
+    np.testing.assert_allclose(dist, want_dist[:, :10], atol=1e-4)
+    assert not np.array_equal(pos, gi.search_index(idx, q, top=10)[0])  # re-ranking changed some order
+    idx.close()
+
+
+def test_search_rerank_on_ivf_and_cli_flag(tmp_path, capsys):
+    from pamtri.pipeline.cli import main
+    g = clustered(2000, seed=2)
+    f = write_features(tmp_path / "g.npz", g, [f"g{i}.jpg" for i in range(2000)], cameras=[i % 4 for i in range(2000)])
+    qf = write_features(tmp_path / "q.npz", g[:3] + 0.01, ["q0", "q1", "q2"], cameras=[0, 1, 2])
+    gi.build_index([f], tmp_path / "g.faiss", "ivf", "cosine").close()
+    assert main(["index", "search", str(tmp_path / "g.faiss"), "--features", str(qf), "--top", "5", "--rerank",
+                 "--rerank-top", "40", "--exclude-same-camera", "--out", str(tmp_path / "r.csv")]) == 0
+    with open(tmp_path / "r.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 15 and all(int(r["camera"]) != int(r["query"][1]) for r in rows)
+    assert [r["image"] for r in rows if r["query"] == "q1"][0] != "g1.jpg"  # its own camera is left out
+    first = {r["query"]: r["image"] for r in rows if r["rank"] == "1"}
+    assert first["q0"] != "g0.jpg" and all(float(r["distance"]) <= 1.0 for r in rows)
