@@ -1,5 +1,5 @@
-"""Galleries: image embeddings in an .npz (``pamtri embed``), nearest-neighbour search over them with optional
-re-ranking (``pamtri search``), and the rank-list picture."""
+"""Galleries: image embeddings in an .npz (``pamtri embed``), ``pamtri search`` over them (the simple form of
+``pamtri index search``, optionally re-ranked), and the rank-list picture."""
 from __future__ import annotations
 
 import os
@@ -105,36 +105,65 @@ def read_gallery(path: str | os.PathLike) -> dict[str, np.ndarray]:
     return gallery
 
 
-def search_gallery(query: Sequence[str], gallery_path: str | os.PathLike, out: str | os.PathLike, *,
-                   top: int = 10, rerank: bool = False, pose_weights: str | os.PathLike | None = None,
-                   reid_weights: str | os.PathLike | None = None, **pipeline_options
-                   ) -> tuple[list[str], np.ndarray, np.ndarray]:
-    """Embed the ``query`` image files with the weights the gallery file records (or those given), search the
-    gallery and draw the rank list PNG ``out`` -> (gallery paths, top indices (Q, top), distances (Q, G))."""
+def search_gallery(query: Sequence[str], gallery: str | os.PathLike, out: str | os.PathLike, *, top: int = 10,
+                   rerank: bool = False, out_csv: str | os.PathLike | None = None, **embed_options) -> list[dict]:
+    """``pamtri search``, the simple form of ``pamtri index search``: embed the ``query`` image files with the
+    weights the gallery records (or those given), search ``gallery`` (an index, or a gallery .npz / shard folder
+    held as a flat Euclidean index for the call) -> result rows (columns ``index.RESULT_COLUMNS``, rank 1 first),
+    written to the CSV ``out_csv`` when given and drawn as the rank list PNG ``out``. ``embed_options``:
+    pose_weights, reid_weights and the ``Pipeline.from_weights`` options."""
+    import tempfile
+
+    from .index import build_index, search_to_csv
+    if rerank:
+        return _reranked_rows(query, gallery, out, top, out_csv, **embed_options)
+    if is_index(gallery):
+        return search_to_csv(gallery, images=list(query), top=top, out=out_csv, png=out, **embed_options)
+    with tempfile.TemporaryDirectory(prefix="pamtri-search-") as tmp:
+        index = Path(tmp) / "gallery.faiss"
+        build_index([gallery], index, "flat", "euclidean").close()
+        return search_to_csv(index, images=list(query), top=top, out=out_csv, png=out, **embed_options)
+
+
+def is_index(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a ``pamtri index`` (its SQLite metadata ``PATH.sqlite`` beside it)."""
+    path = Path(path)
+    return path.with_name(path.name + ".sqlite").exists()
+
+
+def _reranked_rows(query: Sequence[str], gallery: str | os.PathLike, png: str | os.PathLike, top: int,
+                   out_csv: str | os.PathLike | None, pose_weights: str | os.PathLike | None = None,
+                   reid_weights: str | os.PathLike | None = None, **pipeline_options) -> list[dict]:
+    """:func:`search_gallery` with k-reciprocal re-ranking of the gallery file's features -> result rows."""
+    from pamtri.common.errors import ConfigError
+
+    from .index import _write_csv, read_features
     from .infer import Pipeline
-    gallery = read_gallery(gallery_path)
-    pose_w = pose_weights or str(gallery["pose_weights"]) or None
-    reid_w = reid_weights or str(gallery["reid_weights"])
-    pipe = Pipeline.from_weights(pose_w, reid_w, **pipeline_options)
-    order, dist = search(pipe.embed(list(query))["features"], gallery["features"], top, rerank=rerank)
-    paths = [str(p) for p in gallery["paths"]]
-    draw_search(query, paths, order, np.take_along_axis(dist, order, 1), out)
-    return paths, order, dist
+    if is_index(gallery):
+        raise ConfigError(f"--rerank needs the gallery .npz (or shard folder) the index {gallery} was built from")
+    fs = read_features(gallery)
+    pipe = Pipeline.from_weights(pose_weights or fs.pose_weights or None, reid_weights or fs.reid_weights,
+                                 **pipeline_options)
+    order, dist = reranked_top(pipe.embed(list(query))["features"], fs.features, top)
+    rows = [{"query": os.path.basename(q), "rank": r + 1, "image": fs.names[g], "distance": float(d),
+             "camera": fs.cameras[g]} for q, qo, qd in zip(query, order, dist) for r, (g, d) in enumerate(zip(qo, qd))]
+    if out_csv is not None:
+        _write_csv(out_csv, rows)
+    draw_search(query, fs.paths, order, dist, png)
+    return rows
 
 
-def search(query: np.ndarray, gallery: np.ndarray, top: int = 10, rerank: bool = False
-           ) -> tuple[np.ndarray, np.ndarray]:
-    """(Q, D) and (G, D) features -> (top indices (Q, top) nearest first, distances (Q, G)), Euclidean."""
+def reranked_top(query: np.ndarray, gallery: np.ndarray, top: int = 10) -> tuple[np.ndarray, np.ndarray]:
+    """(Q, D) and (G, D) features -> (top indices (Q, top) nearest first, their re-ranked distances (Q, top))."""
     from pamtri.reid.metrics import pairwise_distance
     q, g = torch.from_numpy(np.asarray(query, np.float32)), torch.from_numpy(np.asarray(gallery, np.float32))
     dist = pairwise_distance(q, g).numpy()
-    if rerank:
-        from pamtri.reid.rerank import rerank as k_reciprocal
-        dist = k_reciprocal(dist, pairwise_distance(q, q).numpy(), pairwise_distance(g, g).numpy())
+    from pamtri.reid.rerank import rerank as k_reciprocal
+    dist = k_reciprocal(dist, pairwise_distance(q, q).numpy(), pairwise_distance(g, g).numpy())
     top = min(top, dist.shape[1])
     part = np.argpartition(dist, top - 1, axis=1)[:, :top]
     order = np.take_along_axis(part, np.argsort(np.take_along_axis(dist, part, 1), axis=1), 1)
-    return order, dist
+    return order, np.take_along_axis(dist, order, 1)
 
 
 def draw_search(query_paths: Sequence[str], gallery_paths: Sequence[str], order: np.ndarray, dist: np.ndarray,
