@@ -1,10 +1,11 @@
-"""Galleries: image embeddings in an .npz (``pamtri embed``), nearest-neighbour search over them with optional
-re-ranking (``pamtri search``), and the rank-list picture."""
+"""Galleries: image embeddings in an .npz (``pamtri embed``), ``pamtri search`` over them (the simple form of
+``pamtri index search``, optionally re-ranked), and the rank-list picture."""
 from __future__ import annotations
 
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -15,43 +16,85 @@ from pamtri.common.errors import DataError
 GALLERY_KEYS = ("features", "paths", "reid_weights")
 
 
+class ImageSource(NamedTuple):
+    """Images to embed: base folder, names relative to it, and per-image metadata arrays (``cameras``,
+    ``tracks``: (N,) int64, present when the data set labels every image with one)."""
+    base: Path
+    names: list[str]
+    meta: dict[str, np.ndarray]
+
+    def paths(self) -> list[str]:
+        """Absolute paths of the images, in source order."""
+        return [str((self.base / n).resolve()) for n in self.names]
+
+
 def image_source(images: str | os.PathLike | None = None, data: str | os.PathLike | None = None, split: str = "test",
-                 fmt: str = "auto", test_size: int | None = None) -> tuple[Path, list[str]]:
-    """(base folder, image names relative to it) of a folder or list file ``images``, or of a data set split
-    (``data`` root in format ``fmt``; ``test_size``: the VehicleID / VERI-Wild test set)."""
+                 fmt: str = "auto", test_size: int | None = None) -> ImageSource:
+    """The images of a folder or list file ``images``, or of a data set split (``data`` root in format ``fmt``;
+    ``test_size``: the VehicleID / VERI-Wild test set) with its cameras and track ids."""
     from pamtri.data.images import read_image_list
     if images is not None:
-        return read_image_list(images)
-    from .cachebuild import split_images
+        return ImageSource(*read_image_list(images), {})
+    from pamtri.data.readers import read_split
     base = Path(data)
-    return base, [os.path.relpath(p, base) for p in split_images(base, split, fmt, test_size)]
+    records = read_split(base, split, fmt, test_size=test_size)
+    meta = {key: np.asarray(values, np.int64) for key, values in
+            (("cameras", [r.camera_id for r in records]), ("tracks", [r.track_id for r in records]))
+            if values and min(values) >= 0}
+    return ImageSource(base, [os.path.relpath(r.path, base) for r in records], meta)
 
 
-def embed_to_file(source: tuple[Path, list[str]], out: str | os.PathLike, pose_weights: str | os.PathLike | None,
-                  reid_weights: str | os.PathLike, **pipeline_options) -> tuple[int, int]:
-    """Embed every image of ``source`` (base folder, names: :func:`image_source`) into the gallery .npz ``out``:
-    names, paths (absolute), features (N, D), the other ``Pipeline.embed`` outputs, both weights paths and the
-    ReID checkpoint's SHA-256 (the model identity ``pamtri index`` checks) ->
-    (N, D). ``pipeline_options``: device, precision, batch_size, flip_test, compile of ``Pipeline.from_weights``."""
-    import io
-
+def embed_to_file(source: ImageSource, out: str | os.PathLike, pose_weights: str | os.PathLike | None,
+                  reid_weights: str | os.PathLike, chunk: int | None = None, **pipeline_options) -> tuple[int, int]:
+    """Embed every image of ``source`` into the gallery .npz ``out``: names, paths (absolute), features (N, D), the
+    other ``Pipeline.embed`` outputs, the source's cameras / tracks, both weights paths and the ReID checkpoint's
+    SHA-256 (the model identity ``pamtri index`` checks) -> (N, D). With ``chunk`` or under torchrun, in resumable
+    chunks (:func:`pamtri.pipeline.shards.embed_chunks`). ``pipeline_options``: device, precision, batch_size,
+    flip_test, compile, runtime of ``Pipeline.from_weights``."""
     from pamtri.common.atomic import atomic_write_bytes
-    from pamtri.pose.cache import file_sha256
 
     from .infer import Pipeline
-    base, names = source
+    from .shards import embed_chunks, use_chunks
+    if use_chunks(chunk):
+        return embed_chunks(source, out, pose_weights, reid_weights, chunk, **pipeline_options)
     pipe = Pipeline.from_weights(pose_weights, reid_weights, **pipeline_options)
-    arrays = pipe.embed([str(base / n) for n in names], progress=True)
+    arrays = embed_images(pipe, source, progress=True)
+    atomic_write_bytes(out, gallery_bytes(gallery_header(pose_weights, reid_weights), arrays))
+    return len(source.names), int(arrays["features"].shape[1])
+
+
+def embed_images(pipe, source: ImageSource, start: int = 0, stop: int | None = None, progress: bool = False
+                 ) -> dict[str, np.ndarray]:
+    """The per-image arrays of a gallery file for images ``start:stop`` of ``source``: names, paths, the
+    ``Pipeline.embed`` outputs (features (n, D), ...) and the source's metadata."""
+    names = source.names[start:stop]
+    arrays = pipe.embed([str(source.base / n) for n in names], progress=progress)
+    return {"names": np.asarray(names), "paths": np.asarray([str((source.base / n).resolve()) for n in names]),
+            **arrays, **{k: v[start:stop] for k, v in source.meta.items()}}
+
+
+def gallery_header(pose_weights: str | os.PathLike | None, reid_weights: str | os.PathLike) -> dict[str, str]:
+    """The scalar entries of a gallery file: both weights paths and the ReID checkpoint's SHA-256."""
+    from pamtri.pose.cache import file_sha256
+    return {"pose_weights": str(pose_weights or ""), "reid_weights": str(reid_weights),
+            "reid_weights_sha256": file_sha256(reid_weights)}
+
+
+def gallery_bytes(header: dict[str, str], arrays: dict[str, np.ndarray]) -> bytes:
+    """A gallery .npz's bytes: the per-image ``arrays`` (names and paths first) and the ``header`` scalars."""
+    import io
     buf = io.BytesIO()
-    np.savez(buf, names=np.asarray(names), paths=np.asarray([str((base / n).resolve()) for n in names]),
-             pose_weights=np.asarray(str(pose_weights or "")), reid_weights=np.asarray(str(reid_weights)),
-             reid_weights_sha256=np.asarray(file_sha256(reid_weights)), **arrays)
-    atomic_write_bytes(out, buf.getvalue())
-    return len(names), int(arrays["features"].shape[1])
+    np.savez(buf, names=arrays["names"], paths=arrays["paths"], **{k: np.asarray(v) for k, v in header.items()},
+             **{k: v for k, v in arrays.items() if k not in ("names", "paths", *header)})
+    return buf.getvalue()
 
 
 def read_gallery(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    """The arrays of a gallery file written by :func:`embed_to_file`; DataError naming the file otherwise."""
+    """The arrays of a gallery file written by :func:`embed_to_file`, or of its shard folder (``OUT.shards``, all
+    chunks in source order); DataError naming the file otherwise."""
+    if Path(path).is_dir():
+        from .shards import read_shards
+        return read_shards(path)
     try:
         gallery = dict(np.load(path, allow_pickle=False))
     except (OSError, ValueError) as exc:
@@ -62,36 +105,65 @@ def read_gallery(path: str | os.PathLike) -> dict[str, np.ndarray]:
     return gallery
 
 
-def search_gallery(query: Sequence[str], gallery_path: str | os.PathLike, out: str | os.PathLike, *,
-                   top: int = 10, rerank: bool = False, pose_weights: str | os.PathLike | None = None,
-                   reid_weights: str | os.PathLike | None = None, **pipeline_options
-                   ) -> tuple[list[str], np.ndarray, np.ndarray]:
-    """Embed the ``query`` image files with the weights the gallery file records (or those given), search the
-    gallery and draw the rank list PNG ``out`` -> (gallery paths, top indices (Q, top), distances (Q, G))."""
+def search_gallery(query: Sequence[str], gallery: str | os.PathLike, out: str | os.PathLike, *, top: int = 10,
+                   rerank: bool = False, out_csv: str | os.PathLike | None = None, **embed_options) -> list[dict]:
+    """``pamtri search``, the simple form of ``pamtri index search``: embed the ``query`` image files with the
+    weights the gallery records (or those given), search ``gallery`` (an index, or a gallery .npz / shard folder
+    held as a flat Euclidean index for the call) -> result rows (columns ``index.RESULT_COLUMNS``, rank 1 first),
+    written to the CSV ``out_csv`` when given and drawn as the rank list PNG ``out``. ``embed_options``:
+    pose_weights, reid_weights and the ``Pipeline.from_weights`` options."""
+    import tempfile
+
+    from .index import build_index, search_to_csv
+    if rerank:
+        return _reranked_rows(query, gallery, out, top, out_csv, **embed_options)
+    if is_index(gallery):
+        return search_to_csv(gallery, images=list(query), top=top, out=out_csv, png=out, **embed_options)
+    with tempfile.TemporaryDirectory(prefix="pamtri-search-") as tmp:
+        index = Path(tmp) / "gallery.faiss"
+        build_index([gallery], index, "flat", "euclidean").close()
+        return search_to_csv(index, images=list(query), top=top, out=out_csv, png=out, **embed_options)
+
+
+def is_index(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a ``pamtri index`` (its SQLite metadata ``PATH.sqlite`` beside it)."""
+    path = Path(path)
+    return path.with_name(path.name + ".sqlite").exists()
+
+
+def _reranked_rows(query: Sequence[str], gallery: str | os.PathLike, png: str | os.PathLike, top: int,
+                   out_csv: str | os.PathLike | None, pose_weights: str | os.PathLike | None = None,
+                   reid_weights: str | os.PathLike | None = None, **pipeline_options) -> list[dict]:
+    """:func:`search_gallery` with k-reciprocal re-ranking of the gallery file's features -> result rows."""
+    from pamtri.common.errors import ConfigError
+
+    from .index import _write_csv, read_features
     from .infer import Pipeline
-    gallery = read_gallery(gallery_path)
-    pose_w = pose_weights or str(gallery["pose_weights"]) or None
-    reid_w = reid_weights or str(gallery["reid_weights"])
-    pipe = Pipeline.from_weights(pose_w, reid_w, **pipeline_options)
-    order, dist = search(pipe.embed(list(query))["features"], gallery["features"], top, rerank=rerank)
-    paths = [str(p) for p in gallery["paths"]]
-    draw_search(query, paths, order, np.take_along_axis(dist, order, 1), out)
-    return paths, order, dist
+    if is_index(gallery):
+        raise ConfigError(f"--rerank needs the gallery .npz (or shard folder) the index {gallery} was built from")
+    fs = read_features(gallery)
+    pipe = Pipeline.from_weights(pose_weights or fs.pose_weights or None, reid_weights or fs.reid_weights,
+                                 **pipeline_options)
+    order, dist = reranked_top(pipe.embed(list(query))["features"], fs.features, top)
+    rows = [{"query": os.path.basename(q), "rank": r + 1, "image": fs.names[g], "distance": float(d),
+             "camera": fs.cameras[g]} for q, qo, qd in zip(query, order, dist) for r, (g, d) in enumerate(zip(qo, qd))]
+    if out_csv is not None:
+        _write_csv(out_csv, rows)
+    draw_search(query, fs.paths, order, dist, png)
+    return rows
 
 
-def search(query: np.ndarray, gallery: np.ndarray, top: int = 10, rerank: bool = False
-           ) -> tuple[np.ndarray, np.ndarray]:
-    """(Q, D) and (G, D) features -> (top indices (Q, top) nearest first, distances (Q, G)), Euclidean."""
+def reranked_top(query: np.ndarray, gallery: np.ndarray, top: int = 10) -> tuple[np.ndarray, np.ndarray]:
+    """(Q, D) and (G, D) features -> (top indices (Q, top) nearest first, their re-ranked distances (Q, top))."""
     from pamtri.reid.metrics import pairwise_distance
     q, g = torch.from_numpy(np.asarray(query, np.float32)), torch.from_numpy(np.asarray(gallery, np.float32))
     dist = pairwise_distance(q, g).numpy()
-    if rerank:
-        from pamtri.reid.rerank import rerank as k_reciprocal
-        dist = k_reciprocal(dist, pairwise_distance(q, q).numpy(), pairwise_distance(g, g).numpy())
+    from pamtri.reid.rerank import rerank as k_reciprocal
+    dist = k_reciprocal(dist, pairwise_distance(q, q).numpy(), pairwise_distance(g, g).numpy())
     top = min(top, dist.shape[1])
     part = np.argpartition(dist, top - 1, axis=1)[:, :top]
     order = np.take_along_axis(part, np.argsort(np.take_along_axis(dist, part, 1), axis=1), 1)
-    return order, dist
+    return order, np.take_along_axis(dist, order, 1)
 
 
 def draw_search(query_paths: Sequence[str], gallery_paths: Sequence[str], order: np.ndarray, dist: np.ndarray,

@@ -1,0 +1,156 @@
+"""Sharded, resumable embedding (``pamtri embed --chunk N``, and every rank under ``torchrun``).
+
+The source list is cut into chunks of ``chunk`` images; chunk i is embedded by rank i % world size and written
+atomically as ``OUT.shards/chunk-{i:06d}.npz``. ``OUT.shards/manifest.json`` records the source list's SHA-256,
+the chunk size and the model identity (both checkpoints' SHA-256), so a re-run of the same command skips the
+chunks that exist (no recompute, no duplicates) and a run with other inputs or weights is refused. When every
+chunk is there, rank 0 writes ``OUT`` as one gallery .npz in source order; the shard folder reads as the same
+gallery (:func:`read_shards`). Under several machines the folder must be on a file system they share.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+
+from pamtri.common.errors import DataError
+
+from .search import ImageSource, embed_images, gallery_bytes, gallery_header
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "manifest.json"
+DEFAULT_CHUNK = 1024  # images per chunk under torchrun when --chunk is not given
+# A resume must match these manifest entries: what each one means, for the refusal message.
+_MUST_MATCH = (("source_sha256", "another source list"), ("images", "another number of images"),
+               ("chunk", "another --chunk"), ("reid_weights_sha256", "other ReID weights"),
+               ("pose_weights_sha256", "other pose weights"))
+
+
+def use_chunks(chunk: int | None) -> bool:
+    """Whether embedding goes through chunks: ``--chunk`` given, or several ranks (WORLD_SIZE > 1)."""
+    return chunk is not None or int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def shard_folder(out: str | os.PathLike) -> Path:
+    """The shard folder of the gallery file ``out``: ``OUT.shards`` beside it."""
+    out = Path(out)
+    return out.with_name(out.name + ".shards")
+
+
+def chunk_path(folder: Path, i: int) -> Path:
+    return folder / f"chunk-{i:06d}.npz"
+
+
+def make_manifest(source: ImageSource, chunk: int, pose_weights: str | os.PathLike | None,
+                  reid_weights: str | os.PathLike) -> dict:
+    """What a shard folder is made of: source list hash and size, chunk size, the gallery header, both weights'
+    SHA-256 (pose: empty without pose weights)."""
+    from pamtri.pose.cache import file_sha256
+    listing = "\n".join(source.paths()).encode()
+    header = gallery_header(pose_weights, reid_weights)
+    return {"source_sha256": hashlib.sha256(listing).hexdigest(), "images": len(source.names), "chunk": chunk,
+            "reid_weights_sha256": header["reid_weights_sha256"],
+            "pose_weights_sha256": file_sha256(pose_weights) if pose_weights else "", "header": header}
+
+
+def read_manifest(folder: Path) -> dict | None:
+    """The manifest of a shard folder, None when it has none yet."""
+    path = folder / MANIFEST
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise DataError(path, f"cannot read the shard manifest ({exc}); delete {folder} to start again") from None
+
+
+def check_resume(folder: Path, manifest: dict) -> bool:
+    """Whether ``folder`` was started already (True) or not (False); DataError naming its manifest when it was
+    started with other inputs, chunk size or weights."""
+    old = read_manifest(folder)
+    if old is None:
+        return False
+    for key, what in _MUST_MATCH:
+        if old.get(key) != manifest[key]:
+            raise DataError(folder / MANIFEST, f"these shards were started with {what} ({key} {old.get(key)}, now "
+                                               f"{manifest[key]}); re-run the original command or delete {folder}")
+    return True
+
+
+def chunks_of(info, n_chunks: int, folder: Path) -> list[int]:
+    """The chunks this rank embeds: i % world size == rank, not written yet."""
+    return [i for i in range(info.rank, n_chunks, info.world_size) if not chunk_path(folder, i).exists()]
+
+
+def embed_chunks(source: ImageSource, out: str | os.PathLike, pose_weights: str | os.PathLike | None,
+                 reid_weights: str | os.PathLike, chunk: int | None = None, **pipeline_options) -> tuple[int, int]:
+    """Embed ``source`` chunk by chunk into ``OUT.shards`` (this rank's missing chunks only), then (rank 0, after
+    a barrier) write the gallery ``out`` -> (N, D). ``chunk``: images per chunk (default DEFAULT_CHUNK)."""
+    from pamtri.common.atomic import atomic_write_bytes, atomic_write_text
+    from pamtri.common.distributed import barrier, init_distributed, shutdown
+    from pamtri.common.errors import ConfigError
+    chunk = DEFAULT_CHUNK if chunk is None else chunk
+    if chunk < 1:
+        raise ConfigError(f"--chunk must be at least 1 (got {chunk})")
+    if not source.names:
+        raise DataError(source.base, "no images to embed")
+    folder = shard_folder(out)
+    manifest = make_manifest(source, chunk, pose_weights, reid_weights)
+    started = check_resume(folder, manifest)  # every rank refuses alike, before any collective
+    info = init_distributed()
+    try:
+        if info.is_main and not started:
+            folder.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(folder / MANIFEST, json.dumps(manifest, indent=1))
+        barrier(info)
+        n_chunks = math.ceil(len(source.names) / chunk)
+        todo = chunks_of(info, n_chunks, folder)
+        log.info("rank %d: %d chunk(s) to embed, %d of its share already done", info.rank, len(todo),
+                 len(range(info.rank, n_chunks, info.world_size)) - len(todo))
+        if todo:
+            from .infer import Pipeline
+            pipe = Pipeline.from_weights(pose_weights, reid_weights, **pipeline_options)
+            for i in todo:
+                arrays = embed_images(pipe, source, i * chunk, (i + 1) * chunk)
+                atomic_write_bytes(chunk_path(folder, i), gallery_bytes({}, arrays))
+        barrier(info)
+        if info.is_main:
+            atomic_write_bytes(out, gallery_bytes(manifest["header"], read_shards(folder)))
+        barrier(info)
+    finally:
+        shutdown(info)
+    with np.load(chunk_path(folder, 0)) as first:
+        return len(source.names), int(first["features"].shape[1])
+
+
+def read_shards(folder: str | os.PathLike) -> dict[str, np.ndarray]:
+    """A finished shard folder as one gallery's arrays (the keys :func:`embed_to_file` writes), in source order;
+    DataError naming the folder when chunks are missing, or the chunk file that does not fit."""
+    folder = Path(folder)
+    manifest = read_manifest(folder)
+    if manifest is None:
+        raise DataError(folder, f"not a shard folder of `pamtri embed` (no {MANIFEST})")
+    n, chunk = manifest["images"], manifest["chunk"]
+    paths = [chunk_path(folder, i) for i in range(math.ceil(n / chunk))]
+    missing = [p.name for p in paths if not p.exists()]
+    if missing:
+        raise DataError(folder, f"{len(missing)} of {len(paths)} chunks missing (first: {missing[0]}); re-run the "
+                                "`pamtri embed` command that started it to finish them")
+    parts = []
+    for i, p in enumerate(paths):
+        try:
+            part = dict(np.load(p, allow_pickle=False))
+        except (OSError, ValueError) as exc:
+            raise DataError(p, f"cannot read chunk ({exc}); delete it and re-run `pamtri embed` to redo it") from None
+        if len(part["names"]) != min(chunk, n - i * chunk):
+            raise DataError(p, f"holds {len(part['names'])} images, not {min(chunk, n - i * chunk)}; delete it and "
+                               "re-run `pamtri embed` to redo it")
+        parts.append(part)
+    arrays = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    return {**arrays, **{k: np.asarray(v) for k, v in manifest["header"].items()}}
