@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
-import torch
 
 from pamtri.common.errors import DataError
 
@@ -115,55 +114,19 @@ def search_gallery(query: Sequence[str], gallery: str | os.PathLike, out: str | 
     import tempfile
 
     from .index import build_index, search_to_csv
-    if rerank:
-        return _reranked_rows(query, gallery, out, top, out_csv, **embed_options)
+    options = dict(images=list(query), top=top, rerank=rerank, out=out_csv, png=out, **embed_options)
     if is_index(gallery):
-        return search_to_csv(gallery, images=list(query), top=top, out=out_csv, png=out, **embed_options)
+        return search_to_csv(gallery, **options)
     with tempfile.TemporaryDirectory(prefix="pamtri-search-") as tmp:
         index = Path(tmp) / "gallery.faiss"
         build_index([gallery], index, "flat", "euclidean").close()
-        return search_to_csv(index, images=list(query), top=top, out=out_csv, png=out, **embed_options)
+        return search_to_csv(index, **options)
 
 
 def is_index(path: str | os.PathLike) -> bool:
     """Whether ``path`` is a ``pamtri index`` (its SQLite metadata ``PATH.sqlite`` beside it)."""
     path = Path(path)
     return path.with_name(path.name + ".sqlite").exists()
-
-
-def _reranked_rows(query: Sequence[str], gallery: str | os.PathLike, png: str | os.PathLike, top: int,
-                   out_csv: str | os.PathLike | None, pose_weights: str | os.PathLike | None = None,
-                   reid_weights: str | os.PathLike | None = None, **pipeline_options) -> list[dict]:
-    """:func:`search_gallery` with k-reciprocal re-ranking of the gallery file's features -> result rows."""
-    from pamtri.common.errors import ConfigError
-
-    from .index import _write_csv, read_features
-    from .infer import Pipeline
-    if is_index(gallery):
-        raise ConfigError(f"--rerank needs the gallery .npz (or shard folder) the index {gallery} was built from")
-    fs = read_features(gallery)
-    pipe = Pipeline.from_weights(pose_weights or fs.pose_weights or None, reid_weights or fs.reid_weights,
-                                 **pipeline_options)
-    order, dist = reranked_top(pipe.embed(list(query))["features"], fs.features, top)
-    rows = [{"query": os.path.basename(q), "rank": r + 1, "image": fs.names[g], "distance": float(d),
-             "camera": fs.cameras[g]} for q, qo, qd in zip(query, order, dist) for r, (g, d) in enumerate(zip(qo, qd))]
-    if out_csv is not None:
-        _write_csv(out_csv, rows)
-    draw_search(query, fs.paths, order, dist, png)
-    return rows
-
-
-def reranked_top(query: np.ndarray, gallery: np.ndarray, top: int = 10) -> tuple[np.ndarray, np.ndarray]:
-    """(Q, D) and (G, D) features -> (top indices (Q, top) nearest first, their re-ranked distances (Q, top))."""
-    from pamtri.reid.metrics import pairwise_distance
-    q, g = torch.from_numpy(np.asarray(query, np.float32)), torch.from_numpy(np.asarray(gallery, np.float32))
-    dist = pairwise_distance(q, g).numpy()
-    from pamtri.reid.rerank import rerank as k_reciprocal
-    dist = k_reciprocal(dist, pairwise_distance(q, q).numpy(), pairwise_distance(g, g).numpy())
-    top = min(top, dist.shape[1])
-    part = np.argpartition(dist, top - 1, axis=1)[:, :top]
-    order = np.take_along_axis(part, np.argsort(np.take_along_axis(dist, part, 1), axis=1), 1)
-    return order, np.take_along_axis(dist, order, 1)
 
 
 def draw_search(query_paths: Sequence[str], gallery_paths: Sequence[str], order: np.ndarray, dist: np.ndarray,

@@ -231,6 +231,7 @@ def rerank_space(space, top: int, k1: int = 20, k2: int = 6, lambda_value: float
     if k1 < 1 or k2 < 1:
         raise ValueError("k1 and k2 must be >= 1")
     nq = space.nq
+    k1, k2 = min(k1, space.n - 1), min(k2, space.n)  # fewer images than neighbours: all of them
     top = max(1, min(top, space.n - nq))
     cand, cand_d2 = space.gallery_nearest(top)
     lists = _Lists(space, max(k1 + 1, k2))

@@ -17,7 +17,8 @@ def register(subparsers) -> None:
     s.add_argument("--query", required=True, nargs="+", metavar="IMG", help="query image files")
     s.add_argument("--gallery", required=True, help="`pamtri embed` .npz, its OUT.shards folder, or a `pamtri index`")
     s.add_argument("--top", type=int, default=10)
-    s.add_argument("--rerank", action="store_true", help="k-reciprocal re-ranking (k1=20, k2=6, lambda=0.3)")
+    s.add_argument("--rerank", action="store_true",
+                   help="k-reciprocal re-ranking of the 100 nearest from k-NN lists (k1=20, k2=6, lambda=0.3)")
     s.add_argument("--pose-weights", help="override the pose weights recorded in the gallery file")
     s.add_argument("--reid-weights", help="override the ReID weights recorded in the gallery file")
     s.add_argument("--out", default="search.png", help="rank list PNG (default search.png)")

@@ -26,7 +26,9 @@ def _dense(q, g, metric, **kw):
 
 @pytest.mark.parametrize("seed,nq,ng,metric,k1,k2,lam", [(0, 12, 60, "euclidean", 20, 6, 0.3),
                                                          (1, 9, 40, "cosine", 6, 3, 0.3),
-                                                         (2, 15, 35, "euclidean", 5, 1, 0.5)])
+                                                         (2, 15, 35, "euclidean", 5, 1, 0.5),
+                                                         (4, 2, 3, "euclidean", 4, 2, 0.3),   # fewer images
+                                                         (5, 1, 2, "cosine", 20, 6, 0.3)])    # than k1 + 1
 def test_candidate_list_covering_the_gallery_is_the_dense_result(seed, nq, ng, metric, k1, k2, lam):
     q, g = _features(seed, nq, ng)
     want = _dense(q, g, metric, k1=k1, k2=k2, lambda_value=lam)
