@@ -36,19 +36,30 @@ def check_runtime(runtime: str) -> str:
     return runtime
 
 
-def cached_onnx(stage: str, weights: str | os.PathLike, size_hw: tuple[int, int]) -> Path:
-    """The ONNX file of one stage's network at ``size_hw`` (H, W) pixels, exported on first use; the ReID graph
-    outputs feature + colour + type logits (``export_reid(heads=True)``)."""
+def _cache_path(stage: str, weights: str | os.PathLike, size_hw: tuple[int, int], suffix: str) -> Path:
+    """Where a model derived from ``weights`` lives: .pamtri-onnx/ next to them (the temp folder when that is
+    read-only), named by the weights' SHA-256 and the input size (H, W)."""
     from pamtri.pose.cache import file_sha256
-
-    from .export import export_pose, export_reid
-    name = f"{Path(weights).name}.{stage}-{file_sha256(weights)[:16]}-{size_hw[0]}x{size_hw[1]}.onnx"
+    name = f"{Path(weights).name}.{stage}-{file_sha256(weights)[:16]}-{size_hw[0]}x{size_hw[1]}{suffix}"
     folder = Path(weights).resolve().parent / ".pamtri-onnx"
     if not os.access(folder if folder.is_dir() else folder.parent, os.W_OK):
         folder = Path(tempfile.gettempdir()) / "pamtri-onnx"
-    path = folder / name
+    return folder / name
+
+
+def int8_cache_path(stage: str, weights: str | os.PathLike, size_hw: tuple[int, int]) -> Path:
+    """The OpenVINO INT8 IR (.xml + .bin) of one stage that ``pamtri export onnx --int8 --runtime openvino``
+    writes once its guard passes, and ``--runtime openvino`` runs in place of the fp32 graph when present."""
+    return _cache_path(stage, weights, size_hw, ".int8.xml")
+
+
+def cached_onnx(stage: str, weights: str | os.PathLike, size_hw: tuple[int, int]) -> Path:
+    """The ONNX file of one stage's network at ``size_hw`` (H, W) pixels, exported on first use; the ReID graph
+    outputs feature + colour + type logits (``export_reid(heads=True)``)."""
+    from .export import export_pose, export_reid
+    path = _cache_path(stage, weights, size_hw, ".onnx")
     if not path.is_file():
-        folder.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(parents=True, exist_ok=True)
         log.info("exporting the %s network of %s to %s", stage, weights, path)
         if stage == "pose":
             export_pose(weights, path, size=size_hw)
@@ -113,13 +124,24 @@ def _openvino_model(path: str, threads: int, precision: str):
     return inputs, outputs, run
 
 
+def network_file(stage: str, weights: str | os.PathLike, size_hw: tuple[int, int], runtime: str) -> Path:
+    """The model file ``runtime`` runs for one stage: on openvino the guarded INT8 IR when one was written
+    (``int8_cache_path``), else the cached fp32 ONNX graph."""
+    if runtime == "openvino":
+        int8 = int8_cache_path(stage, weights, size_hw)
+        if int8.is_file() and int8.with_suffix(".bin").is_file():
+            log.info("--runtime openvino: the INT8 %s model %s", stage, int8)
+            return int8
+    return cached_onnx(stage, weights, size_hw)
+
+
 def onnx_networks(pose_weights, reid_weights, runtime: str, precision: str, pose_size_hw: tuple[int, int] | None,
                   reid_size_hw: tuple[int, int]) -> tuple[OnnxNetwork | None, OnnxNetwork]:
-    """(pose network or None without pose weights, ReID network) on ``runtime``, from the cached ONNX files."""
+    """(pose network or None without pose weights, ReID network) on ``runtime``, from the cached model files."""
     pose = None
     if pose_weights:
-        pose = OnnxNetwork(cached_onnx("pose", pose_weights, pose_size_hw), runtime, precision)
-    reid = OnnxNetwork(cached_onnx("reid", reid_weights, reid_size_hw), runtime, precision, as_dict=True)
+        pose = OnnxNetwork(network_file("pose", pose_weights, pose_size_hw, runtime), runtime, precision)
+    reid = OnnxNetwork(network_file("reid", reid_weights, reid_size_hw, runtime), runtime, precision, as_dict=True)
     return pose, reid
 
 
