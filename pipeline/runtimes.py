@@ -69,16 +69,21 @@ def cached_onnx(stage: str, weights: str | os.PathLike, size_hw: tuple[int, int]
 
 
 class OnnxNetwork(nn.Module):
-    """An ONNX graph on onnxruntime or OpenVINO (CPU), called like the torch network it replaces: float32
-    tensors in (None inputs dropped), float32 tensors out; one output as a tensor, several (``as_dict``) as a
-    dict keyed by the graph's output names."""
+    """An ONNX graph on onnxruntime (CPU, or CUDA / TensorRT: ``onnxruntime_providers``) or OpenVINO (CPU),
+    called like the torch network it replaces: float32 tensors in (None inputs dropped), float32 tensors out on
+    the inputs' device; one output as a tensor, several (``as_dict``) as a dict keyed by the graph's output
+    names."""
 
-    def __init__(self, path: str | os.PathLike, runtime: str, precision: str = "fp32", as_dict: bool = False):
+    def __init__(self, path: str | os.PathLike, runtime: str, precision: str = "fp32", as_dict: bool = False,
+                 device: str | torch.device = "cpu", tensorrt: bool = False):
         super().__init__()
         self.path, self.runtime, self.as_dict = str(path), runtime, as_dict
         threads = torch.get_num_threads()
         if runtime == "onnxruntime":
-            self.input_names, self.output_names, self._session = _onnxruntime_session(self.path, threads)
+            import onnxruntime as ort
+            self.providers = onnxruntime_providers(ort.get_available_providers(), device, tensorrt)
+            self.input_names, self.output_names, self._session = _onnxruntime_session(self.path, threads,
+                                                                                      self.providers)
         elif runtime == "openvino":
             self.input_names, self.output_names, self._session = _openvino_model(self.path, threads, precision)
         else:
@@ -91,16 +96,30 @@ class OnnxNetwork(nn.Module):
     def forward(self, *inputs: torch.Tensor | None):
         feed = {name: np.ascontiguousarray(t.detach().float().cpu().numpy())
                 for name, t in zip(self.input_names, inputs) if t is not None}
-        outs = [torch.from_numpy(np.asarray(o, dtype=np.float32)) for o in self.run(feed)]
+        device = next(t.device for t in inputs if t is not None)
+        outs = [torch.from_numpy(np.asarray(o, dtype=np.float32)).to(device) for o in self.run(feed)]
         return dict(zip(self.output_names, outs)) if self.as_dict else outs[0]
 
 
-def _onnxruntime_session(path: str, threads: int):
-    """(input names, output names, feed dict -> list of arrays) of an onnxruntime CPU session."""
+def onnxruntime_providers(available: list[str], device: str | torch.device = "cpu", tensorrt: bool = False
+                          ) -> list[str]:
+    """onnxruntime's execution providers for ``device``, best first: on CUDA, TensorRT (only when ``tensorrt``
+    is asked for: onnxruntime-gpu lists it whether or not TensorRT itself is installed, and it builds an
+    engine per input shape, minutes on first use) then CUDA, each when ``available`` (from
+    ``onnxruntime.get_available_providers()``) offers it; CPU always, last."""
+    chosen = []
+    if torch.device(device).type == "cuda":
+        wanted = (["TensorrtExecutionProvider"] if tensorrt else []) + ["CUDAExecutionProvider"]
+        chosen = [p for p in wanted if p in available]
+    return [*chosen, "CPUExecutionProvider"]
+
+
+def _onnxruntime_session(path: str, threads: int, providers: list[str]):
+    """(input names, output names, feed dict -> list of arrays) of an onnxruntime session on ``providers``."""
     import onnxruntime as ort
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
-    session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(path, options, providers=providers)
     return ([i.name for i in session.get_inputs()], [o.name for o in session.get_outputs()],
             lambda feed: session.run(None, feed))
 
@@ -136,12 +155,16 @@ def network_file(stage: str, weights: str | os.PathLike, size_hw: tuple[int, int
 
 
 def onnx_networks(pose_weights, reid_weights, runtime: str, precision: str, pose_size_hw: tuple[int, int] | None,
-                  reid_size_hw: tuple[int, int]) -> tuple[OnnxNetwork | None, OnnxNetwork]:
-    """(pose network or None without pose weights, ReID network) on ``runtime``, from the cached model files."""
+                  reid_size_hw: tuple[int, int], device: str | torch.device = "cpu"
+                  ) -> tuple[OnnxNetwork | None, OnnxNetwork]:
+    """(pose network or None without pose weights, ReID network) on ``runtime`` for ``device``, from the cached
+    model files."""
     pose = None
     if pose_weights:
-        pose = OnnxNetwork(network_file("pose", pose_weights, pose_size_hw, runtime), runtime, precision)
-    reid = OnnxNetwork(network_file("reid", reid_weights, reid_size_hw, runtime), runtime, precision, as_dict=True)
+        pose = OnnxNetwork(network_file("pose", pose_weights, pose_size_hw, runtime), runtime, precision,
+                           device=device)
+    reid = OnnxNetwork(network_file("reid", reid_weights, reid_size_hw, runtime), runtime, precision, as_dict=True,
+                       device=device)
     return pose, reid
 
 
