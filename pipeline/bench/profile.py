@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+JOBS = ("inference", "train_pose", "train_reid")
+
 
 def inference_job(batch: int):
     """Two-stage inference of ``batch`` random 256x256 images as a function (the ``inference`` row's fast path)."""
@@ -31,13 +33,15 @@ def inference_job(batch: int):
     return lambda: pipe.embed_arrays(images)
 
 
-def jobs(batch: int) -> dict:
-    """{job name: a function that runs it once} for inference and both training steps."""
+def job(name: str, batch: int):
+    """A function that runs job ``name`` (inference, train_pose, train_reid) once on ``batch`` images."""
     from .inputs import paper_models
     from .training import _pose_batch, _pose_loss, _reid_batch, _reid_loss, train_step
-    return {"inference": inference_job(batch),
-            "train_pose": train_step(paper_models()[0], _pose_batch, _pose_loss, batch, fast=True),
-            "train_reid": train_step(paper_models()[1], _reid_batch, _reid_loss, batch, fast=True)}
+    if name == "inference":
+        return inference_job(batch)
+    if name == "train_pose":
+        return train_step(paper_models()[0], _pose_batch, _pose_loss, batch, fast=True)
+    return train_step(paper_models()[1], _reid_batch, _reid_loss, batch, fast=True)
 
 
 def profile_job(name: str, fn, out: Path, steps: int = 1, rows: int = 30) -> list[tuple[str, float, float]]:
@@ -60,16 +64,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pamtri.pipeline.bench.profile", description=__doc__.split("\n")[0])
     parser.add_argument("--out", required=True, help="folder for the tables and Chrome traces")
     parser.add_argument("--batch", type=int, default=4, help="images per inference call / training step (4)")
-    parser.add_argument("--only", nargs="+", choices=("inference", "train_pose", "train_reid"), help="these jobs")
+    parser.add_argument("--only", nargs="+", choices=JOBS, default=list(JOBS), help="these jobs (default: all)")
     parser.add_argument("--top", type=int, default=12, help="ops printed per job (12)")
     args = parser.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    for name, fn in jobs(args.batch).items():
-        if args.only and name not in args.only:
-            continue
+    for name in args.only:
         print(f"{name} (batch {args.batch}): op, self CPU ms per call, share")
-        for op, ms, share in profile_job(name, fn, out)[:args.top]:
+        for op, ms, share in profile_job(name, job(name, args.batch), out)[:args.top]:
             print(f"  {op:<48} {ms:10.1f} {100 * share:5.1f}%")
     return 0
 
