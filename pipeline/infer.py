@@ -237,14 +237,15 @@ def _onnx_stand_ins(predictor, pose_weights, reid_weights, data_cfg, runtime: st
     check_runtime(runtime)
     if compile:
         raise ConfigError(f"--compile applies to --runtime torch only, not {runtime}")
-    if predictor.device.type != "cpu":
-        raise ConfigError(f"--runtime {runtime} runs on the CPU; pass --device cpu (or --runtime torch)")
+    if predictor.device.type != "cpu" and not (runtime == "onnxruntime" and predictor.device.type == "cuda"):
+        raise ConfigError(f"--runtime {runtime} runs on the CPU (onnxruntime also on CUDA); pass --device cpu "
+                          f"(or --runtime torch)")
     pose_size = None
     if pose_weights:
         w, h = predictor.codec.input_size
         pose_size = (int(h), int(w))
     pose_net, reid_net = onnx_networks(pose_weights, reid_weights, runtime, precision, pose_size,
-                                       (int(data_cfg.height), int(data_cfg.width)))
+                                       (int(data_cfg.height), int(data_cfg.width)), predictor.device)
     if pose_net is not None:
         predictor.model = pose_net
     return reid_net

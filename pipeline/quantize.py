@@ -1,4 +1,5 @@
-"""INT8 export: ONNX Runtime's post-training static quantisation (QDQ) with an accuracy guard.
+"""INT8 export: post-training static quantisation with an accuracy guard, for ONNX Runtime (its quantiser, QDQ
+ONNX) or OpenVINO (NNCF, an OpenVINO IR).
 
 Calibration runs the fp32 ONNX graph on the inputs the network sees in two-stage inference (pose: the
 normalised crops and their mirror images, as the flip test feeds them; ReID: the stacked RGB + pose channels
@@ -6,6 +7,7 @@ and keypoint vector built by ``Pipeline.reid_inputs`` from the fp32 pose stage).
 other images than the calibration ones and refuses to write the INT8 model when it falls below the thresholds:
 ReID: mean cosine to the fp32 features and top-10 agreement of the rankings among the guard images;
 pose: the share of visible keypoints (fp32 confidence >= 0.5) decoded within 0.5 px (image pixels) of fp32.
+Both graphs run on the runtime the model is for: the fp32 one in fp32, the INT8 one as ``--runtime`` runs it.
 """
 from __future__ import annotations
 
@@ -50,6 +52,7 @@ class Int8Report:
     top10: float | None = None
     within: float | None = None
     failures: list[str] = field(default_factory=list)
+    cached: str | None = None  # openvino: the copy in the cache ``--runtime openvino`` reads
 
 
 def split_images(calibrate: str | os.PathLike, guard: str | os.PathLike | None = None) -> tuple[list[str], list[str]]:
@@ -102,6 +105,26 @@ def quantize_onnx(fp32_path: str | os.PathLike, int8_path: str | os.PathLike, fe
         root.setLevel(level)
 
 
+def quantize_openvino(fp32_path: str | os.PathLike, int8_path: str | os.PathLike,
+                      feeds: list[dict[str, np.ndarray]]) -> None:
+    """Static INT8 quantisation with NNCF (OpenVINO's default: symmetric int8 weights and activations, ranges
+    from ``feeds``, fast bias correction) of the fp32 ONNX graph -> OpenVINO IR ``int8_path`` (.xml + .bin)."""
+    import importlib.util
+    if importlib.util.find_spec("nncf") is None or importlib.util.find_spec("openvino") is None:
+        raise PamtriError("INT8 for --runtime openvino needs NNCF and OpenVINO: pip install 'pamtri[openvino]'")
+    import nncf
+    import openvino as ov
+    logging.getLogger("nncf").setLevel(logging.WARNING)
+    model = nncf.quantize(ov.Core().read_model(str(fp32_path)), nncf.Dataset(feeds), subset_size=len(feeds))
+    ov.save_model(model, str(int8_path), compress_to_fp16=False)
+
+
+def quantize(runtime: str, fp32_path, int8_path, feeds: list[dict[str, np.ndarray]]) -> None:
+    """INT8 ``int8_path`` from the fp32 ONNX graph with ``runtime``'s quantiser (quantize_onnx /
+    quantize_openvino)."""
+    (quantize_openvino if runtime == "openvino" else quantize_onnx)(fp32_path, int8_path, feeds)
+
+
 def mean_cosine(a: np.ndarray, b: np.ndarray) -> float:
     """Mean over rows of the cosine similarity of (N, D) ``a`` and ``b``."""
     na, nb = np.linalg.norm(a, axis=1), np.linalg.norm(b, axis=1)
@@ -135,7 +158,8 @@ def _batches(arrays: dict[str, np.ndarray], size: int = 8) -> list[dict[str, np.
     return [{k: np.ascontiguousarray(v[i:i + size]) for k, v in arrays.items()} for i in range(0, n, size)]
 
 
-def _pose_guard(weights, fp32_path, int8_path, calib, held, thresholds: Thresholds, report: Int8Report) -> None:
+def _pose_guard(weights, fp32_path, int8_path, calib, held, thresholds: Thresholds, report: Int8Report,
+                runtime: str) -> None:
     """Calibrate the pose graph on crops (and their mirrors) of ``calib``; measure keypoints on ``held``."""
     import torch
 
@@ -146,11 +170,11 @@ def _pose_guard(weights, fp32_path, int8_path, calib, held, thresholds: Threshol
     model, cfg, codec = load_pose_model(weights)
     predictor = PosePredictor.from_config(model, cfg, codec, device="cpu", precision="fp32")
     crops = np.stack([predictor.crop(read_image(p))[0] for p in calib])
-    quantize_onnx(fp32_path, int8_path, _batches({"image": np.concatenate([crops, crops[..., ::-1]])}))
+    quantize(runtime, fp32_path, int8_path, _batches({"image": np.concatenate([crops, crops[..., ::-1]])}))
     images = [read_image(p) for p in held]
     kps = {}
-    for name, path in (("fp32", fp32_path), ("int8", int8_path)):
-        predictor.model = OnnxNetwork(path, "onnxruntime")
+    for name, path, precision in (("fp32", fp32_path, "fp32"), ("int8", int8_path, "auto")):
+        predictor.model = OnnxNetwork(path, runtime, precision)
         with torch.inference_mode():
             kps[name] = predictor.predict_arrays(images)[0]
     report.within = keypoints_within(kps["fp32"], kps["int8"], thresholds.max_px)
@@ -174,16 +198,16 @@ def _reid_feeds(pipe, paths: list[str]) -> dict[str, np.ndarray]:
 
 
 def _reid_guard(weights, pose_weights, fp32_path, int8_path, calib, held, thresholds: Thresholds,
-                report: Int8Report) -> None:
+                report: Int8Report, runtime: str) -> None:
     """Calibrate the ReID graph on pipeline inputs of ``calib``; compare features on ``held``."""
     from .infer import Pipeline
     from .runtimes import OnnxNetwork
     pipe = Pipeline.from_weights(pose_weights, weights, device="cpu", precision="fp32")
-    quantize_onnx(fp32_path, int8_path, _batches(_reid_feeds(pipe, calib)))
+    quantize(runtime, fp32_path, int8_path, _batches(_reid_feeds(pipe, calib)))
     guard = _batches(_reid_feeds(pipe, held))
     feats = {}
-    for name, path in (("fp32", fp32_path), ("int8", int8_path)):
-        net = OnnxNetwork(path, "onnxruntime")
+    for name, path, precision in (("fp32", fp32_path, "fp32"), ("int8", int8_path, "auto")):
+        net = OnnxNetwork(path, runtime, precision)
         feats[name] = np.concatenate([net.run(feed)[0] for feed in guard])
     report.cosine = mean_cosine(feats["fp32"], feats["int8"])
     report.top10 = topk_agreement(feats["fp32"], feats["int8"], 10)
@@ -195,24 +219,50 @@ def _reid_guard(weights, pose_weights, fp32_path, int8_path, calib, held, thresh
 
 def export_int8(stage: str, weights: str | os.PathLike, out: str | os.PathLike, calibrate: str | os.PathLike,
                 guard: str | os.PathLike | None = None, pose_weights: str | os.PathLike | None = None,
-                thresholds: Thresholds | None = None, heads: bool = False, **export_kw) -> Int8Report:
-    """Export ``stage``'s network to ONNX, quantise it to INT8 on ``calibrate`` images and write it to ``out``
-    only when the guard on the ``guard`` images (default: every 4th calibration image, held out) passes;
-    Int8Refused (nothing written) otherwise. ``heads``: the ReID graph with colour/type outputs."""
+                thresholds: Thresholds | None = None, heads: bool = False, runtime: str = "onnxruntime",
+                **export_kw) -> Int8Report:
+    """Export ``stage``'s network to ONNX, quantise it to INT8 for ``runtime`` (onnxruntime: a QDQ .onnx;
+    openvino: an IR .xml + .bin, also put in the cache ``--runtime openvino`` reads) on ``calibrate`` images
+    and write it to ``out`` only when the guard on the ``guard`` images (default: every 4th calibration image,
+    held out) passes; Int8Refused (nothing written) otherwise. ``heads``: the ReID graph with colour/type
+    outputs."""
     from .export import export_pose, export_reid
+    if runtime not in ("onnxruntime", "openvino"):
+        raise ConfigError(f"--runtime {runtime!r}: INT8 is for onnxruntime or openvino")
+    if runtime == "openvino" and Path(out).suffix != ".xml":
+        raise ConfigError(f"--out {out}: an OpenVINO INT8 model is an IR (NAME.xml + NAME.bin); give a .xml path")
     thresholds = thresholds or Thresholds()
     calib, held = split_images(calibrate, guard)
     report = Int8Report(str(out), stage, len(calib), len(held), thresholds)
     with tempfile.TemporaryDirectory(prefix="pamtri-int8-") as tmp:
-        fp32_path, int8_path = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
+        fp32_path = Path(tmp) / "fp32.onnx"
+        int8_path = Path(tmp) / ("int8.xml" if runtime == "openvino" else "int8.onnx")
         if stage == "pose":
             export_pose(weights, fp32_path, **export_kw)
-            _pose_guard(weights, fp32_path, int8_path, calib, held, thresholds, report)
+            _pose_guard(weights, fp32_path, int8_path, calib, held, thresholds, report, runtime)
         else:
             export_reid(weights, fp32_path, heads=heads, **export_kw)
-            _reid_guard(weights, pose_weights, fp32_path, int8_path, calib, held, thresholds, report)
+            _reid_guard(weights, pose_weights, fp32_path, int8_path, calib, held, thresholds, report, runtime)
         if report.failures:
             raise Int8Refused(f"INT8 {stage} model refused, nothing written to {out}: {'; '.join(report.failures)} "
                               f"(on {len(held)} guard images; calibrated on {len(calib)} from {calibrate})")
-        atomic_write_bytes(out, int8_path.read_bytes())
+        _write_model(int8_path, out)
+        if runtime == "openvino":
+            from .runtimes import int8_cache_path
+            report.cached = str(int8_cache_path(stage, weights, _input_size(fp32_path)))
+            _write_model(int8_path, report.cached)
     return report
+
+
+def _write_model(model: Path, out: str | os.PathLike) -> None:
+    """Copy the model file ``model`` (and, for an OpenVINO .xml, its .bin) to ``out`` atomically."""
+    atomic_write_bytes(out, model.read_bytes())
+    if model.suffix == ".xml":
+        atomic_write_bytes(Path(out).with_suffix(".bin"), model.with_suffix(".bin").read_bytes())
+
+
+def _input_size(onnx_path: Path) -> tuple[int, int]:
+    """(H, W) of the first input of an ONNX graph with a fixed image size."""
+    import onnx
+    dims = onnx.load(str(onnx_path), load_external_data=False).graph.input[0].type.tensor_type.shape.dim
+    return int(dims[2].dim_value), int(dims[3].dim_value)

@@ -36,19 +36,30 @@ def check_runtime(runtime: str) -> str:
     return runtime
 
 
-def cached_onnx(stage: str, weights: str | os.PathLike, size_hw: tuple[int, int]) -> Path:
-    """The ONNX file of one stage's network at ``size_hw`` (H, W) pixels, exported on first use; the ReID graph
-    outputs feature + colour + type logits (``export_reid(heads=True)``)."""
+def _cache_path(stage: str, weights: str | os.PathLike, size_hw: tuple[int, int], suffix: str) -> Path:
+    """Where a model derived from ``weights`` lives: .pamtri-onnx/ next to them (the temp folder when that is
+    read-only), named by the weights' SHA-256 and the input size (H, W)."""
     from pamtri.pose.cache import file_sha256
-
-    from .export import export_pose, export_reid
-    name = f"{Path(weights).name}.{stage}-{file_sha256(weights)[:16]}-{size_hw[0]}x{size_hw[1]}.onnx"
+    name = f"{Path(weights).name}.{stage}-{file_sha256(weights)[:16]}-{size_hw[0]}x{size_hw[1]}{suffix}"
     folder = Path(weights).resolve().parent / ".pamtri-onnx"
     if not os.access(folder if folder.is_dir() else folder.parent, os.W_OK):
         folder = Path(tempfile.gettempdir()) / "pamtri-onnx"
-    path = folder / name
+    return folder / name
+
+
+def int8_cache_path(stage: str, weights: str | os.PathLike, size_hw: tuple[int, int]) -> Path:
+    """The OpenVINO INT8 IR (.xml + .bin) of one stage that ``pamtri export onnx --int8 --runtime openvino``
+    writes once its guard passes, and ``--runtime openvino`` runs in place of the fp32 graph when present."""
+    return _cache_path(stage, weights, size_hw, ".int8.xml")
+
+
+def cached_onnx(stage: str, weights: str | os.PathLike, size_hw: tuple[int, int]) -> Path:
+    """The ONNX file of one stage's network at ``size_hw`` (H, W) pixels, exported on first use; the ReID graph
+    outputs feature + colour + type logits (``export_reid(heads=True)``)."""
+    from .export import export_pose, export_reid
+    path = _cache_path(stage, weights, size_hw, ".onnx")
     if not path.is_file():
-        folder.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(parents=True, exist_ok=True)
         log.info("exporting the %s network of %s to %s", stage, weights, path)
         if stage == "pose":
             export_pose(weights, path, size=size_hw)
@@ -58,16 +69,21 @@ def cached_onnx(stage: str, weights: str | os.PathLike, size_hw: tuple[int, int]
 
 
 class OnnxNetwork(nn.Module):
-    """An ONNX graph on onnxruntime or OpenVINO (CPU), called like the torch network it replaces: float32
-    tensors in (None inputs dropped), float32 tensors out; one output as a tensor, several (``as_dict``) as a
-    dict keyed by the graph's output names."""
+    """An ONNX graph on onnxruntime (CPU, or CUDA / TensorRT: ``onnxruntime_providers``) or OpenVINO (CPU),
+    called like the torch network it replaces: float32 tensors in (None inputs dropped), float32 tensors out on
+    the inputs' device; one output as a tensor, several (``as_dict``) as a dict keyed by the graph's output
+    names."""
 
-    def __init__(self, path: str | os.PathLike, runtime: str, precision: str = "fp32", as_dict: bool = False):
+    def __init__(self, path: str | os.PathLike, runtime: str, precision: str = "fp32", as_dict: bool = False,
+                 device: str | torch.device = "cpu", tensorrt: bool = False):
         super().__init__()
         self.path, self.runtime, self.as_dict = str(path), runtime, as_dict
         threads = torch.get_num_threads()
         if runtime == "onnxruntime":
-            self.input_names, self.output_names, self._session = _onnxruntime_session(self.path, threads)
+            import onnxruntime as ort
+            self.providers = onnxruntime_providers(ort.get_available_providers(), device, tensorrt)
+            self.input_names, self.output_names, self._session = _onnxruntime_session(self.path, threads,
+                                                                                      self.providers)
         elif runtime == "openvino":
             self.input_names, self.output_names, self._session = _openvino_model(self.path, threads, precision)
         else:
@@ -80,16 +96,30 @@ class OnnxNetwork(nn.Module):
     def forward(self, *inputs: torch.Tensor | None):
         feed = {name: np.ascontiguousarray(t.detach().float().cpu().numpy())
                 for name, t in zip(self.input_names, inputs) if t is not None}
-        outs = [torch.from_numpy(np.asarray(o, dtype=np.float32)) for o in self.run(feed)]
+        device = next(t.device for t in inputs if t is not None)
+        outs = [torch.from_numpy(np.asarray(o, dtype=np.float32)).to(device) for o in self.run(feed)]
         return dict(zip(self.output_names, outs)) if self.as_dict else outs[0]
 
 
-def _onnxruntime_session(path: str, threads: int):
-    """(input names, output names, feed dict -> list of arrays) of an onnxruntime CPU session."""
+def onnxruntime_providers(available: list[str], device: str | torch.device = "cpu", tensorrt: bool = False
+                          ) -> list[str]:
+    """onnxruntime's execution providers for ``device``, best first: on CUDA, TensorRT (only when ``tensorrt``
+    is asked for: onnxruntime-gpu lists it whether or not TensorRT itself is installed, and it builds an
+    engine per input shape, minutes on first use) then CUDA, each when ``available`` (from
+    ``onnxruntime.get_available_providers()``) offers it; CPU always, last."""
+    chosen = []
+    if torch.device(device).type == "cuda":
+        wanted = (["TensorrtExecutionProvider"] if tensorrt else []) + ["CUDAExecutionProvider"]
+        chosen = [p for p in wanted if p in available]
+    return [*chosen, "CPUExecutionProvider"]
+
+
+def _onnxruntime_session(path: str, threads: int, providers: list[str]):
+    """(input names, output names, feed dict -> list of arrays) of an onnxruntime session on ``providers``."""
     import onnxruntime as ort
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
-    session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(path, options, providers=providers)
     return ([i.name for i in session.get_inputs()], [o.name for o in session.get_outputs()],
             lambda feed: session.run(None, feed))
 
@@ -113,13 +143,28 @@ def _openvino_model(path: str, threads: int, precision: str):
     return inputs, outputs, run
 
 
+def network_file(stage: str, weights: str | os.PathLike, size_hw: tuple[int, int], runtime: str) -> Path:
+    """The model file ``runtime`` runs for one stage: on openvino the guarded INT8 IR when one was written
+    (``int8_cache_path``), else the cached fp32 ONNX graph."""
+    if runtime == "openvino":
+        int8 = int8_cache_path(stage, weights, size_hw)
+        if int8.is_file() and int8.with_suffix(".bin").is_file():
+            log.info("--runtime openvino: the INT8 %s model %s", stage, int8)
+            return int8
+    return cached_onnx(stage, weights, size_hw)
+
+
 def onnx_networks(pose_weights, reid_weights, runtime: str, precision: str, pose_size_hw: tuple[int, int] | None,
-                  reid_size_hw: tuple[int, int]) -> tuple[OnnxNetwork | None, OnnxNetwork]:
-    """(pose network or None without pose weights, ReID network) on ``runtime``, from the cached ONNX files."""
+                  reid_size_hw: tuple[int, int], device: str | torch.device = "cpu"
+                  ) -> tuple[OnnxNetwork | None, OnnxNetwork]:
+    """(pose network or None without pose weights, ReID network) on ``runtime`` for ``device``, from the cached
+    model files."""
     pose = None
     if pose_weights:
-        pose = OnnxNetwork(cached_onnx("pose", pose_weights, pose_size_hw), runtime, precision)
-    reid = OnnxNetwork(cached_onnx("reid", reid_weights, reid_size_hw), runtime, precision, as_dict=True)
+        pose = OnnxNetwork(network_file("pose", pose_weights, pose_size_hw, runtime), runtime, precision,
+                           device=device)
+    reid = OnnxNetwork(network_file("reid", reid_weights, reid_size_hw, runtime), runtime, precision, as_dict=True,
+                       device=device)
     return pose, reid
 
 

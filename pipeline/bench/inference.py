@@ -1,6 +1,7 @@
 """The ``inference`` row: two-stage inference at the paper's sizes, ours vs the naive path, with its roofline."""
 from __future__ import annotations
 
+import importlib.util
 import logging
 import shutil
 import tempfile
@@ -82,45 +83,105 @@ def _checkpoints(pose, reid, folder: Path, size: int) -> tuple[Path, Path]:
     return folder / "pose.pt", folder / "reid.pt"
 
 
-def _int8_pipeline(pose_pt: Path, reid_pt: Path, folder: Path, images, batch: int):
-    """(the onnxruntime pipeline with both networks INT8 (calibrated on other images than ``images``, the
-    guard measured on ``images``), the guard's note)."""
+def _write_int8_images(folder: Path, images) -> None:
+    """``folder``/calib: as many random images as ``images``; ``folder``/guard: ``images`` (PNG)."""
     import cv2
 
     from pamtri.common.atomic import atomic_write_bytes
-    from pamtri.pipeline.infer import Pipeline
-    from pamtri.pipeline.quantize import Thresholds, export_int8
-    from pamtri.pipeline.runtimes import OnnxNetwork
     rng = np.random.default_rng(1)
     for name, ims in (("calib", [rng.integers(0, 255, im.shape, dtype=np.uint8) for im in images]),
                       ("guard", images)):
         (folder / name).mkdir()
         for i, im in enumerate(ims):
             atomic_write_bytes(folder / name / f"{i:03d}.png", cv2.imencode(".png", im[..., ::-1])[1].tobytes())
+
+
+def _int8_pipeline(runtime: str, pose_pt: Path, reid_pt: Path, folder: Path, batch: int):
+    """(the ``runtime`` pipeline with both networks INT8 (onnxruntime QDQ / OpenVINO NNCF, calibrated on
+    ``folder``/calib, the guard measured on ``folder``/guard), the guard's note)."""
+    from pamtri.pipeline.infer import Pipeline
+    from pamtri.pipeline.quantize import Thresholds, export_int8
+    from pamtri.pipeline.runtimes import OnnxNetwork
     # the bench measures the guard and reports it; it writes the model whatever the figures (thresholds 0)
     measure = Thresholds(cosine=-1.0, top10=0.0, within=0.0)
-    p = export_int8("pose", pose_pt, folder / "pose.int8.onnx", folder / "calib", folder / "guard", thresholds=measure)
-    r = export_int8("reid", reid_pt, folder / "reid.int8.onnx", folder / "calib", folder / "guard",
-                    pose_weights=pose_pt, thresholds=measure, heads=True)
-    pipe = Pipeline.from_weights(pose_pt, reid_pt, device="cpu", batch_size=batch, runtime="onnxruntime")
-    pipe.predictor.model = OnnxNetwork(p.path, "onnxruntime")
-    pipe.model = OnnxNetwork(r.path, "onnxruntime", as_dict=True)
+    ext = ".xml" if runtime == "openvino" else ".onnx"
+    p = export_int8("pose", pose_pt, folder / f"pose.int8{ext}", folder / "calib", folder / "guard",
+                    thresholds=measure, runtime=runtime)
+    r = export_int8("reid", reid_pt, folder / f"reid.int8{ext}", folder / "calib", folder / "guard",
+                    pose_weights=pose_pt, thresholds=measure, heads=True, runtime=runtime)
+    pipe = Pipeline.from_weights(pose_pt, reid_pt, device="cpu", batch_size=batch, runtime=runtime)
+    pipe.predictor.model = OnnxNetwork(p.path, runtime, "auto")
+    pipe.model = OnnxNetwork(r.path, runtime, "auto", as_dict=True)
     default = Thresholds()
     passed = r.cosine >= default.cosine and r.top10 >= default.top10 and p.within >= default.within
-    note = (f"onnxruntime QDQ INT8, both networks; guard on the {len(images)} bench images (calibrated on "
-            f"{len(images)} others): cosine {r.cosine:.4f}, top-10 agreement {r.top10:.3f}, pose "
+    how = "OpenVINO NNCF" if runtime == "openvino" else "onnxruntime QDQ"
+    note = (f"{how} INT8, both networks; guard: cosine {r.cosine:.4f}, top-10 agreement {r.top10:.3f}, pose "
             f"{100 * p.within:.0f}% of visible keypoints within 0.5 px; {'passes' if passed else 'fails'} the "
             f"default guard (random weights)")
     return pipe, note
 
 
+def int8_row(pose_pt: Path, reid_pt: Path, folder: Path, images, rates: dict[str, float]) -> list[Row]:
+    """``inference_int8``: the fastest INT8 runtime (onnxruntime; OpenVINO too when it and NNCF are installed)
+    vs the best fp32/bf16 one in ``rates``; the note gives each INT8 runtime's rate and guard figures."""
+    runtimes = [r for r in ("onnxruntime", "openvino") if r in rates]
+    if "openvino" in runtimes and importlib.util.find_spec("nncf") is None:
+        runtimes.remove("openvino")
+    if not runtimes:
+        return []
+    _write_int8_images(folder, images)
+    measured = {}
+    for runtime in runtimes:
+        pipe, note = _int8_pipeline(runtime, pose_pt, reid_pt, folder, len(images))
+        measured[runtime] = (len(images) / timed(partial(pipe.embed_arrays, images), repeat=2), note)
+    fastest = max(measured, key=lambda r: measured[r][0])
+    best = max(rates, key=rates.get)
+    notes = "; ".join(f"{r} {rate:.3g} img/s: {note}" for r, (rate, note) in measured.items())
+    return [make_row("inference_int8", measured[fastest][0], rates[best], "img/s",
+                     note=f"fastest INT8 runtime {fastest}, ratio vs the best fp32/bf16 runtime ({best}); guard on "
+                          f"the {len(images)} bench images, calibrated on {len(images)} others; {notes}")]
+
+
+GPU_PROVIDERS = {"cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
+
+
+def cuda_rows(pose_pt: Path, reid_pt: Path, images, cpu_rate: float) -> list[Row]:
+    """On a CUDA device (none: no rows): ``inference_cuda`` (torch, fp16/bf16 autocast, channels-last) and
+    ``inference_onnxruntime_cuda`` / ``inference_onnxruntime_tensorrt`` where onnxruntime-gpu offers the
+    provider, on the same images and batch; ratios vs the torch CPU path (``cpu_rate``)."""
+    import torch
+
+    from pamtri.pipeline.infer import Pipeline
+    from pamtri.pipeline.runtimes import OnnxNetwork
+    if not torch.cuda.is_available():
+        return []
+    batch, rows = len(images), []
+    variants = [("inference_cuda", "torch", None)]
+    if importlib.util.find_spec("onnxruntime") is not None:
+        import onnxruntime as ort
+        offered = ort.get_available_providers()
+        variants += [(f"inference_onnxruntime_{name}", "onnxruntime", name == "tensorrt")
+                     for name in ("cuda", "tensorrt") if GPU_PROVIDERS[name] in offered]
+    for name, runtime, tensorrt in variants:
+        pipe = Pipeline.from_weights(pose_pt, reid_pt, device="cuda", batch_size=batch, runtime=runtime)
+        if tensorrt:
+            pipe.predictor.model = OnnxNetwork(pipe.predictor.model.path, runtime, device="cuda", tensorrt=True)
+            pipe.model = OnnxNetwork(pipe.model.path, runtime, as_dict=True, device="cuda", tensorrt=True)
+        pipe.embed_arrays(images)  # warm-up: CUDA context, cuDNN autotune, TensorRT engine build
+        rate = batch / timed(partial(pipe.embed_arrays, images), repeat=2)
+        how = (f"providers {', '.join(pipe.model.providers)}" if runtime == "onnxruntime"
+               else f"torch autocast {pipe.dtype}, channels-last")
+        rows.append(make_row(name, rate, cpu_rate, "img/s", note=f"{torch.cuda.get_device_name()}; {how}; same "
+                             f"images and batch {batch}; ratio vs the torch CPU path"))
+    return rows
+
+
 def runtime_rows(pose, reid, images, torch_rate: float, record: bool, size: int = 256) -> list[Row]:
     """``inference_onnxruntime``, ``inference_openvino`` (images/s vs the torch path, ``torch_rate``) and
-    ``inference_int8`` (vs the best fp32/bf16 runtime) on the same images and batch, networks at ``size``
+    ``inference_int8`` (vs the best fp32/bf16 runtime; :func:`int8_row`), plus the CUDA rows on a GPU
+    (:func:`cuda_rows`), on the same images and batch, networks at ``size``
     pixels; with ``record`` (a full run) the fastest fp32/bf16 runtime is recorded for ``pamtri embed
     --runtime auto`` (pipeline.runtimes.record_fastest), torch unless another measured faster."""
-    import importlib.util
-
     from pamtri.pipeline.infer import Pipeline
     from pamtri.pipeline.runtimes import cpu_name, record_fastest
     batch = len(images)
@@ -136,11 +197,8 @@ def runtime_rows(pose, reid, images, torch_rate: float, record: bool, size: int 
             rates[runtime] = batch / timed(partial(pipe.embed_arrays, images), repeat=2)
             rows.append(make_row(f"inference_{runtime}", rates[runtime], torch_rate, "img/s",
                                  note=f"same job, images and batch {batch} as `inference`; ratio vs the torch path"))
-        if importlib.util.find_spec("onnxruntime") is not None:
-            pipe, note = _int8_pipeline(pose_pt, reid_pt, work, images, batch)
-            best = max(rates, key=rates.get)
-            rows.append(make_row("inference_int8", batch / timed(partial(pipe.embed_arrays, images), repeat=2),
-                                 rates[best], "img/s", note=f"ratio vs the best fp32/bf16 runtime ({best}); {note}"))
+        rows += int8_row(pose_pt, reid_pt, work, images, rates)
+        rows += cuda_rows(pose_pt, reid_pt, images, torch_rate)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     if record:

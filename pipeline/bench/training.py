@@ -5,8 +5,9 @@ from .harness import Row, count_flops, make_row, peak_flops, timed
 from .inputs import paper_models
 
 
-def _train_step_rate(model, make_batch, loss_fn, batch: int, fast: bool, steps: int) -> tuple[float, int]:
-    """Images/s of optimiser steps (fast: bf16 autocast + channels-last; else fp32 NCHW) and FLOPs per image."""
+def train_step(model, make_batch, loss_fn, batch: int, fast: bool):
+    """One optimiser step (Adam) of ``model`` on a fixed batch, as a function (fast: bf16 autocast +
+    channels-last; else fp32 NCHW)."""
     import torch
 
     from pamtri.common.runtime import autocast, autocast_dtype
@@ -26,7 +27,12 @@ def _train_step_rate(model, make_batch, loss_fn, batch: int, fast: bool, steps: 
             loss = loss_fn(model, *inputs)
         loss.backward()
         opt.step()
+    return step
 
+
+def _train_step_rate(model, make_batch, loss_fn, batch: int, fast: bool, steps: int) -> tuple[float, int]:
+    """Images/s of optimiser steps (fast: bf16 autocast + channels-last; else fp32 NCHW) and FLOPs per image."""
+    step = train_step(model, make_batch, loss_fn, batch, fast)
     seconds = timed(step, repeat=steps, warmup=1)
     flops = count_flops(step) // batch
     return batch / seconds, flops

@@ -36,12 +36,17 @@ def register(subparsers) -> None:
                         "magnitude where that exceeds 1 (default 1e-3)")
     o.add_argument("--no-check", action="store_true", help="skip the onnxruntime comparison")
     q = o.add_argument_group(
-        "INT8", "post-training static quantisation with onnxruntime (QDQ), written only when an accuracy guard on "
+        "INT8", "post-training static quantisation (onnxruntime: QDQ ONNX; openvino: NNCF, an OpenVINO IR), "
+                "written only when an accuracy guard on "
                 "images disjoint from the calibration set passes: ReID: cosine to the fp32 features and top-10 "
                 "agreement of the rankings among the guard images; pose: visible keypoints (fp32 confidence >= "
                 "0.5) decoded within --max-px of fp32")
     q.add_argument("--int8", action="store_true", help="write the INT8 model (needs --calibrate)")
     q.add_argument("--calibrate", metavar="DIR", help="calibration images (any sizes; searched recursively)")
+    q.add_argument("--runtime", choices=("onnxruntime", "openvino"), default="onnxruntime",
+                   help="the runtime the INT8 model is for (default onnxruntime). openvino: --out NAME.xml (+ "
+                        "NAME.bin; reid: with the colour/type outputs), also cached next to the weights, where "
+                        "`pamtri embed --runtime openvino` finds and runs it; needs pip install 'pamtri[openvino]'")
     q.add_argument("--guard", metavar="DIR",
                    help="guard images, disjoint from --calibrate (default: every 4th --calibrate image, held out)")
     q.add_argument("--pose-weights", metavar="PT",
@@ -92,9 +97,12 @@ def cmd_export_int8(args: argparse.Namespace, common: dict) -> int:
     if args.model:
         raise ConfigError("--int8 needs a checkpoint that describes its model (no --model)")
     report = export_int8(args.stage, args.weights, args.out, args.calibrate, guard=args.guard,
-                         pose_weights=args.pose_weights, thresholds=t, **common)
+                         pose_weights=args.pose_weights, thresholds=t, runtime=args.runtime,
+                         heads=args.runtime == "openvino", **common)
     measured = (f"{100 * report.within:.1f}% of visible keypoints within {t.max_px:g} px" if args.stage == "pose"
                 else f"cosine {report.cosine:.4f}, top-10 agreement {report.top10:.3f}")
     print(f"INT8 {args.stage} -> {report.path}: {measured} on {report.n_guard} guard images "
           f"(calibrated on {report.n_calibration})")
+    if report.cached:
+        print(f"cached for `pamtri embed --runtime openvino`: {report.cached}")
     return 0

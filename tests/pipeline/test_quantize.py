@@ -100,3 +100,66 @@ def test_the_pose_guard_refuses_a_blank_calibration_and_passes_a_real_one(folder
     # random weights give flat, fragile heatmaps: measured 82% within 0.5 px after a real calibration, 23% blank
     assert main([*base, "--out", str(tmp_path / "ok.onnx"), "--calibrate", str(calib), "--min-within", "0.7"]) == 0
     assert (tmp_path / "ok.onnx").stat().st_size > 0
+
+
+@pytest.fixture(scope="module")
+def grey(tmp_path_factory):
+    """12 blank images at the ImageNet mean colour: after normalisation the network sees zeros, so every range
+    NNCF collects is the tiny one of the biases alone."""
+    return _write_images(tmp_path_factory.mktemp("grey") / "grey", [np.full((48, 48, 3), (104, 116, 124), np.uint8)
+                                                                    for _ in range(12)])
+
+
+def test_openvino_nncf_int8_passes_on_real_images_and_embed_runs_it(folders, reid_weights, tmp_path, capsys,
+                                                                    one_torch_thread):
+    pytest.importorskip("openvino")
+    pytest.importorskip("nncf")
+    import openvino as ov
+
+    from pamtri.pipeline.infer import Pipeline
+    calib, guard, _ = folders
+    out = tmp_path / "reid.int8.xml"
+    assert _int8(reid_weights, out, calib, guard, "--runtime", "openvino") == 0  # measured: cosine 0.9997, 0.99
+    printed = capsys.readouterr().out
+    assert "INT8 reid ->" in printed and "cached for `pamtri embed --runtime openvino`" in printed
+    assert out.with_suffix(".bin").stat().st_size > 0
+    ops = {op.get_type_name() for op in ov.Core().read_model(str(out)).get_ops()}
+    assert "FakeQuantize" in ops
+    pipe = Pipeline.from_weights(None, reid_weights, device="cpu", precision="fp32", runtime="openvino")
+    assert pipe.model.path.endswith(".int8.xml")  # the guarded INT8 model, not the fp32 graph
+    rng = np.random.default_rng(3)
+    images = [rng.integers(0, 255, (48, 48, 3), dtype=np.uint8) for _ in range(4)]
+    fp32 = Pipeline.from_weights(None, reid_weights, device="cpu", precision="fp32", runtime="torch")
+    assert mean_cosine(pipe.embed(images)["features"], fp32.embed(images)["features"]) > 0.99
+
+
+def test_openvino_nncf_int8_refuses_a_blank_calibration(grey, folders, reid_weights, pose_weights, tmp_path, capsys,
+                                                        one_torch_thread):
+    pytest.importorskip("openvino")
+    pytest.importorskip("nncf")
+    _, guard, _ = folders
+    assert _int8(reid_weights, tmp_path / "bad.xml", grey, guard, "--runtime", "openvino") == 1
+    assert "INT8 reid model refused" in capsys.readouterr().err  # measured: cosine 0.41, top-10 agreement 0.90
+    assert not list(tmp_path.iterdir())
+    base = ["export", "onnx", "--stage", "pose", "--weights", str(pose_weights), "--int8", "--guard", str(guard),
+            "--runtime", "openvino", "--min-within", "0.7", "--out", str(tmp_path / "pose.xml")]
+    assert main([*base, "--calibrate", str(grey)]) == 1  # measured: 37% within 0.5 px; 86% after a real one
+    assert "visible keypoints within 0.5 px of fp32 < 70%" in capsys.readouterr().err
+    assert not (tmp_path / "pose.xml").exists() and not (tmp_path / "pose.bin").exists()
+
+
+def test_openvino_int8_needs_an_ir_path(folders, reid_weights, tmp_path, capsys):
+    calib, guard, _ = folders
+    assert _int8(reid_weights, tmp_path / "x.onnx", calib, guard, "--runtime", "openvino") == 1
+    assert "give a .xml path" in capsys.readouterr().err
+
+
+def test_openvino_int8_without_nncf_is_a_one_line_error(monkeypatch, tmp_path):
+    import importlib.util
+
+    from pamtri.common.errors import PamtriError
+    from pamtri.pipeline.quantize import quantize_openvino
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "nncf" else find_spec(name, *a))
+    with pytest.raises(PamtriError, match=r"needs NNCF and OpenVINO: pip install 'pamtri\[openvino\]'"):
+        quantize_openvino(tmp_path / "fp32.onnx", tmp_path / "int8.xml", [])

@@ -145,3 +145,33 @@ def test_runtime_auto_follows_the_record_of_this_cpu(weights, tmp_path, monkeypa
     record_fastest({"torch": 1.0, "onnxruntime": 2.0}, cpu_name())
     pipe = Pipeline.from_weights(*weights, device="cpu", runtime="auto")
     assert isinstance(pipe.model, OnnxNetwork) and pipe.model.runtime == "onnxruntime"
+
+
+def test_onnxruntime_providers_follow_the_device_and_what_onnxruntime_offers():
+    from pamtri.pipeline.runtimes import onnxruntime_providers
+    gpu = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert onnxruntime_providers(gpu, "cpu") == ["CPUExecutionProvider"]
+    assert onnxruntime_providers(gpu, "cpu", tensorrt=True) == ["CPUExecutionProvider"]
+    assert onnxruntime_providers(gpu, "cuda") == ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert onnxruntime_providers(gpu, "cuda:0", tensorrt=True) == gpu
+    assert onnxruntime_providers(["CPUExecutionProvider"], "cuda", tensorrt=True) == ["CPUExecutionProvider"]
+
+
+def test_the_cpu_path_keeps_the_cpu_provider_when_a_gpu_build_is_installed(weights, images, monkeypatch,
+                                                                          one_torch_thread):
+    """onnxruntime-gpu offering CUDA changes nothing for --device cpu: same providers, same features."""
+    import onnxruntime as ort
+    want = _embed(weights, images[:2], "onnxruntime")
+    monkeypatch.setattr(ort, "get_available_providers",
+                        lambda: ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"])
+    pipe = Pipeline.from_weights(*weights, device="cpu", precision="fp32", batch_size=3, runtime="onnxruntime")
+    assert pipe.model.providers == pipe.predictor.model.providers == ["CPUExecutionProvider"]
+    np.testing.assert_array_equal(pipe.embed(images[:2])["features"], want["features"])
+
+
+def test_the_bench_has_no_cuda_rows_without_a_gpu(monkeypatch):
+    import torch
+
+    from pamtri.pipeline.bench.inference import cuda_rows
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert cuda_rows("pose.pt", "reid.pt", [], 1.0) == []
