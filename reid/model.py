@@ -230,13 +230,15 @@ class ReIDNet(nn.Module):
         self.id_fc = nn.Linear(head_in, cfg.id_fc) if cfg.id_fc > 0 else None
         id_dim = cfg.id_fc if cfg.id_fc > 0 else head_in
         self.id_classifier = _id_classifier(cfg, id_dim, self.num_ids) if cfg.id_head else None
-        self.centers = nn.Parameter(torch.randn(self.num_ids, head_in)) if cfg.centers else None
+        self.embedding_dim = {"fc": cfg.id_fc, "pool": self.feature_dim}.get(cfg.test_feature, head_in)
+        # the center loss sees BNNeck's input, else the test feature (the one the triplet loss sees)
+        center_dim = head_in if self.bnneck is not None else self.embedding_dim
+        self.centers = nn.Parameter(torch.randn(self.num_ids, center_dim)) if cfg.centers else None
         self.color_fc, self.color_classifier = _head(head_in, cfg.attr_fc, num_colors) if cfg.color else (None, None)
         self.type_fc, self.type_classifier = _head(head_in, cfg.attr_fc, num_types) if cfg.type else (None, None)
         self.orientation_fc, self.orientation_classifier = (
             _head(head_in, cfg.attr_fc, cfg.orientation_bins) if cfg.orientation else (None, None))
         self.domain_fc, self.domain_classifier = _head(head_in, cfg.attr_fc, 2) if cfg.domain else (None, None)
-        self.embedding_dim = {"fc": cfg.id_fc, "pool": self.feature_dim}.get(cfg.test_feature, head_in)
         self.grl_coefficient = cfg.grl_coefficient if cfg.grl == "constant" else 0.0
         self.backbone_frozen = False
 

@@ -195,3 +195,17 @@ def test_pretrained_imagenet_offline_without_the_file_names_it(tmp_path, monkeyp
     assert "https://download.pytorch.org/models/resnet50-0676ba61.pth" in message
     with pytest.raises(ConfigError, match="r50_ibn_a.pth"):
         build_model(replace(RGB, backbone="resnet50_ibn_a", pretrained="imagenet"), num_ids=2)
+
+
+@pytest.mark.parametrize("neck", [dict(neck="bnneck", id_fc=0), dict(id_fc=16, keypoints=True)])
+def test_center_loss_runs_on_the_feature_it_sees(neck):
+    """The centres have the size of the feature the center loss sees: BNNeck's input, else the test (FC) feature."""
+    model = ReIDNet(replace(RGB, backbone="timm/resnet18", centers=True, **neck), num_ids=3)
+    kp = torch.rand(4, 108) if neck.get("keypoints") else None
+    out = model(X, kp)
+    seen = out.get("triplet_feature", out["feature"])
+    assert out["centers"].shape == (3, seen.shape[1])
+    batch = {k: torch.full((4,), -1) for k in ("color", "type", "orientation")}
+    batch.update(pid=torch.tensor([0, 0, 1, 2]), domain=torch.zeros(4, dtype=torch.long))
+    reid_losses(out, batch, LossConfig(center=5e-4))["total"].backward()
+    assert model.centers.grad is not None and model.centers.grad.abs().sum() > 0
