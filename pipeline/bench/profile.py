@@ -48,13 +48,17 @@ def profile_job(name: str, fn, out: Path, steps: int = 1, rows: int = 30) -> lis
     """Profile ``steps`` calls of ``fn`` after one warm-up; write out/NAME.txt and out/NAME.trace.json ->
     [(op, self CPU ms, share of the total self CPU time)] for the top ``rows`` ops."""
     from torch.profiler import ProfilerActivity, profile
+
+    from pamtri.common.atomic import atomic_write_text
     fn()
     with profile(activities=[ProfilerActivity.CPU], record_shapes=False) as prof:
         for _ in range(steps):
             fn()
-    prof.export_chrome_trace(str(out / f"{name}.trace.json"))
+    trace = out / f"{name}.trace.json"
+    prof.export_chrome_trace(str(trace.with_suffix(".tmp")))  # the profiler writes the file itself: then rename
+    trace.with_suffix(".tmp").replace(trace)
     averages = prof.key_averages()
-    (out / f"{name}.txt").write_text(averages.table(sort_by="self_cpu_time_total", row_limit=rows))
+    atomic_write_text(out / f"{name}.txt", averages.table(sort_by="self_cpu_time_total", row_limit=rows))
     total = sum(e.self_cpu_time_total for e in averages) or 1.0
     top = sorted(averages, key=lambda e: e.self_cpu_time_total, reverse=True)[:rows]
     return [(e.key, e.self_cpu_time_total / 1e3 / steps, e.self_cpu_time_total / total) for e in top]
