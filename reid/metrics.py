@@ -151,10 +151,11 @@ def evaluate(distmat, query_ids, gallery_ids, query_cams=None, gallery_cams=None
 
 def evaluate_from_features(query, gallery, query_ids, gallery_ids, query_cams=None, gallery_cams=None,
                       metric: str = "euclidean", max_rank: int = 50, topk_map: int = 100, ignore_cameras: bool = False,
-                      memory_mib: int = 1024, threads: int | None = None) -> dict:
+                      memory_mib: int = 768, threads: int | None = None) -> dict:
     """:func:`evaluate` of (Q, D) query and (G, D) gallery features without the (Q, G) matrix: each block of
     queries gets its (B, G) distances by one matmul (:func:`pairwise_distance`), B chosen so the blocks in flight
-    take about ``memory_mib`` MiB (about 40 bytes per distance with the ranking's buffers). Same results as
+    take about ``memory_mib`` MiB (about 40 bytes per distance with the ranking's buffers; measured peak: 2.1x
+    that at the VERI-Wild-large shape, hence the default of 768 for the 2 GB target). Same results as
     ``evaluate(pairwise_distance(query, gallery, metric), ...)`` up to the float rounding of the matmul, which can
     differ with the block's shape (and so break a near-tie the other way)."""
     q, g = torch.as_tensor(np.asarray(query)).float(), torch.as_tensor(np.asarray(gallery)).float()
@@ -166,7 +167,7 @@ def evaluate_from_features(query, gallery, query_ids, gallery_ids, query_cams=No
 
 def evaluate_ranked_lists(order, dist, query, gallery, query_ids, gallery_ids, query_cams=None, gallery_cams=None,
                           metric: str = "euclidean", max_rank: int = 50, topk_map: int = 100,
-                          ignore_cameras: bool = False, memory_mib: int = 1024, threads: int | None = None) -> dict:
+                          ignore_cameras: bool = False, memory_mib: int = 768, threads: int | None = None) -> dict:
     """:func:`evaluate` of re-ranked candidate lists without the (Q, G) matrix: query q ranks the gallery positions
     ``order[q]`` (Q, L) at ``dist[q]`` (values in [0, 1], as ``reid.rerank`` gives), then every other gallery
     image at 2 + its original distance (so after the list, in the original order). Blocks as
