@@ -131,7 +131,9 @@ def _backbone(cfg: ModelConfig) -> tuple[nn.Module, int, str, str]:
     if name == "densenet121":
         return torchvision.models.densenet121(weights=None).features, 1024, "conv0", "classifier"
     if name == "resnet50":
-        return _resnet_features(torchvision.models.resnet50(weights=None)), 2048, "conv1", "fc"
+        # the last BN of each residual branch starts at zero (Goyal et al. 2017): from random weights, ResNet-50
+        # did not learn identities in the 300-step study without it (docs/reid.md); ImageNet weights overwrite it
+        return _resnet_features(torchvision.models.resnet50(weights=None, zero_init_residual=True)), 2048, "conv1", "fc"
     if name == "resnet50_ibn_a":
         return resnet50_ibn_a(), 2048, "conv1", "fc"
     if name.startswith("timm/"):

@@ -209,3 +209,10 @@ def test_center_loss_runs_on_the_feature_it_sees(neck):
     batch.update(pid=torch.tensor([0, 0, 1, 2]), domain=torch.zeros(4, dtype=torch.long))
     reid_losses(out, batch, LossConfig(center=5e-4))["total"].backward()
     assert model.centers.grad is not None and model.centers.grad.abs().sum() > 0
+
+
+def test_random_resnet50_starts_each_residual_branch_at_zero():
+    """The last BN of every bottleneck starts at 0, so each block starts as the identity (zero_init_residual)."""
+    model = ReIDNet(replace(RGB, backbone="resnet50"), num_ids=2)
+    last_bns = [m.bn3 for m in model.backbone.modules() if hasattr(m, "bn3")]
+    assert len(last_bns) == 16 and all(not bn.weight.any() for bn in last_bns)
