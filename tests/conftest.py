@@ -31,6 +31,17 @@ eval: {{every: {every}, batch_size: 16}}
 """
 
 
+def assert_heatmap_peaks_on_keypoints(x, kv, size: int = 64) -> None:
+    """Each heatmap channel of the sample ``x`` (3 RGB + 36 heatmaps, size x size, normalised) peaks within 1.5
+    cells of its keypoint in the vector ``kv`` (36 x (x, y, c), x and y in [-0.5, 0.5]), away from the border."""
+    heat = x[3:39].numpy() * 0.226 + 0.449
+    xy = (kv.numpy().reshape(36, 3)[:, :2] + 0.5) * size
+    for k in range(36):
+        r, c = np.unravel_index(np.argmax(heat[k]), heat[k].shape)
+        if 1 <= xy[k, 0] <= size - 2 and 1 <= xy[k, 1] <= size - 2:
+            assert abs(c - xy[k, 0]) <= 1.5 and abs(r - xy[k, 1]) <= 1.5, k
+
+
 def write_tiny_synth_tree(root: Path, ids: int) -> Path:
     """A `pamtri synth` tree of 32 px images (seed 5, 4 images per identity, 2 cameras, realistic style):
     half the identities train, the other half make query and test."""
