@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import math
 import os
 import sqlite3
@@ -22,6 +23,24 @@ from pamtri.common.errors import ConfigError, DataError
 KINDS = ("flat", "ivf", "ivfpq")
 METRICS = ("cosine", "euclidean")
 RESULT_COLUMNS = ("query", "rank", "image", "distance", "camera")
+
+
+# OpenBLAS kernel families by the CPU capability torch reports: faiss-cpu's bundled OpenBLAS (0.3.15 in faiss-cpu
+# 1.15) does not recognise Sapphire Rapids and falls back to its Prescott kernels, which made exact search and
+# k-means 5.6x slower on such a CPU (docs/perf.md).
+_OPENBLAS_CORES = {"AVX512": "SkylakeX", "AVX2": "Haswell"}
+
+
+def import_faiss():
+    """The ``faiss`` module, its OpenBLAS told the kernel family this CPU supports (OPENBLAS_CORETYPE, unless the
+    user set it; it takes effect only where faiss loads first in the process)."""
+    import torch
+    core = _OPENBLAS_CORES.get(torch.backends.cpu.get_cpu_capability())
+    if core:
+        os.environ.setdefault("OPENBLAS_CORETYPE", core)
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # its INFO lines list every SIMD module it lacks
+    import faiss
+    return faiss
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS info (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -90,9 +109,10 @@ def _prepare(x: np.ndarray, metric: str) -> np.ndarray:
 
 def ivf_params(n: int, dim: int, kind: str) -> dict:
     """The parameters an ``ivf`` / ``ivfpq`` index picks for ``n`` training vectors of size ``dim``: nlist the power
-    of two nearest 2 sqrt(n) (at most n / 39, FAISS's minimum points per centroid), nprobe nlist / 32 (at least 8),
-    k-means on 64 vectors per list (1M vectors: 2,048 lists trained on 131k vectors, about a minute on 2 cores
-    where 256 per list over 4 sqrt(n) lists took hours); for PQ, m sub-quantisers of about 4 dimensions each (a
+    of two nearest 2 sqrt(n) (at most n / 39, FAISS's minimum points per centroid), a starting nprobe of nlist / 32
+    (at least 8; :func:`calibrated_nprobe` sets the one used once the vectors are in), k-means on 64 vectors per
+    list (1M vectors: 2,048 lists trained on 131k vectors, 45 s for IVF-Flat train + add on 2 cores, where 256 per
+    list over 4 sqrt(n) lists took hours); for PQ, m sub-quantisers of about 4 dimensions each (a
     divisor of dim) and 8 bits each (fewer when n is small)."""
     target = 2 ** round(math.log2(max(1.0, 2 * math.sqrt(n))))
     nlist = max(1, min(target, n // 39))
@@ -106,7 +126,7 @@ def ivf_params(n: int, dim: int, kind: str) -> dict:
 def new_faiss_index(train: np.ndarray, kind: str, metric: str, seed: int = 0):
     """An empty FAISS index of ``kind``, its quantiser trained on a seeded sample of ``train`` (N, D) ->
     (index, parameters chosen)."""
-    import faiss
+    faiss = import_faiss()
     dim = train.shape[1]
     faiss_metric = faiss.METRIC_INNER_PRODUCT if metric == "cosine" else faiss.METRIC_L2
     if kind == "flat":
@@ -121,6 +141,37 @@ def new_faiss_index(train: np.ndarray, kind: str, metric: str, seed: int = 0):
     index.train(train[np.sort(sample)])
     index.nprobe = params["nprobe"]
     return index, params
+
+
+RECALL_TARGET = 0.95
+
+
+def calibrated_nprobe(index, x: np.ndarray, metric: str, target: float = RECALL_TARGET, sample: int = 256,
+                      seed: int = 0) -> tuple[int, float]:
+    """Twice the smallest power-of-two nprobe of IVF ``index`` (holding ``x`` (N, D)) whose recall@10 against
+    exact search reaches ``target``, or stops gaining (< 0.005 a doubling: PQ codes cap it), on ``sample`` seeded
+    vectors of ``x`` used as queries (each one's own vector left out) -> (nprobe, recall there); sets
+    ``index.nprobe``. The doubling is a margin for queries unlike the gallery (other clusters: recall 0.87 at
+    the gallery-calibrated nprobe, 0.97 at twice it, in the tests)."""
+    faiss = import_faiss()
+    k = min(11, len(x))
+    q = x[np.sort(np.random.default_rng(seed).choice(len(x), min(sample, len(x)), replace=False))]
+    exact = faiss.knn(q, x, k, faiss.METRIC_INNER_PRODUCT if metric == "cosine" else faiss.METRIC_L2)[1]
+
+    def recall(nprobe: int) -> float:
+        index.nprobe = nprobe
+        return _recall_without_self(index.search(q, k)[1], exact)
+    nprobe, last, now = 1, -1.0, recall(1)
+    while nprobe < index.nlist and now < target and now - last >= 0.005:
+        nprobe, last, now = 2 * nprobe, now, recall(2 * nprobe)
+    nprobe = min(2 * nprobe, index.nlist)
+    return nprobe, recall(nprobe)
+
+
+def _recall_without_self(found: np.ndarray, exact: np.ndarray) -> float:
+    """Mean share of each row of ``exact`` (Q, k) but its first hit (the query's own vector) found in the same row
+    of ``found``."""
+    return float(np.mean([len(set(f) & set(e[1:])) / max(1, len(e) - 1) for f, e in zip(found, exact)]))
 
 
 class GalleryIndex:
@@ -154,7 +205,7 @@ def _connect(path: Path) -> sqlite3.Connection:
 
 def _write_pending(index, path: Path, generation: int) -> Path:
     """Write ``index`` under the temporary name of ``generation`` beside ``path`` (fsynced) -> that name."""
-    import faiss
+    faiss = import_faiss()
     tmp = _pending_path(path, generation)
     faiss.write_index(index, str(tmp))
     with open(tmp, "rb") as fh:
@@ -191,6 +242,9 @@ def build_index(feature_files: list[str | os.PathLike], out: str | os.PathLike, 
     x = _prepare(fs.features, metric)
     index, params = new_faiss_index(x, kind, metric)
     index.add(x)
+    if kind != "flat":
+        nprobe, recall = calibrated_nprobe(index, x, metric)
+        params.update(nprobe=nprobe, nprobe_recall=round(recall, 3))
     out.parent.mkdir(parents=True, exist_ok=True)
     db = _connect(out)
     info = {"model_sha256": fs.model_sha256, "dim": int(x.shape[1]), "metric": metric, "kind": kind,
@@ -204,7 +258,7 @@ def build_index(feature_files: list[str | os.PathLike], out: str | os.PathLike, 
 def open_index(path: str | os.PathLike) -> GalleryIndex:
     """The index at ``path`` as last committed: a pending FAISS file the metadata records is renamed into place,
     one it does not record (an add that failed before its commit) is removed."""
-    import faiss
+    faiss = import_faiss()
     path = Path(path)
     if not _meta_path(path).exists():
         raise DataError(path, f"not a pamtri index (no {_meta_path(path).name}); create it with `pamtri index build`")

@@ -13,12 +13,12 @@ def clustered_gallery(n: int, nq: int, dim: int, ids: int, views: int = 8, seed:
     """L2-normalised (n, dim) gallery and (nq, dim) queries clustered like identities x views: a centre per
     identity, an offset per (identity, view), noise per image; float32."""
     rng = np.random.default_rng(seed)
-    centres = rng.normal(size=(ids, dim)).astype(np.float32)
-    offsets = 0.5 * rng.normal(size=(ids, views, dim)).astype(np.float32)
+    centres = rng.standard_normal((ids, dim), dtype=np.float32)
+    offsets = 0.5 * rng.standard_normal((ids, views, dim), dtype=np.float32)
 
     def draw(m: int) -> np.ndarray:
         i, v = rng.integers(0, ids, m), rng.integers(0, views, m)
-        x = centres[i] + offsets[i, v] + 0.4 * rng.normal(size=(m, dim)).astype(np.float32)
+        x = centres[i] + offsets[i, v] + 0.4 * rng.standard_normal((m, dim), dtype=np.float32)
         return x / np.linalg.norm(x, axis=1, keepdims=True)
     return np.concatenate([draw(min(100_000, n - s)) for s in range(0, n, 100_000)]), draw(nq)
 
@@ -49,14 +49,15 @@ def _recall(found: np.ndarray, exact: np.ndarray) -> float:
 
 def bench_index(quick: bool) -> list[Row]:
     """Flat FAISS search vs a dense torch matmul + top-k (same vectors, identical top-10), and IVF (flat and PQ)
-    vs flat: queries/s, recall@10, bytes per vector. 1,000,000 x 1024-d gallery, 1,000 queries (quick: 10,000 x
-    64-d, 100 queries)."""
-    from pamtri.pipeline.index import new_faiss_index
+    vs flat (nprobe calibrated as the index build does): queries/s, recall@10, bytes per vector. 1,000,000 x
+    1024-d gallery, 1,000 queries (quick: 10,000 x 64-d, 100 queries)."""
+    from pamtri.pipeline.index import calibrated_nprobe, new_faiss_index
     n, dim, nq, ids = (10_000, 64, 100, 250) if quick else (1_000_000, 1024, 1_000, 20_000)
     gallery, queries = clustered_gallery(n, nq, dim, ids)
     flat, _ = new_faiss_index(gallery, "flat", "cosine")
     flat.add(gallery)
     qps_flat, exact = _queries_per_s(_faiss_top_k(flat), queries, 10)
+    del flat
     qps_torch, dense = _queries_per_s(_torch_top_k(gallery), queries, 10)
     same = float(np.mean([set(a) == set(b) for a, b in zip(exact, dense)]))
     rows = [make_row("index_search", qps_flat, qps_torch, "queries/s",
@@ -65,9 +66,11 @@ def bench_index(quick: bool) -> list[Row]:
     for kind in ("ivf", "ivfpq"):
         index, params = new_faiss_index(gallery, kind, "cosine")
         index.add(gallery)
+        params["nprobe"], _ = calibrated_nprobe(index, gallery, "cosine")  # as `pamtri index build` does
         qps, found = _queries_per_s(_faiss_top_k(index), queries, 10)
         code = dim * 4 if kind == "ivf" else params["m"] * params["nbits"] / 8
         parts.append((kind, qps, _recall(found, exact), code + 8, params))
+        del index  # 4 GB for IVF-Flat at full size: one index at a time
     (_, qps_ivf, rec_ivf, bytes_ivf, p), (_, qps_pq, rec_pq, bytes_pq, ppq) = parts
     rows.append(make_row("index_ivf", qps_ivf, qps_flat, "queries/s",
                          note=f"IVF-Flat nlist {p['nlist']} nprobe {p['nprobe']}: recall@10 {rec_ivf:.3f}, "

@@ -212,3 +212,33 @@ def test_search_rerank_on_ivf_and_cli_flag(tmp_path, capsys):
     assert [r["image"] for r in rows if r["query"] == "q1"][0] != "g1.jpg"  # its own camera is left out
     first = {r["query"]: r["image"] for r in rows if r["rank"] == "1"}
     assert first["q0"] != "g0.jpg" and all(float(r["distance"]) <= 1.0 for r in rows)
+
+
+@pytest.mark.parametrize("capability, expected", [("AVX512", "SkylakeX"), ("AVX2", "Haswell"), ("DEFAULT", None)])
+def test_import_faiss_names_the_openblas_kernels_of_this_cpu_unless_the_user_did(monkeypatch, capability, expected):
+    import torch
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
+    monkeypatch.delenv("OPENBLAS_CORETYPE", raising=False)
+    assert gi.import_faiss().IndexFlatIP is not None
+    assert gi.os.environ.get("OPENBLAS_CORETYPE") == expected
+    monkeypatch.setenv("OPENBLAS_CORETYPE", "Zen")
+    gi.import_faiss()
+    assert gi.os.environ["OPENBLAS_CORETYPE"] == "Zen"
+
+
+def test_build_calibrates_nprobe_to_twice_the_smallest_that_reaches_the_recall_target(tmp_path):
+    g = clustered(6000, dim=16, clusters=400, seed=5)  # many small clusters: one probed list is not enough
+    f = write_features(tmp_path / "g.npz", g, [f"g{i}" for i in range(6000)])
+    idx = gi.build_index([f], tmp_path / "ivf.faiss", "ivf", "euclidean")
+    nprobe, stored = idx.faiss.nprobe, idx.info["params"]
+    assert stored["nprobe"] == nprobe and stored["nprobe_recall"] >= gi.RECALL_TARGET
+    q = g[np.sort(np.random.default_rng(0).choice(len(g), 256, replace=False))]
+    exact, _ = brute_force(q, g, "euclidean", 11)
+
+    def recall(n):
+        idx.faiss.nprobe = n
+        found = idx.faiss.search(q, 11)[1]
+        return np.mean([len(set(a) & set(b[1:])) / 10 for a, b in zip(found, exact)])
+    assert recall(nprobe) >= gi.RECALL_TARGET
+    assert nprobe >= 4 and recall(nprobe // 2) >= gi.RECALL_TARGET > recall(nprobe // 4)
+    assert gi.open_index(tmp_path / "ivf.faiss").faiss.nprobe == nprobe
