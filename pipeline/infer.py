@@ -94,11 +94,14 @@ class Pipeline:
         if channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
             self.predictor.model = self.predictor.model.to(memory_format=torch.channels_last)
+        self.compiled = compile
         if compile:
-            # Off by default: see docs/perf.md for what it measured here (compile time vs steady-state gain).
-            self.model = torch.compile(self.model)
+            # Inductor with freezing: the weights become constants, so BatchNorms fold into the convolutions and
+            # oneDNN runs prepacked weights with fused epilogues. 1.9x eager at paper sizes after ~140 s of
+            # compiling (docs/perf.md), hence off by default. One compiled shape: embed_arrays pads short batches.
+            self.model = torch.compile(self.model, options={"freezing": True})
             if not isinstance(self.predictor, _NoPose):
-                self.predictor.model = torch.compile(self.predictor.model)
+                self.predictor.model = torch.compile(self.predictor.model, options={"freezing": True})
         mean = torch.tensor(getattr(data_cfg, "mean", IMAGENET_MEAN), dtype=torch.float32, device=self.device)
         std = torch.tensor(getattr(data_cfg, "std", IMAGENET_STD), dtype=torch.float32, device=self.device)
         self.mean, self.std = mean.view(1, 3, 1, 1), std.view(1, 3, 1, 1)
@@ -189,12 +192,17 @@ class Pipeline:
         """uint8 RGB images -> {'features' (N, D), 'keypoints' (N, 36, 3), 'color' (N,), 'type' (N,)};
         ``cameras`` (N,) 0-based camera ids for a ViT's SIE (-1 or None: unknown, no camera embedding)."""
         from pamtri.common.runtime import autocast
+        n = len(images)
+        if self.compiled and 0 < n < self.batch_size:  # the compiled shape: pad with the last image, drop its rows
+            pad = self.batch_size - n
+            out = self.embed_arrays(list(images) + [images[-1]] * pad,
+                                    None if cameras is None else list(cameras) + [-1] * pad)
+            return {k: v[:n] for k, v in out.items()}
         pose = run_pose(self.predictor, images, self.grid) if self.needs_pose else None
         x, kv = self.reid_inputs(images, pose)
         side = {} if cameras is None else {"cameras": torch.as_tensor(np.asarray(cameras, np.int64), device=x.device)}
         with autocast(self.device, self.dtype):
             out = self.model(x, kv, **side)
-        n = len(images)
         result = {"features": out["feature"].float().cpu().numpy(),
                   "keypoints": pose.keypoints if pose is not None else np.zeros((n, 36, 3), np.float32)}
         for head in ("color", "type"):

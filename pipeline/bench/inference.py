@@ -1,6 +1,7 @@
 """The ``inference`` row: two-stage inference at the paper's sizes, ours vs the naive path, with its roofline."""
 from __future__ import annotations
 
+import copy
 import importlib.util
 import logging
 import shutil
@@ -64,7 +65,31 @@ def bench_inference(quick: bool) -> list[Row]:
     ours_rate, naive_rate = n_ours / t_ours, n_naive / t_naive
     share, note = _roofline(fast, pose, reid, images, ours_rate, naive_rate, n_ours)
     row = make_row("inference", ours_rate, naive_rate, "img/s", roofline_share=share, note=note)
-    return [row, *runtime_rows(pose, reid, images, ours_rate, record=not quick)]
+    rows = [row] if quick else [row, compile_row(pose, reid, data, images, ours_rate, share / ours_rate)]
+    return [*rows, *runtime_rows(pose, reid, images, ours_rate, record=not quick)]
+
+
+def compile_row(pose, reid, data, images, eager_rate: float, share_per_rate: float) -> Row:
+    """``inference_compile``: the same job on ``Pipeline(compile=True)`` (inductor with freezing) vs eager
+    (``eager_rate``), with the compile time and the job size from which it pays (full bench only: the compile
+    alone takes minutes)."""
+    import time
+
+    from pamtri.pipeline.infer import Pipeline
+    from pamtri.pose.codec import HeatmapCodec
+    from pamtri.pose.predict import PosePredictor
+    predictor = PosePredictor(copy.deepcopy(pose), HeatmapCodec(), flip_test=True, device="cpu", precision="auto")
+    pipe = Pipeline(predictor, copy.deepcopy(reid), data, batch_size=len(images), compile=True)
+    t0 = time.perf_counter()
+    pipe.embed_arrays(images)
+    first = time.perf_counter() - t0
+    rate = len(images) / timed(lambda: pipe.embed_arrays(images), repeat=3)
+    steady = first - len(images) / rate
+    pays = (f"so it pays from about {steady / (1 / eager_rate - 1 / rate):,.0f} images" if rate > eager_rate
+            else "and it never pays here")
+    return make_row("inference_compile", rate, eager_rate, "img/s", roofline_share=rate * share_per_rate,
+                    note=f"torch.compile (inductor, freezing), same images and batch; ratio vs eager; compile "
+                         f"{steady:.0f} s, {pays}")
 
 
 def _checkpoints(pose, reid, folder: Path, size: int) -> tuple[Path, Path]:

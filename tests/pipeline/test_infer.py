@@ -98,22 +98,37 @@ def test_pipeline_embeds_image_files_end_to_end(tmp_path):
 
 
 def test_compile_flag_wraps_both_networks(tmp_path, monkeypatch):
-    """--compile hands both networks to torch.compile (compiling for real takes minutes on 2 cores)."""
+    """--compile hands both networks to torch.compile with freezing, and pads a short batch to the compiled
+    size (compiling for real takes minutes on 2 cores)."""
     from pamtri.pipeline.infer import Pipeline
     from pamtri.pose.codec import HeatmapCodec
     from pamtri.pose.model import build_pose_model
     from pamtri.pose.predict import PosePredictor
     from pamtri.reid.model import load_reid_weights
-    compiled = []
-    monkeypatch.setattr(torch, "compile", lambda m, **kw: compiled.append(m) or m)
+    compiled, batches = [], []
+
+    def fake_compile(module, options=None):
+        compiled.append((module, options))
+        module.register_forward_pre_hook(lambda m, args: batches.append((type(m).__name__, len(args[0]))))
+        return module
+    monkeypatch.setattr(torch, "compile", fake_compile)
     cfg = write_tiny_reid_checkpoint(tmp_path / "r.pt", heatmaps=True, segments=False, keypoints=True)
     reid, _ = load_reid_weights(tmp_path / "r.pt")
-    pose = build_pose_model("hrnet_w18_small")
+    pose = build_pose_model("hrnet_w18_small").eval()
     codec = HeatmapCodec((64, 64), (16, 16))
-    Pipeline(PosePredictor(pose, codec, device="cpu", precision="fp32"), reid, cfg.data)
+    eager = Pipeline(PosePredictor(pose, codec, device="cpu", precision="fp32"), reid, cfg.data, batch_size=4)
     assert compiled == []
-    Pipeline(PosePredictor(pose, codec, device="cpu", precision="fp32"), reid, cfg.data, compile=True)
-    assert compiled == [reid, pose]
+    images = [np.random.default_rng(i).integers(0, 255, (40, 56, 3), dtype=np.uint8) for i in range(3)]
+    expected = eager.embed_arrays(images)
+    pipe = Pipeline(PosePredictor(pose, codec, device="cpu", precision="fp32"), reid, cfg.data, batch_size=4,
+                    compile=True)
+    assert compiled == [(reid, {"freezing": True}), (pose, {"freezing": True})]
+    got = pipe.embed_arrays(images)  # 3 images: padded to the compiled batch of 4, the pad's rows dropped
+    assert {name for name, _ in batches} == {type(reid).__name__, type(pose).__name__}
+    assert {b for _, b in batches} == {4}
+    for key in expected:
+        assert got[key].shape == expected[key].shape
+        np.testing.assert_allclose(got[key], expected[key], rtol=1e-4, atol=1e-4)
 
 
 def test_pose_weights_other_than_the_trained_ones_are_warned_about(tmp_path, caplog):
