@@ -160,3 +160,22 @@ def test_a_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
         train_toy(out, nan_at_epoch=2)
     assert load_checkpoint(out / "last.pt")["epoch"] == 1 and len(rows(out)) == 1
     assert not (out / ".lock").exists()
+
+
+@pytest.mark.parametrize("name", ["adam", "amsgrad"])
+def test_adam_runs_fused_and_steps_as_the_unfused_update_does(name):
+    from pamtri.common.schedule import build_optimizer
+    torch.manual_seed(0)
+    models = [torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.ReLU(), torch.nn.Linear(5, 3)) for _ in range(2)]
+    models[1].load_state_dict(models[0].state_dict())
+    fused = build_optimizer(models[0], OptimConfig(name=name, lr=0.01, weight_decay=1e-4))
+    plain = torch.optim.Adam(models[1].parameters(), lr=0.01, weight_decay=1e-4, amsgrad=name == "amsgrad")
+    assert fused.defaults["fused"] is True
+    x = torch.randn(8, 6)
+    for _ in range(3):
+        for model, opt in zip(models, (fused, plain)):
+            opt.zero_grad()
+            model(x).square().mean().backward()
+            opt.step()
+    for a, b in zip(models[0].parameters(), models[1].parameters()):
+        torch.testing.assert_close(a, b)
