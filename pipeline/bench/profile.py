@@ -4,8 +4,10 @@ Three jobs at the bench's paper sizes and settings (bf16 autocast where the CPU 
 ``inference`` (two-stage ``Pipeline.embed_arrays``, HRNet-W32 flip test + DenseNet121 3+36 ch), ``train_pose``
 and ``train_reid`` (one Adam step each, as the ``train_*`` rows). Per job it writes DIR/JOB.txt (the
 key_averages table sorted by self CPU time) and DIR/JOB.trace.json (a Chrome trace: chrome://tracing or
-Perfetto), and prints the top ops with their share of the job's self CPU time. Absolute times move with
-whatever else runs on the machine; compare shares, and A/B in one process.
+Perfetto), and prints the top ops with their share of the job's self CPU time. A fourth job, ``openvino`` (when
+OpenVINO is installed; not in the default set), runs both networks once on OpenVINO's CPU plugin with its
+per-layer counters (PERF_COUNT) and writes DIR/openvino.txt: time per (layer type, kernel). Absolute times move
+with whatever else runs on the machine; compare shares, and A/B in one process.
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 JOBS = ("inference", "train_pose", "train_reid")
+OPENVINO = "openvino"
 
 
 def inference_job(batch: int):
@@ -64,18 +67,56 @@ def profile_job(name: str, fn, out: Path, steps: int = 1, rows: int = 30) -> lis
     return [(e.key, e.self_cpu_time_total / 1e3 / steps, e.self_cpu_time_total / total) for e in top]
 
 
+def openvino_layers(batch: int, models=None, size: int = 256) -> list[tuple[str, float, float]]:
+    """One call of each of ``models`` ((pose, ReID); default the bench's paper-size networks, random weights) on
+    ``batch`` images of ``size`` pixels on OpenVINO's CPU plugin at its default precision, with per-layer
+    counters -> [("stage: layer type [kernel]", ms, share of both calls)], longest first."""
+    import tempfile
+    from collections import Counter
+
+    import openvino as ov
+
+    from pamtri.pipeline.runtimes import cached_onnx
+
+    from .inference import _checkpoints
+    from .inputs import paper_models
+    times: Counter = Counter()
+    with tempfile.TemporaryDirectory() as folder:
+        weights = dict(zip(("pose", "reid"), _checkpoints(*(models or paper_models()), Path(folder), size)))
+        for stage, path in weights.items():
+            onnx = str(cached_onnx(stage, path, (size, size)))
+            compiled = ov.Core().compile_model(onnx, "CPU", {"PERF_COUNT": "YES"})
+            request = compiled.create_infer_request()
+            feed = {i.get_any_name(): np.random.default_rng(0).standard_normal(
+                [d.get_length() if d.is_static else batch for d in i.get_partial_shape()], dtype=np.float32)
+                for i in compiled.inputs}
+            request.infer(feed)  # warm-up
+            request.infer(feed)
+            for layer in request.profiling_info:
+                times[f"{stage}: {layer.node_type} [{layer.exec_type}]"] += layer.real_time.total_seconds() * 1e3
+    total = sum(times.values()) or 1.0
+    return [(key, ms, ms / total) for key, ms in times.most_common()]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pamtri.pipeline.bench.profile", description=__doc__.split("\n")[0])
     parser.add_argument("--out", required=True, help="folder for the tables and Chrome traces")
     parser.add_argument("--batch", type=int, default=4, help="images per inference call / training step (4)")
-    parser.add_argument("--only", nargs="+", choices=JOBS, default=list(JOBS), help="these jobs (default: all)")
+    parser.add_argument("--only", nargs="+", choices=(*JOBS, OPENVINO), default=list(JOBS),
+                        help=f"these jobs (default: {', '.join(JOBS)})")
     parser.add_argument("--top", type=int, default=12, help="ops printed per job (12)")
     args = parser.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    from pamtri.common.atomic import atomic_write_text
     for name in args.only:
         print(f"{name} (batch {args.batch}): op, self CPU ms per call, share")
-        for op, ms, share in profile_job(name, job(name, args.batch), out)[:args.top]:
+        if name == OPENVINO:
+            rows = openvino_layers(args.batch)
+            atomic_write_text(out / "openvino.txt", "".join(f"{k}\t{ms:.2f} ms\t{100 * f:.1f}%\n" for k, ms, f in rows))
+        else:
+            rows = profile_job(name, job(name, args.batch), out)
+        for op, ms, share in rows[:args.top]:
             print(f"  {op:<48} {ms:10.1f} {100 * share:5.1f}%")
     return 0
 

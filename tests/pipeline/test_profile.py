@@ -27,3 +27,20 @@ def test_profile_command_rejects_an_unknown_job(tmp_path):
     from pamtri.pipeline.bench.profile import main
     with pytest.raises(SystemExit):
         main(["--out", str(tmp_path), "--only", "nothing"])
+
+
+def test_openvino_layers_sum_the_per_layer_counters_of_both_stages(tmp_path):
+    pytest.importorskip("onnx")
+    pytest.importorskip("openvino")
+    from pamtri.pipeline.bench.profile import openvino_layers
+    from pamtri.pose.model import build_pose_model
+    from pamtri.reid.config import ModelConfig
+    from pamtri.reid.model import build_model
+    torch.manual_seed(0)
+    models = (build_pose_model("hrnet_w18_small").eval(),
+              build_model(ModelConfig(heatmaps=True, segments=False, keypoints=True), num_ids=4).eval())
+    rows = openvino_layers(2, models, size=64)
+    assert {key.split(":")[0] for key, _, _ in rows} == {"pose", "reid"}
+    assert any("Convolution" in key for key, _, _ in rows)
+    assert [ms for _, ms, _ in rows] == sorted((ms for _, ms, _ in rows), reverse=True)
+    assert sum(share for _, _, share in rows) == pytest.approx(1.0)
