@@ -114,8 +114,10 @@ def quantize_openvino(fp32_path: str | os.PathLike, int8_path: str | os.PathLike
         raise PamtriError("INT8 for --runtime openvino needs NNCF and OpenVINO: pip install 'pamtri[openvino]'")
     import nncf
     import openvino as ov
+
+    from .runtimes import openvino_core
     logging.getLogger("nncf").setLevel(logging.WARNING)
-    model = nncf.quantize(ov.Core().read_model(str(fp32_path)), nncf.Dataset(feeds), subset_size=len(feeds))
+    model = nncf.quantize(openvino_core().read_model(str(fp32_path)), nncf.Dataset(feeds), subset_size=len(feeds))
     ov.save_model(model, str(int8_path), compress_to_fp16=False)
 
 

@@ -7,6 +7,7 @@ resampling, segments and the keypoint vector stay the torch code they are for ``
 """
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import tempfile
@@ -124,11 +125,21 @@ def _onnxruntime_session(path: str, threads: int, providers: list[str]):
             lambda feed: session.run(None, feed))
 
 
+@functools.cache
+def openvino_core():
+    """The process's one OpenVINO Core, kept until exit. Each Core's CPU plugin points the thread that creates it
+    at an alternate signal stack (sigaltstack) of its own and, when the plugin is released, puts back the one it
+    found and frees its own. Two Cores released in the order they were made (the pose and the ReID network of a
+    Pipeline) leave that thread on freed memory, and the next signal with a Python handler (Ctrl-C, the SIGCHLD
+    handler of torch's DataLoader, pytest-timeout's SIGALRM) kills the process with SIGSEGV (issue 15)."""
+    import openvino as ov
+    return ov.Core()
+
+
 def _openvino_model(path: str, threads: int, precision: str):
     """(input names, output names, feed dict -> list of arrays) of an OpenVINO CPU model; ``precision`` 'fp32'
     forces f32 (OpenVINO otherwise runs bf16 on CPUs with AMX), 'bf16' asks for bf16, anything else its default."""
-    import openvino as ov
-    core = ov.Core()
+    core = openvino_core()
     config = {"INFERENCE_NUM_THREADS": threads}
     hint = {"fp32": "f32", "bf16": "bf16"}.get(precision)
     if hint:

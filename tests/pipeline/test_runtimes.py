@@ -53,6 +53,35 @@ def test_openvino_features_equal_the_torch_path(weights, images, one_torch_threa
     _assert_same(_embed(weights, images, "openvino"), _embed(weights, images, "torch"))
 
 
+# A fresh process: builds an OpenVINO pipeline (pose + ReID network), releases it, then takes a signal with a
+# Python handler, as Ctrl-C, torch DataLoader's SIGCHLD or pytest-timeout's SIGALRM would.
+_SIGNAL_AFTER_OPENVINO = """
+import gc, os, signal, sys
+import numpy as np
+from pamtri.pipeline.infer import Pipeline
+pipe = Pipeline.from_weights(sys.argv[1], sys.argv[2], device="cpu", precision="fp32", batch_size=2,
+                             runtime="openvino")
+pipe.embed([np.zeros((40, 60, 3), np.uint8)])
+del pipe
+gc.collect()
+signal.signal(signal.SIGUSR1, lambda *_: print("handled"))
+os.kill(os.getpid(), signal.SIGUSR1)
+"""
+
+
+def test_a_signal_after_an_openvino_pipeline_is_released_is_handled(weights):
+    """Issue 15: each OpenVINO Core's CPU plugin swaps the thread's sigaltstack and puts the old one back when
+    released; one Core per network left the main thread on a freed signal stack (rc -11 on the next signal)."""
+    pytest.importorskip("openvino")
+    import os
+    import subprocess
+    import sys
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, "-c", _SIGNAL_AFTER_OPENVINO, *map(str, weights)], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert (proc.returncode, proc.stdout.split()[-1:]) == (0, ["handled"]), proc.stderr[-2000:]
+
+
 def test_the_onnx_files_are_exported_once_per_weights(weights, images, one_torch_thread, monkeypatch):
     from pamtri.pipeline import export
     _embed(weights, images[:1], "onnxruntime")
