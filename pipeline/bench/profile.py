@@ -74,9 +74,7 @@ def openvino_layers(batch: int, models=None, size: int = 256) -> list[tuple[str,
     import tempfile
     from collections import Counter
 
-    import openvino as ov
-
-    from pamtri.pipeline.runtimes import cached_onnx
+    from pamtri.pipeline.runtimes import cached_onnx, openvino_core
 
     from .inference import _checkpoints
     from .inputs import paper_models
@@ -85,7 +83,7 @@ def openvino_layers(batch: int, models=None, size: int = 256) -> list[tuple[str,
         weights = dict(zip(("pose", "reid"), _checkpoints(*(models or paper_models()), Path(folder), size)))
         for stage, path in weights.items():
             onnx = str(cached_onnx(stage, path, (size, size)))
-            compiled = ov.Core().compile_model(onnx, "CPU", {"PERF_COUNT": "YES"})
+            compiled = openvino_core().compile_model(onnx, "CPU", {"PERF_COUNT": "YES"})
             request = compiled.create_infer_request()
             feed = {i.get_any_name(): np.random.default_rng(0).standard_normal(
                 [d.get_length() if d.is_static else batch for d in i.get_partial_shape()], dtype=np.float32)
