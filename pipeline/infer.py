@@ -97,7 +97,7 @@ class Pipeline:
         self.compiled = compile
         if compile:
             # Inductor with freezing: the weights become constants, so BatchNorms fold into the convolutions and
-            # oneDNN runs prepacked weights with fused epilogues. 1.9x eager at paper sizes after ~140 s of
+            # oneDNN runs prepacked weights with fused epilogues. About 1.2x eager at paper sizes after ~140 s of
             # compiling (docs/perf.md), hence off by default. One compiled shape: embed_arrays pads short batches.
             self.model = torch.compile(self.model, options={"freezing": True})
             if not isinstance(self.predictor, _NoPose):

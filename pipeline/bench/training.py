@@ -7,7 +7,7 @@ from .inputs import paper_models
 
 def train_step(model, make_batch, loss_fn, batch: int, fast: bool):
     """One optimiser step (Adam) of ``model`` on a fixed batch, as a function (fast: bf16 autocast +
-    channels-last; else fp32 NCHW)."""
+    channels-last + fused Adam; else fp32 NCHW, Adam's default implementation)."""
     import torch
 
     from pamtri.common.runtime import autocast, autocast_dtype
