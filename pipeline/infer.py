@@ -158,12 +158,10 @@ class Pipeline:
         from pamtri.reid.pose_inputs import image_grid
         h, w = self.height, self.width
         resized = np.stack([cv2.resize(im, (w, h), interpolation=cv2.INTER_LINEAR) for im in images])
-        x = torch.from_numpy(resized).to(self.device).permute(0, 3, 1, 2).float().div_(255.0)
-        parts = [(x - self.mean) / self.std]
-        kv = None
+        rgb = torch.from_numpy(resized).to(self.device).permute(0, 3, 1, 2).float().div_(255.0)
+        maps, kv = [], None
         if pose is not None:
             sizes = np.array([[im.shape[1], im.shape[0]] for im in images], dtype=np.float32)
-            maps = []
             if self.cfg.heatmaps:
                 maps.append(pose.heatmaps.to(self.device))
             if self.cfg.segments:
@@ -171,9 +169,6 @@ class Pipeline:
                                   for k, (iw, ih) in zip(pose.keypoints, sizes)])
                 seg = rasterise_batch(cells, (self.grid, self.grid), self.segment_threshold)
                 maps.append(torch.from_numpy(seg).to(self.device).float())
-            if maps:
-                stacked = F.interpolate(torch.cat(maps, 1).float(), size=(h, w), mode="bilinear", align_corners=False)
-                parts.append((stacked - self.pose_mean) / self.pose_std)
             if self.cfg.keypoints:
                 k = pose.keypoints
                 v = np.empty_like(k)
@@ -181,9 +176,14 @@ class Pipeline:
                 v[..., 1] = ((k[..., 1] + 0.5) * (h / sizes[:, None, 1]) - 0.5) / h - 0.5
                 v[..., 2] = k[..., 2] - 0.5
                 kv = torch.from_numpy(np.clip(v, -0.5, 0.5).reshape(len(k), -1)).to(self.device)
-        x = torch.cat(parts, 1)
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
+        # written in place into one tensor of the model's layout: no concatenation, no layout copy
+        layout = torch.channels_last if self.channels_last else torch.contiguous_format
+        x = torch.empty((len(images), 3 + sum(m.shape[1] for m in maps), h, w), device=self.device,
+                        memory_format=layout)
+        x[:, :3] = (rgb - self.mean) / self.std
+        if maps:  # normalised before the upsampling, on 16x fewer values (bilinear weights sum to 1: same result)
+            stacked = (torch.cat(maps, 1).float() - self.pose_mean) / self.pose_std
+            x[:, 3:] = F.interpolate(stacked, size=(h, w), mode="bilinear", align_corners=False)
         return x, kv
 
     @torch.inference_mode()

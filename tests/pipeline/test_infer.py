@@ -48,7 +48,11 @@ def test_pipeline_inputs_match_the_training_sample_builder(tmp_path):
     kps = np.stack([np.concatenate([rng.uniform(0, [im.shape[1] - 1, im.shape[0] - 1], (36, 2)),
                                     rng.uniform(0, 1, (36, 1))], 1) for im in images]).astype(np.float32)
     heat = rng.uniform(0, 1, (2, 36, 64, 64)).astype(np.float32)
-    x, kv = pipe.reid_inputs(images, PoseBatch(kps, torch.from_numpy(heat)))
+    pose = PoseBatch(kps, torch.from_numpy(heat))
+    x, kv = pipe.reid_inputs(images, pose)
+    x_last, _ = Pipeline(_NoPose("cpu", "fp32"), model, cfg.data).reid_inputs(images, pose)
+    assert x.is_contiguous() and x_last.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(x_last, x)
     builder = make_builder(cfg.data, model.cfg, train=False)
     from pamtri.pose.segments import rasterise
     grid = (pipe.grid, pipe.grid)
