@@ -67,14 +67,21 @@ def count_flops(fn: Callable[[], object]) -> int:
     return counter.get_total_flops()
 
 
-def peak_flops(dtype_name: str = "fp32", n: int = 2048, repeat: int = 3) -> float:
-    """Measured matrix-product peak FLOP/s at a precision ('fp32' or 'bf16') on this machine's CPU."""
+def peak_flops(dtype_name: str = "fp32", n: int = 2048, seconds: float = 1.0) -> float:
+    """Measured matrix-product peak FLOP/s at a precision ('fp32' or 'bf16') on this machine's CPU: the fastest of
+    the n x n products that fit in ``seconds``, after as long a warm-up (AMX clocks ramp up: the best of three
+    products read 772-1,580 GFLOP/s bf16 on calls seconds apart, against 2,100 after a second of warm-up)."""
     import torch
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype_name]
     a = torch.randn(n, n, dtype=dtype)
     b = torch.randn(n, n, dtype=dtype)
-    seconds = timed(lambda: a @ b, repeat=repeat)
-    return 2.0 * n ** 3 / seconds
+    best, start = float("inf"), time.perf_counter()
+    while time.perf_counter() - start < 2 * seconds or best == float("inf"):
+        t0 = time.perf_counter()
+        a @ b
+        if t0 - start >= seconds:  # past the warm-up
+            best = min(best, time.perf_counter() - t0)
+    return 2.0 * n ** 3 / best
 
 
 def du_bytes(paths) -> int:
