@@ -37,22 +37,29 @@ def _roofline(fast, pose, reid, images, ours_rate: float, naive_rate: float, bat
     return flops * ours_rate / peak, note
 
 
-def bench_inference(quick: bool) -> list[Row]:
-    """Two-stage inference at paper sizes: our pipeline vs the naive path (fp32, eager, NCHW, batch 1,
-    per-keypoint Python decoding, heatmaps through 36 JPEG files as the reference does), then the same job,
-    images and batch on the ONNX runtimes and INT8 (:func:`runtime_rows`)."""
+def fast_pipeline(pose, reid, batch: int, compile: bool = False):
+    """The ``inference`` row's fast path over ``pose`` / ``reid`` (256 x 256, flip test, bf16 autocast where the
+    CPU has it, channels-last; ``compile``: inductor with freezing) at ``batch`` images per call."""
     from pamtri.pipeline.infer import Pipeline
     from pamtri.pose.codec import HeatmapCodec
     from pamtri.pose.predict import PosePredictor
     from pamtri.reid.config import DataConfig
+    predictor = PosePredictor(pose, HeatmapCodec(), flip_test=True, device="cpu", precision="auto")
+    return Pipeline(predictor, reid, DataConfig(height=256, width=256), batch_size=batch, compile=compile)
+
+
+def bench_inference(quick: bool) -> list[Row]:
+    """Two-stage inference at paper sizes: our pipeline vs the naive path (fp32, eager, NCHW, batch 1,
+    per-keypoint Python decoding, heatmaps through 36 JPEG files as the reference does), then the same job,
+    images and batch on the ONNX runtimes and INT8 (:func:`runtime_rows`)."""
+    from pamtri.pose.codec import HeatmapCodec
+    from pamtri.pose.predict import PosePredictor
 
     n_ours, n_naive = (8, 2) if quick else (32, 6)
     pose, reid = paper_models()
     rng = np.random.default_rng(0)
     images = [rng.integers(0, 255, (256, 256, 3), dtype=np.uint8) for _ in range(n_ours)]
-    data = DataConfig(height=256, width=256)
-    fast = Pipeline(PosePredictor(pose, HeatmapCodec(), flip_test=True, device="cpu", precision="auto"), reid, data,
-                    batch_size=n_ours)
+    fast = fast_pipeline(pose, reid, n_ours)
     t_ours = timed(lambda: fast.embed_arrays(images), repeat=2)
 
     pose32, reid32 = paper_models()
@@ -65,21 +72,16 @@ def bench_inference(quick: bool) -> list[Row]:
     ours_rate, naive_rate = n_ours / t_ours, n_naive / t_naive
     share, note = _roofline(fast, pose, reid, images, ours_rate, naive_rate, n_ours)
     row = make_row("inference", ours_rate, naive_rate, "img/s", roofline_share=share, note=note)
-    rows = [row] if quick else [row, compile_row(pose, reid, data, images, ours_rate, share / ours_rate)]
+    rows = [row] if quick else [row, compile_row(pose, reid, images, ours_rate, share / ours_rate)]
     return [*rows, *runtime_rows(pose, reid, images, ours_rate, record=not quick)]
 
 
-def compile_row(pose, reid, data, images, eager_rate: float, share_per_rate: float) -> Row:
+def compile_row(pose, reid, images, eager_rate: float, share_per_rate: float) -> Row:
     """``inference_compile``: the same job on ``Pipeline(compile=True)`` (inductor with freezing) vs eager
     (``eager_rate``), with the compile time and the job size from which it pays (full bench only: the compile
     alone takes minutes)."""
     import time
-
-    from pamtri.pipeline.infer import Pipeline
-    from pamtri.pose.codec import HeatmapCodec
-    from pamtri.pose.predict import PosePredictor
-    predictor = PosePredictor(copy.deepcopy(pose), HeatmapCodec(), flip_test=True, device="cpu", precision="auto")
-    pipe = Pipeline(predictor, copy.deepcopy(reid), data, batch_size=len(images), compile=True)
+    pipe = fast_pipeline(copy.deepcopy(pose), copy.deepcopy(reid), len(images), compile=True)
     t0 = time.perf_counter()
     pipe.embed_arrays(images)
     first = time.perf_counter() - t0

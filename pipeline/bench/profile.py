@@ -22,17 +22,11 @@ OPENVINO = "openvino"
 
 def inference_job(batch: int):
     """Two-stage inference of ``batch`` random 256x256 images as a function (the ``inference`` row's fast path)."""
-    from pamtri.pipeline.infer import Pipeline
-    from pamtri.pose.codec import HeatmapCodec
-    from pamtri.pose.predict import PosePredictor
-    from pamtri.reid.config import DataConfig
-
+    from .inference import fast_pipeline
     from .inputs import paper_models
-    pose, reid = paper_models()
     rng = np.random.default_rng(0)
     images = [rng.integers(0, 255, (256, 256, 3), dtype=np.uint8) for _ in range(batch)]
-    predictor = PosePredictor(pose, HeatmapCodec(), flip_test=True, device="cpu", precision="auto")
-    pipe = Pipeline(predictor, reid, DataConfig(height=256, width=256), batch_size=batch)
+    pipe = fast_pipeline(*paper_models(), batch)
     return lambda: pipe.embed_arrays(images)
 
 
