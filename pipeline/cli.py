@@ -31,12 +31,13 @@ def add_pipeline_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto")
     parser.add_argument("--no-flip-test", action="store_true", help="skip the pose flip test (faster)")
-    parser.add_argument("--runtime", choices=("auto", "torch", "onnxruntime", "openvino"), default="auto",
+    parser.add_argument("--runtime", choices=("auto", "measured", "torch", "onnxruntime", "openvino"), default="auto",
                         help="where both networks run: onnxruntime or openvino (CPU) run them from ONNX files "
                              "exported on first use and cached next to the weights; cropping, flip test, decoding "
-                             "and the pose channels are the same code for every runtime. auto (default): the "
-                             "runtime the last full `pamtri bench` measured fastest on this CPU model, torch "
-                             "without such a record (and on a GPU)")
+                             "and the pose channels are the same code for every runtime. auto (default): torch, "
+                             "on every device. measured: the runtime the last full `pamtri bench` measured fastest "
+                             "on this CPU model (torch without such a record, and on a GPU). The run's first log "
+                             "line says which runtime it uses and why")
     parser.add_argument("--compile", action="store_true",
                         help="torch.compile both networks (off by default: on a 2-core CPU it compiled for 144 s and "
                              "then ran 4%% slower than eager, docs/perf.md; try it on a GPU)")

@@ -115,8 +115,8 @@ class Pipeline:
                      device: str = "auto", precision: str = "auto", batch_size: int = 32,
                      flip_test: bool | None = None, compile: bool = False, runtime: str = "torch") -> Pipeline:
         """Load a pose checkpoint (``pamtri pose train``) and a ReID checkpoint (``pamtri reid train``); both
-        networks run on ``runtime`` (pipeline.runtimes.RUNTIMES, or 'auto': ``runtimes.default_runtime``),
-        everything around them in torch."""
+        networks run on ``runtime`` (pipeline.runtimes.RUNTIMES, 'auto' or 'measured':
+        ``runtimes.resolve_runtime``), everything around them in torch."""
         from pamtri.common.config import from_dict
         from pamtri.common.errors import ConfigError
         from pamtri.pose.predict import PosePredictor, load_pose_model
@@ -139,10 +139,9 @@ class Pipeline:
                                                   flip_test=flip_test)
         else:
             predictor = _NoPose(device, precision)
-        if runtime == "auto":
-            from .runtimes import default_runtime
-            runtime = default_runtime() if predictor.device.type == "cpu" and not compile else "torch"
-            log.info("--runtime auto: %s", runtime)
+        from .runtimes import resolve_runtime
+        runtime, why = resolve_runtime(runtime, predictor.device.type, compile)
+        log.info("runtime: %s (%s)", runtime, why)
         if runtime == "torch":
             return cls(predictor, reid_model, data_cfg, batch_size=batch_size, compile=compile)
         return cls(predictor, reid_model, data_cfg, batch_size=batch_size, channels_last=False,

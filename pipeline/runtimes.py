@@ -221,9 +221,9 @@ def record_fastest(rates: dict[str, float], cpu: str, path: str | os.PathLike | 
     return best
 
 
-def default_runtime(cpu: str | None = None, path: str | os.PathLike | None = None) -> str:
-    """``--runtime auto``: the runtime ``pamtri bench`` (full, not --quick) recorded as fastest on this CPU model,
-    when its package imports; torch when there is no record, it is for another CPU, or it cannot be read."""
+def measured_runtime(cpu: str | None = None, path: str | os.PathLike | None = None) -> str:
+    """The runtime ``pamtri bench`` (full, not --quick) recorded as fastest on this CPU model, when its package
+    imports; torch when there is no record, it is for another CPU, or it cannot be read (``--runtime measured``)."""
     import json
     try:
         record = json.loads(Path(path or record_path()).read_text())
@@ -233,3 +233,20 @@ def default_runtime(cpu: str | None = None, path: str | os.PathLike | None = Non
         return check_runtime(runtime)
     except (OSError, ValueError, KeyError, TypeError, PamtriError):
         return "torch"
+
+
+AUTO_RULE = "auto is torch on every device (one predictable rule; --runtime measured follows `pamtri bench`'s record)"
+
+
+def resolve_runtime(requested: str, device_type: str, compile: bool = False) -> tuple[str, str]:
+    """(runtime, why) for ``--runtime requested``: 'auto' -> torch; 'measured' -> the runtime the last full
+    ``pamtri bench`` recorded fastest on this CPU model (torch on a GPU, with --compile, or without a record);
+    any other name as given. The reason is printed when a run starts, so a run says what it ran on and why."""
+    if requested == "auto":
+        return "torch", AUTO_RULE
+    if requested == "measured":
+        if device_type != "cpu" or compile:
+            return "torch", "--runtime measured: torch (the record is for the CPU runtimes without --compile)"
+        runtime = measured_runtime()
+        return runtime, f"--runtime measured: {runtime} (the record at {record_path()})"
+    return requested, f"--runtime {requested}"

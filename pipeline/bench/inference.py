@@ -208,7 +208,7 @@ def runtime_rows(pose, reid, images, torch_rate: float, record: bool, size: int 
     ``inference_int8`` (vs the best fp32/bf16 runtime; :func:`int8_row`), plus the CUDA rows on a GPU
     (:func:`cuda_rows`), on the same images and batch, networks at ``size``
     pixels; with ``record`` (a full run) the fastest fp32/bf16 runtime is recorded for ``pamtri embed
-    --runtime auto`` (pipeline.runtimes.record_fastest), torch unless another measured faster."""
+    --runtime measured`` (pipeline.runtimes.record_fastest), torch unless another measured faster."""
     from pamtri.pipeline.infer import Pipeline
     from pamtri.pipeline.runtimes import cpu_name, record_fastest
     batch = len(images)

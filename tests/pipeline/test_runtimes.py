@@ -119,17 +119,17 @@ def test_embed_command_takes_the_runtime(weights, images, tmp_path, one_torch_th
                                atol=FEATURE_ATOL)
 
 
-def test_the_default_runtime_is_the_recorded_fastest_never_slower_than_torch(tmp_path):
-    from pamtri.pipeline.runtimes import default_runtime, fastest_runtime, record_fastest
+def test_the_measured_runtime_is_the_recorded_fastest_never_slower_than_torch(tmp_path):
+    from pamtri.pipeline.runtimes import fastest_runtime, measured_runtime, record_fastest
     assert fastest_runtime({"torch": 10.0, "onnxruntime": 9.0}) == "torch"
     assert fastest_runtime({"torch": 10.0, "onnxruntime": 9.0, "openvino": 12.0}) == "openvino"
     record = tmp_path / "runtime.json"
-    assert default_runtime("cpu A", record) == "torch"  # no record yet
+    assert measured_runtime("cpu A", record) == "torch"  # no record yet
     assert record_fastest({"torch": 10.0, "onnxruntime": 11.0}, "cpu A", record) == "onnxruntime"
-    assert default_runtime("cpu A", record) == "onnxruntime"
-    assert default_runtime("cpu B", record) == "torch"  # measured on another CPU model
+    assert measured_runtime("cpu A", record) == "onnxruntime"
+    assert measured_runtime("cpu B", record) == "torch"  # measured on another CPU model
     record.write_text("{not json")
-    assert default_runtime("cpu A", record) == "torch"
+    assert measured_runtime("cpu A", record) == "torch"
 
 
 def test_bench_runtime_rows_and_the_recorded_default(weights, tmp_path, monkeypatch, one_torch_thread):
@@ -158,8 +158,8 @@ def test_bench_runtime_rows_and_the_recorded_default(weights, tmp_path, monkeypa
     recorded = json.loads((tmp_path / "runtime.json").read_text())
     rates = recorded["images_per_s"]
     assert rates[recorded["runtime"]] >= rates["torch"] == torch_rate
-    from pamtri.pipeline.runtimes import default_runtime
-    assert default_runtime() == recorded["runtime"]
+    from pamtri.pipeline.runtimes import measured_runtime
+    assert measured_runtime() == recorded["runtime"]
 
 
 def _installed(name):
@@ -167,13 +167,23 @@ def _installed(name):
     return importlib.util.find_spec(name) is not None
 
 
-def test_runtime_auto_follows_the_record_of_this_cpu(weights, tmp_path, monkeypatch):
+def test_runtime_measured_follows_the_record_of_this_cpu_and_auto_never_does(weights, tmp_path, monkeypatch):
     from pamtri.pipeline.runtimes import OnnxNetwork, cpu_name, record_fastest
     monkeypatch.setenv("PAMTRI_RUNTIME_RECORD", str(tmp_path / "runtime.json"))
-    assert not isinstance(Pipeline.from_weights(*weights, device="cpu", runtime="auto").model, OnnxNetwork)
+    assert not isinstance(Pipeline.from_weights(*weights, device="cpu", runtime="measured").model, OnnxNetwork)
     record_fastest({"torch": 1.0, "onnxruntime": 2.0}, cpu_name())
-    pipe = Pipeline.from_weights(*weights, device="cpu", runtime="auto")
+    pipe = Pipeline.from_weights(*weights, device="cpu", runtime="measured")
     assert isinstance(pipe.model, OnnxNetwork) and pipe.model.runtime == "onnxruntime"
+    # auto is one rule a user can predict: the machine's benchmark history does not change it
+    assert not isinstance(Pipeline.from_weights(*weights, device="cpu", runtime="auto").model, OnnxNetwork)
+
+
+def test_the_runtime_rule_is_stated_for_each_choice():
+    from pamtri.pipeline.runtimes import resolve_runtime
+    assert resolve_runtime("auto", "cpu") == ("torch", resolve_runtime("auto", "cuda")[1])
+    assert resolve_runtime("measured", "cuda")[0] == "torch"
+    assert resolve_runtime("measured", "cpu", compile=True)[0] == "torch"
+    assert resolve_runtime("openvino", "cpu") == ("openvino", "--runtime openvino")
 
 
 def test_onnxruntime_providers_follow_the_device_and_what_onnxruntime_offers():
