@@ -71,7 +71,7 @@ def one_line(message: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    from pamtri.common.runtime import setup_logging
+    from pamtri.common.device import setup_logging
     setup_logging(args.verbose)
     try:
         return int(args.func(args) or 0)

@@ -81,7 +81,7 @@ class Pipeline:
 
     def __init__(self, predictor, reid_model, data_cfg, batch_size: int = 32, channels_last: bool = True,
                  compile: bool = False, network: torch.nn.Module | None = None):
-        from pamtri.common.runtime import autocast_dtype
+        from pamtri.common.device import autocast_dtype
         from pamtri.reid.transforms import IMAGENET_MEAN, IMAGENET_STD
         self.predictor = predictor
         self.device = predictor.device
@@ -190,7 +190,7 @@ class Pipeline:
                      ) -> dict[str, np.ndarray]:
         """uint8 RGB images -> {'features' (N, D), 'keypoints' (N, 36, 3), 'color' (N,), 'type' (N,)};
         ``cameras`` (N,) 0-based camera ids for a ViT's SIE (-1 or None: unknown, no camera embedding)."""
-        from pamtri.common.runtime import autocast
+        from pamtri.common.device import autocast
         n = len(images)
         if self.compiled and 0 < n < self.batch_size:  # the compiled shape: pad with the last image, drop its rows
             pad = self.batch_size - n
@@ -262,7 +262,7 @@ class _NoPose:
     """Stands in for the pose predictor when the ReID model takes RGB only."""
 
     def __init__(self, device: str, precision: str):
-        from pamtri.common.runtime import autocast_dtype, pick_device
+        from pamtri.common.device import autocast_dtype, pick_device
         self.device = pick_device(device)
         self.dtype = autocast_dtype(self.device, precision)
         self.model = torch.nn.Identity()

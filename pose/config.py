@@ -138,7 +138,7 @@ class PoseConfig:
         if e.batch_size <= 0 or e.blur_sigma < 0 or e.pck_threshold <= 0:
             raise ConfigError("eval.batch_size and eval.pck_threshold must be > 0, eval.blur_sigma >= 0")
         if self.precision == "bf16" and self.device == "cpu":
-            from pamtri.common.runtime import cpu_supports_bf16
+            from pamtri.common.device import cpu_supports_bf16
             if not cpu_supports_bf16():
                 raise ConfigError("precision: bf16 was asked for on a CPU without bfloat16 support "
                                   "(use 'auto' or 'fp32')")

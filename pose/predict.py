@@ -11,7 +11,7 @@ import torch
 from pamtri.common.checkpoint import load_checkpoint
 from pamtri.common.config import from_dict, upgrade_renamed
 from pamtri.common.errors import CheckpointError
-from pamtri.common.runtime import autocast, autocast_dtype, pick_device
+from pamtri.common.device import autocast, autocast_dtype, pick_device
 from pamtri.pose.result import PoseResult
 
 from .codec import HeatmapCodec

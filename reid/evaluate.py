@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from pamtri.common.errors import ConfigError, DataError
-from pamtri.common.runtime import autocast
+from pamtri.common.device import autocast
 from pamtri.data.records import Record
 
 from .config import DataConfig, EvalConfig

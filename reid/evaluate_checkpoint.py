@@ -58,7 +58,7 @@ def evaluate_checkpoint(weights: str | os.PathLike, root: str | os.PathLike, fmt
     ``root`` under the checkpoint's config (+ ``config`` + ``--set``); writes into ``out`` (default: <weights
     folder>/eval) with attributes.json (colour / type names). ``rerank`` / ``ignore_cameras`` switch those on over
     the config; ``device`` and ``test_size`` (VehicleID / VERI-Wild test set) None: the config's."""
-    from pamtri.common.runtime import autocast_dtype, pick_device
+    from pamtri.common.device import autocast_dtype, pick_device
     from pamtri.data.readers import write_attribute_names
 
     from .model import load_reid_weights

@@ -98,7 +98,7 @@ def machine_info() -> dict:
     """Where the numbers were measured."""
     import torch
 
-    from pamtri.common.runtime import cpu_supports_bf16
+    from pamtri.common.device import cpu_supports_bf16
     from pamtri.pipeline.runtimes import cpu_name
     return {"cpu": cpu_name(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
             "torch": torch.__version__, "bf16": cpu_supports_bf16(), "python": platform.python_version(),

@@ -10,7 +10,7 @@ def train_step(model, make_batch, loss_fn, batch: int, fast: bool):
     channels-last + fused Adam; else fp32 NCHW, Adam's default implementation)."""
     import torch
 
-    from pamtri.common.runtime import autocast, autocast_dtype
+    from pamtri.common.device import autocast, autocast_dtype
     device = torch.device("cpu")
     dtype = autocast_dtype(device, "auto") if fast else None
     if fast:
@@ -68,7 +68,7 @@ def _reid_loss(m, x, kv, pid):
 
 def bench_train(quick: bool) -> list[Row]:
     """One training step of each stage at the paper's sizes: bf16 autocast + channels-last vs fp32 NCHW."""
-    from pamtri.common.runtime import cpu_supports_bf16
+    from pamtri.common.device import cpu_supports_bf16
     batch, steps = (4, 1) if quick else (16, 2)
     rows = []
     prec_peak = {}

@@ -1,4 +1,7 @@
-"""Runtime choices shared by both stages: device, autocast precision, seeding, logging setup."""
+"""The device a process computes on and how: device choice, autocast precision, seeding, logging setup.
+
+Not to be confused with the inference runtimes (torch, onnxruntime, OpenVINO), which live in
+``pamtri.pipeline.runtimes``."""
 from __future__ import annotations
 
 import contextlib
