@@ -10,8 +10,8 @@ import torch
 
 from pamtri.common.checkpoint import load_checkpoint
 from pamtri.common.config import from_dict, upgrade_renamed
-from pamtri.common.errors import CheckpointError
 from pamtri.common.device import autocast, autocast_dtype, pick_device
+from pamtri.common.errors import CheckpointError
 from pamtri.pose.result import PoseResult
 
 from .codec import HeatmapCodec

@@ -11,8 +11,8 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from pamtri.common.errors import ConfigError, DataError
 from pamtri.common.device import autocast
+from pamtri.common.errors import ConfigError, DataError
 from pamtri.data.records import Record
 
 from .config import DataConfig, EvalConfig

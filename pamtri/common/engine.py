@@ -33,9 +33,9 @@ from tqdm import tqdm
 from .atomic import RunLock, atomic_write_text
 from .checkpoint import save_checkpoint
 from .config import save_config, to_dict
+from .device import autocast, autocast_dtype, pick_device, seed_everything
 from .distributed import DistInfo, barrier, broadcast_buffers, init_distributed, mean_over_ranks, shutdown
 from .errors import PamtriError
-from .device import autocast, autocast_dtype, pick_device, seed_everything
 from .schedule import OptimConfig, build_optimizer, build_scheduler
 from .training import MetricsLog, check_finite, restore_training_state, save_training_state, unwrap
 
