@@ -6,7 +6,6 @@ the same budget) -> ``reid eval`` for both -> ``report.md`` / ``index.html`` wit
 """
 from __future__ import annotations
 
-import html
 import io
 import json
 import logging
@@ -139,35 +138,34 @@ def _pct(v) -> str:
 
 
 def write_report(run: Path, cfg: DemoConfig, results: dict, timings: dict) -> None:
-    """report.md and index.html over the run's tables and figures (paths relative to the run folder)."""
+    """report.md and index.html over the run's tables and figures (paths relative to the run folder), both
+    rendered from one context with the templates ``demo_report.md`` and ``demo_report.html``."""
     from pamtri.pose.keypoints import PCK_GROUP_TITLES
+
+    from .report import render
     pck = json.loads((run / "pose" / "eval" / "pck.json").read_text())
     table = pck["table"]
-    pose_cols = list(PCK_GROUP_TITLES.values()) + ["Mean", "Mean@0.1"]
     pose_vals = [table[k] for k in PCK_GROUP_TITLES] + [table["mean"], table.get("mean@0.1")]
-    md = [f"# pamtri demo report ({run.name})", "",
-          "Everything below was produced by `pamtri demo` on synthetic data generated in this run "
-          f"({cfg.synth.ids} identities x {cfg.synth.images_per_id} images, {cfg.synth.size} px, "
-          f"style {cfg.synth.style}; train and test identities disjoint).", "",
-          "![generated samples with their keypoints and segments](data/preview.png)", "",
-          f"## Pose stage: PCK (%) on held-out identities ({pck['n_images']} images)", "",
-          "| " + " | ".join(pose_cols) + " |", "|" + " ---: |" * len(pose_cols),
-          "| " + " | ".join("n/a" if v is None else f"{v:.2f}" for v in pose_vals) + " |", "",
-          "![PCK curve](pose/eval/pck_curve.png)", "", "![pose overlay](pose/eval/vis.png)", "",
-          "## ReID stage (query vs gallery of held-out identities)", "",
-          "| variant | mAP | rank-1 | rank-5 | rank-10 | rank-100 mAP | mINP | colour acc | type acc |",
-          "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     names = {"baseline": "RGB only, MT (baseline)", "pose": "pose-aware, MT+K+H (cached heatmaps)"}
-    for label, r in results.items():
-        md.append(f"| {names[label]} | {_pct(r['mAP'])} | {_pct(r.get('rank1'))} | {_pct(r.get('rank5'))} | "
-                  f"{_pct(r.get('rank10'))} | {_pct(r.get('mAP@100'))} | {_pct(r.get('mINP'))} | "
-                  f"{_pct(r.get('color_acc'))} | {_pct(r.get('type_acc'))} |")
-    md += ["", "![CMC](cmc.png)", "", "Rank lists of the pose-aware model (green: same vehicle, red: another):", "",
-           "![rank list](reid_pose/eval/ranklist.png)", "", "## Time (seconds)", "",
-           "| step | s |", "| --- | ---: |"] + [f"| {k} | {v} |" for k, v in timings.items()]
+    rows = [[names[label]] + [_pct(r.get(k)) for k in ("mAP", "rank1", "rank5", "rank10", "mAP@100", "mINP",
+                                                       "color_acc", "type_acc")] for label, r in results.items()]
+    context = dict(
+        run=run.name, synth=cfg.synth, timings=timings,
+        pck=dict(n_images=pck["n_images"], columns=list(PCK_GROUP_TITLES.values()) + ["Mean", "Mean@0.1"],
+                 values=["n/a" if v is None else f"{v:.2f}" for v in pose_vals]),
+        reid=dict(columns=["variant", "mAP", "rank-1", "rank-5", "rank-10", "rank-100 mAP", "mINP", "colour acc",
+                           "type acc"], rows=rows),
+        figures=dict(data=[_figure("generated samples with their keypoints and segments", "data/preview.png")],
+                     pose=[_figure("PCK curve", "pose/eval/pck_curve.png"),
+                           _figure("pose overlay", "pose/eval/vis.png")],
+                     reid=[_figure("CMC", "cmc.png"), _figure("rank list", "reid_pose/eval/ranklist.png")]))
     plot_cmc_curves(results, run / "cmc.png")
-    atomic_write_text(run / "report.md", "\n".join(md) + "\n")
-    atomic_write_text(run / "index.html", markdown_to_html("\n".join(md)))
+    atomic_write_text(run / "report.md", render("demo_report.md", **context))
+    atomic_write_text(run / "index.html", render("demo_report.html", **context))
+
+
+def _figure(alt: str, src: str) -> dict:
+    return {"alt": alt, "src": src}
 
 
 def plot_cmc_curves(results: dict, path: Path) -> None:
@@ -189,35 +187,3 @@ def plot_cmc_curves(results: dict, path: Path) -> None:
     fig.savefig(buf, format="png")
     plt.close(fig)
     atomic_write_bytes(path, buf.getvalue())
-
-
-def markdown_to_html(md: str) -> str:
-    """The report's small Markdown subset (headings, tables, images, paragraphs) as a standalone page."""
-    out = ["<!doctype html><html><head><meta charset='utf-8'><title>pamtri demo</title><style>"
-           "body{font-family:sans-serif;max-width:60em;margin:2em auto}table{border-collapse:collapse}"
-           "td,th{border:1px solid #ccc;padding:2px 8px;text-align:right}img{max-width:100%}</style></head><body>"]
-    rows: list[list[str]] = []
-
-    def flush():
-        if rows:
-            head, body = rows[0], [r for r in rows[2:]]
-            out.append("<table><tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in head) + "</tr>"
-                       + "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in body)
-                       + "</table>")
-            rows.clear()
-    for line in md.splitlines():
-        if line.startswith("|"):
-            rows.append([c.strip() for c in line.strip("|").split("|")])
-            continue
-        flush()
-        if line.startswith("#"):
-            level = len(line) - len(line.lstrip("#"))
-            out.append(f"<h{level}>{html.escape(line.lstrip('#').strip())}</h{level}>")
-        elif line.startswith("![") and "](" in line:
-            alt, src = line[2:].split("](", 1)
-            out.append(f"<p><img alt='{html.escape(alt)}' src='{html.escape(src.rstrip(')'))}'></p>")
-        elif line.strip():
-            out.append(f"<p>{html.escape(line).replace('`', '')}</p>")
-    flush()
-    out.append("</body></html>")
-    return "\n".join(out)

@@ -57,6 +57,7 @@ def test_one_top_level_package_with_every_module(wheel):
     assert {n.split("/")[0] for n in names} == {"pamtri", "pamtri-0.1.0.dist-info"}
     want = {f"{prefix}/{p.relative_to(folder).as_posix()}" for prefix, folder in SOURCES.items()
             for p in folder.rglob("*.py") if "__pycache__" not in p.parts}
+    want |= {f"pamtri/pipeline/templates/{p.name}" for p in (REPO / "pipeline" / "templates").iterdir()}
     assert want <= set(names), sorted(want - set(names))
     entry = zipfile.ZipFile(wheel).read("pamtri-0.1.0.dist-info/entry_points.txt").decode()
     assert "pamtri = pamtri.pipeline.cli:main" in entry
