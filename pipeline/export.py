@@ -4,7 +4,7 @@
   peak decoding stay outside the graph (see pose.predict.PosePredictor).
 - reid: the stacked normalised input (N, 3 [+36] [+13], H, W) and, when the model uses it, the keypoint
   vector (N, 108) in [-0.5, 0.5] -> the test-time embedding (N, D) of ``ReIDNet.embed``; preparing the
-  input stays outside (see pipeline.infer.Pipeline.reid_inputs).
+  input stays outside (see reid.inputs.ReidInput.batch).
 
 The batch axis is dynamic; the image size is fixed at export. The ONNX file carries the preprocessing
 facts a deployer needs (input size, mean/std, cell convention ...) as JSON in its metadata ``pamtri``.
@@ -105,22 +105,21 @@ def export_reid(weights: str | os.PathLike, out: str | os.PathLike, size: tuple[
     """Export a ReID checkpoint's embedding path; ``size`` (H, W) pixels, default the stored data config's.
     ``heads``: outputs 'feature', 'color', 'type' (those the model has) as ``ReIDNet.forward`` names them, the
     graph ``pamtri embed --runtime`` runs, instead of the single 'embedding'."""
+    import dataclasses
+
+    from pamtri.reid.inputs import ReidInput
     from pamtri.reid.model import KEYPOINT_DIM, load_reid_weights
     _require_onnx()
     model, ckpt = load_reid_weights(weights)
-    data = (ckpt.get("config") or {}).get("data") or {}
-    h, w = size if size else (int(data.get("height", 256)), int(data.get("width", 256)))
+    spec = ReidInput.from_checkpoint(ckpt, model.cfg, os.fspath(weights))
+    h, w = size if size else (spec.height, spec.width)
     _check_size(h, w, 1, weights)
-    mean = list(data.get("mean", (0.485, 0.456, 0.406)))
-    std = list(data.get("std", (0.229, 0.224, 0.225)))
+    spec = dataclasses.replace(spec, height=h, width=w)
     mc = model.cfg
     meta = {"stage": "reid", "weights": os.path.basename(os.fspath(weights)), "backbone": mc.backbone,
-            "input_channels": mc.in_channels, "heatmaps": mc.heatmaps, "segments": mc.segments,
-            "keypoints": mc.keypoints, "embedding_dim": model.embedding_dim, "input_size_hw": [h, w],
-            "rgb_mean": mean, "rgb_std": std, "pose_channel_mean": float(np.mean(mean)),
-            "pose_channel_std": float(np.mean(std)),
+            "embedding_dim": model.embedding_dim, **spec.metadata(),
             "input": "channels RGB [+36 heatmaps] [+13 segments] resized to the image size, as "
-                     "pipeline.infer.Pipeline.reid_inputs builds them"}
+                     "reid.inputs.ReidInput.batch builds them"}
     example = {"images": torch.randn(2, mc.in_channels, h, w)}
     if mc.keypoints:
         example["keypoints"] = torch.rand(2, KEYPOINT_DIM) - 0.5

@@ -82,7 +82,7 @@ class Pipeline:
     def __init__(self, predictor, reid_model, data_cfg, batch_size: int = 32, channels_last: bool = True,
                  compile: bool = False, network: torch.nn.Module | None = None):
         from pamtri.common.device import autocast_dtype
-        from pamtri.reid.transforms import IMAGENET_MEAN, IMAGENET_STD
+        from pamtri.reid.inputs import ReidInput
         self.predictor = predictor
         self.device = predictor.device
         self.model = (network if network is not None else reid_model).to(self.device).eval()
@@ -102,13 +102,18 @@ class Pipeline:
             self.model = torch.compile(self.model, options={"freezing": True})
             if not isinstance(self.predictor, _NoPose):
                 self.predictor.model = torch.compile(self.predictor.model, options={"freezing": True})
-        mean = torch.tensor(getattr(data_cfg, "mean", IMAGENET_MEAN), dtype=torch.float32, device=self.device)
-        std = torch.tensor(getattr(data_cfg, "std", IMAGENET_STD), dtype=torch.float32, device=self.device)
-        self.mean, self.std = mean.view(1, 3, 1, 1), std.view(1, 3, 1, 1)
-        self.pose_mean, self.pose_std = float(mean.mean()), float(std.mean())
-        self.segment_threshold = float(getattr(data_cfg, "segment_threshold", 0.5))
-        self.grid = int(data_cfg.heatmap_size)  # the image-frame grid the model was trained on
-        self.needs_pose = self.cfg.heatmaps or self.cfg.segments or self.cfg.keypoints
+        self.input = ReidInput.from_configs(data_cfg, self.cfg)  # the one definition of the network's input
+        self.needs_pose = self.input.needs_pose
+
+    @property
+    def grid(self) -> int:
+        """Cells per side of the image-frame pose grid the model was trained on (the input's)."""
+        return self.input.grid
+
+    @grid.setter
+    def grid(self, cells: int) -> None:
+        import dataclasses
+        self.input = dataclasses.replace(self.input, grid=int(cells))
 
     @classmethod
     def from_weights(cls, pose_weights: str | os.PathLike | None, reid_weights: str | os.PathLike,
@@ -150,40 +155,10 @@ class Pipeline:
 
     def reid_inputs(self, images: Sequence[np.ndarray], pose: PoseBatch | None
                     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(N, C, H, W) normalised network input on the device and the (N, 108) keypoint vector (or None)."""
-        import cv2
-
-        from pamtri.pose.segments import rasterise_batch
-        from pamtri.reid.pose_inputs import image_grid
-        h, w = self.height, self.width
-        resized = np.stack([cv2.resize(im, (w, h), interpolation=cv2.INTER_LINEAR) for im in images])
-        rgb = torch.from_numpy(resized).to(self.device).permute(0, 3, 1, 2).float().div_(255.0)
-        maps, kv = [], None
-        if pose is not None:
-            sizes = np.array([[im.shape[1], im.shape[0]] for im in images], dtype=np.float32)
-            if self.cfg.heatmaps:
-                maps.append(pose.heatmaps.to(self.device))
-            if self.cfg.segments:
-                cells = np.stack([image_grid((int(iw), int(ih)), self.grid).to_cells(k)
-                                  for k, (iw, ih) in zip(pose.keypoints, sizes)])
-                seg = rasterise_batch(cells, (self.grid, self.grid), self.segment_threshold)
-                maps.append(torch.from_numpy(seg).to(self.device).float())
-            if self.cfg.keypoints:
-                k = pose.keypoints
-                v = np.empty_like(k)
-                v[..., 0] = ((k[..., 0] + 0.5) * (w / sizes[:, None, 0]) - 0.5) / w - 0.5
-                v[..., 1] = ((k[..., 1] + 0.5) * (h / sizes[:, None, 1]) - 0.5) / h - 0.5
-                v[..., 2] = k[..., 2] - 0.5
-                kv = torch.from_numpy(np.clip(v, -0.5, 0.5).reshape(len(k), -1)).to(self.device)
-        # written in place into one tensor of the model's layout: no concatenation, no layout copy
-        layout = torch.channels_last if self.channels_last else torch.contiguous_format
-        x = torch.empty((len(images), 3 + sum(m.shape[1] for m in maps), h, w), device=self.device,
-                        memory_format=layout)
-        x[:, :3] = (rgb - self.mean) / self.std
-        if maps:  # normalised before the upsampling, on 16x fewer values (bilinear weights sum to 1: same result)
-            stacked = (torch.cat(maps, 1).float() - self.pose_mean) / self.pose_std
-            x[:, 3:] = F.interpolate(stacked, size=(h, w), mode="bilinear", align_corners=False)
-        return x, kv
+        """(N, C, H, W) normalised network input on the device and the (N, 108) keypoint vector (or None), as
+        ``reid.inputs.ReidInput.batch`` builds them in the model's memory layout."""
+        return self.input.batch(images, None if pose is None else pose.heatmaps,
+                                None if pose is None else pose.keypoints, self.device, self.channels_last)
 
     @torch.inference_mode()
     def embed_arrays(self, images: Sequence[np.ndarray], cameras: Sequence[int] | None = None

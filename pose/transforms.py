@@ -14,10 +14,13 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from pamtri.data.images import IMAGENET_MEAN as _MEAN
+from pamtri.data.images import IMAGENET_STD as _STD
+
 from .keypoints import FLIP_INDEX
 
-IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
-IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
+IMAGENET_MEAN = np.array(_MEAN, dtype=np.float32)
+IMAGENET_STD = np.array(_STD, dtype=np.float32)
 
 
 def image_box(width: int, height: int, aspect: float, enlarge: float = 1.25) -> tuple[np.ndarray, np.ndarray]:

@@ -10,6 +10,7 @@ from typing import Literal
 
 from pamtri.common.errors import ConfigError
 from pamtri.common.schedule import OptimConfig
+from pamtri.data.images import IMAGENET_MEAN, IMAGENET_STD
 
 
 @dataclass
@@ -52,8 +53,8 @@ class DataConfig:
     auto_augment_prob: float = 0.1  # probability per image (fast-reid SBS: INPUT.AUTOAUG.PROB 0.1)
     randaugment_ops: int = 2        # RandAugment's num_ops
     randaugment_magnitude: int = 9  # RandAugment's magnitude, 0-30
-    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
-    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    mean: tuple[float, float, float] = IMAGENET_MEAN   # RGB in [0, 1]; the pose channels use their means
+    std: tuple[float, float, float] = IMAGENET_STD
     workers: int = 2
 
     def validate(self) -> None:

@@ -1,8 +1,8 @@
 """ReID sample augmentation: one geometric transform for the image, every pose channel and the keypoints.
 
-One sample, channels first: ``image`` (3 [+36] [+13], H, W) float32, RGB normalised by the ImageNet mean/std
-and pose channels by the mean of those means and of those stds, and ``keypoints`` (108,) float32 in
-[-0.5, 0.5] (x / W - 0.5, y / H - 0.5, confidence - 0.5, in the augmented image).
+One sample, channels first: ``image`` (3 [+36] [+13], H, W) float32 and ``keypoints`` (108,) float32, as
+``reid.inputs.ReidInput`` defines the network's input (normalisation, pose channels, keypoint vector in the
+augmented image); without augmentation a sample equals ``ReidInput.batch``'s row for the same image and pose.
 
 The transform: resize (to the size enlarged by 1/8 when translating), random crop back to (H, W), horizontal
 flip that mirrors and swaps left/right keypoints (``FLIP_INDEX``), heatmap channels (same permutation) and
@@ -20,12 +20,12 @@ import numpy as np
 import torch
 from torchvision.transforms import v2
 
-from pamtri.pose.keypoints import FLIP_INDEX, NUM_KEYPOINTS, NUM_SEGMENTS, SEGMENT_FLIP
+from pamtri.data.images import IMAGENET_MEAN, IMAGENET_STD
+from pamtri.pose.keypoints import FLIP_INDEX, NUM_KEYPOINTS, SEGMENT_FLIP
 
+from .inputs import ReidInput
 from .pose_inputs import PoseChannels
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 _FLIP_KP = np.asarray(FLIP_INDEX, dtype=np.int64)
 _FLIP_SEG = np.asarray(SEGMENT_FLIP, dtype=np.int64)
 # AutoAugment / RandAugment ops that move pixels; skipped so that RGB stays aligned with the pose channels
@@ -91,11 +91,11 @@ class SampleBuilder:
         # fast-reid applies its AutoAugment to a fraction of the images (RandomApply, p = INPUT.AUTOAUG.PROB)
         self.auto_augment = auto_augment if train else None
         self.auto_augment_prob = auto_augment_prob if self.auto_augment is not None else 0.0
+        # the network input's one definition: normalisation, pose-channel statistics, keypoint vector
+        self.input = ReidInput(self.height, self.width, heatmaps, segments, mean=tuple(mean), std=tuple(std))
         self.mean = np.asarray(mean, dtype=np.float32)
         self.std = np.asarray(std, dtype=np.float32)
-        # as in PAMTRI: pose channels use the mean of the RGB means and the mean of the RGB stds
-        self.pose_mean = float(np.mean(self.mean))
-        self.pose_std = float(np.mean(self.std))
+        self.pose_mean, self.pose_std = self.input.pose_mean, self.input.pose_std
         if translate and train:
             self.big = (int(round(self.width * 9 / 8)), int(round(self.height * 9 / 8)))
         else:
@@ -103,7 +103,7 @@ class SampleBuilder:
 
     @property
     def channels(self) -> int:
-        return 3 + (NUM_KEYPOINTS if self.heatmaps else 0) + (NUM_SEGMENTS if self.segments else 0)
+        return self.input.channels
 
     def draw(self, rng: np.random.Generator) -> AugParams:
         """Random augmentation parameters (identity when not training)."""
@@ -163,11 +163,7 @@ class SampleBuilder:
 
     def keypoint_vector(self, kps_out: np.ndarray) -> np.ndarray:
         """(36, 3) output pixels -> (108,) [x / W - 0.5, y / H - 0.5, c - 0.5, ...] clipped to [-0.5, 0.5]."""
-        v = np.empty((NUM_KEYPOINTS, 3), dtype=np.float32)
-        v[:, 0] = kps_out[:, 0] / self.width - 0.5
-        v[:, 1] = kps_out[:, 1] / self.height - 0.5
-        v[:, 2] = kps_out[:, 2] - 0.5
-        return np.clip(v, -0.5, 0.5).reshape(-1)
+        return self.input.keypoint_vector(kps_out)
 
     def _pose_arrays(self, pose: PoseChannels | None, flip: bool) -> list[np.ndarray]:
         """Pose channels as (C, h, w) float32 arrays, already normalised and (when flipping) channel-permuted.

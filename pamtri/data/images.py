@@ -183,3 +183,9 @@ def read_image_list(spec: str | os.PathLike) -> tuple[Path, list[str]]:
     if not names:
         raise DataError(spec, "the list names no images")
     return spec.parent, names
+
+
+# The ImageNet RGB mean and std (of images in [0, 1]) that every pretrained backbone here expects: the one
+# definition, used by the pose stage's input, the ReID input (reid.inputs.ReidInput) and every export.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)

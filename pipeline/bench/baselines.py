@@ -126,7 +126,7 @@ def naive_two_stage(images, predictor, reid, work) -> None:
     import cv2
     import torch
 
-    from pamtri.reid.transforms import IMAGENET_MEAN, IMAGENET_STD
+    from pamtri.data.images import IMAGENET_MEAN, IMAGENET_STD
     mean = np.asarray(IMAGENET_MEAN, np.float32)[:, None, None]
     std = np.asarray(IMAGENET_STD, np.float32)[:, None, None]
     with torch.no_grad():
