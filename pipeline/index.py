@@ -102,10 +102,8 @@ def _check_identity(source, fs: FeatureSet, sha256: str, dim: int) -> None:
 
 def _prepare(x: np.ndarray, metric: str) -> np.ndarray:
     """(N, D) float32 contiguous; L2-normalised for cosine (so inner product is cosine similarity)."""
-    x = np.ascontiguousarray(x, np.float32)
-    if metric == "cosine":
-        x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-    return x
+    from pamtri.reid.distance import prepared
+    return np.ascontiguousarray(prepared(x, metric))
 
 
 def ivf_params(n: int, dim: int, kind: str) -> dict:
@@ -333,9 +331,9 @@ def add_to_index(path: str | os.PathLike, feature_files: list[str | os.PathLike]
 def _faiss_search(idx: GalleryIndex, x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """(Q, D) prepared queries -> (positions (Q, k), distances (Q, k)) nearest first; cosine distance is
     1 - cosine similarity, euclidean the L2 distance (not squared); missing results have position -1."""
+    from pamtri.reid.distance import from_similarity
     sim, pos = idx.faiss.search(x, k)
-    dist = 1.0 - sim if idx.info["metric"] == "cosine" else np.sqrt(np.maximum(sim, 0.0))
-    return pos, dist
+    return pos, from_similarity(sim, idx.info["metric"])
 
 
 def search_index(idx: GalleryIndex, query: np.ndarray, top: int = 10, query_cameras: list | None = None,
@@ -377,7 +375,7 @@ def _search_full(idx: GalleryIndex, x: np.ndarray, k: int) -> tuple[np.ndarray, 
 
 
 class IndexSpace:
-    """The re-ranking space (``reid.rerank.rerank_space``) of (Q, D) prepared queries and an index's vectors:
+    """The re-ranking space (a ``reid.distance.RerankSpace``) of (Q, D) prepared queries and an index's vectors:
     gallery-side neighbours from the index (the same index: flat exact, IVF approximate), query-side by matmul;
     vectors read back with ``reconstruct_batch`` (IVF-PQ: decoded, approximate). Row maxima of d^2: cosine from
     the index's nearest to -x (the farthest vector), euclidean by a blocked pass over the index's vectors."""
@@ -385,7 +383,7 @@ class IndexSpace:
     def __init__(self, idx: GalleryIndex, queries: np.ndarray, block: int = 4096):
         import torch
 
-        from pamtri.reid.metrics import pairwise_distance
+        from pamtri.reid.distance import pairwise_distance
         self.idx, self.q, self.metric, self.block = idx, torch.from_numpy(queries), idx.info["metric"], block
         self._dist = pairwise_distance
         self.nq, self.n = len(queries), len(queries) + len(idx)
@@ -425,10 +423,8 @@ class IndexSpace:
         return pos, np.square(dist)
 
     def pairs(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
-        a, b = self._vectors(rows).double(), self._vectors(cols).double()
-        if self.metric == "cosine":
-            return np.square((1.0 - (a * b).sum(1)).clamp_min(0.0).numpy())
-        return ((a - b) ** 2).sum(1).numpy()
+        from pamtri.reid.distance import squared_pairs
+        return squared_pairs(self._vectors(rows), self._vectors(cols), self.metric)
 
 
 def rerank_index(idx: GalleryIndex, query: np.ndarray, top: int = 10, candidates: int = 100,

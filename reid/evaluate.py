@@ -17,7 +17,8 @@ from pamtri.data.records import Record
 
 from .config import DataConfig, EvalConfig
 from .dataset import ReIDDataset, side_information
-from .metrics import attribute_accuracy, evaluate_from_features, evaluate_ranked_lists, pairwise_distance, ranked_rows
+from .distance import pairwise_distance
+from .metrics import attribute_accuracy, evaluate_from_features, evaluate_ranked_lists, ranked_rows
 from .model import ReIDNet
 from .pose_inputs import cache_weights_sha256, make_pose_source
 from .rerank import rerank_neighbours

@@ -19,6 +19,8 @@ import torch
 
 from pamtri.common.errors import PamtriError
 
+from .distance import pairwise_distance
+
 log = logging.getLogger(__name__)
 
 _MAX = torch.iinfo(torch.int64).max
@@ -26,30 +28,6 @@ _MAX = torch.iinfo(torch.int64).max
 
 class NoMatchError(PamtriError, ValueError):
     """No query has a true match in the gallery (after the same-vehicle-same-camera rule)."""
-
-
-def pairwise_distance(query: torch.Tensor, gallery: torch.Tensor, metric: str = "euclidean",
-                      block: int = 2048) -> torch.Tensor:
-    """(Q, D), (G, D) features -> (Q, G) float32 distances, computed in row blocks.
-
-    euclidean: ||q - g||; cosine: 1 - cos(q, g) (features L2-normalised first).
-    """
-    q, g = query.float(), gallery.float()
-    if metric == "cosine":
-        q = torch.nn.functional.normalize(q, dim=1)
-        g = torch.nn.functional.normalize(g, dim=1)
-    elif metric != "euclidean":
-        raise ValueError(f"unknown metric {metric!r} (euclidean or cosine)")
-    out = torch.empty(len(q), len(g), dtype=torch.float32)
-    g_sq = (g * g).sum(1)
-    for s in range(0, len(q), block):
-        qb = q[s:s + block]
-        if metric == "cosine":
-            out[s:s + block] = (1.0 - qb @ g.t()).clamp_min(0.0).cpu()
-        else:
-            d2 = (qb * qb).sum(1, keepdim=True) + g_sq[None, :] - 2.0 * qb @ g.t()
-            out[s:s + block] = d2.clamp_min(0.0).sqrt().cpu()
-    return out
 
 
 def _sort_keys(dist: torch.Tensor) -> torch.Tensor:

@@ -26,6 +26,8 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+from .distance import RerankSpace, prepared, squared_block, squared_pairs
+
 log = logging.getLogger(__name__)
 
 
@@ -46,25 +48,20 @@ def smallest_k(d2: np.ndarray, cols: np.ndarray, k: int) -> tuple[np.ndarray, np
 
 
 class FeatureSpace:
-    """The re-ranking space of (Q, D) query and (G, D) gallery features: distances as
-    ``reid.metrics.pairwise_distance`` (euclidean, or cosine 1 - cos), squared; lists by blocked matmul + top-k,
-    blocks of about ``memory_mib`` MiB."""
+    """The re-ranking space (a ``reid.distance.RerankSpace``) of (Q, D) query and (G, D) gallery features:
+    distances as ``reid.distance.pairwise_distance`` (euclidean, or cosine 1 - cos), squared; lists by blocked
+    matmul + top-k, blocks of about ``memory_mib`` MiB."""
 
     def __init__(self, query, gallery, metric: str = "euclidean", memory_mib: int = 256):
-        if metric not in ("euclidean", "cosine"):
-            raise ValueError(f"unknown metric {metric!r} (euclidean or cosine)")
         x = torch.cat([torch.as_tensor(_np(query)), torch.as_tensor(_np(gallery))])
-        self.x = torch.nn.functional.normalize(x, dim=1) if metric == "cosine" else x
+        self.x = prepared(x, metric)
         self.sq = (self.x * self.x).sum(1)
         self.metric, self.nq, self.n = metric, len(query), len(x)
         self.block = max(1, (memory_mib << 20) // (8 * self.n))  # the slab and top-k's scratch
 
     def _d2(self, rows, cols: slice = slice(None)) -> torch.Tensor:
         """(R, C) float32 squared distances of rows (indices or a slice) to the rows ``cols``."""
-        if self.metric == "cosine":
-            return torch.addmm(torch.ones(()), self.x[rows], self.x[cols].T, alpha=-1.0).clamp_min_(0.0).square_()
-        d2 = torch.addmm(self.sq[cols][None, :], self.x[rows], self.x[cols].T, alpha=-2.0)
-        return d2.add_(self.sq[rows][:, None]).clamp_min_(0.0)
+        return squared_block(self.x[rows], self.x[cols], self.metric, self.sq[rows], self.sq[cols])
 
     def _smallest(self, d2: torch.Tensor, k: int, offset: int = 0) -> tuple[np.ndarray, np.ndarray]:
         """Each row's k smallest of d2 (B, C), ties by column among those top-k picks -> (ids + offset, d^2)."""
@@ -90,14 +87,13 @@ class FeatureSpace:
         """d^2 (P,) float64 of the pairs (rows[i], cols[i]), in chunks."""
         out = np.empty(len(rows), np.float64)
         for s in range(0, len(rows), 16384):
-            a, b = self.x[rows[s:s + 16384]].double(), self.x[cols[s:s + 16384]].double()
-            d = (1.0 - (a * b).sum(1)).clamp_min(0.0).square() if self.metric == "cosine" else ((a - b) ** 2).sum(1)
-            out[s:s + 16384] = d.numpy()
+            out[s:s + 16384] = squared_pairs(self.x[rows[s:s + 16384]], self.x[cols[s:s + 16384]], self.metric)
         return out
 
 
 class MatrixSpace:
-    """The re-ranking space of plain distance matrices q_g (Q, G), q_q (Q, Q), g_g (G, G) (not squared)."""
+    """The re-ranking space (a ``reid.distance.RerankSpace``) of plain distance matrices q_g (Q, G), q_q (Q, Q),
+    g_g (G, G) (not squared)."""
 
     def __init__(self, q_g, q_q, g_g):
         self.q_g, self.q_q, self.g_g = _np(q_g), _np(q_q), _np(g_g)
@@ -223,10 +219,10 @@ def _min_sums(v: sp.csr_matrix, nq: int, cand: np.ndarray, block: int) -> np.nda
     return out
 
 
-def rerank_space(space, top: int, k1: int = 20, k2: int = 6, lambda_value: float = 0.3, block: int = 256
+def rerank_space(space: RerankSpace, top: int, k1: int = 20, k2: int = 6, lambda_value: float = 0.3, block: int = 256
                  ) -> tuple[np.ndarray, np.ndarray]:
-    """Re-ranked candidate lists of each query of ``space`` (:class:`FeatureSpace`, :class:`MatrixSpace` or any
-    object with their ``nq``, ``n``, ``nearest``, ``gallery_nearest``, ``pairs``) -> (gallery positions
+    """Re-ranked candidate lists of each query of ``space`` (:class:`FeatureSpace`, :class:`MatrixSpace`,
+    ``pipeline.index.IndexSpace``: the ``reid.distance.RerankSpace`` protocol) -> (gallery positions
     (Q, top) int64, re-ranked distances (Q, top) float32), each row ascending (ties by gallery position)."""
     if k1 < 1 or k2 < 1:
         raise ValueError("k1 and k2 must be >= 1")

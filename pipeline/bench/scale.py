@@ -48,7 +48,7 @@ def _work(task: str, shape: tuple[int, int, int], part: tuple[int, int]) -> dict
     {"seconds", "peak_mib" (beyond the features), "mAP"}."""
     import torch
 
-    from pamtri.reid import metrics
+    from pamtri.reid import distance, metrics
     from pamtri.reid.rerank import rerank_neighbours
 
     from .baselines import euclidean, rerank_dense
@@ -59,7 +59,7 @@ def _work(task: str, shape: tuple[int, int, int], part: tuple[int, int]) -> dict
     if task == "evaluate":
         res = metrics.evaluate_from_features(qf, gf, q_ids, g_ids, q_cams, g_cams)
     elif task == "evaluate_dense":
-        dist = metrics.pairwise_distance(torch.from_numpy(qf), torch.from_numpy(gf))
+        dist = distance.pairwise_distance(torch.from_numpy(qf), torch.from_numpy(gf))
         res = metrics.evaluate(dist, q_ids, g_ids, q_cams, g_cams)
     elif task == "rerank":
         order, dist = rerank_neighbours(qf, gf, top=100)

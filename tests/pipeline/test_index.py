@@ -195,6 +195,12 @@ def test_search_rerank_from_the_index_equals_rerank_neighbours(tmp_path, metric)
     np.testing.assert_array_equal(pos, want_pos[:, :10])
     np.testing.assert_allclose(dist, want_dist[:, :10], atol=1e-4)
     assert not np.array_equal(pos, gi.search_index(idx, q, top=10)[0])  # re-ranking changed some order
+    from pamtri.reid.distance import RerankSpace
+    from pamtri.reid.rerank import FeatureSpace
+    space, features = gi.IndexSpace(idx, gi._prepare(q, metric)), FeatureSpace(q, g, metric)
+    assert isinstance(space, RerankSpace) and (space.nq, space.n) == (features.nq, features.n)
+    rows, cols = np.array([0, 3, 7, 150]), np.array([9, 1, 200, 5])
+    np.testing.assert_allclose(space.pairs(rows, cols), features.pairs(rows, cols), rtol=1e-4, atol=1e-6)
     idx.close()
 
 

@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from pamtri.common.errors import PamtriError
-from pamtri.reid.metrics import NoMatchError, attribute_accuracy, evaluate, pairwise_distance
+from pamtri.reid.distance import pairwise_distance
+from pamtri.reid.metrics import NoMatchError, attribute_accuracy, evaluate
 
 G_IDS = np.array([1, 2, 1, 3, 1, 2])
 G_CAMS = np.array([1, 2, 2, 1, 3, 3])

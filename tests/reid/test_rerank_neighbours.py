@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from pamtri.pipeline.bench.baselines import rerank_dense
-from pamtri.reid.metrics import pairwise_distance
+from pamtri.reid.distance import pairwise_distance
 from pamtri.reid.rerank import rerank_neighbours
 
 

@@ -1,0 +1,100 @@
+"""Distances between features, defined once: row normalisation, pairwise distance matrices, the squared
+distances re-ranking works on, and the protocol every re-ranking *space* implements.
+
+Metrics: ``euclidean`` ||q - g|| and ``cosine`` 1 - cos(q, g) (features L2-normalised first). Re-ranking works
+on squared distances d^2 of the same metric. Users: ``reid.metrics`` (evaluation), ``reid.rerank`` (the feature
+and matrix spaces), ``pipeline.index`` (the index space, FAISS similarities turned into these distances).
+"""
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+import torch
+
+METRICS = ("euclidean", "cosine")
+
+
+def check_metric(metric: str) -> str:
+    """``metric`` if it is one of METRICS; ValueError naming the choices otherwise."""
+    if metric not in METRICS:
+        raise ValueError(f"unknown metric {metric!r} (euclidean or cosine)")
+    return metric
+
+
+def normalise(x):
+    """Rows scaled to unit L2 norm (zero rows stay zero): (N, D) torch tensor or numpy array, same type back."""
+    if isinstance(x, torch.Tensor):
+        return torch.nn.functional.normalize(x, dim=1)
+    x = np.asarray(x, np.float32)
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def prepared(x, metric: str):
+    """Features as a metric compares them: float, L2-normalised for cosine (inner product = cosine similarity)."""
+    if isinstance(x, torch.Tensor):
+        x = x.float()
+    else:
+        x = np.ascontiguousarray(x, np.float32)
+    return normalise(x) if check_metric(metric) == "cosine" else x
+
+
+def pairwise_distance(query: torch.Tensor, gallery: torch.Tensor, metric: str = "euclidean",
+                      block: int = 2048) -> torch.Tensor:
+    """(Q, D), (G, D) features -> (Q, G) float32 distances, computed in row blocks of ``block`` queries."""
+    q, g = prepared(query, metric), prepared(gallery, metric)
+    out = torch.empty(len(q), len(g), dtype=torch.float32)
+    g_sq = (g * g).sum(1)
+    for s in range(0, len(q), block):
+        qb = q[s:s + block]
+        if metric == "cosine":
+            out[s:s + block] = (1.0 - qb @ g.t()).clamp_min(0.0).cpu()
+        else:
+            d2 = (qb * qb).sum(1, keepdim=True) + g_sq[None, :] - 2.0 * qb @ g.t()
+            out[s:s + block] = d2.clamp_min(0.0).sqrt().cpu()
+    return out
+
+
+def squared_block(a: torch.Tensor, b: torch.Tensor, metric: str, a_sq: torch.Tensor | None = None,
+                  b_sq: torch.Tensor | None = None) -> torch.Tensor:
+    """(R, C) float32 squared distances d^2 between prepared rows ``a`` (R, D) and ``b`` (C, D); ``a_sq`` /
+    ``b_sq`` the rows' squared norms when already known (euclidean)."""
+    if metric == "cosine":
+        return torch.addmm(torch.ones(()), a, b.T, alpha=-1.0).clamp_min_(0.0).square_()
+    a_sq = (a * a).sum(1) if a_sq is None else a_sq
+    b_sq = (b * b).sum(1) if b_sq is None else b_sq
+    return torch.addmm(b_sq[None, :], a, b.T, alpha=-2.0).add_(a_sq[:, None]).clamp_min_(0.0)
+
+
+def squared_pairs(a: torch.Tensor, b: torch.Tensor, metric: str) -> np.ndarray:
+    """d^2 (P,) float64 of the pairs (a[i], b[i]) of prepared rows, computed in float64."""
+    a, b = a.double(), b.double()
+    if metric == "cosine":
+        return (1.0 - (a * b).sum(1)).clamp_min(0.0).square().numpy()
+    return ((a - b) ** 2).sum(1).numpy()
+
+
+def from_similarity(sim: np.ndarray, metric: str) -> np.ndarray:
+    """What an inner-product (cosine) or squared-L2 (euclidean) search returns -> the distances of ``metric``."""
+    return 1.0 - sim if metric == "cosine" else np.sqrt(np.maximum(sim, 0.0))
+
+
+@runtime_checkable
+class RerankSpace(Protocol):
+    """What k-reciprocal re-ranking (``reid.rerank.rerank_space``) needs of the Q queries and G gallery items
+    together (N = Q + G rows; rows 0..Q-1 are the queries); every distance is d^2 of one metric."""
+
+    nq: int  # the number of queries
+    n: int   # the number of rows, queries and gallery together
+
+    def nearest(self, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """rows (R,) -> (ids (R, k) of each row's k nearest rows, ties by id; each row's largest d^2 (R,))."""
+        ...
+
+    def gallery_nearest(self, top: int) -> tuple[np.ndarray, np.ndarray]:
+        """Each query's ``top`` nearest gallery items -> (gallery positions (Q, top), d^2 (Q, top))."""
+        ...
+
+    def pairs(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+        """d^2 (P,) float64 of the pairs (rows[i], cols[i])."""
+        ...
