@@ -11,12 +11,13 @@ from pathlib import Path
 import numpy as np
 
 from pamtri.common.atomic import RunLock
+from pamtri.common.checkpoint import file_sha256
 from pamtri.common.distributed import barrier, init_distributed
 from pamtri.common.errors import DataError
 from pamtri.data.images import read_image
 from pamtri.data.labels import read_reid_csv, write_reid_csv
 from pamtri.data.records import Record, parse_veri_name
-from pamtri.pose.cache import Cache, CacheSpec, CacheWriter, dequantise, file_sha256
+from pamtri.pose.cache import Cache, CacheSpec, CacheWriter, dequantise
 from pamtri.pose.legacy import legacy_folders, read_legacy_heatmaps, write_legacy_maps
 from pamtri.pose.segments import rasterise
 
@@ -41,9 +42,10 @@ def build_cache(pose_weights: str | os.PathLike, images: Sequence[str], out: str
     which the ReID stage checks (``reid.pose_inputs.make_pose_source``). Under torchrun each rank builds
     every world_size-th chunk and rank 0 writes the manifest. Returns the cache folder.
     """
-    from pamtri.pose.predict import PosePredictor, load_pose_model
+    from pamtri.pose.predict import PosePredictor
+    from pamtri.pose.weights import load as load_pose
     info = init_distributed()
-    model, cfg, codec = load_pose_model(pose_weights)
+    model, (cfg, codec) = load_pose(pose_weights)
     predictor = PosePredictor.from_config(model, cfg, codec, device=device, precision=precision, flip_test=flip_test)
     from pamtri.common.config import to_dict
     names = [os.path.basename(p) for p in images]

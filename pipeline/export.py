@@ -86,9 +86,9 @@ def export_pose(weights: str | os.PathLike, out: str | os.PathLike, size: tuple[
                 tolerance: float = DEFAULT_TOLERANCE) -> ExportReport:
     """Export a pose checkpoint's HRNet; ``size`` (H, W) pixels, default the checkpoint's input size."""
     from pamtri.common.config import to_dict
-    from pamtri.pose.predict import load_pose_model
+    from pamtri.pose.weights import load as load_pose
     _require_onnx()
-    model, cfg, codec = load_pose_model(weights, model_name)
+    model, (cfg, codec) = load_pose(weights, model_name)
     h, w = size if size else (int(cfg.data.input_size[1]), int(cfg.data.input_size[0]))
     _check_size(h, w, 32, weights)
     meta = {"stage": "pose", "weights": os.path.basename(os.fspath(weights)), "model": cfg.model.name,
@@ -108,9 +108,10 @@ def export_reid(weights: str | os.PathLike, out: str | os.PathLike, size: tuple[
     import dataclasses
 
     from pamtri.reid.inputs import ReidInput
-    from pamtri.reid.model import KEYPOINT_DIM, load_reid_weights
+    from pamtri.reid.model import KEYPOINT_DIM
+    from pamtri.reid.weights import load as load_reid
     _require_onnx()
-    model, ckpt = load_reid_weights(weights)
+    model, ckpt = load_reid(weights)
     spec = ReidInput.from_checkpoint(ckpt, model.cfg, os.fspath(weights))
     h, w = size if size else (spec.height, spec.width)
     _check_size(h, w, 1, weights)

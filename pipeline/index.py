@@ -463,7 +463,7 @@ def query_features(features: str | os.PathLike | None, images: list[str] | None,
         fs = read_features(features)
         source = features
     else:
-        from pamtri.pose.cache import file_sha256
+        from pamtri.common.checkpoint import file_sha256
 
         from .infer import Pipeline
         reid_w = reid_weights or idx.info["reid_weights"]

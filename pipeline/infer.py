@@ -124,22 +124,23 @@ class Pipeline:
         ``runtimes.resolve_runtime``), everything around them in torch."""
         from pamtri.common.config import from_dict
         from pamtri.common.errors import ConfigError
-        from pamtri.pose.predict import PosePredictor, load_pose_model
+        from pamtri.pose.predict import PosePredictor
+        from pamtri.pose.weights import load as load_pose
         from pamtri.reid.config import DataConfig
-        from pamtri.reid.model import load_reid_weights
-        reid_model, ckpt = load_reid_weights(reid_weights)
+        from pamtri.reid.weights import load as load_reid
+        reid_model, ckpt = load_reid(reid_weights)
         data = dict((ckpt.get("config") or {}).get("data") or {})
         data_cfg = from_dict(DataConfig, data, f"{reid_weights} (stored data config)")
         needs_pose = reid_model.cfg.heatmaps or reid_model.cfg.segments or reid_model.cfg.keypoints
         if needs_pose and not pose_weights:
             raise ConfigError(f"{reid_weights}: this ReID model uses pose input; pass the pose weights too")
         if pose_weights:
-            from pamtri.pose.cache import file_sha256
+            from pamtri.common.checkpoint import file_sha256
             trained_with = ckpt.get("pose_weights_sha256")
             if trained_with and trained_with != file_sha256(pose_weights):
                 log.warning("%s was trained on pose channels of other pose weights than %s; its features may "
                             "be worse than in evaluation", reid_weights, pose_weights)
-            pose_model, pose_cfg, codec = load_pose_model(pose_weights)
+            pose_model, (pose_cfg, codec) = load_pose(pose_weights)
             predictor = PosePredictor.from_config(pose_model, pose_cfg, codec, device=device, precision=precision,
                                                   flip_test=flip_test)
         else:

@@ -166,10 +166,11 @@ def _pose_guard(weights, fp32_path, int8_path, calib, held, thresholds: Threshol
     import torch
 
     from pamtri.data.images import read_image
-    from pamtri.pose.predict import PosePredictor, load_pose_model
+    from pamtri.pose.predict import PosePredictor
+    from pamtri.pose.weights import load as load_pose
 
     from .runtimes import OnnxNetwork
-    model, cfg, codec = load_pose_model(weights)
+    model, (cfg, codec) = load_pose(weights)
     predictor = PosePredictor.from_config(model, cfg, codec, device="cpu", precision="fp32")
     crops = np.stack([predictor.crop(read_image(p))[0] for p in calib])
     quantize(runtime, fp32_path, int8_path, _batches({"image": np.concatenate([crops, crops[..., ::-1]])}))

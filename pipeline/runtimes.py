@@ -40,7 +40,7 @@ def check_runtime(runtime: str) -> str:
 def _cache_path(stage: str, weights: str | os.PathLike, size_hw: tuple[int, int], suffix: str) -> Path:
     """Where a model derived from ``weights`` lives: .pamtri-onnx/ next to them (the temp folder when that is
     read-only), named by the weights' SHA-256 and the input size (H, W)."""
-    from pamtri.pose.cache import file_sha256
+    from pamtri.common.checkpoint import file_sha256
     name = f"{Path(weights).name}.{stage}-{file_sha256(weights)[:16]}-{size_hw[0]}x{size_hw[1]}{suffix}"
     folder = Path(weights).resolve().parent / ".pamtri-onnx"
     if not os.access(folder if folder.is_dir() else folder.parent, os.W_OK):

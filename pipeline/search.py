@@ -74,7 +74,7 @@ def embed_images(pipe, source: ImageSource, start: int = 0, stop: int | None = N
 
 def gallery_header(pose_weights: str | os.PathLike | None, reid_weights: str | os.PathLike) -> dict[str, str]:
     """The scalar entries of a gallery file: both weights paths and the ReID checkpoint's SHA-256."""
-    from pamtri.pose.cache import file_sha256
+    from pamtri.common.checkpoint import file_sha256
     return {"pose_weights": str(pose_weights or ""), "reid_weights": str(reid_weights),
             "reid_weights_sha256": file_sha256(reid_weights)}
 

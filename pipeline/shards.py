@@ -51,7 +51,7 @@ def make_manifest(source: ImageSource, chunk: int, pose_weights: str | os.PathLi
                   reid_weights: str | os.PathLike) -> dict:
     """What a shard folder is made of: source list hash and size, chunk size, the gallery header, both weights'
     SHA-256 (pose: empty without pose weights)."""
-    from pamtri.pose.cache import file_sha256
+    from pamtri.common.checkpoint import file_sha256
     listing = "\n".join(source.paths()).encode()
     header = gallery_header(pose_weights, reid_weights)
     return {"source_sha256": hashlib.sha256(listing).hexdigest(), "images": len(source.names), "chunk": chunk,

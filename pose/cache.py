@@ -39,15 +39,6 @@ log = logging.getLogger(__name__)
 CACHE_SCHEMA = 1
 HEATMAP_DTYPES = {"uint8": np.uint8, "float16": np.float16}
 
-def file_sha256(path: str | os.PathLike, block: int = 1 << 20) -> str:
-    """Hex SHA-256 of a file's bytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(block):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def rows_digest(arrays: dict[str, np.ndarray], rows: slice) -> str:
     """SHA-256 over the given rows of every array (in key order): a chunk's checksum."""
     h = hashlib.sha256()

@@ -2,14 +2,11 @@
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Iterable, Sequence
 
 import numpy as np
 import torch
 
-from pamtri.common.checkpoint import load_checkpoint
-from pamtri.common.config import from_dict, upgrade_renamed
 from pamtri.common.device import autocast, autocast_dtype, pick_device
 from pamtri.common.errors import CheckpointError
 from pamtri.pose.result import PoseResult
@@ -20,37 +17,6 @@ from .segments import rasterise
 from .transforms import apply, crop_matrix, image_box, invert, normalise, warp
 
 log = logging.getLogger(__name__)
-
-
-def load_pose_model(weights: str | os.PathLike, name: str | None = None
-                    ) -> tuple[torch.nn.Module, PoseConfig, HeatmapCodec]:
-    """(model in eval mode on CPU, its PoseConfig, its HeatmapCodec) from a pamtri checkpoint (self-describing:
-    the codec stored with it, or built from its config when it predates stored codecs) or, given ``name``, any
-    file :func:`pose.model.load_weights` reads (e.g. the official PoseEstNet checkpoint)."""
-    from .model import PoseHRNet, checkpoint_layout, load_weights, state_dict_of
-    state = load_checkpoint(weights)
-    cfg_dict = state.get("config") if isinstance(state.get("config"), dict) else None
-    stored = cfg_dict is not None and name is None
-    if stored:
-        cfg = from_dict(PoseConfig, upgrade_renamed(PoseConfig, cfg_dict), f"{weights} (stored config)")
-    else:
-        if name is None:
-            raise CheckpointError(f"{weights}: the checkpoint stores no pamtri config; name the architecture "
-                                  f"(e.g. --model hrnet_w32 for the official PoseEstNet)")
-        cfg = PoseConfig()
-        cfg.model.name = name
-        if checkpoint_layout(state_dict_of(state, str(weights))) == "posestnet":
-            # Trained by the reference code: its cell convention and its one-cell flip shift.
-            cfg.model.cell_convention = "reference"
-            cfg.eval.flip_shift = 1.0
-    model = PoseHRNet(cfg.model.name)
-    load_weights(model, weights)
-    model.eval()
-    if stored and isinstance(state.get("codec"), dict):
-        codec = HeatmapCodec.from_dict(state["codec"], f"{weights} (stored codec)")
-    else:
-        codec = HeatmapCodec.from_config(cfg, model.stride)
-    return model, cfg, codec
 
 
 class PosePredictor:
@@ -72,7 +38,7 @@ class PosePredictor:
     def from_config(cls, model: torch.nn.Module, cfg: PoseConfig, codec: HeatmapCodec | None = None,
                     device: str | torch.device = "auto", precision: str | None = None,
                     flip_test: bool | None = None) -> PosePredictor:
-        """A predictor set up from a PoseConfig and ``codec`` (the checkpoint's, see :func:`load_pose_model`;
+        """A predictor set up from a PoseConfig and ``codec`` (the checkpoint's, see :func:`pose.weights.load`;
         None: the config's)."""
         codec = codec or HeatmapCodec.from_config(cfg, getattr(model, "stride", 4))
         return cls(model, codec, cfg.eval.flip_test if flip_test is None else flip_test, device,

@@ -14,14 +14,15 @@ from pamtri.data.labels import write_reid_csv
 from pamtri.data.records import UNLABELLED, Record, parse_veri_name
 
 from .config import PoseConfig
-from .predict import PosePredictor, load_pose_model
+from .predict import PosePredictor
+from .weights import load as load_pose
 
 
 def load_predictor(weights: str | os.PathLike, model_name: str | None = None, *, decode: str | None = None,
                    batch_size: int | None = None, device: str = "auto", precision: str = "auto",
                    flip_test: bool = True) -> tuple[PosePredictor, PoseConfig]:
     """(predictor, its config) for ``weights``; ``decode`` / ``batch_size`` override the stored config's."""
-    model, cfg, codec = load_pose_model(weights, model_name)
+    model, (cfg, codec) = load_pose(weights, model_name)
     if decode:
         codec = replace(codec, decode_method=decode)
     if batch_size:

@@ -20,8 +20,8 @@ from .codec import HeatmapCodec
 from .config import PoseConfig
 from .dataset import MixSampler, build_datasets, collate
 from .metrics import pck_table
-from .model import build_pose_model
 from .predict import PosePredictor, predict_loader
+from .weights import build_pose_model
 
 
 def weighted_mse(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:

@@ -61,10 +61,10 @@ def evaluate_checkpoint(weights: str | os.PathLike, root: str | os.PathLike, fmt
     from pamtri.common.device import autocast_dtype, pick_device
     from pamtri.data.readers import write_attribute_names
 
-    from .model import load_reid_weights
     from .protocols import evaluate_data_set
+    from .weights import load as load_reid
 
-    model, ckpt = load_reid_weights(weights)
+    model, ckpt = load_reid(weights)
     cfg = checkpoint_config(ckpt, model, config, overrides)
     ev = replace(cfg.eval, rerank=rerank or cfg.eval.rerank, ignore_cameras=ignore_cameras or cfg.eval.ignore_cameras)
     data = replace(cfg.data, eval_root=str(root), eval_format=fmt,

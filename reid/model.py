@@ -12,33 +12,26 @@ adapted as TransReID (``timm/vit_*``, reid/vit.py: CLS token as the pooled featu
 - colour / type / orientation: FC ``attr_fc`` + Leaky ReLU -> classifier;
 - domain (real vs synthetic): gradient reversal layer -> FC ``attr_fc`` + Leaky ReLU -> classifier.
 
-Also here: local ImageNet weights (torchvision state dicts) and the official PAMTRI MultiTaskNet checkpoint
-layout (``base.*`` = ``densenet121.features``, ``fc_vid`` / ``fc`` , ``fc_vcolor``, ``fc_vtype``,
-``classifier_vid``, ``classifier_vcolor``, ``classifier_vtype``; its DenseNet pools the ``norm5`` output
-without a final ReLU, and so does ours, so the official weights give the official features).
+Weights (the builder with ImageNet initialisation, pamtri and official PAMTRI checkpoints) live in
+``reid/weights.py``.
 """
 from __future__ import annotations
 
 import logging
 import math
-import os
-import re
 from collections import OrderedDict
-from dataclasses import asdict, replace
-from pathlib import Path
-from urllib.parse import urlparse
+from dataclasses import asdict
 
 import torch
 import torch.nn.functional as F
 import torchvision
 from torch import nn
 
-from pamtri.common.checkpoint import load_checkpoint, match_state_dict
-from pamtri.common.errors import CheckpointError, ConfigError
-from pamtri.pose.keypoints import NUM_KEYPOINTS, NUM_SEGMENTS
+from pamtri.common.errors import ConfigError
+from pamtri.pose.keypoints import NUM_KEYPOINTS
 
 from .config import ModelConfig, is_vit
-from .vit import TransReIDViT, build_vit, imagenet_vit_state
+from .vit import TransReIDViT, build_vit
 
 log = logging.getLogger(__name__)
 
@@ -334,188 +327,3 @@ class ReIDNet(nn.Module):
         """What is needed to rebuild this model: the model config and the class counts."""
         return {"model": asdict(self.cfg), "num_ids": self.num_ids, "num_colors": self.num_colors,
                 "num_types": self.num_types}
-
-
-def build_model(cfg: ModelConfig, num_ids: int, num_colors: int = 10, num_types: int = 9) -> ReIDNet:
-    """The network of ``cfg``, with ImageNet weights loaded into the backbone when ``cfg.pretrained`` names a
-    local file or is ``imagenet`` (the torch hub cache)."""
-    model = ReIDNet(cfg, num_ids, num_colors, num_types)
-    if cfg.pretrained == "imagenet":
-        load_imagenet_weights(model, imagenet_weights_file(model))
-    elif cfg.pretrained:
-        load_imagenet_weights(model, cfg.pretrained)
-    return model
-
-
-def imagenet_weights_url(model: ReIDNet) -> str:
-    """Where torchvision or timm publish the ImageNet weights of ``model``'s backbone; ConfigError when nobody does."""
-    name = model.cfg.backbone
-    if name == "densenet121":
-        return torchvision.models.DenseNet121_Weights.IMAGENET1K_V1.url
-    if name == "resnet50":
-        return torchvision.models.ResNet50_Weights.IMAGENET1K_V1.url
-    url = model.backbone.pretrained_cfg.get("url") if name.startswith("timm/") else None
-    if not url:
-        raise ConfigError(f"model.pretrained: imagenet: no download address for {name} (resnet50_ibn_a: IBN-Net's "
-                          "r50_ibn_a.pth from github.com/XingangPan/IBN-Net releases; ViT-B/16: name the tag with a "
-                          "file, timm/vit_base_patch16_224.orig_in21k_ft_in1k); set model.pretrained to a file")
-    return url
-
-
-def imagenet_weights_file(model: ReIDNet) -> Path:
-    """The torch hub cache file (``torch.hub.get_dir()/checkpoints``) of the backbone's ImageNet weights,
-    downloaded with its hash check when missing; CheckpointError naming the file when it cannot be fetched."""
-    url = imagenet_weights_url(model)
-    path = Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(url).path).name
-    if path.is_file():
-        return path
-    digest = re.search(r"-([a-f0-9]{6,})\.", path.name)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        torch.hub.download_url_to_file(url, str(path), hash_prefix=digest.group(1) if digest else None)
-    except (OSError, RuntimeError) as exc:
-        raise CheckpointError(f"{path}: ImageNet weights of {model.cfg.backbone} not in the torch hub cache and not "
-                              f"downloadable ({exc}); fetch {url} and place it there") from None
-    return path
-
-
-def model_from_description(desc: dict) -> ReIDNet:
-    """Rebuild (random weights, no ImageNet loading) the model a checkpoint's ``describe()`` dict names."""
-    from pamtri.common.config import from_dict
-    cfg = from_dict(ModelConfig, dict(desc["model"]), "checkpoint model description")
-    cfg = replace(cfg, pretrained=None)
-    return ReIDNet(cfg, desc["num_ids"], desc.get("num_colors", 10), desc.get("num_types", 9))
-
-
-# ----------------------------------------------------------------------------------------------- weights
-
-_OLD_DENSENET_KEY = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))\."
-                               r"((?:[12])\.(?:weight|bias|running_mean|running_var|num_batches_tracked))$")
-
-
-def _unwrap_state(obj: dict) -> dict:
-    for key in ("state_dict", "model"):
-        if key in obj and isinstance(obj[key], dict):
-            obj = obj[key]
-    return {(k[7:] if k.startswith("module.") else k): v for k, v in obj.items()}
-
-
-def imagenet_backbone_state(state: dict, backbone: str, classifier: str = "fc") -> dict:
-    """Backbone-only keys of a torchvision / timm / IBN-Net ImageNet state dict (``classifier``.* dropped, old
-    DenseNet names fixed)."""
-    out = {}
-    for k, v in _unwrap_state(state).items():
-        if backbone == "densenet121":
-            if not k.startswith("features."):
-                continue
-            k = k[len("features."):]
-            k = _OLD_DENSENET_KEY.sub(lambda m: m.group(1) + m.group(2), k)
-        elif k.startswith(classifier + "."):
-            continue
-        out[k] = v
-    return out
-
-
-def load_imagenet_weights(model: ReIDNet, path: str | os.PathLike) -> None:
-    """Load a local ImageNet state dict into ``model.backbone``; the widened conv keeps RGB weights."""
-    state = imagenet_backbone_state(load_checkpoint(path), model.cfg.backbone, model.imagenet_classifier)
-    if model.is_vit:
-        state = imagenet_vit_state(state, model.backbone)
-    first = model.first_conv + ".weight"
-    rgb = state.get(first)
-    if rgb is None or rgb.shape[1] != 3:
-        raise CheckpointError(f"{path}: not a {model.cfg.backbone} ImageNet state dict (no 3-channel '{first}')")
-    conv = model.backbone.get_submodule(model.first_conv)
-    if conv.in_channels != 3:
-        replace_submodule(model.backbone, model.first_conv, widen_first_conv(conv, conv.in_channels, rgb))
-        state[first] = model.backbone.get_submodule(model.first_conv).weight.detach().clone()
-    own = model.backbone.state_dict()
-    for k in own:  # PyTorch < 0.4.1 files lack BatchNorm counters
-        if k.endswith("num_batches_tracked") and k not in state:
-            state[k] = own[k]
-    match_state_dict(model.backbone, state, f"{path} (ImageNet {model.cfg.backbone})")
-    log.info("loaded ImageNet weights for %s from %s", model.cfg.backbone, path)
-
-
-_PAMTRI_NAMES = {
-    "fc_vid": "id_fc", "fc": "id_fc", "classifier_vid": "id_classifier",
-    "fc_vcolor": "color_fc", "classifier_vcolor": "color_classifier",
-    "fc_vtype": "type_fc", "classifier_vtype": "type_classifier",
-}
-
-
-def is_pamtri_state(state: dict) -> bool:
-    """True when a state dict has the official MultiTaskNet layout (``base.*`` + ``classifier_vid``)."""
-    keys = _unwrap_state(state)
-    return "classifier_vid.weight" in keys and any(k.startswith("base.") for k in keys)
-
-
-def pamtri_layout(state: dict) -> tuple[ModelConfig, int, int, int]:
-    """(model config, num_ids, num_colors, num_types) of an official PAMTRI MultiTaskNet state dict."""
-    s = _unwrap_state(state)
-    if not is_pamtri_state(s):
-        raise CheckpointError("not an official PAMTRI MultiTaskNet state dict (expected base.* and classifier_vid.*)")
-    conv = s.get("base.conv0.weight")
-    if conv is None:
-        raise CheckpointError("official PAMTRI checkpoint without base.conv0.weight (only DenseNet121 is published)")
-    extra = int(conv.shape[1]) - 3
-    heat = extra in (NUM_KEYPOINTS, NUM_KEYPOINTS + NUM_SEGMENTS)
-    seg = extra in (NUM_SEGMENTS, NUM_KEYPOINTS + NUM_SEGMENTS)
-    if extra not in (0, NUM_KEYPOINTS, NUM_SEGMENTS, NUM_KEYPOINTS + NUM_SEGMENTS):
-        raise CheckpointError(f"official PAMTRI checkpoint with {extra + 3} input channels (expected 3, 16, 39 or 52)")
-    fc = s.get("fc_vid.weight", s.get("fc.weight"))
-    multitask = "fc_vcolor.weight" in s
-    keypoints = fc is not None and int(fc.shape[1]) == 1024 + KEYPOINT_DIM
-    cfg = ModelConfig(backbone="densenet121", pretrained=None, heatmaps=heat, segments=seg, keypoints=keypoints,
-                      id_fc=int(fc.shape[0]) if fc is not None else 0, attr_fc=512, id_head=True,
-                      color=multitask, type=multitask, orientation=False, domain=False,
-                      embedding="fc" if fc is not None else "pool")
-    num_colors = int(s["classifier_vcolor.weight"].shape[0]) if multitask else 10
-    num_types = int(s["classifier_vtype.weight"].shape[0]) if multitask else 9
-    return cfg, int(s["classifier_vid.weight"].shape[0]), num_colors, num_types
-
-
-def convert_pamtri_state(state: dict) -> dict:
-    """Rename an official MultiTaskNet state dict into this module's names (``base.`` -> ``backbone.`` ...)."""
-    out = {}
-    for k, v in _unwrap_state(state).items():
-        head, _, rest = k.partition(".")
-        if head == "base":
-            out["backbone." + rest] = v
-        elif head in _PAMTRI_NAMES:
-            out[_PAMTRI_NAMES[head] + "." + rest] = v
-        else:
-            raise CheckpointError(f"unexpected key {k!r} in an official PAMTRI checkpoint")
-    return out
-
-
-def load_pamtri_checkpoint(path: str | os.PathLike) -> ReIDNet:
-    """The network of an official PAMTRI MultiTaskNet checkpoint (torchreid ``{'state_dict': ...}`` file)."""
-    raw = load_checkpoint(path)
-    cfg, num_ids, num_colors, num_types = pamtri_layout(raw)
-    model = ReIDNet(cfg, num_ids, num_colors, num_types)
-    state = convert_pamtri_state(raw)
-    own = model.state_dict()
-    for k in own:
-        if k.endswith("num_batches_tracked") and k not in state:
-            state[k] = own[k]
-    match_state_dict(model, state, str(path))
-    log.info("loaded official PAMTRI checkpoint %s (%d ids, H=%s S=%s K=%s MT=%s)", path, num_ids,
-             cfg.heatmaps, cfg.segments, cfg.keypoints, cfg.color)
-    return model
-
-
-def load_reid_weights(path: str | os.PathLike) -> tuple[ReIDNet, dict]:
-    """A model from a pamtri ReID checkpoint (training state or best weights) or an official PAMTRI file;
-    returns (model in eval mode, the checkpoint dict)."""
-    raw = load_checkpoint(path)
-    if "describe" in raw or "model_description" in raw:
-        desc = raw.get("model_description") or raw["describe"]
-        model = model_from_description(desc)
-        match_state_dict(model, raw["model"], str(path))
-    elif is_pamtri_state(raw):
-        model = load_pamtri_checkpoint(path)
-    else:
-        raise CheckpointError(f"{path}: neither a pamtri ReID checkpoint (with a model description) nor an "
-                              "official PAMTRI MultiTaskNet checkpoint")
-    return model.eval(), raw

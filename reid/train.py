@@ -24,10 +24,11 @@ from .config import ReIDConfig
 from .dataset import ReIDDataset, collate_labels, combine_training_sets, side_information
 from .evaluate import eval_loaders, evaluate_model, read_eval_records
 from .losses import reid_losses
-from .model import ReIDNet, build_model
+from .model import ReIDNet
 from .pose_inputs import cache_weights_sha256, make_pose_source
 from .samplers import DomainBalancedSampler, IdentitySampler, SeededBatches
 from .transforms import make_builder
+from .weights import build_model
 
 log = logging.getLogger(__name__)
 DOMAINS = {"real": REAL, "synthetic": SYNTHETIC}

@@ -65,7 +65,7 @@ def write_tiny_pose_checkpoint(path: Path) -> Path:
     from pamtri.common.checkpoint import save_checkpoint
     from pamtri.common.config import to_dict
     from pamtri.pose.config import PoseConfig
-    from pamtri.pose.model import build_pose_model
+    from pamtri.pose.weights import build_pose_model
     cfg = PoseConfig()
     cfg.model.name = "hrnet_w18_small"
     cfg.data.input_size = (64, 64)
@@ -82,7 +82,7 @@ def write_tiny_reid_checkpoint(path: Path, heatmaps: bool, segments: bool, keypo
     from pamtri.common.checkpoint import save_checkpoint
     from pamtri.common.config import to_dict
     from pamtri.reid.config import ModelConfig, ReIDConfig
-    from pamtri.reid.model import build_model
+    from pamtri.reid.weights import build_model
     cfg = ReIDConfig()
     cfg.data.height, cfg.data.width = height, width
     cfg.model = ModelConfig(heatmaps=heatmaps, segments=segments, keypoints=keypoints, **model_kw)

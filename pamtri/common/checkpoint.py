@@ -1,6 +1,9 @@
-"""Checkpoints: written atomically, read with ``weights_only=True``, RNG state included."""
+"""Checkpoints: written atomically, read with ``weights_only=True``, RNG state included; the helpers both
+stages' weights modules (``pose/weights.py``, ``reid/weights.py``) share: a file's hash, the state dict inside
+a checkpoint, BatchNorm counters that old files lack, loading a state dict with a listed mismatch."""
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import pickle
@@ -93,3 +96,35 @@ def match_state_dict(model: torch.nn.Module, state: dict, source: str, strict: b
         raise CheckpointError(f"{source}: checkpoint does not fit this model ({type(model).__name__}); "
                               + "; ".join(parts))
     model.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
+
+
+def file_sha256(path: str | os.PathLike, block: int = 1 << 20) -> str:
+    """Hex SHA-256 of a file's bytes (weights are named by it in caches, indexes and outputs)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(block):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def state_dict_of(obj: dict, source: str) -> dict[str, torch.Tensor]:
+    """The tensor dict inside a checkpoint (plain, or under best_state_dict / state_dict / model), each key's
+    'module.' (DataParallel) prefix removed; CheckpointError naming ``source`` when it holds no tensors."""
+    state = obj
+    for key in ("best_state_dict", "state_dict", "model"):
+        if isinstance(state.get(key), dict):
+            state = state[key]
+            break
+    tensors = {(k[len("module."):] if k.startswith("module.") else k): v for k, v in state.items()
+               if isinstance(v, torch.Tensor)}
+    if not tensors:
+        raise CheckpointError(f"{source}: holds no tensors (not a state dict)")
+    return tensors
+
+
+def with_batchnorm_counters(state: dict, model: torch.nn.Module) -> dict:
+    """``state`` plus the model's own ``num_batches_tracked`` counters where the file has none (files saved
+    by PyTorch < 0.4.1, such as the official PAMTRI and ImageNet DenseNet weights, lack them)."""
+    own = model.state_dict()
+    missing = {k: own[k] for k in own if k.endswith("num_batches_tracked") and k not in state}
+    return {**state, **missing}

@@ -31,9 +31,9 @@ def paper_models(heatmaps: bool = True):
     """HRNet-W32 pose model (256x256) and the DenseNet121 ReID model with heatmap channels, random weights."""
     import torch
 
-    from pamtri.pose.model import build_pose_model
+    from pamtri.pose.weights import build_pose_model
     from pamtri.reid.config import ModelConfig
-    from pamtri.reid.model import build_model
+    from pamtri.reid.weights import build_model
     torch.manual_seed(0)
     pose = build_pose_model("hrnet_w32").eval()
     reid = build_model(ModelConfig(heatmaps=heatmaps, segments=False, keypoints=True), num_ids=576).eval()

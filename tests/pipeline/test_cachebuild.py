@@ -18,7 +18,7 @@ from pamtri.pose.segments import rasterise
 
 @pytest.fixture(scope="module")
 def pose_weights(tmp_path_factory):
-    from pamtri.pose.model import build_pose_model
+    from pamtri.pose.weights import build_pose_model
     torch.manual_seed(0)
     cfg = PoseConfig()
     cfg.model.name = "hrnet_w18_small"
@@ -61,7 +61,7 @@ def test_build_cache_from_pose_model_and_resume(tmp_path, pose_weights):
     build_cache(pose_weights, paths, tmp_path / "cache", batch_size=2, chunk_size=2, precision="fp32",
                 progress=False)
     assert (tmp_path / "cache/heatmaps.npy").read_bytes() == before
-    from pamtri.pose.cache import file_sha256
+    from pamtri.common.checkpoint import file_sha256
     assert Cache(out, expect_weights_sha256=file_sha256(pose_weights)).manifest["count"] == 5
     with pytest.raises(CheckpointError, match="other pose weights"):
         Cache(out, expect_weights_sha256="0" * 64)

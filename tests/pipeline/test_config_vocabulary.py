@@ -76,8 +76,8 @@ def test_pose_weights_with_a_config_of_the_old_names_still_load(tmp_path):
 
     from pamtri.common.checkpoint import save_checkpoint
     from pamtri.common.config import to_dict
-    from pamtri.pose.model import build_pose_model
-    from pamtri.pose.predict import load_pose_model
+    from pamtri.pose.weights import build_pose_model
+    from pamtri.pose.weights import load as load_pose
     old = to_dict(PoseConfig())
     for key in ("seed", "device", "precision", "threads", "max_batches", "optim"):
         del old[key]
@@ -88,7 +88,7 @@ def test_pose_weights_with_a_config_of_the_old_names_still_load(tmp_path):
     torch.manual_seed(0)
     path = tmp_path / "old.pt"
     save_checkpoint({"model": build_pose_model("hrnet_w18_small").state_dict(), "config": old}, path)
-    _, cfg, _ = load_pose_model(path)
+    _, (cfg, _) = load_pose(path)
     assert (cfg.optim.epochs, cfg.data.batch_size, cfg.optim.milestones, cfg.precision, cfg.eval.every) == \
         (7, 8, [5], "fp32", 2)
     assert cfg.optim.lr == 1e-3  # not in the old file: the pose default

@@ -190,7 +190,7 @@ def test_pose_train_ddp(pose_data, tmp_path):
     from pamtri.pose.codec import HeatmapCodec
     from pamtri.pose.config import PoseConfig
     from pamtri.pose.dataset import build_datasets, collate
-    from pamtri.pose.model import build_pose_model
+    from pamtri.pose.weights import build_pose_model
     cfg = load_config(PoseConfig, None, overrides)
     model = build_pose_model(cfg.model.name, None)
     model.load_state_dict(load_checkpoint(run / "last.pt")["model"])

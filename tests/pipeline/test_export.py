@@ -35,7 +35,7 @@ def _metadata(path):
 
 
 def test_pose_export_matches_pytorch_with_a_dynamic_batch(pose_weights, tmp_path, capsys):
-    from pamtri.pose.predict import load_pose_model
+    from pamtri.pose.weights import load as load_pose
     out = tmp_path / "pose.onnx"
     assert main(["export", "onnx", "--stage", "pose", "--weights", str(pose_weights), "--out", str(out)]) == 0
     assert "max abs diff" in capsys.readouterr().out
@@ -43,7 +43,7 @@ def test_pose_export_matches_pytorch_with_a_dynamic_batch(pose_weights, tmp_path
     (inp,), (outp,) = sess.get_inputs(), sess.get_outputs()
     assert inp.name == "image" and inp.shape == ["batch", 3, 64, 64]
     assert outp.name == "heatmaps" and outp.shape == ["batch", 36, 16, 16]
-    model, _, _ = load_pose_model(pose_weights)
+    model, (_, _) = load_pose(pose_weights)
     for n in (1, 4):
         x = torch.randn(n, 3, 64, 64)
         got = sess.run(None, {"image": x.numpy()})[0]
@@ -66,7 +66,7 @@ def test_pose_export_other_size_and_opset(pose_weights, tmp_path):
 
 @pytest.mark.parametrize("heatmaps,segments,keypoints", [(True, True, True), (False, False, False)])
 def test_reid_export_matches_the_embedding(tmp_path, heatmaps, segments, keypoints):
-    from pamtri.reid.model import load_reid_weights
+    from pamtri.reid.weights import load as load_reid
     weights = _reid_weights(tmp_path / "reid.pt", heatmaps, segments, keypoints)
     out = tmp_path / "reid.onnx"
     assert main(["export", "onnx", "--stage", "reid", "--weights", str(weights), "--out", str(out)]) == 0
@@ -78,7 +78,7 @@ def test_reid_export_matches_the_embedding(tmp_path, heatmaps, segments, keypoin
         expected["keypoints"] = ["batch", 108]
     assert inputs == expected
     assert [(o.name, o.shape) for o in sess.get_outputs()] == [("embedding", ["batch", 64])]
-    model, _ = load_reid_weights(weights)
+    model, _ = load_reid(weights)
     x = torch.randn(3, channels, 32, 48)
     kv = torch.rand(3, 108) - 0.5
     feed = {"images": x.numpy(), **({"keypoints": kv.numpy()} if keypoints else {})}

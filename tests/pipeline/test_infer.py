@@ -37,11 +37,11 @@ def test_pipeline_inputs_match_the_training_sample_builder(tmp_path):
     """The vectorised batch preparation gives what the ReID data pipeline gives for the same pose output."""
     from pamtri.data.records import Record
     from pamtri.pipeline.infer import Pipeline, PoseBatch, _NoPose
-    from pamtri.reid.model import load_reid_weights
     from pamtri.reid.pose_inputs import ArrayPose
     from pamtri.reid.transforms import make_builder
+    from pamtri.reid.weights import load as load_reid
     cfg = write_tiny_reid_checkpoint(tmp_path / "r.pt", heatmaps=True, segments=True, keypoints=True)
-    model, _ = load_reid_weights(tmp_path / "r.pt")
+    model, _ = load_reid(tmp_path / "r.pt")
     pipe = Pipeline(_NoPose("cpu", "fp32"), model, cfg.data, channels_last=False)
     rng = np.random.default_rng(3)
     images = [rng.integers(0, 255, (50, 70, 3), dtype=np.uint8), rng.integers(0, 255, (40, 30, 3), dtype=np.uint8)]
@@ -76,7 +76,7 @@ def test_pipeline_embeds_image_files_end_to_end(tmp_path):
     from pamtri.common.config import to_dict
     from pamtri.pipeline.cli import main
     from pamtri.pose.config import PoseConfig
-    from pamtri.pose.model import build_pose_model
+    from pamtri.pose.weights import build_pose_model
     pcfg = PoseConfig()
     pcfg.model.name = "hrnet_w18_small"
     pcfg.data.input_size = (64, 64)
@@ -106,9 +106,9 @@ def test_compile_flag_wraps_both_networks(tmp_path, monkeypatch):
     size (compiling for real takes minutes on 2 cores)."""
     from pamtri.pipeline.infer import Pipeline
     from pamtri.pose.codec import HeatmapCodec
-    from pamtri.pose.model import build_pose_model
     from pamtri.pose.predict import PosePredictor
-    from pamtri.reid.model import load_reid_weights
+    from pamtri.pose.weights import build_pose_model
+    from pamtri.reid.weights import load as load_reid
     compiled, batches = [], []
 
     def fake_compile(module, options=None):
@@ -117,7 +117,7 @@ def test_compile_flag_wraps_both_networks(tmp_path, monkeypatch):
         return module
     monkeypatch.setattr(torch, "compile", fake_compile)
     cfg = write_tiny_reid_checkpoint(tmp_path / "r.pt", heatmaps=True, segments=False, keypoints=True)
-    reid, _ = load_reid_weights(tmp_path / "r.pt")
+    reid, _ = load_reid(tmp_path / "r.pt")
     pose = build_pose_model("hrnet_w18_small").eval()
     codec = HeatmapCodec((64, 64), (16, 16))
     eager = Pipeline(PosePredictor(pose, codec, device="cpu", precision="fp32"), reid, cfg.data, batch_size=4)
@@ -136,12 +136,11 @@ def test_compile_flag_wraps_both_networks(tmp_path, monkeypatch):
 
 
 def test_pose_weights_other_than_the_trained_ones_are_warned_about(tmp_path, caplog):
-    from pamtri.common.checkpoint import load_checkpoint, save_checkpoint
+    from pamtri.common.checkpoint import file_sha256, load_checkpoint, save_checkpoint
     from pamtri.common.config import to_dict
     from pamtri.pipeline.infer import Pipeline
-    from pamtri.pose.cache import file_sha256
     from pamtri.pose.config import PoseConfig
-    from pamtri.pose.model import build_pose_model
+    from pamtri.pose.weights import build_pose_model
     cfg = PoseConfig()
     cfg.model.name = "hrnet_w18_small"
     cfg.data.input_size = (64, 64)
@@ -167,10 +166,10 @@ def test_embed_gives_the_features_of_reid_eval_on_the_models_own_grid(tmp_path):
     from pamtri.pipeline.cli import main
     from pamtri.pipeline.infer import Pipeline
     from pamtri.pose.config import PoseConfig
-    from pamtri.pose.model import build_pose_model
+    from pamtri.pose.weights import build_pose_model
     from pamtri.reid.config import ReIDConfig
     from pamtri.reid.evaluate import eval_loaders, extract_features, read_eval_records
-    from pamtri.reid.model import load_reid_weights
+    from pamtri.reid.weights import load as load_reid
     from tests.conftest import write_tiny_reid_config, write_tiny_synth_tree
     root = write_tiny_synth_tree(tmp_path / "data", ids=8)
     for path in root.glob("image_*/*.jpg"):  # the ReID input size, so that the RGB channels need no resampling
@@ -193,7 +192,7 @@ def test_embed_gives_the_features_of_reid_eval_on_the_models_own_grid(tmp_path):
                  "--set", f"data.query_cache={caches['query']}", "--set", f"data.gallery_cache={caches['test']}",
                  "--set", "device=cpu", "--set", "precision=fp32"]) == 0
     weights = tmp_path / "run" / "best.pt"
-    model, ckpt = load_reid_weights(weights)
+    model, ckpt = load_reid(weights)
     cfg = from_dict(ReIDConfig, ckpt["config"])
     query, gallery = read_eval_records(cfg.data)
     ql, _ = eval_loaders(query, gallery, cfg.data, model.cfg, batch_size=16, workers=0)

@@ -4,10 +4,10 @@ import torch
 
 from pamtri.pipeline.infer import Pipeline
 from pamtri.pose.codec import HeatmapCodec
-from pamtri.pose.model import build_pose_model
 from pamtri.pose.predict import PosePredictor
+from pamtri.pose.weights import build_pose_model
 from pamtri.reid.config import DataConfig, ModelConfig
-from pamtri.reid.model import build_model
+from pamtri.reid.weights import build_model
 
 
 def _vehicles(n, size=64):

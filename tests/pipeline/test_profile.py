@@ -33,9 +33,9 @@ def test_openvino_layers_sum_the_per_layer_counters_of_both_stages(tmp_path):
     pytest.importorskip("onnx")
     pytest.importorskip("openvino")
     from pamtri.pipeline.bench.profile import openvino_layers
-    from pamtri.pose.model import build_pose_model
+    from pamtri.pose.weights import build_pose_model
     from pamtri.reid.config import ModelConfig
-    from pamtri.reid.model import build_model
+    from pamtri.reid.weights import build_model
     torch.manual_seed(0)
     models = (build_pose_model("hrnet_w18_small").eval(),
               build_model(ModelConfig(heatmaps=True, segments=False, keypoints=True), num_ids=4).eval())

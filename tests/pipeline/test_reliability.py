@@ -131,7 +131,7 @@ def pose_weights(tmp_path_factory) -> Path:
     """An untrained hrnet_w18_small pose checkpoint with its config (64 x 64 input)."""
     from pamtri.common.config import to_dict
     from pamtri.pose.config import PoseConfig
-    from pamtri.pose.model import build_pose_model
+    from pamtri.pose.weights import build_pose_model
     torch.manual_seed(0)
     cfg = PoseConfig()
     cfg.model.name, cfg.data.input_size = "hrnet_w18_small", (64, 64)
@@ -589,7 +589,8 @@ def test_cache_of_other_pose_weights_is_refused(pose_weights, pose_tree, tmp_pat
         f"{cache}: holds a cache (or a partial build) for other inputs (different pose weights, settings or image "
         f"list); rebuild it with `pamtri cache build ... --out {cache} --rebuild` (or delete the folder)")
     assert {p.name: p.read_bytes() for p in cache.iterdir() if p.is_file()} == before
-    from pamtri.pose.cache import Cache, file_sha256
+    from pamtri.common.checkpoint import file_sha256
+    from pamtri.pose.cache import Cache
     with pytest.raises(Exception, match="built with other pose weights.*--rebuild"):
         Cache(cache, expect_weights_sha256=file_sha256(other))
     code, out, err = cli(["cache", "build", "--pose-weights", other, "--rebuild"] + common, capsys)

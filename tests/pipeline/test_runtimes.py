@@ -139,11 +139,11 @@ def test_bench_runtime_rows_and_the_recorded_default(weights, tmp_path, monkeypa
 
     from pamtri.pipeline.bench.harness import timed
     from pamtri.pipeline.bench.inference import runtime_rows
-    from pamtri.pose.predict import load_pose_model
-    from pamtri.reid.model import load_reid_weights
+    from pamtri.pose.weights import load as load_pose
+    from pamtri.reid.weights import load as load_reid
     monkeypatch.setenv("PAMTRI_RUNTIME_RECORD", str(tmp_path / "runtime.json"))
-    pose, _, _ = load_pose_model(weights[0])
-    reid, _ = load_reid_weights(weights[1])
+    pose, (_, _) = load_pose(weights[0])
+    reid, _ = load_reid(weights[1])
     rng = np.random.default_rng(1)
     images = [rng.integers(0, 255, (64, 64, 3), dtype=np.uint8) for _ in range(4)]
     torch_pipe = Pipeline.from_weights(*weights, device="cpu", batch_size=4, runtime="torch")

@@ -6,7 +6,8 @@ import torch
 from pamtri.common.checkpoint import load_checkpoint
 from pamtri.common.errors import CheckpointError
 from pamtri.pipeline.cli import main
-from pamtri.pose.model import PoseHRNet, ours_to_official
+from pamtri.pose.model import PoseHRNet
+from pamtri.pose.weights import ours_to_official
 from tests.reid.test_model import _official_forward, _official_state
 
 
@@ -22,14 +23,14 @@ def official_pose(tmp_path_factory):
 
 
 def test_posestnet_converts_to_a_self_describing_pose_checkpoint(official_pose, tmp_path, capsys):
-    from pamtri.pose.predict import load_pose_model
+    from pamtri.pose.weights import load as load_pose
     src, model = official_pose
     out = tmp_path / "pose.pt"
     assert main(["weights", "convert", "--from", "official-posestnet", "--in", str(src), "--out", str(out)]) == 0
     assert "hrnet_w18_small" in capsys.readouterr().out  # architecture found from the tensor shapes
     ckpt = load_checkpoint(out)
     assert ckpt["format"] == "pamtri-weights-1" and ckpt["config"]["model"]["name"] == "hrnet_w18_small"
-    loaded, cfg, _ = load_pose_model(out)  # no --model needed any more
+    loaded, (cfg, _) = load_pose(out)  # no --model needed any more
     assert cfg.model.cell_convention == "reference" and cfg.eval.flip_shift == 1.0
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
@@ -55,7 +56,7 @@ def test_converted_pose_weights_work_with_pose_predict(official_pose, tmp_path):
 def test_pamtri_reid_converts_with_a_description_from_the_shapes(official_pose, tmp_path, channels, keypoints,
                                                                   multitask):
     from pamtri.pipeline.infer import Pipeline
-    from pamtri.reid.model import load_reid_weights
+    from pamtri.reid.weights import load as load_reid
     state = _official_state(channels, keypoints, multitask)
     src = tmp_path / "model_best.pth.tar"
     torch.save({"state_dict": {f"module.{k}": v for k, v in state.items()}, "rank1": 0.9, "epoch": 60}, src)
@@ -67,7 +68,7 @@ def test_pamtri_reid_converts_with_a_description_from_the_shapes(official_pose, 
     assert (m["heatmaps"], m["segments"], m["keypoints"], m["color"], m["type"]) == (
         channels in (39, 52), channels in (16, 52), keypoints, multitask, multitask)
     assert ckpt["config"]["data"]["height"] == 256 and ckpt["model_description"]["num_ids"] == 9
-    model, _ = load_reid_weights(out)
+    model, _ = load_reid(out)
     x, p = torch.randn(2, channels, 64, 64), torch.rand(2, 108) - 0.5
     with torch.no_grad():
         assert torch.allclose(model.embed(x, p if keypoints else None), _official_forward(state, x, p, keypoints),

@@ -94,7 +94,8 @@ def test_pose_checkpoints_carry_their_codec(tmp_path):
     """Training stores the codec in best.pt and last.pt; loading rebuilds it from there, and from the config for
     checkpoints written before codecs were stored."""
     import pamtri.pose.train as pose_train
-    from pamtri.pose.predict import PosePredictor, load_pose_model
+    from pamtri.pose.predict import PosePredictor
+    from pamtri.pose.weights import load as load_pose
     from tests.pose.posedata import make_pose_set
     make_pose_set(tmp_path / "data", "train", n=4, seed=0)
     root = tmp_path / "data"
@@ -108,14 +109,14 @@ def test_pose_checkpoints_carry_their_codec(tmp_path):
     assert expected.flip_shift == 0.25 and expected.heatmap_size == (16, 16)
     for name in ("best.pt", "last.pt"):
         assert load_checkpoint(tmp_path / "run" / name)["codec"] == expected.to_dict(), name
-        assert load_pose_model(tmp_path / "run" / name)[2] == expected
+        assert load_pose(tmp_path / "run" / name)[1].codec == expected
     # the stored codec is the one used, whatever the config says
     ckpt = load_checkpoint(tmp_path / "run" / "best.pt")
     ckpt["codec"] = replace(expected, decode_method="reference", flip_shift=1.0).to_dict()
     save_checkpoint(ckpt, tmp_path / "edited.pt")
-    model, loaded_cfg, codec = load_pose_model(tmp_path / "edited.pt")
+    model, (loaded_cfg, codec) = load_pose(tmp_path / "edited.pt")
     assert codec.decode_method == "reference" and codec.flip_shift == 1.0 and loaded_cfg.eval.decode == "dark"
     assert PosePredictor.from_config(model, loaded_cfg, codec, device="cpu").codec is codec
     del ckpt["codec"]
     save_checkpoint(ckpt, tmp_path / "old.pt")
-    assert load_pose_model(tmp_path / "old.pt")[2] == expected
+    assert load_pose(tmp_path / "old.pt")[1].codec == expected

@@ -3,7 +3,8 @@ import timm
 import torch
 
 from pamtri.common.errors import CheckpointError
-from pamtri.pose.model import PoseHRNet, checkpoint_layout, load_weights, official_to_ours, ours_to_official
+from pamtri.pose.model import PoseHRNet
+from pamtri.pose.weights import checkpoint_layout, load_weights, official_to_ours, ours_to_official
 
 
 @pytest.fixture(scope="module")
@@ -90,11 +91,11 @@ def test_unknown_architecture_is_a_clear_error():
 
 
 def test_load_pose_model_reads_official_posestnet_with_its_conventions(model, tmp_path):
-    from pamtri.pose.predict import load_pose_model
+    from pamtri.pose.weights import load as load_pose
     path = tmp_path / "model_best.pth"
     torch.save(ours_to_official(model.state_dict()), path)
     with pytest.raises(CheckpointError, match="stores no pamtri config"):
-        load_pose_model(path)
-    loaded, cfg, _ = load_pose_model(path, name="hrnet_w18_small")
+        load_pose(path)
+    loaded, (cfg, _) = load_pose(path, name="hrnet_w18_small")
     assert cfg.model.cell_convention == "reference" and cfg.eval.flip_shift == 1.0
     assert torch.equal(loaded.head.weight, model.head.weight)

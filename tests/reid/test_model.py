@@ -9,16 +9,9 @@ import torchvision
 
 from pamtri.common.errors import CheckpointError
 from pamtri.reid.config import ModelConfig
-from pamtri.reid.model import (
-    KEYPOINT_DIM,
-    ReIDNet,
-    build_model,
-    grad_reverse,
-    grl_ramp,
-    load_pamtri_checkpoint,
-    load_reid_weights,
-    pamtri_layout,
-)
+from pamtri.reid.model import KEYPOINT_DIM, ReIDNet, grad_reverse, grl_ramp
+from pamtri.reid.weights import build_model, load_pamtri_checkpoint, pamtri_layout
+from pamtri.reid.weights import load as load_reid
 
 RGB = ModelConfig(heatmaps=False, segments=False, keypoints=False, color=False, type=False)
 
@@ -207,7 +200,7 @@ def test_official_pamtri_checkpoint_layout(tmp_path, channels, keypoints, multit
         out = model(x, p)
         assert torch.allclose(out["id"], F.linear(want, state["classifier_vid.weight"], state["classifier_vid.bias"]),
                               atol=1e-5)
-    same, _ = load_reid_weights(path)
+    same, _ = load_reid(path)
     assert same.cfg == model.cfg
 
 
@@ -215,6 +208,6 @@ def test_wrong_weights_are_refused(tmp_path):
     path = tmp_path / "bad.pth"
     torch.save({"conv.weight": torch.zeros(1)}, path)
     with pytest.raises(CheckpointError):
-        load_reid_weights(path)
+        load_reid(path)
     with pytest.raises(CheckpointError, match="ImageNet"):
         build_model(replace(RGB, pretrained=str(path)), num_ids=2)

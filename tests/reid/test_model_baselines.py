@@ -10,7 +10,8 @@ from torch import nn
 from pamtri.common.errors import CheckpointError, ConfigError
 from pamtri.reid.config import LossConfig, ModelConfig
 from pamtri.reid.losses import reid_losses, triplet_batch_hard
-from pamtri.reid.model import IBN, GeM, ReIDNet, build_model
+from pamtri.reid.model import IBN, GeM, ReIDNet
+from pamtri.reid.weights import build_model
 
 RGB = ModelConfig(heatmaps=False, segments=False, keypoints=False, color=False, type=False)
 BOT = replace(RGB, backbone="timm/resnet18", neck="bnneck", id_fc=0)

@@ -11,8 +11,9 @@ from timm.layers import resample_abs_pos_embed
 from pamtri.common.errors import ConfigError
 from pamtri.pose.keypoints import FLIP_INDEX
 from pamtri.reid.config import ModelConfig
-from pamtri.reid.model import ReIDNet, load_imagenet_weights
+from pamtri.reid.model import ReIDNet
 from pamtri.reid.vit import VIEW_NAMES, patch_grid, pose_view
+from pamtri.reid.weights import load_imagenet_weights
 
 NAME = "vit_tiny_patch16_224"
 VIT = ModelConfig(backbone=f"timm/{NAME}", input_size=(64, 64), neck="bnneck", id_fc=0, heatmaps=False,
