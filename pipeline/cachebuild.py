@@ -13,7 +13,6 @@ import numpy as np
 from pamtri.common.atomic import RunLock
 from pamtri.common.checkpoint import file_sha256
 from pamtri.common.distributed import barrier, init_distributed
-from pamtri.common.errors import DataError
 from pamtri.data.images import read_image
 from pamtri.data.labels import read_reid_csv, write_reid_csv
 from pamtri.data.records import Record, parse_veri_name
@@ -127,16 +126,12 @@ def export_legacy(cache_dir: str | os.PathLike, root: str | os.PathLike, split: 
                   image_root: str | os.PathLike, quality: int = 95) -> int:
     """Write a cache in the reference layout under ``root``: heatmap/segment JPEG folders (segments
     rasterised at each image's size) and ``label_<split>.csv`` with the keypoints. Returns the image count."""
-    import cv2
     cache = Cache(cache_dir)
     records: list[Record] = []
     for i, name in enumerate(cache.names):
         hm, kp, _ = cache.raw(i)
         path = Path(image_root) / name
-        image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-        if image is None:
-            raise DataError(path, "image not found or unreadable (needed for the segment size)")
-        h, w = image.shape[:2]
+        h, w = read_image(path, max_side=None).shape[:2]  # the segment size: the image's own
         heat_dir, seg_dir = legacy_folders(root, split, name)
         kp = np.asarray(kp)
         write_legacy_maps(heat_dir, dequantise(np.asarray(hm)), rasterise(kp, (h, w)).astype(bool),

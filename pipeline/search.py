@@ -133,30 +133,9 @@ def draw_search(query_paths: Sequence[str], gallery_paths: Sequence[str], order:
                 path: str | os.PathLike, tile: tuple[int, int] = (96, 96)) -> None:
     """One row per query: the query (blue border), then its matches ``order`` (Q, top) gallery indices (-1: none)
     with their distances ``dist`` (Q, top)."""
-    import cv2
-
-    from pamtri.common.atomic import atomic_write_bytes
-    from pamtri.data.images import read_image
-    w, h = tile
-    rows = []
-    for qi, qp in enumerate(query_paths):
-        cells = [_tile(read_image(qp), tile, (40, 90, 220), "query")]
-        for gi, d in zip(order[qi], dist[qi]):
-            if gi >= 0:
-                cells.append(_tile(read_image(gallery_paths[gi]), tile, (200, 200, 200), f"{d:.3f}"))
-        rows.append(np.concatenate(cells, axis=1))
-    width = max(r.shape[1] for r in rows)
-    sheet = np.concatenate([np.pad(r, ((0, 0), (0, width - r.shape[1]), (0, 0)), constant_values=255) for r in rows])
-    ok, buf = cv2.imencode(".png", cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR))
-    atomic_write_bytes(path, buf.tobytes())
-
-
-def _tile(image: np.ndarray, size: tuple[int, int], colour, label: str) -> np.ndarray:
-    import cv2
-    w, h = size
-    img = cv2.resize(image, (w - 8, h - 22), interpolation=cv2.INTER_AREA)
-    out = np.full((h, w, 3), 255, np.uint8)
-    out[2:h - 18, 2:w - 2] = colour
-    out[4:h - 18, 4:w - 4] = img[: h - 22, : w - 8]
-    cv2.putText(out, label, (4, h - 5), cv2.FONT_HERSHEY_SIMPLEX, 0.35, (0, 0, 0), 1, cv2.LINE_AA)
-    return out
+    from pamtri.reid.visualize import BLUE, tile_of_file, write_rank_sheet
+    light = (200, 200, 200)
+    rows = [[tile_of_file(qp, tile, BLUE, "query")]
+            + [tile_of_file(gallery_paths[gi], tile, light, f"{d:.3f}") for gi, d in zip(order[qi], dist[qi])
+               if gi >= 0] for qi, qp in enumerate(query_paths)]
+    write_rank_sheet(rows, path)

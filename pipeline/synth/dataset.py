@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 from pamtri.common.atomic import RunLock, atomic_write_bytes, atomic_write_text
 from pamtri.common.errors import ConfigError
+from pamtri.data.images import read_image
 from pamtri.data.labels import write_pose_csv, write_reid_csv
 from pamtri.data.records import REAL, SYNTHETIC, Record
 
@@ -236,8 +237,8 @@ def _generate_into(stage: Path, seed, ids, images_per_id, size, style, cameras, 
                 fh.write(data)
             records[split].append(rec)
         if index in want_preview:
-            img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
-            shown.append((img, kps, name))
+            img = read_image(stage / f"image_{dests[0]}" / name, max_side=None)[:, :, ::-1]  # the painter's BGR
+            shown.append((np.ascontiguousarray(img), kps, name))
         bar.update(1)
     bar.close()
 
