@@ -89,7 +89,7 @@ def export_pose(weights: str | os.PathLike, out: str | os.PathLike, size: tuple[
     from pamtri.pose.weights import load as load_pose
     _require_onnx()
     model, (cfg, codec) = load_pose(weights, model_name)
-    h, w = size if size else (int(cfg.data.input_size[1]), int(cfg.data.input_size[0]))
+    h, w = size if size else (int(cfg.codec.input_size[1]), int(cfg.codec.input_size[0]))
     _check_size(h, w, 32, weights)
     meta = {"stage": "pose", "weights": os.path.basename(os.fspath(weights)), "model": cfg.model.name,
             "input": "RGB crop normalised with the ImageNet mean/std (pose.transforms.normalise)",

@@ -54,11 +54,16 @@ class HeatmapCodec:
 
     @classmethod
     def from_config(cls, cfg, stride: int = 4) -> HeatmapCodec:
-        """The codec of a PoseConfig: its input size, HRNet's output ``stride``, sigma, conventions, decoding."""
-        w, h = cfg.data.input_size
-        return cls(input_size=(w, h), heatmap_size=(w // stride, h // stride), sigma=cfg.data.sigma,
-                   cell_convention=cfg.model.cell_convention, decode_method=cfg.eval.decode,
-                   blur_sigma=cfg.eval.blur_sigma, flip_shift=cfg.eval.flip_shift)
+        """The codec of a PoseConfig's ``codec`` section, its heatmap grid the input size over HRNet's ``stride``."""
+        c = cfg.codec
+        w, h = c.input_size
+        return cls(input_size=(w, h), heatmap_size=(w // stride, h // stride), sigma=c.sigma,
+                   cell_convention=c.cell_convention, decode_method=c.decode_method, blur_sigma=c.blur_sigma,
+                   flip_shift=c.flip_shift)
+
+    def section(self) -> dict:
+        """The parameters of a PoseConfig's ``codec`` section that give this codec (the grid is derived)."""
+        return {k: v for k, v in self.to_dict().items() if k != "heatmap_size"}
 
     @classmethod
     def from_dict(cls, data: dict, source: str = "<codec>") -> HeatmapCodec:

@@ -13,7 +13,7 @@ from typing import ClassVar, Literal
 from pamtri.common.errors import ConfigError
 from pamtri.common.schedule import OptimConfig
 
-from .heatmaps import DECODE_METHODS
+from .codec import HeatmapCodec
 
 
 @dataclass
@@ -34,11 +34,9 @@ class DataSource:
 
 @dataclass
 class DataConfig:
-    """What to train and validate on, and how crops are made (input_size is width, height in pixels)."""
+    """What to train and validate on, and how crops are augmented (their size is the codec's)."""
     train: list[DataSource] = field(default_factory=lambda: [DataSource()])
     val: list[DataSource] = field(default_factory=lambda: [DataSource(split="test")])
-    input_size: tuple[int, int] = (256, 256)
-    sigma: float = 2.0
     box_enlarge: float = 1.25
     scale: float = 0.25
     rotation: float = 30.0
@@ -58,19 +56,30 @@ class ModelConfig:
     """HRNet width (a timm name) and optional initial weights (a local ImageNet or PoseEstNet file)."""
     name: str = "hrnet_w32"
     weights: str = ""
+
+
+@dataclass
+class CodecConfig:
+    """The heatmap codec (pose.codec.HeatmapCodec), declared once and used by the dataset's targets, the
+    network's input size and heatmap grid, decoding and the flip test. A checkpoint stores the codec it was
+    trained with, and inference reads it from there. ``input_size`` is (width, height) pixels; the heatmaps are
+    input / 4 cells (HRNet's stride)."""
+    input_size: tuple[int, int] = (256, 256)
+    sigma: float = 2.0             # the Gaussian targets' sigma, in cells
     # How heatmap cells sit on input pixels (pose.transforms.input_to_heatmap). 'reference' only for
-    # weights trained by the reference code (then also eval.flip_shift: 1.0).
+    # weights trained by the reference code (then also flip_shift: 1.0).
     cell_convention: Literal["centred", "reference"] = "centred"
+    decode_method: Literal["dark", "reference"] = "dark"
+    blur_sigma: float = 2.0        # DARK smoothing in cells
+    flip_shift: float = 0.0        # cells; 0 is exact for pamtri's cell convention (see pose.heatmaps.flip_back)
 
 
 @dataclass
 class EvalConfig:
-    """Validation and inference: how often, flip test, decoding rule, PCK threshold (x 0.25 box diagonal)."""
+    """Validation and inference: how often, flip test, PCK threshold (x 0.25 box diagonal); decoding is the
+    codec's."""
     every: int = 1  # validate every N epochs (and after the last); 0 = after the last only
     flip_test: bool = True
-    flip_shift: float = 0.0  # cells; 0 is exact for pamtri's cell convention (see pose.heatmaps.flip_back)
-    decode: Literal["dark", "reference"] = "dark"
-    blur_sigma: float = 2.0  # DARK smoothing in cells
     batch_size: int = 32
     pck_threshold: float = 0.5
 
@@ -90,6 +99,10 @@ class PoseConfig:
         "train.val_every": "eval.every", "train.max_steps": "max_batches", "train.seed": "seed",
         "train.device": "device", "train.precision": "precision", "train.threads": "threads",
         "data.num_workers": "data.workers", "data.colour_jitter": "data.color_jitter",
+        # the heatmap codec's parameters, in one section since it owns them
+        "data.input_size": "codec.input_size", "data.sigma": "codec.sigma",
+        "model.cell_convention": "codec.cell_convention", "eval.decode": "codec.decode_method",
+        "eval.blur_sigma": "codec.blur_sigma", "eval.flip_shift": "codec.flip_shift",
     }
     seed: int = 0
     device: str = "auto"
@@ -98,6 +111,7 @@ class PoseConfig:
     max_batches: int = 0  # cap optimiser steps per epoch (smoke tests); 0 = a full epoch
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
+    codec: CodecConfig = field(default_factory=CodecConfig)
     optim: OptimConfig = field(default_factory=_paper_optim)
     eval: EvalConfig = field(default_factory=EvalConfig)
 
@@ -112,12 +126,11 @@ class PoseConfig:
                     raise ConfigError(f"{name}[{i}].root: empty")
                 if s.weight <= 0:
                     raise ConfigError(f"{name}[{i}].weight: must be > 0, got {s.weight}")
-        w, h = d.input_size
+        w, h = self.codec.input_size
         if w <= 0 or h <= 0 or w % 32 or h % 32:
-            raise ConfigError(f"data.input_size: width and height must be positive multiples of 32 "
-                              f"(HRNet's coarsest branch), got {list(d.input_size)}")
-        if d.sigma <= 0:
-            raise ConfigError(f"data.sigma: must be > 0, got {d.sigma}")
+            raise ConfigError(f"codec.input_size: width and height must be positive multiples of 32 "
+                              f"(HRNet's coarsest branch), got {list(self.codec.input_size)}")
+        HeatmapCodec.from_config(self)  # the codec validates its own parameters (one place)
         if d.box_enlarge < 1:
             raise ConfigError(f"data.box_enlarge: must be >= 1, got {d.box_enlarge}")
         if not 0 <= d.scale < 1:
@@ -133,10 +146,8 @@ class PoseConfig:
             raise ConfigError(f"data.batch_size: must be > 0, got {d.batch_size}")
         if e.every < 0 or self.max_batches < 0 or self.threads < 0:
             raise ConfigError("eval.every, max_batches and threads must be >= 0")
-        if e.decode not in DECODE_METHODS:
-            raise ConfigError(f"eval.decode: one of {DECODE_METHODS}, got {e.decode!r}")
-        if e.batch_size <= 0 or e.blur_sigma < 0 or e.pck_threshold <= 0:
-            raise ConfigError("eval.batch_size and eval.pck_threshold must be > 0, eval.blur_sigma >= 0")
+        if e.batch_size <= 0 or e.pck_threshold <= 0:
+            raise ConfigError("eval.batch_size and eval.pck_threshold must be > 0")
         if self.precision == "bf16" and self.device == "cpu":
             from pamtri.common.device import cpu_supports_bf16
             if not cpu_supports_bf16():

@@ -1,4 +1,6 @@
-"""Heatmap codec. Coordinates are in heatmap cells: the centre of cell (row i, column j) is x=j, y=i.
+"""The heatmap maths the codec (pose/codec.py::HeatmapCodec, which owns the parameters) is built on.
+
+Coordinates are in heatmap cells: the centre of cell (row i, column j) is x=j, y=i.
 
 ``encode`` makes the Gaussian training targets; ``decode`` turns predicted heatmaps back into sub-cell
 positions (DARK by default, or the reference rule); ``flip_back`` undoes a horizontal flip of the input

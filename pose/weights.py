@@ -26,7 +26,7 @@ from pamtri.common.config import from_dict, to_dict, upgrade_renamed
 from pamtri.common.errors import CheckpointError
 
 from .codec import HeatmapCodec
-from .config import PoseConfig
+from .config import CodecConfig, PoseConfig
 from .model import PoseHRNet
 
 log = logging.getLogger(__name__)
@@ -143,13 +143,15 @@ def load(weights: str | os.PathLike, name: str | None = None) -> tuple[PoseHRNet
         cfg.model.name = name
         if checkpoint_layout(state_dict_of(state, str(weights))) == "posestnet":
             # Trained by the reference code: its cell convention and its one-cell flip shift.
-            cfg.model.cell_convention = "reference"
-            cfg.eval.flip_shift = 1.0
+            cfg.codec.cell_convention = "reference"
+            cfg.codec.flip_shift = 1.0
     model = PoseHRNet(cfg.model.name)
     load_weights(model, weights)
     model.eval()
     if stored and isinstance(state.get("codec"), dict):
         codec = HeatmapCodec.from_dict(state["codec"], f"{weights} (stored codec)")
+        # the stored codec is the one truth: the config's codec section says the same from here on
+        cfg.codec = from_dict(CodecConfig, codec.section(), f"{weights} (stored codec)")
     else:
         codec = HeatmapCodec.from_config(cfg, model.stride)
     return model, PoseDescription(cfg, codec)

@@ -68,7 +68,7 @@ def write_tiny_pose_checkpoint(path: Path) -> Path:
     from pamtri.pose.weights import build_pose_model
     cfg = PoseConfig()
     cfg.model.name = "hrnet_w18_small"
-    cfg.data.input_size = (64, 64)
+    cfg.codec.input_size = (64, 64)
     torch.manual_seed(0)
     save_checkpoint({"model": build_pose_model("hrnet_w18_small").state_dict(), "config": to_dict(cfg)}, path)
     return path

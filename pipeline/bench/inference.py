@@ -102,7 +102,7 @@ def _checkpoints(pose, reid, folder: Path, size: int) -> tuple[Path, Path]:
     from pamtri.pose.config import PoseConfig
     from pamtri.reid.config import ReIDConfig
     pcfg, rcfg = PoseConfig(), ReIDConfig()
-    pcfg.model.name, pcfg.data.input_size = pose.name, (size, size)
+    pcfg.model.name, pcfg.codec.input_size = pose.name, (size, size)
     rcfg.model, rcfg.data.height, rcfg.data.width = reid.cfg, size, size
     save_checkpoint({"model": pose.state_dict(), "config": to_dict(pcfg)}, folder / "pose.pt")
     save_checkpoint({"model": reid.state_dict(), "model_description": reid.describe(), "config": to_dict(rcfg)},

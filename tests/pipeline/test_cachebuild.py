@@ -22,7 +22,7 @@ def pose_weights(tmp_path_factory):
     torch.manual_seed(0)
     cfg = PoseConfig()
     cfg.model.name = "hrnet_w18_small"
-    cfg.data.input_size = (64, 64)
+    cfg.codec.input_size = (64, 64)
     model = build_pose_model("hrnet_w18_small")
     path = tmp_path_factory.mktemp("w") / "pose.pt"
     save_checkpoint({"model": model.state_dict(), "config": to_dict(cfg)}, path)
@@ -117,7 +117,7 @@ def test_legacy_import_export_round_trip(tmp_path):
 def test_the_grid_comes_from_the_build_argument(tmp_path, pose_weights):
     """--grid sets the image-frame grid; the spec records sizes as (width, height): a 96 x 64 pose input."""
     state = torch.load(pose_weights, weights_only=True)
-    state["config"]["data"]["input_size"] = [96, 64]
+    state["config"]["codec"]["input_size"] = [96, 64]
     save_checkpoint(state, tmp_path / "wide.pt")
     names = make_images(tmp_path / "img", 2, np.random.default_rng(2))
     assert main(["cache", "build", "--pose-weights", str(tmp_path / "wide.pt"), "--images", str(tmp_path / "img"),

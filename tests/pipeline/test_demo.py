@@ -15,7 +15,7 @@ def test_demo_end_to_end_writes_a_complete_report(tmp_path, capsys):
     argv = ["demo", "--out", str(tmp_path),
             "--set", "synth.ids=12", "--set", "synth.images_per_id=4", "--set", "synth.size=64",
             "--set", "synth.cameras=2", "--set", "synth.workers=1",
-            "--set", 'pose_overrides=["data.input_size=[64, 64]", "optim.epochs=1", "optim.milestones=[1]", '
+            "--set", 'pose_overrides=["codec.input_size=[64, 64]", "optim.epochs=1", "optim.milestones=[1]", '
                      '"eval.every=1", "data.batch_size=8", "data.max_val=16"]',
             "--set", 'reid_overrides=["data.height=32", "data.width=32", "data.workers=0", "optim.epochs=1", '
                      '"max_batches=2", "eval.every=1", "sampler.batch_size=8", "sampler.k=2"]']

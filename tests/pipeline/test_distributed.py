@@ -154,7 +154,7 @@ def pose_data(tmp_path_factory):
 
 def _pose_overrides(root: Path) -> list[str]:
     return [f"data.train=[{{root: '{root}', split: train}}]", f"data.val=[{{root: '{root}', split: test}}]",
-            "data.input_size=[64, 64]", "data.workers=0", "model.name=hrnet_w18_small", "optim.epochs=2",
+            "codec.input_size=[64, 64]", "data.workers=0", "model.name=hrnet_w18_small", "optim.epochs=2",
             "data.batch_size=4", "max_batches=0", "optim.milestones=[1]", "precision=fp32",
             "device=cpu", "eval.batch_size=4", "threads=1"]
 

@@ -79,7 +79,7 @@ def test_pipeline_embeds_image_files_end_to_end(tmp_path):
     from pamtri.pose.weights import build_pose_model
     pcfg = PoseConfig()
     pcfg.model.name = "hrnet_w18_small"
-    pcfg.data.input_size = (64, 64)
+    pcfg.codec.input_size = (64, 64)
     torch.manual_seed(0)
     save_checkpoint({"model": build_pose_model("hrnet_w18_small").state_dict(), "config": to_dict(pcfg)},
                     tmp_path / "p.pt")
@@ -143,7 +143,7 @@ def test_pose_weights_other_than_the_trained_ones_are_warned_about(tmp_path, cap
     from pamtri.pose.weights import build_pose_model
     cfg = PoseConfig()
     cfg.model.name = "hrnet_w18_small"
-    cfg.data.input_size = (64, 64)
+    cfg.codec.input_size = (64, 64)
     pose = tmp_path / "pose.pt"
     save_checkpoint({"model": build_pose_model("hrnet_w18_small").state_dict(), "config": to_dict(cfg)}, pose)
     write_tiny_reid_checkpoint(tmp_path / "r.pt", heatmaps=True, segments=False, keypoints=True)
@@ -175,7 +175,7 @@ def test_embed_gives_the_features_of_reid_eval_on_the_models_own_grid(tmp_path):
     for path in root.glob("image_*/*.jpg"):  # the ReID input size, so that the RGB channels need no resampling
         cv2.imwrite(str(path), cv2.resize(cv2.imread(str(path)), (32, 32), interpolation=cv2.INTER_AREA))
     pcfg = PoseConfig()
-    pcfg.model.name, pcfg.data.input_size = "hrnet_w18_small", (64, 64)
+    pcfg.model.name, pcfg.codec.input_size = "hrnet_w18_small", (64, 64)
     torch.manual_seed(0)
     pose = tmp_path / "pose.pt"
     save_checkpoint({"model": build_pose_model("hrnet_w18_small").state_dict(), "config": to_dict(pcfg)}, pose)

@@ -35,9 +35,10 @@ POSE_YAML = """\
 data:
   train: [{{root: '{root}', split: train}}]
   val: [{{root: '{root}', split: test}}]
-  input_size: [64, 64]
   batch_size: 4
   workers: 0
+codec:
+  input_size: [64, 64]
 model: {{name: hrnet_w18_small}}
 optim: {{epochs: {epochs}, milestones: [1]}}
 eval: {{batch_size: 4}}
@@ -134,7 +135,7 @@ def pose_weights(tmp_path_factory) -> Path:
     from pamtri.pose.weights import build_pose_model
     torch.manual_seed(0)
     cfg = PoseConfig()
-    cfg.model.name, cfg.data.input_size = "hrnet_w18_small", (64, 64)
+    cfg.model.name, cfg.codec.input_size = "hrnet_w18_small", (64, 64)
     path = tmp_path_factory.mktemp("pw") / "pose.pt"
     save_checkpoint({"model": build_pose_model("hrnet_w18_small").state_dict(), "config": to_dict(cfg)}, path)
     return path
@@ -471,8 +472,8 @@ def test_pose_config_errors_in_the_yaml_file(pose_tree, tmp_path, capsys):
     text = cfg.read_text()
     cfg.write_text(text + "extra: 1\n")
     code, out, err = cli(["pose", "train", "--config", cfg, "--out", tmp_path / "run"], capsys)
-    assert one_error(code, err) == (f"{cfg}: unknown key 'extra' (valid keys here: data, device, eval, max_batches, "
-                                    "model, optim, precision, seed, threads)")
+    assert one_error(code, err) == (f"{cfg}: unknown key 'extra' (valid keys here: codec, data, device, eval, "
+                                    "max_batches, model, optim, precision, seed, threads)")
     cfg.write_text(text.replace("batch_size: 4\n  workers", "batch_size: four\n  workers"))
     code, out, err = cli(["pose", "train", "--config", cfg, "--out", tmp_path / "run"], capsys)
     assert one_error(code, err) == f"{cfg}: key 'data.batch_size': expected an integer, got 'four'"

@@ -31,7 +31,7 @@ def test_posestnet_converts_to_a_self_describing_pose_checkpoint(official_pose, 
     ckpt = load_checkpoint(out)
     assert ckpt["format"] == "pamtri-weights-1" and ckpt["config"]["model"]["name"] == "hrnet_w18_small"
     loaded, (cfg, _) = load_pose(out)  # no --model needed any more
-    assert cfg.model.cell_convention == "reference" and cfg.eval.flip_shift == 1.0
+    assert cfg.codec.cell_convention == "reference" and cfg.codec.flip_shift == 1.0
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         assert torch.equal(loaded(x), model(x))

@@ -84,9 +84,9 @@ def test_dict_round_trip_and_errors_name_the_source_and_key():
 
 
 def test_from_config_reads_sizes_sigma_conventions_and_decoding():
-    cfg = load_config(PoseConfig, None, ["data.input_size=[192, 256]", "data.sigma=3",
-                                         "model.cell_convention=reference", "eval.decode=reference",
-                                         "eval.blur_sigma=1", "eval.flip_shift=1"])
+    cfg = load_config(PoseConfig, None, ["codec.input_size=[192, 256]", "codec.sigma=3",
+                                         "codec.cell_convention=reference", "codec.decode_method=reference",
+                                         "codec.blur_sigma=1", "codec.flip_shift=1"])
     assert HeatmapCodec.from_config(cfg) == HeatmapCodec((192, 256), (48, 64), 3.0, "reference", "reference", 1.0, 1.0)
 
 
@@ -101,22 +101,38 @@ def test_pose_checkpoints_carry_their_codec(tmp_path):
     root = tmp_path / "data"
     cfg = load_config(PoseConfig, None, [
         f"data.train=[{{root: '{root}', split: train}}]", f"data.val=[{{root: '{root}', split: train}}]",
-        "data.input_size=[64, 64]", "data.workers=0", "model.name=hrnet_w18_small", "optim.epochs=1",
+        "codec.input_size=[64, 64]", "data.workers=0", "model.name=hrnet_w18_small", "optim.epochs=1",
         "data.batch_size=4", "max_batches=1", "optim.milestones=[1]", "precision=fp32", "device=cpu",
-        "eval.batch_size=4", "eval.flip_shift=0.25"])
+        "eval.batch_size=4", "codec.flip_shift=0.25"])
     pose_train.train(cfg, tmp_path / "run")
     expected = HeatmapCodec.from_config(cfg)
     assert expected.flip_shift == 0.25 and expected.heatmap_size == (16, 16)
     for name in ("best.pt", "last.pt"):
         assert load_checkpoint(tmp_path / "run" / name)["codec"] == expected.to_dict(), name
         assert load_pose(tmp_path / "run" / name)[1].codec == expected
-    # the stored codec is the one used, whatever the config says
+    # the stored codec is the one used, whatever the config says, and the loaded config says the same
     ckpt = load_checkpoint(tmp_path / "run" / "best.pt")
     ckpt["codec"] = replace(expected, decode_method="reference", flip_shift=1.0).to_dict()
     save_checkpoint(ckpt, tmp_path / "edited.pt")
     model, (loaded_cfg, codec) = load_pose(tmp_path / "edited.pt")
-    assert codec.decode_method == "reference" and codec.flip_shift == 1.0 and loaded_cfg.eval.decode == "dark"
+    assert codec.decode_method == "reference" and codec.flip_shift == 1.0
+    assert loaded_cfg.codec.decode_method == "reference"
     assert PosePredictor.from_config(model, loaded_cfg, codec, device="cpu").codec is codec
     del ckpt["codec"]
     save_checkpoint(ckpt, tmp_path / "old.pt")
     assert load_pose(tmp_path / "old.pt")[1].codec == expected
+
+
+def test_the_codec_section_is_the_one_place_of_its_parameters(tmp_path):
+    """Old keys of the codec's parameters are refused with their new name; the config validates them through the
+    codec itself; a checkpoint's old-layout config is upgraded."""
+    from pamtri.common.config import upgrade_renamed
+    for old, new in (("data.input_size=[64, 64]", "codec.input_size"), ("eval.decode=reference", "codec.decode_method"),
+                     ("model.cell_convention=reference", "codec.cell_convention")):
+        with pytest.raises(ConfigError, match=f"was renamed {new}"):
+            load_config(PoseConfig, None, [old])
+    with pytest.raises(ConfigError, match="codec.sigma"):
+        load_config(PoseConfig, None, ["codec.sigma=0"])
+    old = {"data": {"input_size": [96, 64], "sigma": 3.0}, "eval": {"flip_shift": 1.0, "every": 2}}
+    new = upgrade_renamed(PoseConfig, old)
+    assert new["codec"] == {"input_size": [96, 64], "sigma": 3.0, "flip_shift": 1.0} and new["eval"] == {"every": 2}

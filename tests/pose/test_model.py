@@ -97,5 +97,5 @@ def test_load_pose_model_reads_official_posestnet_with_its_conventions(model, tm
     with pytest.raises(CheckpointError, match="stores no pamtri config"):
         load_pose(path)
     loaded, (cfg, _) = load_pose(path, name="hrnet_w18_small")
-    assert cfg.model.cell_convention == "reference" and cfg.eval.flip_shift == 1.0
+    assert cfg.codec.cell_convention == "reference" and cfg.codec.flip_shift == 1.0
     assert torch.equal(loaded.head.weight, model.head.weight)

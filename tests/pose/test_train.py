@@ -25,7 +25,7 @@ def data(tmp_path_factory):
 
 def _overrides(root, epochs=2):
     return [f"data.train=[{{root: '{root}', split: train}}]", f"data.val=[{{root: '{root}', split: test}}]",
-            "data.input_size=[64, 64]", "data.workers=0", "model.name=hrnet_w18_small",
+            "codec.input_size=[64, 64]", "data.workers=0", "model.name=hrnet_w18_small",
             f"optim.epochs={epochs}", "data.batch_size=4", "max_batches=1", "optim.milestones=[1]",
             "precision=fp32", "device=cpu", "eval.batch_size=4"]
 
@@ -81,7 +81,7 @@ def test_non_finite_loss_stops_with_a_clear_error(data, tmp_path, monkeypatch):
 
 def test_config_rejects_impossible_combinations(data):
     with pytest.raises(ConfigError, match="input_size"):
-        load_config(PoseConfig, None, ["data.input_size=[100, 64]"])
+        load_config(PoseConfig, None, ["codec.input_size=[100, 64]"])
     with pytest.raises(ConfigError, match="weight"):
         load_config(PoseConfig, None, ["data.train=[{root: x, weight: 0}]"])
     with pytest.raises(ConfigError, match="milestones"):
@@ -90,7 +90,7 @@ def test_config_rejects_impossible_combinations(data):
         load_config(PoseConfig, None, ["optim.lrr=1"])
     cfg = PoseConfig()
     assert (cfg.data.batch_size, cfg.optim.lr, cfg.optim.epochs, cfg.optim.milestones) == (32, 1e-3, 210, [170, 200])
-    assert cfg.model.name == "hrnet_w32" and cfg.data.input_size == (256, 256) and cfg.data.sigma == 2.0
+    assert cfg.model.name == "hrnet_w32" and cfg.codec.input_size == (256, 256) and cfg.codec.sigma == 2.0
 
 
 def test_shipped_configs_load():
@@ -107,7 +107,7 @@ def test_cli_train_predict_eval(data, tmp_path, capsys):
     cfg = tmp_path / "tiny.yaml"
     cfg.write_text(
         f"data:\n  train: [{{root: '{data}', split: train}}]\n  val: [{{root: '{data}', split: test}}]\n"
-        "  input_size: [64, 64]\n  batch_size: 4\n  workers: 0\nmodel: {name: hrnet_w18_small}\n"
+        "  batch_size: 4\n  workers: 0\ncodec: {input_size: [64, 64]}\nmodel: {name: hrnet_w18_small}\n"
         "optim: {epochs: 1}\nmax_batches: 1\ndevice: cpu\neval: {batch_size: 4}\n")
     run = tmp_path / "run"
     assert main(["pose", "train", "--config", str(cfg), "--out", str(run), "--set", "optim.lr=0.002"]) == 0
