@@ -125,7 +125,7 @@ class RunLock:
             self._fd = None
 
     def __enter__(self) -> RunLock:
-        return self.acquire()
+        return self if self.held else self.acquire()  # ``with lock.acquire(wait):`` takes it once
 
     def __exit__(self, *exc) -> None:
         self.release()
