@@ -13,7 +13,7 @@ import numpy as np
 from pamtri.common.atomic import RunLock
 from pamtri.common.distributed import barrier, init_distributed
 from pamtri.common.errors import DataError
-from pamtri.data.images import read_image
+from pamtri.data.images import read_image_and_size
 from pamtri.data.labels import read_reid_csv, write_reid_csv
 from pamtri.data.records import Record, parse_veri_name
 from pamtri.pose.cache import Cache, CacheSpec, CacheWriter, dequantise, file_sha256
@@ -65,11 +65,14 @@ def build_cache(pose_weights: str | os.PathLike, images: Sequence[str], out: str
             heat, kps = [], []
             paths = [by_name[n] for n in batch_names]
             for i in range(0, len(paths), batch_size):
-                # full size: the cache's keypoints are in original-image pixels
-                imgs = list(pool.map(lambda p: read_image(p, max_side=None), paths[i:i + batch_size]))
+                # Decoded shrunk to MAX_SIDE (bounded memory for huge images and whole batches of them); the
+                # heatmaps are on an image-frame grid, so only the keypoints are scaled back to original pixels.
+                read = list(pool.map(read_image_and_size, paths[i:i + batch_size]))
+                imgs = [img for img, _ in read]
                 out_b = run_pose(predictor, imgs, grid)
                 heat.append(out_b.heatmaps.cpu().numpy())
-                kps.append(out_b.keypoints)
+                scale = np.array([[w / img.shape[1], h / img.shape[0], 1.0] for img, (w, h) in read], np.float32)
+                kps.append(np.asarray(out_b.keypoints) * scale[:, None, :])
             return np.concatenate(heat), np.concatenate(kps)
 
         try:
