@@ -6,6 +6,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import pytest
 
 from tests.conftest import write_tiny_reid_checkpoint
 from tests.data.test_images import write_png_bomb
@@ -71,3 +72,87 @@ def test_cache_build_decodes_huge_images_shrunk_with_keypoints_in_original_pixel
     np.testing.assert_allclose(cached[:, 0], on_shrunk[:, 0] * 6000 / 4096, rtol=1e-5, atol=1e-3)
     np.testing.assert_allclose(cached[:, 1], on_shrunk[:, 1] * 3000 / 2048, rtol=1e-5, atol=1e-3)
     np.testing.assert_allclose(cached[:, 2], on_shrunk[:, 2], rtol=1e-5, atol=1e-2)
+
+
+def _reid_embed(weights, runtime, images):
+    from pamtri.pipeline.infer import Pipeline
+    pipe = Pipeline.from_weights(None, weights, device="cpu", precision="fp32", batch_size=2, runtime=runtime)
+    return pipe.embed(images)["features"]
+
+
+def _onnx_setup(tmp_path, monkeypatch):
+    import pytest
+    pytest.importorskip("onnxruntime")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "home-cache"))
+    (tmp_path / "w").mkdir()
+    weights = tmp_path / "w" / "reid.pt"
+    write_tiny_reid_checkpoint(weights, heatmaps=False, segments=False, keypoints=False)
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 255, (40, 30, 3), dtype=np.uint8) for _ in range(2)]
+    return weights, images, _reid_embed(weights, "torch", images)
+
+
+def test_a_cache_folder_others_may_write_is_not_used_and_never_a_shared_tmp_path(tmp_path, monkeypatch):
+    """Case 6: a graph planted where another user can write is never run; the graphs go to this user's private
+    folder (mode 0700), not to a predictable /tmp/pamtri-onnx."""
+    from pamtri.pipeline import runtimes
+    weights, images, want = _onnx_setup(tmp_path, monkeypatch)
+    shared = weights.parent / ".pamtri-onnx"
+    shared.mkdir(mode=0o777)
+    os.chmod(shared, 0o777)  # another local user may write here
+    planted = runtimes._cache_path("reid", weights, (32, 32), ".onnx")
+    assert planted.parent == tmp_path / "home-cache" / "pamtri" / "onnx"
+    assert os.stat(planted.parent).st_mode & 0o777 == 0o700
+    (shared / planted.name).write_bytes(b"planted graph")
+    np.testing.assert_allclose(_reid_embed(weights, "onnxruntime", images), want, atol=1e-4)
+    assert (shared / planted.name).read_bytes() == b"planted graph" and planted.is_file()
+    assert "/tmp/pamtri-onnx" not in str(planted) and not list(Path(runtimes.__file__).parent.glob("pamtri-onnx"))
+
+
+def _tamper(path: Path, case: str, other: Path | None) -> None:
+    from pamtri.pipeline import runtimes
+    if case == "garbage":
+        path.write_bytes(os.urandom(4096))
+    elif case == "other weights":
+        # a graph of other weights, stamped as theirs, under this name
+        import shutil
+        shutil.copy(runtimes.cached_onnx("reid", other, (32, 32)), path)
+    elif case == "changed byte":
+        data = bytearray(path.read_bytes())
+        data[len(data) // 2] ^= 0x55  # inside the weights' raw data: still a valid graph, other numbers
+        path.write_bytes(bytes(data))
+    else:  # unstamped: a graph exported by anyone, without the weights' hash
+        import onnx
+        proto = onnx.load(str(path))
+        del proto.metadata_props[:]
+        path.write_bytes(proto.SerializeToString())
+
+
+@pytest.mark.parametrize("case, problem", [
+    ("garbage", "cannot be read as an ONNX graph"),
+    ("other weights", "was not exported from these weights"),
+    ("changed byte", "its bytes changed since it was exported (SHA-256 mismatch)"),
+    ("unstamped", "was not exported from these weights (its weights SHA-256 missing)"),
+])
+def test_a_corrupt_or_foreign_cached_graph_is_exported_again_with_a_warning(tmp_path, monkeypatch, caplog, case,
+                                                                              problem):
+    """Case 6: the cached graph is checked against the weights' hash in its metadata and its own hash; one that
+    fails is exported again (with a warning), once, and the features are the torch path's."""
+    import logging
+
+    from pamtri.pipeline import runtimes
+    weights, images, want = _onnx_setup(tmp_path, monkeypatch)
+    other = tmp_path / "w" / "other.pt"
+    write_tiny_reid_checkpoint(other, heatmaps=False, segments=False, keypoints=False, id_fc=64)
+    graph = runtimes.cached_onnx("reid", weights, (32, 32))
+    _tamper(graph, case, other)
+    with caplog.at_level(logging.WARNING, logger="pamtri.pipeline.runtimes"):
+        got = _reid_embed(weights, "onnxruntime", images)
+    np.testing.assert_allclose(got, want, atol=1e-4)
+    warned = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warned) == 1 and warned[0].startswith(f"{graph}: {problem}") and warned[0].endswith(
+        "; exporting it again"), warned
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="pamtri.pipeline.runtimes"):
+        _reid_embed(weights, "onnxruntime", images)
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]  # repaired, not warned on every run
