@@ -175,3 +175,14 @@ def test_run_lock_is_released_by_the_kernel_when_its_process_dies_and_can_wait(t
     assert time.monotonic() - t0 < 30 and (tmp_path / ".lock").read_text() == str(os.getpid())
     lock.release()
     short.wait()
+
+
+@pytest.mark.parametrize("content", [b"hello this is text\n", bytes(range(1, 256)) * 20])
+def test_a_text_or_random_byte_file_is_not_a_checkpoint(tmp_path, content):
+    """Issue 22: a text .pt gave a KeyError traceback; random bytes were called a pickle that could run code."""
+    p = tmp_path / "w.pt"
+    p.write_bytes(content)
+    with pytest.raises(CheckpointError) as err:
+        load_checkpoint(p)
+    assert str(err.value) == (f"{p}: not a PyTorch checkpoint (torch.save writes a zip archive; this file starts "
+                              f"with {content[:4]!r}); give the .pt file written by pamtri or torch.save")
