@@ -13,7 +13,7 @@ import numpy as np
 from pamtri.common.atomic import RunLock
 from pamtri.common.checkpoint import file_sha256
 from pamtri.common.distributed import barrier, init_distributed
-from pamtri.data.images import read_image
+from pamtri.data.images import read_image_and_size
 from pamtri.data.labels import read_reid_csv, write_reid_csv
 from pamtri.data.records import Record, parse_veri_name
 from pamtri.pose.cache import Cache, CacheSpec, CacheWriter, dequantise
@@ -66,11 +66,14 @@ def build_cache(pose_weights: str | os.PathLike, images: Sequence[str], out: str
             heat, kps = [], []
             paths = [by_name[n] for n in batch_names]
             for i in range(0, len(paths), batch_size):
-                # full size: the cache's keypoints are in original-image pixels
-                imgs = list(pool.map(lambda p: read_image(p, max_side=None), paths[i:i + batch_size]))
+                # Decoded shrunk to MAX_SIDE (bounded memory for huge images and whole batches of them); the
+                # heatmaps are on an image-frame grid, so only the keypoints are scaled back to original pixels.
+                read = list(pool.map(read_image_and_size, paths[i:i + batch_size]))
+                imgs = [img for img, _ in read]
                 out_b = run_pose(predictor, imgs, grid)
                 heat.append(out_b.heatmaps.cpu().numpy())
-                kps.append(out_b.keypoints)
+                scale = np.array([[w / img.shape[1], h / img.shape[0], 1.0] for img, (w, h) in read], np.float32)
+                kps.append(np.asarray(out_b.keypoints) * scale[:, None, :])
             return np.concatenate(heat), np.concatenate(kps)
 
         try:
@@ -131,7 +134,7 @@ def export_legacy(cache_dir: str | os.PathLike, root: str | os.PathLike, split: 
     for i, name in enumerate(cache.names):
         hm, kp, _ = cache.raw(i)
         path = Path(image_root) / name
-        h, w = read_image(path, max_side=None).shape[:2]  # the segment size: the image's own
+        w, h = read_image_and_size(path)[1]  # the segment size: the image file's own (decoded shrunk)
         heat_dir, seg_dir = legacy_folders(root, split, name)
         kp = np.asarray(kp)
         write_legacy_maps(heat_dir, dequantise(np.asarray(hm)), rasterise(kp, (h, w)).astype(bool),

@@ -1,13 +1,18 @@
 """A growing gallery: a FAISS index of ``pamtri embed`` features plus an SQLite database beside it (one row per
 vector: image, camera, optional track and timestamp; the model identity; the index kind and its parameters).
 
-``IDX`` is the FAISS file; its metadata is ``IDX.sqlite``. An add writes the new FAISS file under a temporary
-name, commits the SQLite transaction that records it (rows and generation together), then renames it onto
-``IDX``; :func:`open_index` finishes or discards a half-done add, so a crash leaves the last committed state.
+``IDX`` is the FAISS file; its metadata is ``IDX.sqlite``. One writer at a time (``.IDX.lock``, a
+:class:`~pamtri.common.atomic.RunLock`; a second writer waits for it, then is refused). An add writes the new FAISS
+file under its generation's temporary name, commits the SQLite transaction that records it (rows and generation
+together), then renames it onto ``IDX``. A build writes both files under temporary names, and renaming the
+metadata into place is its commit. A reader opens the committed generation (its temporary file while the rename
+is pending) and never removes a writer's files; the next writer, or a reader finding no writer at work, finishes
+or discards what a dead writer left, so a crash leaves the last committed state.
 """
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import math
@@ -18,9 +23,14 @@ from pathlib import Path
 
 import numpy as np
 
-from pamtri.common.errors import ConfigError, DataError
+from pamtri.common.atomic import RunLock
+from pamtri.common.errors import ConfigError, DataError, PamtriError, WriteError
+
+log = logging.getLogger(__name__)
 
 KINDS = ("flat", "ivf", "ivfpq")
+LOCK_WAIT = 60.0  # seconds a second writer of an index waits for the first before it is refused
+MIN_POINTS = 39  # FAISS's minimum training vectors per k-means centroid
 METRICS = ("cosine", "euclidean")
 RESULT_COLUMNS = ("query", "rank", "image", "distance", "camera")
 
@@ -74,11 +84,41 @@ def read_features(path: str | os.PathLike) -> FeatureSet:
     g = read_gallery(path)
     if "reid_weights_sha256" not in g:
         raise DataError(path, "no model identity (reid_weights_sha256); re-run `pamtri embed` to write it")
-    n = len(g["names"])
+    n = _check_arrays(path, g)
     return FeatureSet(np.ascontiguousarray(g["features"], np.float32), [str(s) for s in g["names"]],
                       [str(s) for s in g["paths"]], _optional(g, "cameras", n, int), _optional(g, "tracks", n, int),
                       _optional(g, "timestamps", n, float), str(g["reid_weights_sha256"]), str(g["reid_weights"]),
                       str(g.get("pose_weights", "")))
+
+
+_PER_IMAGE = ("names", "paths", "cameras", "tracks", "timestamps")
+
+
+def _check_arrays(path, g: dict) -> int:
+    """The number of images of gallery arrays ``g``; DataError naming ``path`` and what is wrong when the
+    features are not a non-empty finite (N, D) array or a per-image array has another length."""
+    x = g["features"]
+    if x.ndim != 2 or not np.issubdtype(x.dtype, np.number):
+        raise DataError(path, f"features must be a 2-D numeric array (images x embedding), got shape "
+                              f"{x.shape} of {x.dtype}; write it with `pamtri embed`")
+    if x.shape[0] == 0 or x.shape[1] == 0:
+        raise DataError(path, f"holds no features (shape {x.shape})")
+    for key in _PER_IMAGE:
+        if key in g and (g[key].ndim != 1 or len(g[key]) != len(x)):
+            raise DataError(path, f"{key} has {len(g[key]) if g[key].ndim else 'no'} entries (shape "
+                                  f"{g[key].shape}) for {len(x)} feature rows; each image needs one")
+    bad = ~np.isfinite(x).all(1)
+    if bad.any():
+        first = int(np.argmax(bad))
+        raise DataError(path, f"{int(bad.sum())} feature row(s) not finite (NaN or infinity; first: row {first}, "
+                              f"{printable(g['names'][first])}); re-embed those images")
+    return len(x)
+
+
+def printable(name) -> str:
+    """``name`` as it can be printed on one line: quoted with escapes when it holds control characters."""
+    name = str(name)
+    return name if name.isprintable() else repr(name)
 
 
 def concat_features(paths: list[str | os.PathLike]) -> FeatureSet:
@@ -112,13 +152,19 @@ def ivf_params(n: int, dim: int, kind: str) -> dict:
     (at least 8; :func:`calibrated_nprobe` sets the one used once the vectors are in), k-means on 64 vectors per
     list (1M vectors: 2,048 lists trained on 131k vectors, 45 s for IVF-Flat train + add on 2 cores, where 256 per
     list over 4 sqrt(n) lists took hours); for PQ, m sub-quantisers of about 4 dimensions each (a
-    divisor of dim) and 8 bits each (fewer when n is small)."""
+    divisor of dim) and 8 bits each (fewer when the training sample is small: at most one centroid per
+    MIN_POINTS vectors, so FAISS never warns of too few training points); ConfigError when ``n`` is too small for
+    ``kind``."""
+    least = MIN_POINTS * (2 if kind == "ivfpq" else 1)
+    if n < least:
+        raise ConfigError(f"--kind {kind} needs at least {least} vectors to train its quantiser (got {n}); use "
+                          "--kind flat for a gallery this small")
     target = 2 ** round(math.log2(max(1.0, 2 * math.sqrt(n))))
     nlist = max(1, min(target, n // 39))
     params = {"nlist": nlist, "nprobe": min(nlist, max(8, nlist // 32)), "train_size": min(n, 64 * nlist)}
     if kind == "ivfpq":
         m = max(d for d in range(1, dim + 1) if dim % d == 0 and d <= max(1, dim // 4))
-        params.update(m=m, nbits=int(max(4, min(8, math.floor(math.log2(max(16, n // 39)))))))
+        params.update(m=m, nbits=int(min(8, math.floor(math.log2(params["train_size"] / MIN_POINTS)))))
     return params
 
 
@@ -196,19 +242,50 @@ def _pending_path(path: Path, generation: int) -> Path:
     return path.with_name(f".{path.name}.g{generation}.tmp")
 
 
-def _connect(path: Path) -> sqlite3.Connection:
-    db = sqlite3.connect(_meta_path(path), isolation_level=None)  # transactions are explicit (BEGIN / COMMIT)
-    db.executescript(_SCHEMA)
+def _build_meta_path(path: Path) -> Path:
+    """Where a build writes the metadata before renaming it into place (its commit)."""
+    return path.with_name(f".{path.name}.sqlite.build.tmp")
+
+
+def _lock(path: Path) -> RunLock:
+    return RunLock(path, path.with_name(f".{path.name}.lock"), what="index",
+                   hint="it is released when that process ends; run the command again then")
+
+
+def _connect(path: Path, meta: Path | None = None) -> sqlite3.Connection:
+    meta = meta or _meta_path(path)
+    try:
+        db = sqlite3.connect(meta, isolation_level=None)  # transactions are explicit (BEGIN / COMMIT)
+        db.executescript(_SCHEMA)
+    except sqlite3.DatabaseError as exc:
+        raise DataError(meta, f"cannot read the index metadata ({exc}); restore it from a backup or build the "
+                              "index again") from None
     return db
 
 
+def _write_error(path: Path, exc: Exception, existed: bool) -> WriteError:
+    """A WriteError naming ``path`` for an OSError, a FAISS RuntimeError or an SQLite error while writing it."""
+    if not isinstance(exc, OSError):
+        text = str(exc)
+        full = "No space left" in text or "disk is full" in text
+        code = errno.ENOSPC if full else errno.EIO
+        exc = OSError(code, os.strerror(code) if full else text.strip().splitlines()[-1])
+    return WriteError(path, exc, existed)
+
+
 def _write_pending(index, path: Path, generation: int) -> Path:
-    """Write ``index`` under the temporary name of ``generation`` beside ``path`` (fsynced) -> that name."""
+    """Write ``index`` under the temporary name of ``generation`` beside ``path`` (fsynced) -> that name; on a
+    failure (disk full) the temporary file is removed and WriteError names ``path``."""
     faiss = import_faiss()
     tmp = _pending_path(path, generation)
-    faiss.write_index(index, str(tmp))
-    with open(tmp, "rb") as fh:
-        os.fsync(fh.fileno())
+    try:
+        faiss.write_index(index, str(tmp))
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+    except (RuntimeError, OSError) as exc:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise _write_error(path, exc, path.exists()) from None
     return tmp
 
 
@@ -222,20 +299,67 @@ def _commit(db: sqlite3.Connection, fs: FeatureSet, start: int, generation: int,
                        zip(range(start, start + len(fs.names)), fs.names, fs.paths, fs.cameras, fs.tracks,
                            fs.timestamps))
         db.execute("COMMIT")
-    except BaseException:
-        db.execute("ROLLBACK")
+    except BaseException as exc:
+        if db.in_transaction:  # SQLite has already rolled back after some errors (disk full)
+            with contextlib.suppress(sqlite3.Error):
+                db.execute("ROLLBACK")
+        if isinstance(exc, sqlite3.OperationalError):
+            meta = Path(db.execute("PRAGMA database_list").fetchone()[2])
+            raise _write_error(meta, exc, True) from None
         raise
 
 
+def _recover(path: Path) -> None:
+    """Under the writer lock: finish a committed add whose rename was cut (its pending file renamed onto
+    ``path``) and remove every other temporary file a dead writer left."""
+    generation = None
+    if _meta_path(path).exists():
+        db = _connect(path)
+        try:
+            row = db.execute("SELECT value FROM info WHERE key = 'generation'").fetchone()
+            generation = json.loads(row[0]) if row else None
+        finally:
+            db.close()
+    for stale in sorted(path.parent.glob(f".{path.name}.*tmp*")):
+        if generation is not None and stale == _pending_path(path, generation):
+            os.replace(stale, path)
+        else:
+            log.info("removing %s, left by a writer that did not finish", stale)
+            stale.unlink()
+
+
+def _recover_if_idle(path: Path) -> None:
+    """:func:`_recover` when no writer is at work (the lock is free and can be taken here); otherwise nothing is
+    touched (a reader never removes a live writer's files)."""
+    lock = _lock(path)
+    try:
+        lock.acquire()
+    except (PamtriError, OSError):  # a writer is at work, or the folder is read-only
+        return
+    try:
+        _recover(path)
+    finally:
+        lock.release()
+
+
+def _refuse_to_build(out: Path) -> None:
+    if _meta_path(out).exists() and not out.exists() and not list(out.parent.glob(f".{out.name}.g*.tmp")):
+        raise DataError(out, f"{_meta_path(out).name} is there without its FAISS file (left by an interrupted "
+                             f"build of an older pamtri); delete {_meta_path(out)} and build again")
+    if out.exists() or _meta_path(out).exists():
+        raise DataError(out, "index already exists; add to it with `pamtri index add` or choose another --out")
+
+
 def build_index(feature_files: list[str | os.PathLike], out: str | os.PathLike, kind: str = "flat",
-                metric: str = "cosine") -> GalleryIndex:
-    """A new index ``out`` (refused if it exists) of every vector of ``feature_files`` -> the open index."""
+                metric: str = "cosine", wait: float = LOCK_WAIT) -> GalleryIndex:
+    """A new index ``out`` (refused if it exists) of every vector of ``feature_files`` -> the open index. Both
+    files appear together or neither: the FAISS file and the metadata are written under temporary names, and
+    the metadata's rename is the commit."""
     if kind not in KINDS or metric not in METRICS:
         raise ConfigError(f"index kind must be one of {', '.join(KINDS)} and metric one of {', '.join(METRICS)} "
                           f"(got --kind {kind}, --metric {metric})")
     out = Path(out)
-    if out.exists() or _meta_path(out).exists():
-        raise DataError(out, "index already exists; add to it with `pamtri index add` or choose another --out")
+    _refuse_to_build(out)
     fs = concat_features(feature_files)
     _refuse_duplicates(feature_files[0], fs.names, set())
     x = _prepare(fs.features, metric)
@@ -244,40 +368,98 @@ def build_index(feature_files: list[str | os.PathLike], out: str | os.PathLike, 
     if kind != "flat":
         nprobe, recall = calibrated_nprobe(index, x, metric)
         params.update(nprobe=nprobe, nprobe_recall=round(recall, 3))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    db = _connect(out)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise WriteError(out, exc, False) from None
     info = {"model_sha256": fs.model_sha256, "dim": int(x.shape[1]), "metric": metric, "kind": kind,
             "params": params, "reid_weights": fs.reid_weights, "pose_weights": fs.pose_weights}
-    tmp = _write_pending(index, out, 1)
-    _commit(db, fs, 0, 1, info)
-    os.replace(tmp, out)
-    return GalleryIndex(out, index, db)
+    with _lock(out).acquire(wait):
+        _recover(out)
+        _refuse_to_build(out)  # another build may have finished while this one computed
+        tmp = _write_pending(index, out, 1)
+        meta_tmp = _build_meta_path(out)
+        try:
+            db = _connect(out, meta_tmp)
+            try:
+                _commit(db, fs, 0, 1, info)
+            finally:
+                db.close()
+            with open(meta_tmp, "rb") as fh:
+                os.fsync(fh.fileno())
+            os.replace(meta_tmp, _meta_path(out))  # the commit: the index exists from here on
+        except BaseException as exc:
+            for f in (tmp, meta_tmp):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(f)
+            if isinstance(exc, OSError) and not isinstance(exc, WriteError):
+                raise _write_error(_meta_path(out), exc, False) from None
+            raise
+        os.replace(tmp, out)
+    return _open(out)
 
 
 def open_index(path: str | os.PathLike) -> GalleryIndex:
-    """The index at ``path`` as last committed: a pending FAISS file the metadata records is renamed into place,
-    one it does not record (an add that failed before its commit) is removed."""
-    faiss = import_faiss()
+    """The index at ``path`` as last committed, whole, even while a writer adds to it. When no writer is at work,
+    what a dead one left is finished or removed first (:func:`_recover`)."""
     path = Path(path)
     if not _meta_path(path).exists():
         raise DataError(path, f"not a pamtri index (no {_meta_path(path).name}); create it with `pamtri index build`")
+    _recover_if_idle(path)
+    return _open(path)
+
+
+def _snapshot(db: sqlite3.Connection, meta: Path) -> tuple[dict, int]:
+    """(info, rows) of one read transaction."""
+    db.execute("BEGIN")
+    try:
+        info = {k: json.loads(v) for k, v in db.execute("SELECT key, value FROM info")}
+        rows = db.execute("SELECT COUNT(*) FROM images").fetchone()[0]
+    except (sqlite3.DatabaseError, ValueError) as exc:
+        raise DataError(meta, f"cannot read the index metadata ({exc}); restore it from a backup or build the "
+                              "index again") from None
+    finally:
+        db.execute("COMMIT")
+    missing = [k for k in ("generation", "model_sha256", "dim", "metric", "kind", "params") if k not in info]
+    if missing:
+        raise DataError(meta, f"index metadata without {', '.join(missing)}; build the index again")
+    return info, rows
+
+
+def _open(path: Path, tries: int = 50) -> GalleryIndex:
+    """The committed generation of the index at ``path``, its FAISS file read from the generation's pending name
+    while the rename is not done; re-read when a writer commits in between."""
+    faiss = import_faiss()
+    meta = _meta_path(path)
     db = _connect(path)
-    row = db.execute("SELECT value FROM info WHERE key = 'generation'").fetchone()
-    generation = json.loads(row[0]) if row else 0
-    for stale in path.parent.glob(f".{path.name}.g*.tmp"):
-        if stale == _pending_path(path, generation):
-            os.replace(stale, path)
-        else:
-            stale.unlink()
-    if not path.exists():
-        raise DataError(path, "the FAISS file of this index is missing")
-    index = faiss.read_index(str(path))
-    rows = db.execute("SELECT COUNT(*) FROM images").fetchone()[0]
-    if index.ntotal != rows:
-        raise DataError(path, f"FAISS file holds {index.ntotal} vectors, its metadata {rows}")
-    if hasattr(index, "nprobe"):
-        index.nprobe = json.loads(db.execute("SELECT value FROM info WHERE key = 'params'").fetchone()[0])["nprobe"]
-    return GalleryIndex(path, index, db)
+    try:
+        for _ in range(tries):
+            info, rows = _snapshot(db, meta)
+            pending = _pending_path(path, info["generation"])
+            source = pending if pending.exists() else path
+            try:
+                index = faiss.read_index(str(source))
+            except RuntimeError as exc:
+                index, error = None, exc
+            if index is not None and index.ntotal == rows:
+                if hasattr(index, "nprobe"):
+                    index.nprobe = info["params"]["nprobe"]
+                idx = GalleryIndex(path, index, db)
+                idx.info = info
+                return idx
+            if _snapshot(db, meta)[0]["generation"] != info["generation"] or (source == pending
+                                                                               and not pending.exists()):
+                continue  # a writer committed or renamed meanwhile: read again
+            if index is not None:
+                raise DataError(path, f"FAISS file holds {index.ntotal} vectors, its metadata {rows}")
+            if not source.exists():
+                raise DataError(path, "the FAISS file of this index is missing")
+            raise DataError(source, f"cannot read the FAISS file ({str(error).strip().splitlines()[-1]}); restore "
+                                    "it from a backup or build the index again")
+        raise DataError(path, "the index changed under every read (a writer is busy); try again")
+    except BaseException:
+        db.close()
+        raise
 
 
 def _refuse_duplicates(source, names: list[str], existing: set[str]) -> None:
@@ -287,8 +469,8 @@ def _refuse_duplicates(source, names: list[str], existing: set[str]) -> None:
             dupes.append(n)
         seen.add(n)
     if dupes:
-        raise DataError(source, f"{len(dupes)} image(s) already in the index or repeated (first: {dupes[0]}); "
-                                "pass --skip-existing to add only the new ones")
+        raise DataError(source, f"{len(dupes)} image(s) already in the index or repeated (first: "
+                                f"{printable(dupes[0])}); pass --skip-existing to add only the new ones")
 
 
 def _subset(fs: FeatureSet, keep: list[int]) -> FeatureSet:
@@ -298,34 +480,40 @@ def _subset(fs: FeatureSet, keep: list[int]) -> FeatureSet:
                       pick(fs.timestamps), fs.model_sha256, fs.reid_weights, fs.pose_weights)
 
 
-def add_to_index(path: str | os.PathLike, feature_files: list[str | os.PathLike], skip_existing: bool = False
-                 ) -> tuple[int, int]:
+def add_to_index(path: str | os.PathLike, feature_files: list[str | os.PathLike], skip_existing: bool = False,
+                 wait: float = LOCK_WAIT) -> tuple[int, int]:
     """Add the vectors of ``feature_files`` to the index at ``path`` atomically -> (added, skipped). Images
-    already there are refused (DataError) or, with ``skip_existing``, skipped by name."""
-    idx = open_index(path)
-    try:
-        fs = concat_features(feature_files)
-        _check_identity(feature_files[0], fs, idx.info["model_sha256"], idx.info["dim"])
-        existing = {r[0] for r in idx.db.execute("SELECT name FROM images")}
-        total = len(fs.names)
-        if skip_existing:
-            fs = _subset(fs, [i for i, n in enumerate(fs.names) if n not in existing])
-        _refuse_duplicates(feature_files[0], fs.names, existing)
-        if fs.names:
-            generation = idx.info["generation"] + 1
-            start = len(idx)
-            idx.faiss.add(_prepare(fs.features, idx.info["metric"]))
-            tmp = _write_pending(idx.faiss, idx.path, generation)
-            try:
-                _commit(idx.db, fs, start, generation)
-            except BaseException:
-                with contextlib.suppress(FileNotFoundError):
-                    tmp.unlink()
-                raise
-            os.replace(tmp, idx.path)
-        return len(fs.names), total - len(fs.names)
-    finally:
-        idx.close()
+    already there are refused (DataError) or, with ``skip_existing``, skipped by name. Every input is checked
+    before anything is written; a second writer waits up to ``wait`` seconds for the first, then is refused."""
+    path = Path(path)
+    if not _meta_path(path).exists():
+        raise DataError(path, f"not a pamtri index (no {_meta_path(path).name}); create it with `pamtri index build`")
+    fs = concat_features(feature_files)
+    with _lock(path).acquire(wait):
+        _recover(path)
+        idx = _open(path)
+        try:
+            _check_identity(feature_files[0], fs, idx.info["model_sha256"], idx.info["dim"])
+            existing = {r[0] for r in idx.db.execute("SELECT name FROM images")}
+            total = len(fs.names)
+            if skip_existing:
+                fs = _subset(fs, [i for i, n in enumerate(fs.names) if n not in existing])
+            _refuse_duplicates(feature_files[0], fs.names, existing)
+            if fs.names:
+                generation = idx.info["generation"] + 1
+                start = len(idx)
+                idx.faiss.add(_prepare(fs.features, idx.info["metric"]))
+                tmp = _write_pending(idx.faiss, idx.path, generation)
+                try:
+                    _commit(idx.db, fs, start, generation)
+                except BaseException:
+                    with contextlib.suppress(FileNotFoundError):
+                        tmp.unlink()
+                    raise
+                os.replace(tmp, idx.path)
+            return len(fs.names), total - len(fs.names)
+        finally:
+            idx.close()
 
 
 def _faiss_search(idx: GalleryIndex, x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -342,6 +530,8 @@ def search_index(idx: GalleryIndex, query: np.ndarray, top: int = 10, query_came
     With ``exclude_same_camera``, gallery images of the query's camera (``query_cameras``) are left out."""
     x = _prepare(query, idx.info["metric"])
     top = max(1, top)
+    if len(idx) == 0:
+        raise DataError(idx.path, "the index holds no vectors; add some with `pamtri index add`")
     if not exclude_same_camera:
         pos, dist = _faiss_search(idx, x, min(top, len(idx)))
         return _pad(pos, dist, top)
@@ -472,6 +662,10 @@ def query_features(features: str | os.PathLike | None, images: list[str] | None,
         fs = FeatureSet(pipe.embed(list(images))["features"], [os.path.basename(p) for p in images], list(images),
                         [None] * n, [None] * n, [None] * n, file_sha256(reid_w), reid_w, "")
         source = reid_w
+        if not np.isfinite(fs.features).all():
+            bad = int(np.argmax(~np.isfinite(fs.features).all(1)))
+            raise DataError(images[bad], f"the ReID network's feature of this image is not finite (NaN or "
+                                         f"infinity; weights {reid_w}); check the weights")
     _check_identity(source, fs, idx.info["model_sha256"], idx.info["dim"])
     return fs
 

@@ -1,16 +1,19 @@
 """The runtimes the two networks of ``Pipeline`` can run on: PyTorch eager, ONNX Runtime, OpenVINO.
 
 Only the networks change: each is exported to ONNX once (``pipeline.export``), cached next to its weights (or in
-the temp folder when that folder is read-only) under the weights' SHA-256, and wrapped in :class:`OnnxNetwork`,
+a private per-user folder when that folder is read-only or open to others) under the weights' SHA-256, and
+checked on every use (the weights' SHA-256 in its metadata, its own SHA-256; a graph that fails is exported
+again, with a warning), then wrapped in :class:`OnnxNetwork`,
 a module called like the torch network it stands in for. Cropping, the flip test, decoding, heatmap
 resampling, segments and the keypoint vector stay the torch code they are for ``--runtime torch``.
 """
 from __future__ import annotations
 
 import functools
+import hashlib
 import logging
 import os
-import tempfile
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -37,15 +40,86 @@ def check_runtime(runtime: str) -> str:
     return runtime
 
 
+def _private(folder: Path) -> bool:
+    """Whether ``folder`` is a directory of this user that no one else may write (no group / other write bit)."""
+    try:
+        st = os.stat(folder, follow_symlinks=False)
+    except OSError:
+        return False
+    return stat.S_ISDIR(st.st_mode) and st.st_uid == os.getuid() and not st.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
+
+
+def user_cache_folder() -> Path:
+    """This user's private folder for exported graphs: $XDG_CACHE_HOME/pamtri/onnx (default ~/.cache), mode 0700;
+    PamtriError when it cannot be made private (never a predictable shared path such as /tmp/pamtri-onnx)."""
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    folder = base / "pamtri" / "onnx"
+    try:
+        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if os.stat(folder, follow_symlinks=False).st_uid == os.getuid():
+            os.chmod(folder, 0o700)
+    except OSError as exc:
+        raise PamtriError(f"{folder}: cannot create the private ONNX cache ({exc.strerror}); set XDG_CACHE_HOME to "
+                          "a folder of yours") from None
+    if not _private(folder):
+        raise PamtriError(f"{folder}: the ONNX cache folder belongs to another user or others may write it; set "
+                          "XDG_CACHE_HOME to a folder of yours")
+    return folder
+
+
 def _cache_path(stage: str, weights: str | os.PathLike, size_hw: tuple[int, int], suffix: str) -> Path:
-    """Where a model derived from ``weights`` lives: .pamtri-onnx/ next to them (the temp folder when that is
-    read-only), named by the weights' SHA-256 and the input size (H, W)."""
+    """Where a model derived from ``weights`` lives: .pamtri-onnx/ next to them when this user may write there and
+    no one else may (else :func:`user_cache_folder`), named by the weights' SHA-256 and the input size (H, W)."""
     from pamtri.common.checkpoint import file_sha256
     name = f"{Path(weights).name}.{stage}-{file_sha256(weights)[:16]}-{size_hw[0]}x{size_hw[1]}{suffix}"
     folder = Path(weights).resolve().parent / ".pamtri-onnx"
-    if not os.access(folder if folder.is_dir() else folder.parent, os.W_OK):
-        folder = Path(tempfile.gettempdir()) / "pamtri-onnx"
+    if not folder.exists() and os.access(folder.parent, os.W_OK):
+        try:
+            folder.mkdir(mode=0o755)
+        except OSError:
+            pass
+    if not (_private(folder) and os.access(folder, os.W_OK)):
+        folder = user_cache_folder()
     return folder / name
+
+
+WEIGHTS_KEY, GRAPH_KEY = "pamtri.weights_sha256", "pamtri.graph_sha256"
+_PLACEHOLDER = "0" * 64
+
+
+def stamp_graph(path: Path, weights_sha256: str) -> None:
+    """Rewrite the graph at ``path`` (atomically) with the weights' SHA-256 in its metadata and the SHA-256 of its
+    own bytes (taken with that entry's value all zeros)."""
+    import onnx
+
+    from pamtri.common.atomic import atomic_write_bytes
+    proto = onnx.load(str(path), load_external_data=False)
+    for key, value in ((WEIGHTS_KEY, weights_sha256), (GRAPH_KEY, _PLACEHOLDER)):
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    data = proto.SerializeToString()
+    atomic_write_bytes(path, data.replace(_PLACEHOLDER.encode(), hashlib.sha256(data).hexdigest().encode(), 1))
+
+
+def graph_problem(path: Path, weights_sha256: str) -> str | None:
+    """What is wrong with the cached graph ``path`` for weights of ``weights_sha256``: unreadable, not stamped,
+    of other weights, bytes changed since it was stamped, or tensors in external files; None when it fits."""
+    import onnx
+    try:
+        data = path.read_bytes()
+        proto = onnx.load_from_string(data)
+    except Exception as exc:  # noqa: BLE001 - protobuf's DecodeError and friends: any unreadable graph
+        return f"cannot be read as an ONNX graph ({type(exc).__name__})"
+    meta = {p.key: p.value for p in proto.metadata_props}
+    if meta.get(WEIGHTS_KEY) != weights_sha256:
+        return f"was not exported from these weights (its weights SHA-256 {meta.get(WEIGHTS_KEY, 'missing')[:16]})"
+    stored = meta.get(GRAPH_KEY, "")
+    if len(stored) != 64 or data.count(stored.encode()) != 1 or hashlib.sha256(
+            data.replace(stored.encode(), _PLACEHOLDER.encode())).hexdigest() != stored:
+        return "its bytes changed since it was exported (SHA-256 mismatch)"
+    if any(t.data_location == onnx.TensorProto.EXTERNAL for t in proto.graph.initializer):
+        return "it refers to tensors in external files"
+    return None
 
 
 def int8_cache_path(stage: str, weights: str | os.PathLike, size_hw: tuple[int, int]) -> Path:
@@ -57,8 +131,14 @@ def int8_cache_path(stage: str, weights: str | os.PathLike, size_hw: tuple[int, 
 def cached_onnx(stage: str, weights: str | os.PathLike, size_hw: tuple[int, int]) -> Path:
     """The ONNX file of one stage's network at ``size_hw`` (H, W) pixels, exported on first use; the ReID graph
     outputs feature + colour + type logits (``export_reid(heads=True)``)."""
+    from pamtri.common.checkpoint import file_sha256
+
     from .export import export_pose, export_reid
     path = _cache_path(stage, weights, size_hw, ".onnx")
+    sha = file_sha256(weights)
+    if path.is_file() and (problem := graph_problem(path, sha)) is not None:
+        log.warning("%s: %s; exporting it again", path, problem)
+        path.unlink()
     if not path.is_file():
         path.parent.mkdir(parents=True, exist_ok=True)
         log.info("exporting the %s network of %s to %s", stage, weights, path)
@@ -66,6 +146,7 @@ def cached_onnx(stage: str, weights: str | os.PathLike, size_hw: tuple[int, int]
             export_pose(weights, path, size=size_hw)
         else:
             export_reid(weights, path, size=size_hw, heads=True)
+        stamp_graph(path, sha)
     return path
 
 

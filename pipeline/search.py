@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import zipfile
+import zlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import NamedTuple
@@ -96,8 +98,10 @@ def read_gallery(path: str | os.PathLike) -> dict[str, np.ndarray]:
         return read_shards(path)
     try:
         gallery = dict(np.load(path, allow_pickle=False))
-    except (OSError, ValueError) as exc:
-        raise DataError(path, f"cannot read gallery file ({exc}); write it with `pamtri embed`") from None
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error) as exc:
+        # a truncated or altered .npz fails in the zip reader, the inflater or numpy's header parser
+        raise DataError(path, f"cannot read gallery file ({str(exc).strip() or type(exc).__name__}; truncated or "
+                              "not an .npz?); write it with `pamtri embed`") from None
     missing = [k for k in GALLERY_KEYS if k not in gallery]
     if missing:
         raise DataError(path, f"not a `pamtri embed` file (missing {', '.join(missing)})")

@@ -2,8 +2,11 @@
 
 The source list is cut into chunks of ``chunk`` images; chunk i is embedded by rank i % world size and written
 atomically as ``OUT.shards/chunk-{i:06d}.npz``. ``OUT.shards/manifest.json`` records the source list's SHA-256,
-the chunk size and the model identity (both checkpoints' SHA-256), so a re-run of the same command skips the
-chunks that exist (no recompute, no duplicates) and a run with other inputs or weights is refused. When every
+the chunk size, the model identity (both checkpoints' SHA-256) and the SHA-256 of each chunk's image paths, so
+a re-run of the same command skips the chunks that exist (no recompute, no duplicates) and a run with other
+inputs or weights is refused. Each chunk holds the manifest's SHA-256 and its own names and paths, and is checked
+against both whenever it is read: a chunk of another run, another chunk's file or a broken one is redone on
+resume and refused by :func:`read_shards`. A folder without its manifest reuses nothing. When every
 chunk is there, rank 0 writes ``OUT`` as one gallery .npz in source order; the shard folder reads as the same
 gallery (:func:`read_shards`). Under several machines the folder must be on a file system they share.
 """
@@ -25,6 +28,7 @@ from .search import ImageSource, embed_images, gallery_bytes, gallery_header
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
+MANIFEST_KEY = "manifest_sha256"  # the scalar each chunk file holds besides its gallery arrays
 DEFAULT_CHUNK = 1024  # images per chunk under torchrun when --chunk is not given
 # A resume must match these manifest entries: what each one means, for the refusal message.
 _MUST_MATCH = (("source_sha256", "another source list"), ("images", "another number of images"),
@@ -52,11 +56,44 @@ def make_manifest(source: ImageSource, chunk: int, pose_weights: str | os.PathLi
     """What a shard folder is made of: source list hash and size, chunk size, the gallery header, both weights'
     SHA-256 (pose: empty without pose weights)."""
     from pamtri.common.checkpoint import file_sha256
-    listing = "\n".join(source.paths()).encode()
+    paths = source.paths()
     header = gallery_header(pose_weights, reid_weights)
-    return {"source_sha256": hashlib.sha256(listing).hexdigest(), "images": len(source.names), "chunk": chunk,
+    return {"source_sha256": _paths_sha256(paths), "images": len(source.names), "chunk": chunk,
             "reid_weights_sha256": header["reid_weights_sha256"],
-            "pose_weights_sha256": file_sha256(pose_weights) if pose_weights else "", "header": header}
+            "pose_weights_sha256": file_sha256(pose_weights) if pose_weights else "", "header": header,
+            "chunk_paths_sha256": [_paths_sha256(paths[i:i + chunk]) for i in range(0, len(paths), chunk)]}
+
+
+def _paths_sha256(paths) -> str:
+    return hashlib.sha256("\n".join(paths).encode()).hexdigest()
+
+
+def manifest_sha256(manifest: dict) -> str:
+    """The SHA-256 of a manifest (canonical JSON), which each of its chunks records."""
+    return hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()
+
+
+def chunk_problem(path: Path, i: int, manifest: dict) -> str | None:
+    """What is wrong with chunk file ``path`` as chunk ``i`` of ``manifest`` (unreadable, of another run, holding
+    other images than its share of the source list, arrays of different lengths), or None when it fits."""
+    import zipfile
+    import zlib
+    want = manifest.get("chunk_paths_sha256", [])
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            missing = {"names", "paths", "features", MANIFEST_KEY} - set(z.files)
+            if missing:
+                return f"not a chunk of this run (missing {', '.join(sorted(missing))})"
+            if str(z[MANIFEST_KEY]) != manifest_sha256(manifest):
+                return "made by another run (its manifest SHA-256 differs: other inputs or weights)"
+            names, paths, features = z["names"], z["paths"], z["features"]
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error) as exc:
+        return f"cannot read chunk ({str(exc).strip() or type(exc).__name__})"
+    if i >= len(want) or names.ndim != 1 or _paths_sha256(paths.tolist()) != want[i]:
+        return f"does not hold the images of chunk {i} (its paths differ from the source list's)"
+    if features.ndim != 2 or len(features) != len(names) or len(paths) != len(names):
+        return f"holds {len(names)} names, {len(paths)} paths and features of shape {features.shape}"
+    return None
 
 
 def read_manifest(folder: Path) -> dict | None:
@@ -76,6 +113,9 @@ def check_resume(folder: Path, manifest: dict) -> bool:
     old = read_manifest(folder)
     if old is None:
         return False
+    if "chunk_paths_sha256" not in old:
+        raise DataError(folder / MANIFEST, f"these shards were started by an older pamtri whose chunks cannot be "
+                                           f"checked; delete {folder} and run the command again")
     for key, what in _MUST_MATCH:
         if old.get(key) != manifest[key]:
             raise DataError(folder / MANIFEST, f"these shards were started with {what} ({key} {old.get(key)}, now "
@@ -83,9 +123,18 @@ def check_resume(folder: Path, manifest: dict) -> bool:
     return True
 
 
-def chunks_of(info, n_chunks: int, folder: Path) -> list[int]:
-    """The chunks this rank embeds: i % world size == rank, not written yet."""
-    return [i for i in range(info.rank, n_chunks, info.world_size) if not chunk_path(folder, i).exists()]
+def chunks_of(info, n_chunks: int, folder: Path, manifest: dict | None = None) -> list[int]:
+    """The chunks this rank embeds: i % world size == rank, not written yet (or, given the ``manifest``, whose
+    file does not fit it: :func:`chunk_problem`)."""
+    todo = []
+    for i in range(info.rank, n_chunks, info.world_size):
+        path = chunk_path(folder, i)
+        if path.exists() and manifest is not None and (problem := chunk_problem(path, i, manifest)):
+            log.warning("%s: %s; embedding it again", path, problem)
+        elif path.exists():
+            continue
+        todo.append(i)
+    return todo
 
 
 def embed_chunks(source: ImageSource, out: str | os.PathLike, pose_weights: str | os.PathLike | None,
@@ -103,14 +152,18 @@ def embed_chunks(source: ImageSource, out: str | os.PathLike, pose_weights: str 
     folder = shard_folder(out)
     manifest = make_manifest(source, chunk, pose_weights, reid_weights)
     started = check_resume(folder, manifest)  # every rank refuses alike, before any collective
+    recorded = read_manifest(folder) if started else manifest  # what the chunks are checked against
     info = init_distributed()
     try:
         if info.is_main and not started:
             folder.mkdir(parents=True, exist_ok=True)
+            for stale in sorted(folder.glob("chunk-*.npz")):  # no manifest, no reuse: they may be anyone's
+                log.warning("%s: a chunk without its manifest; removing it", stale)
+                stale.unlink()
             atomic_write_text(folder / MANIFEST, json.dumps(manifest, indent=1))
         barrier(info)
         n_chunks = math.ceil(len(source.names) / chunk)
-        todo = chunks_of(info, n_chunks, folder)
+        todo = chunks_of(info, n_chunks, folder, recorded)
         log.info("rank %d: %d chunk(s) to embed, %d of its share already done", info.rank, len(todo),
                  len(range(info.rank, n_chunks, info.world_size)) - len(todo))
         if todo:
@@ -118,7 +171,8 @@ def embed_chunks(source: ImageSource, out: str | os.PathLike, pose_weights: str 
             pipe = Pipeline.from_weights(pose_weights, reid_weights, **pipeline_options)
             for i in todo:
                 arrays = embed_images(pipe, source, i * chunk, (i + 1) * chunk)
-                atomic_write_bytes(chunk_path(folder, i), gallery_bytes({}, arrays))
+                atomic_write_bytes(chunk_path(folder, i), gallery_bytes({MANIFEST_KEY: manifest_sha256(recorded)},
+                                                                        arrays))
         barrier(info)
         if info.is_main:
             atomic_write_bytes(out, gallery_bytes(manifest["header"], read_shards(folder)))
@@ -144,13 +198,10 @@ def read_shards(folder: str | os.PathLike) -> dict[str, np.ndarray]:
                                 "`pamtri embed` command that started it to finish them")
     parts = []
     for i, p in enumerate(paths):
-        try:
-            part = dict(np.load(p, allow_pickle=False))
-        except (OSError, ValueError) as exc:
-            raise DataError(p, f"cannot read chunk ({exc}); delete it and re-run `pamtri embed` to redo it") from None
-        if len(part["names"]) != min(chunk, n - i * chunk):
-            raise DataError(p, f"holds {len(part['names'])} images, not {min(chunk, n - i * chunk)}; delete it and "
-                               "re-run `pamtri embed` to redo it")
+        if (problem := chunk_problem(p, i, manifest)) is not None:
+            raise DataError(p, f"{problem}; delete it and re-run `pamtri embed` to redo it")
+        part = dict(np.load(p, allow_pickle=False))
+        del part[MANIFEST_KEY]
         parts.append(part)
     arrays = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
     return {**arrays, **{k: np.asarray(v) for k, v in manifest["header"].items()}}

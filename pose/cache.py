@@ -130,7 +130,11 @@ class CacheWriter:
         plan_path = self.folder / "plan.json"
         plan = self._plan()
         if plan_path.exists() and not rebuild:
-            old = json.loads(plan_path.read_text())
+            try:
+                old = json.loads(plan_path.read_text())
+            except (ValueError, OSError) as exc:
+                raise CheckpointError(f"{plan_path}: unreadable build plan ({exc}); {_rebuild_hint(self.folder)}"
+                                      ) from None
             if old != plan:
                 raise CheckpointError(
                     f"{self.folder}: holds a cache (or a partial build) for other inputs "

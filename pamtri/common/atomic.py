@@ -2,9 +2,10 @@
 from __future__ import annotations
 
 import contextlib
-import errno
+import fcntl
 import os
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
@@ -65,35 +66,46 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 
 
 class RunLock:
-    """An exclusive lock file in a run folder, so two processes never write the same run.
+    """An exclusive lock file, so two processes never write the same run folder (or index, ``path``).
 
-    The lock is a file created with O_EXCL that holds the owner's pid; a lock whose pid no longer
-    exists is stale and is taken over.
+    The lock is ``fcntl.flock`` on the file, which the kernel drops when its process dies, so a lock left by a
+    dead process is taken over; the file holds the owner's pid for the refusal message. ``acquire(wait)`` waits
+    up to ``wait`` seconds for the holder before refusing.
     """
 
-    def __init__(self, folder: str | os.PathLike):
-        self.path = Path(folder) / ".lock"
-        self._held = False
+    def __init__(self, folder: str | os.PathLike, path: str | os.PathLike | None = None, what: str = "run folder",
+                 hint: str = "wait for it or choose another --out"):
+        self.path = Path(path) if path is not None else Path(folder) / ".lock"
+        self.folder, self.what, self.hint = Path(folder), what, hint
+        self._fd: int | None = None
 
-    def acquire(self) -> RunLock:
+    def acquire(self, wait: float = 0.0) -> RunLock:
+        """Take the lock, waiting up to ``wait`` seconds; PamtriError naming the holder's pid otherwise."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        for _ in range(2):
+        deadline = time.monotonic() + wait
+        while True:
+            fd = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o644)
             try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                if self._stale():
-                    with contextlib.suppress(FileNotFoundError):
-                        os.unlink(self.path)
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                if time.monotonic() < deadline:
+                    time.sleep(0.05)
                     continue
                 raise PamtriError(
-                    f"{self.path.parent}: another pamtri process (pid {self._owner()}) is writing this run "
-                    f"folder; wait for it or choose another --out (remove {self.path} if that process is gone)"
-                ) from None
-            with os.fdopen(fd, "w") as fh:
-                fh.write(str(os.getpid()))
-            self._held = True
+                    f"{self.folder}: another pamtri process (pid {self._owner()}) is writing this {self.what}; "
+                    f"{self.hint} (remove {self.path} if that process is gone)") from None
+            try:  # the holder we waited for may have removed the file: then our lock is on a dead inode
+                same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
+            except FileNotFoundError:
+                same = False
+            if not same:
+                os.close(fd)
+                continue
+            os.ftruncate(fd, 0)
+            os.write(fd, str(os.getpid()).encode())
+            self._fd = fd
             return self
-        raise PamtriError(f"{self.path}: could not take the run lock")
 
     def _owner(self) -> int | None:
         try:
@@ -101,26 +113,19 @@ class RunLock:
         except (OSError, ValueError):
             return None
 
-    def _stale(self) -> bool:
-        pid = self._owner()
-        if pid is None or pid <= 0:
-            return True
-        if pid == os.getpid():
-            return False
-        try:
-            os.kill(pid, 0)
-        except OSError as exc:
-            return exc.errno == errno.ESRCH
-        return False
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
 
     def release(self) -> None:
-        if self._held:
+        if self._fd is not None:
             with contextlib.suppress(FileNotFoundError):
-                os.unlink(self.path)
-            self._held = False
+                os.unlink(self.path)  # while still locked: a waiter then sees a new inode and retries
+            os.close(self._fd)
+            self._fd = None
 
     def __enter__(self) -> RunLock:
-        return self.acquire()
+        return self if self.held else self.acquire()  # ``with lock.acquire(wait):`` takes it once
 
     def __exit__(self, *exc) -> None:
         self.release()

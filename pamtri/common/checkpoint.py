@@ -34,6 +34,13 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict:
         raise CheckpointError(f"{path}: checkpoint file does not exist")
     if path.stat().st_size == 0:
         raise CheckpointError(f"{path}: checkpoint file is empty")
+    with open(path, "rb") as fh:
+        head = fh.read(4)
+    # torch.save writes a zip archive (PK) or, in its legacy format, a pickle (protocol 2+: 0x80): anything else
+    # (a text file, random bytes) is no checkpoint, and the unpickler's errors about it would mislead
+    if not (head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"):
+        raise CheckpointError(f"{path}: not a PyTorch checkpoint (torch.save writes a zip archive; this file starts "
+                              f"with {head!r}); give the .pt file written by pamtri or torch.save")
     try:
         obj = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
@@ -42,7 +49,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict:
         raise CheckpointError(
             f"{path}: refused to load: the file holds Python objects other than tensors and plain data "
             f"(loading it could run code; {detail}). Re-save it as a plain state_dict") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as exc:
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, KeyError, ValueError, TypeError) as exc:
         raise CheckpointError(f"{path}: cannot read checkpoint (truncated or corrupt file?): "
                               f"{str(exc).splitlines()[0]}") from None
     if not isinstance(obj, dict):

@@ -13,6 +13,10 @@ from pamtri.common.errors import DataError
 
 MIN_SIDE = 4          # smaller images cannot hold a vehicle crop
 MAX_SIDE = 4096       # larger images are decoded reduced / resized so the longer side fits
+# The most pixels one decode may produce (10000 x 10000: 300 MB as RGB), checked on the header before decoding, so
+# a decompression bomb (a 1 MB PNG of 20000 x 20000) is refused instead of taking gigabytes. JPEGs count at the
+# reduced size libjpeg decodes them at.
+MAX_PIXELS = 10000 * 10000
 _SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
 _PNG_CHANNELS = {0: 1, 2: 3, 3: 3, 4: 2, 6: 4}
 
@@ -72,6 +76,45 @@ def _header(fh, path) -> tuple[int, int, int]:
         fh.seek(length - 2, os.SEEK_CUR)
 
 
+def _webp_size(head: bytes) -> tuple[int, int] | None:
+    """(width, height) from the first 30 bytes of a WebP file (VP8X canvas, VP8 frame or VP8L header)."""
+    kind = head[12:16]
+    if kind == b"VP8X" and len(head) >= 30:
+        return 1 + int.from_bytes(head[24:27], "little"), 1 + int.from_bytes(head[27:30], "little")
+    if kind == b"VP8 " and len(head) >= 30:
+        w, h = struct.unpack("<HH", head[26:30])
+        return w & 0x3FFF, h & 0x3FFF
+    if kind == b"VP8L" and len(head) >= 25:
+        bits = int.from_bytes(head[21:25], "little")
+        return 1 + (bits & 0x3FFF), 1 + ((bits >> 14) & 0x3FFF)
+    return None
+
+
+def pixel_size(data: np.ndarray) -> tuple[int, int] | None:
+    """(width, height) an encoded image declares in its header (JPEG, PNG, BMP, WebP here; other formats through
+    Pillow's header reader), read without decoding; None when no header can be read."""
+    head = data[:32].tobytes()
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return _webp_size(head)
+    if head.startswith((b"\x89PNG", b"BM", b"\xff\xd8")):
+        try:
+            return _header(io.BytesIO(data[:1 << 20].tobytes()), "<image>")[:2]
+        except (DataError, struct.error):
+            return None
+    try:
+        import warnings
+
+        from PIL import Image
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Pillow's own bomb warning: the limit here is MAX_PIXELS
+            with Image.open(io.BytesIO(data.tobytes())) as im:
+                return im.size
+    except Exception as exc:  # noqa: BLE001 - any header Pillow cannot read: leave it to OpenCV's decoder
+        if type(exc).__name__ == "DecompressionBombError":
+            return (1 << 16, 1 << 16)
+        return None
+
+
 def too_small(width: int, height: int, min_side: int = MIN_SIDE) -> str | None:
     """The problem with an image of ``width`` x ``height`` pixels that is too small to use, or None."""
     if min(width, height) < min_side:
@@ -85,16 +128,21 @@ _REDUCED = ((8, cv2.IMREAD_REDUCED_COLOR_8), (4, cv2.IMREAD_REDUCED_COLOR_4), (2
 def _reduced_jpeg_flags(data: np.ndarray, max_side: int | None) -> int | None:
     """For a JPEG at least twice ``max_side``: the flag that lets libjpeg decode it at 1/2, 1/4 or 1/8 size
     (still at least ``max_side``), so a huge image never takes its full size in memory; else None."""
+    return _reduction(data, max_side)[1]
+
+
+def _reduction(data: np.ndarray, max_side: int | None) -> tuple[int, int | None]:
+    """(factor, imdecode flag) of :func:`_reduced_jpeg_flags`; (1, None) when decoded at full size."""
     if not max_side or data[:2].tobytes() != b"\xff\xd8":
-        return None
+        return 1, None
     try:
         w, h, _ = _header(io.BytesIO(data[:1 << 20].tobytes()), "<jpeg>")
     except (DataError, struct.error):
-        return None
+        return 1, None
     for factor, flag in _REDUCED:
         if max(w, h) >= factor * max_side:
-            return flag
-    return None
+            return factor, flag
+    return 1, None
 
 
 def read_image(path: str | os.PathLike, max_side: int | None = MAX_SIDE, min_side: int = MIN_SIDE) -> np.ndarray:
@@ -102,9 +150,16 @@ def read_image(path: str | os.PathLike, max_side: int | None = MAX_SIDE, min_sid
     so the longer side is ``max_side`` (None: kept at full size, for callers whose keypoints are in
     original-image pixels).
 
-    Raises DataError naming the file for a missing, empty, truncated, corrupt or too small image, or a
-    folder where a file should be.
+    Raises DataError naming the file for a missing, empty, truncated, corrupt or too small image, one whose
+    header declares more than MAX_PIXELS to decode, or a folder where a file should be.
     """
+    return read_image_and_size(path, max_side, min_side)[0]
+
+
+def read_image_and_size(path: str | os.PathLike, max_side: int | None = MAX_SIDE, min_side: int = MIN_SIDE
+                        ) -> tuple[np.ndarray, tuple[int, int]]:
+    """:func:`read_image` and the image's size in the file (width, height) pixels, to map what is found on the
+    (possibly shrunk) image back to original-image pixels."""
     path = Path(path)
     if path.is_dir():
         raise DataError(path, "is a folder, expected an image file")
@@ -118,7 +173,14 @@ def read_image(path: str | os.PathLike, max_side: int | None = MAX_SIDE, min_sid
         raise DataError(path, "image file is empty (0 bytes)")
     if data[:2].tobytes() == b"\xff\xd8" and b"\xff\xd9" not in data[-1024:].tobytes():
         raise DataError(path, "truncated JPEG (no end-of-image marker); re-copy or re-encode the file")
-    flags = _reduced_jpeg_flags(data, max_side) or cv2.IMREAD_UNCHANGED
+    size = pixel_size(data)
+    if size is None:
+        raise DataError(path, "cannot decode image (corrupt file or not an image format OpenCV reads)")
+    factor, flags = _reduction(data, max_side)
+    if (size[0] // factor) * (size[1] // factor) > MAX_PIXELS:
+        raise DataError(path, f"image is {size[0]}x{size[1]} pixels, more than the {MAX_PIXELS:,} a decode may "
+                              "produce (a decompression bomb?); shrink it first")
+    flags = flags or cv2.IMREAD_UNCHANGED
     try:
         img = cv2.imdecode(data, flags)
     except cv2.error:  # e.g. more pixels than OpenCV's decoding limit
@@ -148,7 +210,9 @@ def read_image(path: str | os.PathLike, max_side: int | None = MAX_SIDE, min_sid
     if max_side and max(h, w) > max_side:
         scale = max_side / max(h, w)
         img = cv2.resize(img, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
-    return np.ascontiguousarray(img)
+    # the header's size, unless the decoder turned the image (EXIF orientation of a reduced JPEG decode)
+    fits = abs(w * factor - size[0]) <= factor and abs(h * factor - size[1]) <= factor
+    return np.ascontiguousarray(img), (int(size[0]), int(size[1])) if fits else (w * factor, h * factor)
 
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")

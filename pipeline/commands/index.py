@@ -19,12 +19,16 @@ def register(subparsers) -> None:
     b.add_argument("--kind", choices=("flat", "ivf", "ivfpq"), default="flat",
                    help="flat: exact; ivf / ivfpq: approximate, quantiser trained on a sample (default flat)")
     b.add_argument("--metric", choices=("cosine", "euclidean"), default="cosine")
+    b.add_argument("--wait", type=float, default=60.0, metavar="S",
+                   help="seconds to wait for another writer of this index before refusing (default 60)")
     b.set_defaults(func=cmd_index_build)
 
     a = sub.add_parser("add", help="add embed files to an index (atomic; same model only)")
     a.add_argument("index", metavar="IDX")
     a.add_argument("--features", required=True, nargs="+", metavar="F.npz")
     a.add_argument("--skip-existing", action="store_true", help="skip images already indexed (default: refuse)")
+    a.add_argument("--wait", type=float, default=60.0, metavar="S",
+                   help="seconds to wait for another writer of this index before refusing (default 60)")
     a.set_defaults(func=cmd_index_add)
 
     s = sub.add_parser("search", help="the indexed images nearest to queries")
@@ -48,7 +52,7 @@ def register(subparsers) -> None:
 
 def cmd_index_build(args: argparse.Namespace) -> int:
     from pamtri.pipeline.index import build_index
-    idx = build_index(args.features, args.out, args.kind, args.metric)
+    idx = build_index(args.features, args.out, args.kind, args.metric, wait=args.wait)
     params = ", ".join(f"{k}={v}" for k, v in idx.info["params"].items())
     print(f"{len(idx)} vectors ({idx.info['dim']}-d, {args.metric}, {args.kind}{': ' + params if params else ''})"
           f" -> {args.out}")
@@ -58,20 +62,21 @@ def cmd_index_build(args: argparse.Namespace) -> int:
 
 def cmd_index_add(args: argparse.Namespace) -> int:
     from pamtri.pipeline.index import add_to_index
-    added, skipped = add_to_index(args.index, args.features, skip_existing=args.skip_existing)
+    added, skipped = add_to_index(args.index, args.features, skip_existing=args.skip_existing, wait=args.wait)
     print(f"{added} vectors added to {args.index}" + (f", {skipped} already there skipped" if skipped else ""))
     return 0
 
 
 def cmd_index_search(args: argparse.Namespace) -> int:
-    from pamtri.pipeline.index import search_to_csv
+    from pamtri.pipeline.index import printable, search_to_csv
     rows = search_to_csv(args.index, args.features, args.images, top=args.top,
                          exclude_same_camera=args.exclude_same_camera, rerank=args.rerank,
                          rerank_top=args.rerank_top, out=args.out, png=args.png,
                          pose_weights=args.pose_weights, reid_weights=args.reid_weights, **pipeline_options(args))
     if args.out is None:
         for r in rows:
-            print(f"{r['query']}  {r['rank']:3d}. {r['image']}  distance {r['distance']:.4f}  camera {r['camera']}")
+            print(f"{printable(r['query'])}  {r['rank']:3d}. {printable(r['image'])}  "
+                  f"distance {r['distance']:.4f}  camera {r['camera']}")
     else:
         print(f"{len(rows)} results -> {args.out}" + (f"; rank list: {args.png}" if args.png else ""))
     return 0

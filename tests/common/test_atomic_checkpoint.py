@@ -149,3 +149,40 @@ def test_data_error_pickles_with_its_fields():
     e = pickle.loads(pickle.dumps(DataError("/x/labels.csv", "bad value", 7, "<Item>")))
     assert (e.path, e.line, e.element, e.reason, str(e)) == \
         ("/x/labels.csv", 7, "<Item>", "bad value", "/x/labels.csv, line 7, <Item>: bad value")
+
+
+def test_run_lock_is_released_by_the_kernel_when_its_process_dies_and_can_wait(tmp_path):
+    import subprocess
+    import sys
+    import time
+    code = ("import sys, time; from pamtri.common.atomic import RunLock; l = RunLock(sys.argv[1]).acquire(); "
+            "print('held', flush=True); time.sleep(float(sys.argv[2]))")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    holder = subprocess.Popen([sys.executable, "-c", code, str(tmp_path), "600"], stdout=subprocess.PIPE, text=True,
+                              env=env)
+    assert holder.stdout.readline().strip() == "held"
+    with pytest.raises(PamtriError, match=f"pid {holder.pid}"):
+        RunLock(tmp_path).acquire(wait=0.2)
+    holder.kill()  # SIGKILL: no release; the lock file (with its pid) stays but the lock is gone
+    holder.wait()
+    assert (tmp_path / ".lock").exists()
+    RunLock(tmp_path).acquire().release()
+    short = subprocess.Popen([sys.executable, "-c", code, str(tmp_path), "1"], stdout=subprocess.PIPE, text=True,
+                             env=env)
+    assert short.stdout.readline().strip() == "held"
+    t0 = time.monotonic()
+    lock = RunLock(tmp_path).acquire(wait=30)  # a bounded wait serialises the second writer
+    assert time.monotonic() - t0 < 30 and (tmp_path / ".lock").read_text() == str(os.getpid())
+    lock.release()
+    short.wait()
+
+
+@pytest.mark.parametrize("content", [b"hello this is text\n", bytes(range(1, 256)) * 20])
+def test_a_text_or_random_byte_file_is_not_a_checkpoint(tmp_path, content):
+    """Issue 22: a text .pt gave a KeyError traceback; random bytes were called a pickle that could run code."""
+    p = tmp_path / "w.pt"
+    p.write_bytes(content)
+    with pytest.raises(CheckpointError) as err:
+        load_checkpoint(p)
+    assert str(err.value) == (f"{p}: not a PyTorch checkpoint (torch.save writes a zip archive; this file starts "
+                              f"with {content[:4]!r}); give the .pt file written by pamtri or torch.save")

@@ -114,3 +114,67 @@ def test_embed_data_writes_cameras_for_the_index(images, veri_tree, tmp_path):
     idx = build_index([tmp_path / "g.npz"], tmp_path / "g.faiss")
     assert _column(idx, "camera") == cameras
     idx.close()
+
+
+def _count_embeds(monkeypatch) -> list:
+    real, embedded = shards.embed_images, []
+
+    def counting(pipe, source, start, stop):
+        embedded.append(start)
+        return real(pipe, source, start, stop)
+    monkeypatch.setattr(shards, "embed_images", counting)
+    return embedded
+
+
+def test_chunks_without_their_manifest_are_not_reused_for_other_weights(images, tmp_path, monkeypatch):
+    """Issue 22, case 4: manifest.json deleted, then a run with other weights: every chunk is embedded again with
+    those weights (the chunks of the first run used to be reused and labelled with the new weights' hash)."""
+    weights, folder, want = images
+    other = tmp_path / "other.pt"
+    write_tiny_reid_checkpoint(other, heatmaps=False, segments=False, keypoints=False, height=48, width=48)
+    out = tmp_path / "g.npz"
+    argv = ["embed", "--images", str(folder), "--out", str(out), "--chunk", "2"] + FAST
+    assert main(argv + ["--reid-weights", str(weights)]) == 0
+    (shards.shard_folder(out) / "manifest.json").unlink()
+    embedded = _count_embeds(monkeypatch)
+    assert main(argv + ["--reid-weights", str(other)]) == 0
+    assert embedded == [0, 2, 4]
+    assert main(["embed", "--images", str(folder), "--out", str(tmp_path / "one.npz"), "--reid-weights", str(other)]
+                + FAST) == 0
+    assert_same_gallery(dict(np.load(out)), dict(np.load(tmp_path / "one.npz")))
+
+
+@pytest.mark.parametrize("case, problem", [
+    ("swapped", "does not hold the images of chunk 1 (its paths differ from the source list's)"),
+    ("other run", "made by another run (its manifest SHA-256 differs: other inputs or weights)"),
+    ("no names", "not a chunk of this run (missing names)"),
+    ("truncated", "cannot read chunk ("),
+])
+def test_a_chunk_that_does_not_fit_is_refused_on_read_and_redone_on_resume(images, tmp_path, monkeypatch, capsys,
+                                                                          case, problem):
+    weights, folder, want = images
+    out = tmp_path / "g.npz"
+    argv = ["embed", "--reid-weights", str(weights), "--images", str(folder), "--out", str(out), "--chunk", "2"] + FAST
+    assert main(argv) == 0
+    shard_dir = shards.shard_folder(out)
+    target = shard_dir / "chunk-000001.npz"
+    good = dict(np.load(target))
+    if case == "swapped":
+        target.write_bytes((shard_dir / "chunk-000000.npz").read_bytes())
+    elif case == "other run":
+        np.savez(target, **{**good, shards.MANIFEST_KEY: np.asarray("0" * 64)})
+    elif case == "no names":
+        np.savez(target, **{k: v for k, v in good.items() if k != "names"})
+    else:
+        target.write_bytes(target.read_bytes()[:200])
+    with pytest.raises(DataError) as err:
+        shards.read_shards(shard_dir)
+    assert str(err.value) == f"{target}: {problem}; delete it and re-run `pamtri embed` to redo it" or (
+        case == "truncated" and str(err.value).startswith(f"{target}: {problem}"))
+    capsys.readouterr()
+    assert main(["index", "build", "--features", str(shard_dir), "--out", str(tmp_path / "i.faiss")]) == 1
+    assert capsys.readouterr().err.count("\n") == 1
+    embedded = _count_embeds(monkeypatch)
+    assert main(argv) == 0
+    assert embedded == [2]  # that chunk alone is redone
+    assert_same_gallery(dict(np.load(out)), want)

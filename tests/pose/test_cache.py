@@ -176,3 +176,19 @@ def test_sizes_are_width_height_and_the_grid_is_read_from_the_heatmaps(tmp_path)
     assert Cache(tmp_path / "c").grid == (10, 6)
     with pytest.raises(PamtriError, match="positive"):
         spec(heatmap_size=(0, 0))
+
+
+def test_a_garbage_build_plan_is_a_one_line_refusal_and_rebuild_recovers(tmp_path, scripts):
+    """Issue 22: a garbage plan.json gave a JSONDecodeError traceback."""
+    from producer import produce
+    CacheWriter(tmp_path / "c", names(6), spec())
+    (tmp_path / "c" / "plan.json").write_bytes(b"\x00garbage{")
+    with pytest.raises(CheckpointError) as err:
+        CacheWriter(tmp_path / "c", names(6), spec())
+    assert str(err.value).startswith(f"{tmp_path / 'c' / 'plan.json'}: unreadable build plan (") and str(
+        err.value).endswith(f"rebuild it with `pamtri cache build ... --out {tmp_path / 'c'} --rebuild` (or delete "
+                            "the folder)") and "\n" not in str(err.value)
+    w = CacheWriter(tmp_path / "c", names(6), spec(), rebuild=True)
+    w.build(produce, progress=False)
+    w.finalise()
+    assert len(Cache(tmp_path / "c")) == 6
