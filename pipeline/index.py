@@ -26,13 +26,14 @@ import numpy as np
 from pamtri.common.atomic import RunLock
 from pamtri.common.errors import ConfigError, DataError, PamtriError, WriteError
 
+from .gallery import read_gallery
+
 log = logging.getLogger(__name__)
 
 KINDS = ("flat", "ivf", "ivfpq")
 LOCK_WAIT = 60.0  # seconds a second writer of an index waits for the first before it is refused
 MIN_POINTS = 39  # FAISS's minimum training vectors per k-means centroid
 METRICS = ("cosine", "euclidean")
-RESULT_COLUMNS = ("query", "rank", "image", "distance", "camera")
 
 
 # OpenBLAS kernel families by the CPU capability torch reports: faiss-cpu's bundled OpenBLAS (0.3.15 in faiss-cpu
@@ -80,7 +81,6 @@ def _optional(arrays: dict, key: str, n: int, cast) -> list:
 
 def read_features(path: str | os.PathLike) -> FeatureSet:
     """One ``pamtri embed`` .npz as a FeatureSet; DataError naming the file when it lacks the model identity."""
-    from .search import read_gallery
     g = read_gallery(path)
     if "reid_weights_sha256" not in g:
         raise DataError(path, "no model identity (reid_weights_sha256); re-run `pamtri embed` to write it")
@@ -642,69 +642,3 @@ def _pad(pos: np.ndarray, dist: np.ndarray, top: int) -> tuple[np.ndarray, np.nd
 def _column(idx: GalleryIndex, name: str) -> list:
     """One metadata column of every vector, in index position order."""
     return [r[0] for r in idx.db.execute(f"SELECT {name} FROM images ORDER BY pos")]
-
-
-def query_features(features: str | os.PathLike | None, images: list[str] | None, idx: GalleryIndex,
-                   pose_weights: str | None = None, reid_weights: str | None = None, **pipeline_options
-                   ) -> FeatureSet:
-    """The queries of ``pamtri index search``: an embed file (``features``) or image files embedded with the
-    weights given (default: those the index records); DataError when their model is not the index's."""
-    if features is not None:
-        fs = read_features(features)
-        source = features
-    else:
-        from pamtri.common.checkpoint import file_sha256
-
-        from .infer import Pipeline
-        reid_w = reid_weights or idx.info["reid_weights"]
-        pipe = Pipeline.from_weights(pose_weights or idx.info["pose_weights"] or None, reid_w, **pipeline_options)
-        n = len(images)
-        fs = FeatureSet(pipe.embed(list(images))["features"], [os.path.basename(p) for p in images], list(images),
-                        [None] * n, [None] * n, [None] * n, file_sha256(reid_w), reid_w, "")
-        source = reid_w
-        if not np.isfinite(fs.features).all():
-            bad = int(np.argmax(~np.isfinite(fs.features).all(1)))
-            raise DataError(images[bad], f"the ReID network's feature of this image is not finite (NaN or "
-                                         f"infinity; weights {reid_w}); check the weights")
-    _check_identity(source, fs, idx.info["model_sha256"], idx.info["dim"])
-    return fs
-
-
-def search_to_csv(path: str | os.PathLike, features: str | os.PathLike | None = None, images: list[str] | None = None,
-                  *, top: int = 10, exclude_same_camera: bool = False, rerank: bool = False, rerank_top: int = 100,
-                  out: str | os.PathLike | None = None, png: str | os.PathLike | None = None, **embed_options
-                  ) -> list[dict]:
-    """Search the index at ``path`` for the queries of :func:`query_features` -> result rows (columns
-    RESULT_COLUMNS, rank 1 first), written to the CSV ``out`` and drawn as a rank list PNG ``png`` when given;
-    with ``rerank`` the ``rerank_top`` nearest are k-reciprocal re-ranked (:func:`rerank_index`).
-    ``embed_options``: pose_weights, reid_weights and the ``Pipeline.from_weights`` options for ``images``."""
-    idx = open_index(path)
-    try:
-        queries = query_features(features, images, idx, **embed_options)
-        if exclude_same_camera and any(c is None for c in queries.cameras):
-            raise DataError(features, "--exclude-same-camera needs query cameras (a `cameras` array in the features)")
-        search = rerank_index if rerank else search_index
-        extra = {"candidates": rerank_top} if rerank else {}
-        pos, dist = search(idx, queries.features, top, query_cameras=queries.cameras,
-                           exclude_same_camera=exclude_same_camera, **extra)
-        names, paths, cams = _column(idx, "name"), _column(idx, "path"), _column(idx, "camera")
-    finally:
-        idx.close()
-    rows = [{"query": q, "rank": r + 1, "image": names[p], "distance": float(d), "camera": cams[p]}
-            for q, qp, qd in zip(queries.names, pos, dist) for r, (p, d) in enumerate(zip(qp, qd)) if p >= 0]
-    if out is not None:
-        _write_csv(out, rows)
-    if png is not None:
-        from .search import draw_search
-        draw_search(queries.paths, paths, pos, dist, png)
-    return rows
-
-
-def _write_csv(path: str | os.PathLike, rows: list[dict]) -> None:
-    import csv
-
-    from pamtri.common.atomic import atomic_write
-    with atomic_write(path, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=RESULT_COLUMNS)
-        writer.writeheader()
-        writer.writerows({**r, "camera": "" if r["camera"] is None else r["camera"]} for r in rows)

@@ -1,111 +1,29 @@
-"""Galleries: image embeddings in an .npz (``pamtri embed``), ``pamtri search`` over them (the simple form of
-``pamtri index search``, optionally re-ranked), and the rank-list picture."""
+"""Search: embed the queries (or read them from a gallery file), search an index or a gallery file for them, and
+write the results as a CSV (``RESULT_COLUMNS``, rank 1 first) and a rank-list picture (``pamtri search``,
+``pamtri index search``)."""
 from __future__ import annotations
 
 import os
-import zipfile
-import zlib
 from collections.abc import Sequence
 from pathlib import Path
-from typing import NamedTuple
 
 import numpy as np
 
 from pamtri.common.errors import DataError
 
-# What every gallery file holds besides the embed_arrays outputs.
-GALLERY_KEYS = ("features", "paths", "reid_weights")
+from .index import (
+    FeatureSet,
+    GalleryIndex,
+    _check_identity,
+    _column,
+    build_index,
+    open_index,
+    read_features,
+    rerank_index,
+    search_index,
+)
 
-
-class ImageSource(NamedTuple):
-    """Images to embed: base folder, names relative to it, and per-image metadata arrays (``cameras``,
-    ``tracks``: (N,) int64, present when the data set labels every image with one)."""
-    base: Path
-    names: list[str]
-    meta: dict[str, np.ndarray]
-
-    def paths(self) -> list[str]:
-        """Absolute paths of the images, in source order."""
-        return [str((self.base / n).resolve()) for n in self.names]
-
-
-def image_source(images: str | os.PathLike | None = None, data: str | os.PathLike | None = None, split: str = "test",
-                 fmt: str = "auto", test_size: int | None = None) -> ImageSource:
-    """The images of a folder or list file ``images``, or of a data set split (``data`` root in format ``fmt``;
-    ``test_size``: the VehicleID / VERI-Wild test set) with its cameras and track ids."""
-    from pamtri.data.images import read_image_list
-    if images is not None:
-        return ImageSource(*read_image_list(images), {})
-    from pamtri.data.readers import read_split
-    base = Path(data)
-    records = read_split(base, split, fmt, test_size=test_size)
-    meta = {key: np.asarray(values, np.int64) for key, values in
-            (("cameras", [r.camera_id for r in records]), ("tracks", [r.track_id for r in records]))
-            if values and min(values) >= 0}
-    return ImageSource(base, [os.path.relpath(r.path, base) for r in records], meta)
-
-
-def embed_to_file(source: ImageSource, out: str | os.PathLike, pose_weights: str | os.PathLike | None,
-                  reid_weights: str | os.PathLike, chunk: int | None = None, **pipeline_options) -> tuple[int, int]:
-    """Embed every image of ``source`` into the gallery .npz ``out``: names, paths (absolute), features (N, D), the
-    other ``Pipeline.embed`` outputs, the source's cameras / tracks, both weights paths and the ReID checkpoint's
-    SHA-256 (the model identity ``pamtri index`` checks) -> (N, D). With ``chunk`` or under torchrun, in resumable
-    chunks (:func:`pamtri.pipeline.shards.embed_chunks`). ``pipeline_options``: device, precision, batch_size,
-    flip_test, compile, runtime of ``Pipeline.from_weights``."""
-    from pamtri.common.atomic import atomic_write_bytes
-
-    from .infer import Pipeline
-    from .shards import embed_chunks, use_chunks
-    if use_chunks(chunk):
-        return embed_chunks(source, out, pose_weights, reid_weights, chunk, **pipeline_options)
-    pipe = Pipeline.from_weights(pose_weights, reid_weights, **pipeline_options)
-    arrays = embed_images(pipe, source, progress=True)
-    atomic_write_bytes(out, gallery_bytes(gallery_header(pose_weights, reid_weights), arrays))
-    return len(source.names), int(arrays["features"].shape[1])
-
-
-def embed_images(pipe, source: ImageSource, start: int = 0, stop: int | None = None, progress: bool = False
-                 ) -> dict[str, np.ndarray]:
-    """The per-image arrays of a gallery file for images ``start:stop`` of ``source``: names, paths, the
-    ``Pipeline.embed`` outputs (features (n, D), ...) and the source's metadata."""
-    names = source.names[start:stop]
-    arrays = pipe.embed([str(source.base / n) for n in names], progress=progress)
-    return {"names": np.asarray(names), "paths": np.asarray([str((source.base / n).resolve()) for n in names]),
-            **arrays, **{k: v[start:stop] for k, v in source.meta.items()}}
-
-
-def gallery_header(pose_weights: str | os.PathLike | None, reid_weights: str | os.PathLike) -> dict[str, str]:
-    """The scalar entries of a gallery file: both weights paths and the ReID checkpoint's SHA-256."""
-    from pamtri.common.checkpoint import file_sha256
-    return {"pose_weights": str(pose_weights or ""), "reid_weights": str(reid_weights),
-            "reid_weights_sha256": file_sha256(reid_weights)}
-
-
-def gallery_bytes(header: dict[str, str], arrays: dict[str, np.ndarray]) -> bytes:
-    """A gallery .npz's bytes: the per-image ``arrays`` (names and paths first) and the ``header`` scalars."""
-    import io
-    buf = io.BytesIO()
-    np.savez(buf, names=arrays["names"], paths=arrays["paths"], **{k: np.asarray(v) for k, v in header.items()},
-             **{k: v for k, v in arrays.items() if k not in ("names", "paths", *header)})
-    return buf.getvalue()
-
-
-def read_gallery(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    """The arrays of a gallery file written by :func:`embed_to_file`, or of its shard folder (``OUT.shards``, all
-    chunks in source order); DataError naming the file otherwise."""
-    if Path(path).is_dir():
-        from .shards import read_shards
-        return read_shards(path)
-    try:
-        gallery = dict(np.load(path, allow_pickle=False))
-    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error) as exc:
-        # a truncated or altered .npz fails in the zip reader, the inflater or numpy's header parser
-        raise DataError(path, f"cannot read gallery file ({str(exc).strip() or type(exc).__name__}; truncated or "
-                              "not an .npz?); write it with `pamtri embed`") from None
-    missing = [k for k in GALLERY_KEYS if k not in gallery]
-    if missing:
-        raise DataError(path, f"not a `pamtri embed` file (missing {', '.join(missing)})")
-    return gallery
+RESULT_COLUMNS = ("query", "rank", "image", "distance", "camera")
 
 
 def search_gallery(query: Sequence[str], gallery: str | os.PathLike, out: str | os.PathLike, *, top: int = 10,
@@ -117,7 +35,6 @@ def search_gallery(query: Sequence[str], gallery: str | os.PathLike, out: str | 
     pose_weights, reid_weights and the ``Pipeline.from_weights`` options."""
     import tempfile
 
-    from .index import build_index, search_to_csv
     options = dict(images=list(query), top=top, rerank=rerank, out=out_csv, png=out, **embed_options)
     if is_index(gallery):
         return search_to_csv(gallery, **options)
@@ -143,3 +60,68 @@ def draw_search(query_paths: Sequence[str], gallery_paths: Sequence[str], order:
             + [tile_of_file(gallery_paths[gi], tile, light, f"{d:.3f}") for gi, d in zip(order[qi], dist[qi])
                if gi >= 0] for qi, qp in enumerate(query_paths)]
     write_rank_sheet(rows, path)
+
+
+def query_features(features: str | os.PathLike | None, images: list[str] | None, idx: GalleryIndex,
+                   pose_weights: str | None = None, reid_weights: str | None = None, **pipeline_options
+                   ) -> FeatureSet:
+    """The queries of ``pamtri index search``: an embed file (``features``) or image files embedded with the
+    weights given (default: those the index records); DataError when their model is not the index's."""
+    if features is not None:
+        fs = read_features(features)
+        source = features
+    else:
+        from pamtri.common.checkpoint import file_sha256
+
+        from .infer import Pipeline
+        reid_w = reid_weights or idx.info["reid_weights"]
+        pipe = Pipeline.from_weights(pose_weights or idx.info["pose_weights"] or None, reid_w, **pipeline_options)
+        n = len(images)
+        fs = FeatureSet(pipe.embed(list(images))["features"], [os.path.basename(p) for p in images], list(images),
+                        [None] * n, [None] * n, [None] * n, file_sha256(reid_w), reid_w, "")
+        source = reid_w
+        if not np.isfinite(fs.features).all():
+            bad = int(np.argmax(~np.isfinite(fs.features).all(1)))
+            raise DataError(images[bad], f"the ReID network's feature of this image is not finite (NaN or "
+                                         f"infinity; weights {reid_w}); check the weights")
+    _check_identity(source, fs, idx.info["model_sha256"], idx.info["dim"])
+    return fs
+
+
+def search_to_csv(path: str | os.PathLike, features: str | os.PathLike | None = None, images: list[str] | None = None,
+                  *, top: int = 10, exclude_same_camera: bool = False, rerank: bool = False, rerank_top: int = 100,
+                  out: str | os.PathLike | None = None, png: str | os.PathLike | None = None, **embed_options
+                  ) -> list[dict]:
+    """Search the index at ``path`` for the queries of :func:`query_features` -> result rows (columns
+    RESULT_COLUMNS, rank 1 first), written to the CSV ``out`` and drawn as a rank list PNG ``png`` when given;
+    with ``rerank`` the ``rerank_top`` nearest are k-reciprocal re-ranked (:func:`rerank_index`).
+    ``embed_options``: pose_weights, reid_weights and the ``Pipeline.from_weights`` options for ``images``."""
+    idx = open_index(path)
+    try:
+        queries = query_features(features, images, idx, **embed_options)
+        if exclude_same_camera and any(c is None for c in queries.cameras):
+            raise DataError(features, "--exclude-same-camera needs query cameras (a `cameras` array in the features)")
+        search = rerank_index if rerank else search_index
+        extra = {"candidates": rerank_top} if rerank else {}
+        pos, dist = search(idx, queries.features, top, query_cameras=queries.cameras,
+                           exclude_same_camera=exclude_same_camera, **extra)
+        names, paths, cams = _column(idx, "name"), _column(idx, "path"), _column(idx, "camera")
+    finally:
+        idx.close()
+    rows = [{"query": q, "rank": r + 1, "image": names[p], "distance": float(d), "camera": cams[p]}
+            for q, qp, qd in zip(queries.names, pos, dist) for r, (p, d) in enumerate(zip(qp, qd)) if p >= 0]
+    if out is not None:
+        _write_csv(out, rows)
+    if png is not None:
+        draw_search(queries.paths, paths, pos, dist, png)
+    return rows
+
+
+def _write_csv(path: str | os.PathLike, rows: list[dict]) -> None:
+    import csv
+
+    from pamtri.common.atomic import atomic_write
+    with atomic_write(path, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=RESULT_COLUMNS)
+        writer.writeheader()
+        writer.writerows({**r, "camera": "" if r["camera"] is None else r["camera"]} for r in rows)

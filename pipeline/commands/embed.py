@@ -31,7 +31,7 @@ def register(subparsers) -> None:
 
 
 def cmd_embed(args: argparse.Namespace) -> int:
-    from pamtri.pipeline.search import embed_to_file, image_source
+    from pamtri.pipeline.gallery import embed_to_file, image_source
     source = image_source(args.images, args.data, args.split, args.fmt, args.test_size)
     n, dim = embed_to_file(source, args.out, args.pose_weights, args.reid_weights, args.chunk,
                            **pipeline_options(args))

@@ -68,7 +68,8 @@ def cmd_index_add(args: argparse.Namespace) -> int:
 
 
 def cmd_index_search(args: argparse.Namespace) -> int:
-    from pamtri.pipeline.index import printable, search_to_csv
+    from pamtri.pipeline.index import printable
+    from pamtri.pipeline.search import search_to_csv
     rows = search_to_csv(args.index, args.features, args.images, top=args.top,
                          exclude_same_camera=args.exclude_same_camera, rerank=args.rerank,
                          rerank_top=args.rerank_top, out=args.out, png=args.png,

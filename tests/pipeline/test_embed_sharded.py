@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from pamtri.common.errors import DataError
-from pamtri.pipeline import shards
+from pamtri.pipeline import gallery as shards
 from pamtri.pipeline.cli import main
 from tests.conftest import write_tiny_reid_checkpoint
 
@@ -119,9 +119,9 @@ def test_embed_data_writes_cameras_for_the_index(images, veri_tree, tmp_path):
 def _count_embeds(monkeypatch) -> list:
     real, embedded = shards.embed_images, []
 
-    def counting(pipe, source, start, stop):
+    def counting(pipe, source, start=0, stop=None, **options):
         embedded.append(start)
-        return real(pipe, source, start, stop)
+        return real(pipe, source, start, stop, **options)
     monkeypatch.setattr(shards, "embed_images", counting)
     return embedded
 

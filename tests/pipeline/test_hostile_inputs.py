@@ -57,14 +57,15 @@ def test_cache_build_decodes_huge_images_shrunk_with_keypoints_in_original_pixel
     from pamtri.pipeline.cachebuild import build_cache
     from pamtri.pipeline.infer import run_pose
     from pamtri.pose.cache import Cache
-    from pamtri.pose.predict import PosePredictor, load_pose_model
+    from pamtri.pose.predict import PosePredictor
+    from pamtri.pose.weights import load as load_pose
     rng = np.random.default_rng(0)
     big = cv2.resize(rng.integers(0, 255, (60, 120, 3), dtype=np.uint8), (6000, 3000), interpolation=cv2.INTER_NEAREST)
     cv2.imwrite(str(tmp_path / "big.png"), big)
     build_cache(pose_weights, [str(tmp_path / "big.png")], tmp_path / "c", device="cpu", precision="fp32",
                 progress=False)
     cached = np.asarray(Cache(tmp_path / "c").raw(0)[1])
-    model, cfg, codec = load_pose_model(pose_weights)
+    model, (cfg, codec) = load_pose(pose_weights)
     predictor = PosePredictor.from_config(model, cfg, codec, device="cpu", precision="fp32")
     shrunk = read_image(tmp_path / "big.png")
     assert shrunk.shape == (2048, 4096, 3)

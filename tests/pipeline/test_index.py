@@ -6,6 +6,7 @@ import pytest
 
 from pamtri.common.errors import DataError
 from pamtri.pipeline import index as gi
+from pamtri.pipeline import search
 
 
 def write_features(path, x, names, cameras=None, sha="a" * 64):
@@ -54,7 +55,7 @@ def test_add_then_search_sees_both_files_and_writes_csv(tmp_path):
     gi.build_index([f1], tmp_path / "g.faiss", metric="euclidean").close()
     assert gi.add_to_index(tmp_path / "g.faiss", [f2]) == (40, 0)
     qf = write_features(tmp_path / "q.npz", g[:3], ["q0", "q1", "q2"], cameras=[0, 1, 2])
-    rows = gi.search_to_csv(tmp_path / "g.faiss", qf, top=5, exclude_same_camera=True,
+    rows = search.search_to_csv(tmp_path / "g.faiss", qf, top=5, exclude_same_camera=True,
                             out=tmp_path / "r.csv")
     with open(tmp_path / "r.csv") as fh:
         read = list(csv.DictReader(fh))

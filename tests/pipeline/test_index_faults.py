@@ -16,6 +16,7 @@ import pytest
 
 from pamtri.common.errors import ConfigError, DataError
 from pamtri.pipeline import index as gi
+from pamtri.pipeline import search
 from pamtri.pipeline.cli import main
 
 from .test_index import clustered, write_features
@@ -120,7 +121,7 @@ def test_a_second_writer_waits_then_is_refused_with_one_line(tmp_path, capsys):
             "if that process is gone)")
         assert snapshot(tmp_path) == before
         # a search beside the writer still works
-        assert len(gi.search_to_csv(tmp_path / "g.faiss", tmp_path / "a.npz", top=3)) == 150
+        assert len(search.search_to_csv(tmp_path / "g.faiss", tmp_path / "a.npz", top=3)) == 150
     finally:
         holder.kill()
         holder.wait()
