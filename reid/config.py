@@ -304,7 +304,8 @@ class EvalConfig:
         if self.qe_k < 1 or self.qe_alpha < 0:
             raise ConfigError(f"eval.qe_k must be >= 1 and eval.qe_alpha >= 0, got {self.qe_k} and {self.qe_alpha}")
         if self.rerank_memory_mib < 0:
-            raise ConfigError(f"eval.rerank_memory_mib must be >= 0 (0: always k-NN lists), got {self.rerank_memory_mib}")
+            raise ConfigError(f"eval.rerank_memory_mib must be >= 0 (0: always k-NN lists), got "
+                              f"{self.rerank_memory_mib}")
         if self.k1 < 1 or self.k2 < 1 or not 0 <= self.lambda_value <= 1 or self.rerank_top < 1:
             raise ConfigError("eval.k1, eval.k2 and eval.rerank_top must be >= 1 and eval.lambda_value in [0, 1]")
 
