@@ -52,6 +52,7 @@ REFERENCE = {
         ("optim.warmup_epochs", 10, f"{BOT} SOLVER.WARMUP_ITERS (epochs)"),
         ("optim.warmup_factor", 0.01, f"{BOT} SOLVER.WARMUP_FACTOR"),
         ("optim.epoch_offset", 1, "reid-strong-baseline engine/trainer.py scheduler.step() at EPOCH_STARTED"),
+        ("precision", "fp32", "reid-strong-baseline engine/trainer.py (no mixed precision)"),
     ],
     "veri_sbs_r50ibn": [
         ("model.backbone", "resnet50_ibn_a", f"{FR_VERI} MODEL.BACKBONE.WITH_IBN True"),
@@ -94,6 +95,7 @@ REFERENCE = {
         ("model.freeze_epochs", 10, f"{FR_VERI} SOLVER.FREEZE_ITERS (epochs)"),
         ("model.freeze_iters", 0, f"{FR_VERI} (the freeze is counted in epochs)"),
         ("eval.every", 20, f"{FR_VERI} TEST.EVAL_PERIOD"),
+        ("precision", "fp16", f"{FR_SBS} SOLVER.AMP.ENABLED"),
     ],
     "veri_vit_sie": [
         ("model.backbone", "timm/vit_base_patch16_224.orig_in21k_ft_in1k",
@@ -141,6 +143,7 @@ REFERENCE = {
         ("optim.warmup_prefix", False, f"{TR_SCHED} timm's cosine counts from epoch 0"),
         ("optim.epoch_offset", 1, "damo-cv/TransReID processor/processor.py scheduler.step(epoch), epochs from 1"),
         ("eval.every", 120, f"{TR} SOLVER.EVAL_PERIOD"),
+        ("precision", "fp16", "damo-cv/TransReID@1075dd5e processor/processor.py amp.autocast + GradScaler"),
     ],
 }
 # the pose variants change only the pose inputs
