@@ -250,6 +250,10 @@ class SamplerConfig:
     kind: Literal["identity", "domain"] = "identity"
     batch_size: int = 32
     k: int = 4                     # images per identity (K; StRDAN's m)
+    # identity sampler's epoch: one pass over the identities' groups of K (BoT's and TransReID's
+    # RandomIdentitySampler), or images // (batch size x ranks) batches drawn from consecutive passes (fast-reid's
+    # NaiveIdentitySampler stream cut at len(dataset) // IMS_PER_BATCH iterations per epoch)
+    epoch: Literal["pass", "images"] = "pass"
 
     @property
     def ids_per_batch(self) -> int:

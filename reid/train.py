@@ -176,7 +176,7 @@ def train_loader(records: list[Record], sources: list[int], cfg: ReIDConfig, run
                                             rank=info.rank, world_size=info.world_size)
         else:
             sampler = IdentitySampler(pids, s.ids_per_batch, s.k, seed=cfg.seed, rank=info.rank,
-                                      world_size=info.world_size)
+                                      world_size=info.world_size, per_image=s.epoch == "images")
     except ConfigError as exc:  # name the training data the sampler counted
         roots = ", ".join(f"{src.root} ({src.split})" for src in cfg.data.train)
         raise ConfigError(f"data.train {roots}: {exc}") from None

@@ -161,3 +161,17 @@ def test_fast_reid_parts_train_end_to_end(tmp_path, monkeypatch):
     assert main(["reid", "train", "--config", str(cfg), "--out", str(out), *overrides]) == 0
     assert "backbone.layer3.nl.5.W.1.weight" in load_checkpoint(out / "best.pt")["model"]
     assert flags == [True, True, False, False]  # 2 epochs of 2 steps, the first epoch frozen
+
+
+def test_per_image_epochs_have_fast_reids_iteration_count_of_whole_p_by_k_batches():
+    from pamtri.reid.samplers import IdentitySampler
+    labels = [i // 7 for i in range(70)] + [100 + i for i in range(6)]  # 10 ids x 7 images, 6 singletons
+    one_pass = IdentitySampler(labels, p=2, k=4)
+    per_image = IdentitySampler(labels, p=2, k=4, per_image=True)
+    assert len(one_pass) < 76 // 8 == len(per_image)  # a pass: 16 groups of 4 -> 8 batches; fast-reid: 76 // 8 = 9
+    for batch in per_image:
+        groups = [batch[j:j + 4] for j in range(0, 8, 4)]
+        assert len({labels[i] for g in groups for i in g}) == 2
+        assert all(len({labels[i] for i in g}) == 1 for g in groups)
+    ranks = [IdentitySampler(labels, p=2, k=4, rank=r, world_size=2, per_image=True) for r in range(2)]
+    assert [len(r) for r in ranks] == [76 // 16, 76 // 16]
