@@ -54,6 +54,7 @@ REFERENCE = {
         ("optim.warmup_factor", 0.01, f"{BOT} SOLVER.WARMUP_FACTOR"),
         ("optim.epoch_offset", 1, "reid-strong-baseline engine/trainer.py scheduler.step() at EPOCH_STARTED"),
         ("precision", "fp32", "reid-strong-baseline engine/trainer.py (no mixed precision)"),
+        ("eval.every", 40, f"{BOT} SOLVER.EVAL_PERIOD"),
     ],
     "veri_sbs_r50ibn": [
         ("model.backbone", "resnet50_ibn_a", f"{FR_VERI} MODEL.BACKBONE.WITH_IBN True"),
