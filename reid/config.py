@@ -104,6 +104,9 @@ class ModelConfig:
     classifier: Literal["linear", "cosine"] = "linear"  # ID logits: x W^T + b, or cos(x, W) for loss.id_loss margins
     centers: bool = False          # learnable class centres (ids x D) for loss.center (optimiser: loss.center_lr)
     freeze_iters: int = 0          # backbone frozen (no gradient, BN statistics fixed) for the first N optimiser steps
+    freeze_epochs: int = 0         # ... or for the first N epochs (fast-reid v0.2's FREEZE_ITERS, counted in epochs)
+    non_local: bool = False        # fast-reid's non-local blocks (WITH_NL): after the last 2 blocks of layer2 and the
+                                   # last 3 of layer3 (ResNet-50 placement [0, 2, 3, 0])
     heatmaps: bool = True          # H: 36 heatmap input channels
     segments: bool = False         # S: 13 segment input channels
     keypoints: bool = True         # K: 108-d keypoint vector concatenated to the pooled feature
@@ -130,6 +133,17 @@ class ModelConfig:
     sie_views: int = 0             # SIE: M viewpoints (label: model.orientation_bins bins; pose: 8); 0 = off
     sie_coefficient: float = 3.0   # SIE weight (TransReID's sie_xishu)
     sie_view_source: Literal["label", "pose"] = "label"  # view ids: orientation labels, or the keypoints' visibility
+    # joint: one (cameras x views, D) table indexed camera * views + view (TransReID's sie_embed); sum: a camera and
+    # a view table added (cannot express camera-view interactions)
+    sie_mode: Literal["sum", "joint"] = "sum"
+    drop_path: float = 0.0         # stochastic depth of the ViT blocks, linear from 0 to this (TransReID: 0.1)
+    # JPM (TransReID's jigsaw patch module): the last block twice, global + jpm_parts local branches over shifted
+    # (jpm_shift) and shuffled (jpm_groups) patch tokens; test feature [global, local / 4 ...] (5 x D)
+    jpm: bool = False
+    jpm_shift: int = 5
+    jpm_groups: int = 2
+    jpm_parts: int = 4
+    jpm_rearrange: bool = True
 
     def validate(self) -> None:
         if self.id_fc < 0 or self.attr_fc < 0:
@@ -149,8 +163,9 @@ class ModelConfig:
             raise ConfigError(f"model.embedding '{self.embedding}' needs model.neck: bnneck")
         if self.test_feature == "fc" and self.id_fc == 0:
             raise ConfigError("model.embedding is 'fc' but model.id_fc is 0 (no ReID FC layer); use embedding: pool")
-        if self.freeze_iters < 0:
-            raise ConfigError(f"model.freeze_iters must be >= 0, got {self.freeze_iters}")
+        if self.freeze_iters < 0 or self.freeze_epochs < 0:
+            raise ConfigError(f"model.freeze_iters / model.freeze_epochs must be >= 0, got {self.freeze_iters} and "
+                              f"{self.freeze_epochs}")
         if self.orientation_bins < 2:
             raise ConfigError(f"model.orientation_bins must be >= 2, got {self.orientation_bins}")
         self._validate_vit()
@@ -164,6 +179,13 @@ class ModelConfig:
         if vit and (self.pooling != "avg" or self.last_stride != 2):
             raise ConfigError("model.pooling and model.last_stride apply to CNN backbones; the ViT's feature is its "
                               "CLS token (leave pooling: avg, last_stride: 2)")
+        if not vit and (self.jpm or self.drop_path):
+            raise ConfigError(f"model.jpm / model.drop_path need a ViT backbone (timm/vit_*), not {self.backbone}")
+        if self.non_local and self.backbone not in ("resnet50", "resnet50_ibn_a"):
+            raise ConfigError(f"model.non_local places fast-reid's blocks in a ResNet-50 (resnet50, resnet50_ibn_a), "
+                              f"not {self.backbone}")
+        if not 0 <= self.drop_path < 1 or self.jpm_parts < 1 or self.jpm_groups < 1 or self.jpm_shift < 0:
+            raise ConfigError("model.drop_path must be in [0, 1), model.jpm_parts / jpm_groups >= 1, jpm_shift >= 0")
         if self.patch_stride < 1 or self.sie_cameras < 0 or self.sie_views < 0:
             raise ConfigError("model.patch_stride must be >= 1, model.sie_cameras and model.sie_views >= 0")
         if self.sie_views and self.sie_view_source == "pose" and self.sie_views != 8:
@@ -193,6 +215,9 @@ class LossConfig:
     triplet: float = 1.0
     margin: float = 0.3
     soft_margin: bool = False
+    # the triplet (and center) loss's feature with BNNeck: its input (BoT, TransReID) or output (fast-reid's
+    # NECK_FEAT: after)
+    triplet_feature: Literal["before", "after"] = "before"
     id: float = 1.0
     center: float = 0.0            # center loss (Wen et al. 2016) weight: mean ||f - c_y||^2 on the triplet's feature
     center_lr: float = 0.0         # > 0: the centres get their own SGD at this rate on the unweighted center-loss
@@ -226,6 +251,10 @@ class SamplerConfig:
     kind: Literal["identity", "domain"] = "identity"
     batch_size: int = 32
     k: int = 4                     # images per identity (K; StRDAN's m)
+    # identity sampler's epoch: one pass over the identities' groups of K (BoT's and TransReID's
+    # RandomIdentitySampler), or images // (batch size x ranks) batches drawn from consecutive passes (fast-reid's
+    # NaiveIdentitySampler stream cut at len(dataset) // IMS_PER_BATCH iterations per epoch)
+    epoch: Literal["pass", "images"] = "pass"
 
     @property
     def ids_per_batch(self) -> int:
@@ -265,7 +294,10 @@ class EvalConfig:
     k1: int = 20
     k2: int = 6
     lambda_value: float = 0.3
-    rerank_top: int = 1000         # re-ranked candidates per query (the rest keep the original order after them)
+    rerank_top: int = 1000         # k-NN re-ranking: candidates per query (the rest keep the original order after)
+    # dense re-ranking (the published algorithm, every gallery image re-ranked) when its (Q+G)^2 float32 matrices fit
+    # this many MiB; the k-NN lists of rerank_top candidates beyond it (the run logs and records which it used)
+    rerank_memory_mib: int = 8192
     batch_size: int = 64
     ignore_cameras: bool = False   # keep same-id same-camera gallery images (data sets without cameras)
     max_rank: int = 50
@@ -276,6 +308,9 @@ class EvalConfig:
             raise ConfigError("eval.every must be >= 0 and eval.batch_size positive")
         if self.qe_k < 1 or self.qe_alpha < 0:
             raise ConfigError(f"eval.qe_k must be >= 1 and eval.qe_alpha >= 0, got {self.qe_k} and {self.qe_alpha}")
+        if self.rerank_memory_mib < 0:
+            raise ConfigError(f"eval.rerank_memory_mib must be >= 0 (0: always k-NN lists), got "
+                              f"{self.rerank_memory_mib}")
         if self.k1 < 1 or self.k2 < 1 or not 0 <= self.lambda_value <= 1 or self.rerank_top < 1:
             raise ConfigError("eval.k1, eval.k2 and eval.rerank_top must be >= 1 and eval.lambda_value in [0, 1]")
 

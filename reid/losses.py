@@ -111,10 +111,15 @@ def reid_losses(outputs: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]
     eps = cfg.label_smoothing
     out: dict[str, torch.Tensor] = {}
     weights: dict[str, float] = {}
-    # BNNeck models give the BN's input as 'triplet_feature' (triplet and center loss); else the test feature
-    feature = outputs.get("triplet_feature", outputs["feature"])
+    # BNNeck models give the BN's input as 'triplet_feature' and its output as 'bn_feature' (triplet and center
+    # loss, loss.triplet_feature); else the test feature
+    feature = outputs.get("bn_feature" if cfg.triplet_feature == "after" else "triplet_feature", outputs["feature"])
     if cfg.triplet > 0:
         out["triplet"] = triplet_batch_hard(feature, pid, cfg.margin, cfg.soft_margin)
+        if "triplet_local" in outputs:  # JPM: TransReID's 0.5 global + 0.5 mean over the local branches
+            local = torch.stack([triplet_batch_hard(f, pid, cfg.margin, cfg.soft_margin)
+                                 for f in outputs["triplet_local"]]).mean()
+            out["triplet"] = 0.5 * out["triplet"] + 0.5 * local
         weights["triplet"] = cfg.triplet
     if "centers" in outputs:
         out["center"] = center_loss(feature, pid, outputs["centers"])
@@ -124,6 +129,10 @@ def reid_losses(outputs: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]
         logits = outputs["id"] if cfg.id_loss == "softmax" else margin_logits(
             outputs["id"], pid, cfg.id_loss, cfg.scale, cfg.id_margin)
         out["id"] = masked_cross_entropy(logits, pid, eps, mask)
+        if "id_local" in outputs:  # JPM, as the triplet term (damo-cv/TransReID loss/make_loss.py)
+            local = torch.stack([masked_cross_entropy(z if cfg.id_loss == "softmax" else margin_logits(
+                z, pid, cfg.id_loss, cfg.scale, cfg.id_margin), pid, eps, mask) for z in outputs["id_local"]]).mean()
+            out["id"] = 0.5 * out["id"] + 0.5 * local
         weights["id"] = cfg.id
     attr_mask = batch["domain"] == SYNTHETIC if cfg.objective == "strdan" else None
     for name in ("color", "type", "orientation"):

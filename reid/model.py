@@ -8,7 +8,8 @@ adapted as TransReID (``timm/vit_*``, reid/vit.py: CLS token as the pooled featu
 
 - ID, ``neck: fc`` (PAMTRI): FC ``id_fc`` + Leaky ReLU (the ReID feature) -> classifier over training identities;
 - ID, ``neck: bnneck`` (Luo et al. 2019): BatchNorm1d (bias frozen) -> bias-free classifier; the triplet loss
-  sees the BN's input (``triplet_feature``), the test feature is the BN's output (or its input);
+  sees the BN's input (``triplet_feature``) or output (``bn_feature``, loss.triplet_feature), the test feature is
+  the BN's output (or its input); ``model.non_local`` adds fast-reid's non-local blocks to a ResNet-50;
 - colour / type / orientation: FC ``attr_fc`` + Leaky ReLU -> classifier;
 - domain (real vs synthetic): gradient reversal layer -> FC ``attr_fc`` + Leaky ReLU -> classifier.
 
@@ -86,6 +87,58 @@ class IBN(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         a, b = torch.split(x, [self.half, x.shape[1] - self.half], dim=1)
         return torch.cat([self.IN(a.contiguous()), self.BN(b.contiguous())], dim=1)
+
+
+class NonLocal(nn.Module):
+    """Non-local block (Wang et al. 2018), dot-product form as fast-reid's ``Non_local`` (JDAI-CV/fast-reid
+    fastreid/layers/non_local.py): (B, C, H, W) -> x + W(y), y_i = sum_j (theta_i . phi_j) / N g_j over the N = H W
+    positions, theta / phi / g 1 x 1 convolutions to C / 2 channels, W a 1 x 1 convolution back to C then a BN
+    whose weight and bias start at 0 (the block starts as the identity)."""
+
+    def __init__(self, channels: int, reduction: int = 2):
+        super().__init__()
+        inner = channels // reduction
+        self.g, self.theta, self.phi = (nn.Conv2d(channels, inner, 1) for _ in range(3))
+        self.W = nn.Sequential(nn.Conv2d(inner, channels, 1), nn.BatchNorm2d(channels))
+        nn.init.zeros_(self.W[1].weight)
+        nn.init.zeros_(self.W[1].bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, _, h, w = x.shape
+        g = self.g(x).flatten(2).transpose(1, 2)                     # (B, N, C')
+        theta = self.theta(x).flatten(2).transpose(1, 2)             # (B, N, C')
+        phi = self.phi(x).flatten(2)                                 # (B, C', N)
+        y = (theta @ phi) / (h * w) @ g                              # (B, N, C')
+        return x + self.W(y.transpose(1, 2).reshape(b, -1, h, w))
+
+
+class NonLocalStage(nn.Sequential):
+    """A ResNet stage (its blocks keep their names 0, 1, ...) with non-local blocks after some of them (``nl.<i>``)."""
+
+    def __init__(self, stage: nn.Sequential, after: list[int], channels: int):
+        super().__init__(*stage)
+        self.nl = nn.ModuleDict({str(i): NonLocal(channels) for i in after})
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for i, block in enumerate(list(self)[:-1]):  # the last child is the ModuleDict
+            x = block(x)
+            if str(i) in self.nl:
+                x = self.nl[str(i)](x)
+        return x
+
+
+# fast-reid's ResNet-50 placement (fastreid/modeling/backbones/resnet.py, nl_layers_per_stage '50x': [0, 2, 3, 0]):
+# after the last 2 blocks of layer2 and the last 3 blocks of layer3
+NON_LOCAL_PER_STAGE = {"layer1": 0, "layer2": 2, "layer3": 3, "layer4": 0}
+
+
+def add_non_local(backbone: nn.Module) -> None:
+    """Put fast-reid's non-local blocks into a ResNet-50's stages (``NON_LOCAL_PER_STAGE``)."""
+    for name, count in NON_LOCAL_PER_STAGE.items():
+        stage = getattr(backbone, name)
+        if count:
+            channels = stage[-1].conv3.out_channels
+            setattr(backbone, name, NonLocalStage(stage, list(range(len(stage) - count, len(stage))), channels))
 
 
 def _resnet_features(r: torchvision.models.ResNet) -> nn.Sequential:
@@ -214,6 +267,8 @@ class ReIDNet(nn.Module):
         self.backbone, self.feature_dim, self.first_conv, self.imagenet_classifier = _backbone(cfg)
         if cfg.last_stride == 1:
             set_last_stride_one(self.backbone, cfg.backbone)
+        if cfg.non_local:
+            add_non_local(self.backbone)
         if cfg.in_channels != 3:
             conv = self.backbone.get_submodule(self.first_conv)
             replace_submodule(self.backbone, self.first_conv, widen_first_conv(conv, cfg.in_channels))
@@ -226,6 +281,12 @@ class ReIDNet(nn.Module):
         id_dim = cfg.id_fc if cfg.id_fc > 0 else head_in
         self.id_classifier = _id_classifier(cfg, id_dim, self.num_ids) if cfg.id_head else None
         self.embedding_dim = {"fc": cfg.id_fc, "pool": self.feature_dim}.get(cfg.test_feature, head_in)
+        # JPM (ViT): a BNNeck and a bias-free classifier per local branch; the test feature joins global + locals / 4
+        self.jpm_parts = cfg.jpm_parts if cfg.jpm else 0
+        self.jpm_bnnecks = nn.ModuleList(_bnneck(head_in) for _ in range(self.jpm_parts))
+        self.jpm_classifiers = nn.ModuleList(_id_classifier(cfg, head_in, self.num_ids) for _ in range(self.jpm_parts)
+                                             ) if cfg.id_head else nn.ModuleList()
+        self.embedding_dim *= 1 + self.jpm_parts
         # the center loss sees BNNeck's input, else the test feature (the one the triplet loss sees)
         center_dim = head_in if self.bnneck is not None else self.embedding_dim
         self.centers = nn.Parameter(torch.randn(self.num_ids, center_dim)) if cfg.centers else None
@@ -287,27 +348,45 @@ class ReIDNet(nn.Module):
     def _test_feature(self, pooled: torch.Tensor, f: torch.Tensor, fid: torch.Tensor) -> torch.Tensor:
         return {"pool": pooled, "before_bn": f}.get(self.cfg.test_feature, fid)
 
+    def _split_jpm(self, pooled: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The JPM ViT's (B, 1 + P, D) -> (global (B, D), locals (B, P, D)); other backbones: (pooled, None)."""
+        return (pooled[:, 0], pooled[:, 1:]) if self.jpm_parts else (pooled, None)
+
+    def _jpm_test_feature(self, feature: torch.Tensor, local: torch.Tensor) -> torch.Tensor:
+        """TransReID's test feature with JPM: [global, local_1 / 4, ..., local_P / 4] before or after the BNNecks."""
+        if self.cfg.test_feature in ("after_bn", "auto"):
+            local = torch.stack([bn(local[:, i]) for i, bn in enumerate(self.jpm_bnnecks)], dim=1)
+        return torch.cat([feature, (local / 4).flatten(1)], dim=1)
+
     def embed(self, images: torch.Tensor, keypoints: torch.Tensor | None = None,
               cameras: torch.Tensor | None = None, views: torch.Tensor | None = None) -> torch.Tensor:
         """Test-time feature (B, embedding_dim): FC output, BNNeck after / before its BN, or pooled; no logits.
         ``cameras`` / ``views`` (B,) int64 (-1 unknown) feed the ViT's SIE only."""
-        pooled = self.pooled(images, keypoints, cameras, views)
-        if self.cfg.test_feature == "pool":
+        pooled, local = self._split_jpm(self.pooled(images, keypoints, cameras, views))
+        if self.cfg.test_feature == "pool" and local is None:
             return pooled
         f = self._head_input(pooled, keypoints)
-        return f if self.cfg.test_feature == "before_bn" else self._id_feature(f)
+        out = f if self.cfg.test_feature in ("before_bn", "pool") else self._id_feature(f)
+        return out if local is None else self._jpm_test_feature(out, local)
 
     def forward(self, images: torch.Tensor, keypoints: torch.Tensor | None = None,
                 cameras: torch.Tensor | None = None, views: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """{'feature': (B, D) test feature, 'id', 'color', 'type', 'orientation', 'domain': logits} for the heads
         on; BNNeck adds 'triplet_feature' (B, D), its input, which the triplet loss sees; 'centers' (ids, D) the
         center loss's class centres (model.centers). ``cameras`` / ``views`` (B,) feed the ViT's SIE only."""
-        pooled = self.pooled(images, keypoints, cameras, views)
+        pooled, local = self._split_jpm(self.pooled(images, keypoints, cameras, views))
         f = self._head_input(pooled, keypoints)
         fid = self._id_feature(f)
         out = {"feature": self._test_feature(pooled, f, fid)}
         if self.bnneck is not None:
             out["triplet_feature"] = f
+            out["bn_feature"] = fid
+        if local is not None:  # JPM: test feature, local features (P, B, D) for the triplet loss, local ID logits
+            out["feature"] = self._jpm_test_feature(out["feature"], local)
+            out["triplet_local"] = local.transpose(0, 1)
+            if self.jpm_classifiers:
+                out["id_local"] = torch.stack([c(bn(local[:, i])) for i, (bn, c) in
+                                               enumerate(zip(self.jpm_bnnecks, self.jpm_classifiers))])
         if self.centers is not None:
             out["centers"] = self.centers
         if self.id_classifier is not None:

@@ -91,10 +91,14 @@ class _EpochBatches:
 
 
 class IdentitySampler(_EpochBatches):
-    """Batches of P identities x K images each (batch size P*K per rank)."""
+    """Batches of P identities x K images each (batch size P*K per rank). An epoch is one pass over every
+    identity's groups of K, or with ``per_image`` len(labels) // (P K world_size) batches per rank drawn from as
+    many consecutive passes as that takes (fast-reid's iterations per epoch)."""
 
-    def __init__(self, labels: Sequence[int], p: int, k: int, seed: int = 0, rank: int = 0, world_size: int = 1):
+    def __init__(self, labels: Sequence[int], p: int, k: int, seed: int = 0, rank: int = 0, world_size: int = 1,
+                 per_image: bool = False):
         super().__init__(seed, rank, world_size)
+        self.target = len(labels) // (p * k * world_size) * world_size if per_image else 0
         if p < 1 or k < 1:
             raise ValueError(f"P and K must be >= 1, got P={p}, K={k}")
         self.index_by_id = _index_by_id(labels)
@@ -109,7 +113,10 @@ class IdentitySampler(_EpochBatches):
                               f"{len(self.index_by_id)} identities; lower sampler.batch_size")
 
     def _all_batches(self, rng: np.random.Generator) -> list[list[int]]:
-        return [np.concatenate(b).tolist() for b in _draw(_groups(self.index_by_id, self.k, rng), self.p, rng)]
+        batches = [np.concatenate(b).tolist() for b in _draw(_groups(self.index_by_id, self.k, rng), self.p, rng)]
+        while len(batches) < self.target:  # per_image: further passes until the epoch's count
+            batches += [np.concatenate(b).tolist() for b in _draw(_groups(self.index_by_id, self.k, rng), self.p, rng)]
+        return batches[:self.target] if self.target else batches
 
 
 class DomainBalancedSampler(_EpochBatches):

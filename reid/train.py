@@ -107,7 +107,9 @@ def build_stage(cfg: ReIDConfig, run: Run, records: list[Record], data_info: dic
         """Images (B, C, H, W), keypoint vectors (B, 108), camera and orientation-bin ids (B,) for the ViT's SIE
         -> the heads' outputs; progress drives the GRL ramp and the backbone freeze of model.freeze_iters steps."""
         unwrap(model).set_progress(progress)
-        unwrap(model).backbone_frozen = round(progress * steps) < cfg.model.freeze_iters
+        step = round(progress * steps)
+        unwrap(model).backbone_frozen = (step < cfg.model.freeze_iters
+                                         or step < cfg.model.freeze_epochs * steps // cfg.optim.epochs)
         return model(batch["image"], batch["keypoints"], *side_information(batch))
 
     def losses(outputs: dict[str, torch.Tensor], batch: dict) -> dict[str, torch.Tensor]:
@@ -144,7 +146,7 @@ def center_optimizer(model: ReIDNet, cfg: ReIDConfig) -> torch.optim.SGD | None:
 def idle_parameters(model: ReIDNet, cfg: ReIDConfig) -> bool:
     """True when some parameters get no gradient, which DDP must be told: a head whose loss weight is 0, or the
     ReID FC when neither the ID head nor the embedding uses it, or the backbone while it is frozen."""
-    if cfg.model.freeze_iters > 0:
+    if cfg.model.freeze_iters > 0 or cfg.model.freeze_epochs > 0:
         return True
     heads = ("id", "color", "type", "orientation", "domain")
     if any(getattr(cfg.loss, h) == 0 for h in heads if getattr(model, f"{h}_classifier", None) is not None):
@@ -175,7 +177,7 @@ def train_loader(records: list[Record], sources: list[int], cfg: ReIDConfig, run
                                             rank=info.rank, world_size=info.world_size)
         else:
             sampler = IdentitySampler(pids, s.ids_per_batch, s.k, seed=cfg.seed, rank=info.rank,
-                                      world_size=info.world_size)
+                                      world_size=info.world_size, per_image=s.epoch == "images")
     except ConfigError as exc:  # name the training data the sampler counted
         roots = ", ".join(f"{src.root} ({src.split})" for src in cfg.data.train)
         raise ConfigError(f"data.train {roots}: {exc}") from None

@@ -12,10 +12,19 @@ starts from) builds timm's ViT for ``model.input_size`` and adapts it:
   (``pose_view``, ``model.sie_view_source: pose``);
 - pose: heatmap / segment channels widen the patch convolution (``ReIDNet`` does it, as for CNNs); the 108-d
   keypoint vector enters as one extra token through a linear layer, so every block can attend to it;
-- the feature is the final CLS token (B, embed_dim), which ``ReIDNet`` treats as the pooled feature.
+- the feature is the final CLS token (B, embed_dim), which ``ReIDNet`` treats as the pooled feature;
+- joint SIE (``model.sie_mode: joint``, TransReID's ``sie_embed``): one (cameras x views, D) table, row
+  camera * views + view, so each camera-view pair has its own embedding (damo-cv/TransReID
+  model/backbones/vit_pytorch.py, ``TransReID.__init__`` / ``forward_features``);
+- JPM (``model.jpm``, TransReID's jigsaw patch module, model/make_model.py ``build_transformer_local`` and
+  ``shuffle_unit``): the tokens before the last block go through that block + norm for the global feature, and,
+  shifted and shuffled (:func:`shift_shuffle`), in ``jpm_parts`` groups each with the CLS token through a copy of
+  it for the local features; the forward returns (B, 1 + parts, D);
+- drop-path (``model.drop_path``): timm's stochastic depth, rate linear over the blocks up to it (TransReID 0.1).
 """
 from __future__ import annotations
 
+import copy
 import math
 
 import torch
@@ -71,8 +80,16 @@ class TransReIDViT(nn.Module):
         super().__init__()
         self.vit = vit
         dim = int(vit.num_features)
-        self.camera_embed = _side_table(cfg.sie_cameras, dim)
-        self.view_embed = _side_table(cfg.sie_views, dim)
+        joint = cfg.sie_mode == "joint" and cfg.sie_cameras > 0 and cfg.sie_views > 0
+        self.camera_embed = None if joint else _side_table(cfg.sie_cameras, dim)
+        self.view_embed = None if joint else _side_table(cfg.sie_views, dim)
+        self.sie_embed = _side_table(cfg.sie_cameras * cfg.sie_views, dim) if joint else None
+        self.num_cameras, self.num_views = cfg.sie_cameras, cfg.sie_views
+        self.jpm = cfg.jpm
+        if cfg.jpm:  # the local branches' copy of the last block (+ norm); ImageNet weights fill it as the last one
+            self.jpm_block, self.jpm_norm = copy.deepcopy(vit.blocks[-1]), copy.deepcopy(vit.norm)
+            self.jpm_shift, self.jpm_groups, self.jpm_parts = cfg.jpm_shift, cfg.jpm_groups, cfg.jpm_parts
+            self.jpm_rearrange = cfg.jpm_rearrange
         self.coefficient = float(cfg.sie_coefficient)
         self.view_from_pose = cfg.sie_view_source == "pose" and cfg.sie_views > 0
         self.keypoint_token = nn.Linear(NUM_KEYPOINTS * 3, dim) if cfg.keypoints else None
@@ -85,14 +102,27 @@ class TransReIDViT(nn.Module):
         return self.vit.pretrained_cfg
 
     def side_embedding(self, cameras: torch.Tensor | None, views: torch.Tensor | None) -> torch.Tensor | None:
-        """(B, D) SIE term: coefficient x (camera row + view row), zero rows for id -1; None when nothing applies."""
+        """(B, D) SIE term: coefficient x (camera row + view row), or x the joint table's row camera * views + view
+        (zero where either id is -1); zero rows for id -1; None when nothing applies."""
+        if self.sie_embed is not None:
+            if cameras is None or views is None:
+                return None
+            cams, vws = (t.to(self.sie_embed.device).long().reshape(-1) for t in (cameras, views))
+            for ids, n, key in ((cams, self.num_cameras, "model.sie_cameras"),
+                                (vws, self.num_views, "model.sie_views")):
+                if ids.numel() and int(ids.max()) >= n:
+                    raise ValueError(f"id {int(ids.max())} >= {key} = {n}: raise {key}")
+            known = (cams >= 0) & (vws >= 0)
+            joint = torch.where(known, cams * self.num_views + vws, -1)
+            return self.coefficient * _lookup(self.sie_embed, joint, "the joint SIE table")
         rows = [r for r in (_lookup(self.camera_embed, cameras, "model.sie_cameras"),
                             _lookup(self.view_embed, views, "model.sie_views")) if r is not None]
         return self.coefficient * sum(rows) if rows else None
 
     def forward(self, images: torch.Tensor, keypoints: torch.Tensor | None = None,
                 cameras: torch.Tensor | None = None, views: torch.Tensor | None = None) -> torch.Tensor:
-        """(B, C, H, W) -> (B, D) final CLS token; ``views`` is ignored when they come from the keypoints."""
+        """(B, C, H, W) -> (B, D) final CLS token, or with JPM (B, 1 + parts, D) global + local CLS tokens; ``views``
+        is ignored when they come from the keypoints."""
         v = self.vit
         if (self.keypoint_token is not None or self.view_from_pose) and keypoints is None:
             raise ValueError("this ViT takes the 108-d keypoint vector (keypoint token or view from pose): pass "
@@ -106,8 +136,33 @@ class TransReIDViT(nn.Module):
         if self.keypoint_token is not None:
             token = self.keypoint_token(keypoints.to(x.dtype).reshape(-1, NUM_KEYPOINTS * 3))
             x = torch.cat([x, token[:, None]], dim=1)
-        x = v.norm(v.blocks(v.norm_pre(v.patch_drop(x))))
-        return x[:, 0]
+        x = v.norm_pre(v.patch_drop(x))
+        if not self.jpm:
+            return v.norm(v.blocks(x))[:, 0]
+        x = v.blocks[:-1](x)
+        glob = v.norm(v.blocks[-1](x))[:, 0]
+        extra = x[:, -1:] if self.keypoint_token is not None else x[:, :0]  # the keypoint token joins every part
+        tokens = x[:, :-1] if self.keypoint_token is not None else x
+        patches = tokens.shape[1] - 1
+        shuffled = shift_shuffle(tokens, self.jpm_shift, self.jpm_groups) if self.jpm_rearrange else tokens[:, 1:]
+        size = patches // self.jpm_parts
+        parts = [self.jpm_norm(self.jpm_block(torch.cat([tokens[:, :1], shuffled[:, i * size:(i + 1) * size], extra],
+                                                        dim=1)))[:, 0] for i in range(self.jpm_parts)]
+        return torch.stack([glob, *parts], dim=1)
+
+
+def shift_shuffle(tokens: torch.Tensor, shift: int, groups: int) -> torch.Tensor:
+    """TransReID's shift and patch shuffle: (B, 1 + N, D) CLS + patch tokens -> (B, N', D) patches only.
+
+    Shift: the sequence from token ``shift`` on, then patch tokens 1 .. shift - 1 (the CLS token is dropped, so the
+    patches rotate by shift - 1). Shuffle: split into ``groups`` equal runs (when N is not a multiple, the
+    second-to-last token is appended once, as the reference does) and interleave them: out[j * groups + g] =
+    run g's j-th token. ``shift`` 0 or 1 leaves the order as is before the shuffle."""
+    b, _, d = tokens.shape
+    x = torch.cat([tokens[:, max(shift, 1):], tokens[:, 1:max(shift, 1)]], dim=1)
+    if x.shape[1] % groups:
+        x = torch.cat([x, x[:, -2:-1]], dim=1)
+    return x.reshape(b, groups, -1, d).transpose(1, 2).reshape(b, -1, d)
 
 
 def _side_table(rows: int, dim: int) -> nn.Parameter | None:
@@ -152,7 +207,8 @@ def build_vit(cfg: ModelConfig) -> TransReIDViT:
         raise ConfigError(f"model.backbone: {cfg.backbone} needs model.input_size (H, W) (training sets it to "
                           "data.height x data.width)")
     try:
-        vit = timm.create_model(name, pretrained=False, num_classes=0, img_size=tuple(cfg.input_size))
+        vit = timm.create_model(name, pretrained=False, num_classes=0, img_size=tuple(cfg.input_size),
+                                drop_path_rate=cfg.drop_path)
     except (RuntimeError, TypeError) as exc:
         raise ConfigError(f"model.backbone: {cfg.backbone}: {exc}") from None
     if not isinstance(vit, VisionTransformer) or vit.cls_token is None:
@@ -165,12 +221,17 @@ def build_vit(cfg: ModelConfig) -> TransReIDViT:
 
 def imagenet_vit_state(state: dict, backbone: TransReIDViT) -> dict:
     """A timm ViT ImageNet state dict (classifier dropped) in ``TransReIDViT`` names: ``vit.`` prefixed, the
-    position embedding resampled to this grid, the SIE tables and keypoint token kept as initialised."""
+    position embedding resampled to this grid, the SIE tables and keypoint token kept as initialised, JPM's block
+    and norm copied from the last block and the final norm (as TransReID deep-copies them after loading)."""
     out = {"vit." + k: v for k, v in state.items()}
     grid = tuple(backbone.vit.patch_embed.grid_size)
     if "vit.pos_embed" in out:
         out["vit.pos_embed"] = resample_pos_embed(out["vit.pos_embed"], grid, _prefix_tokens(backbone.vit))
+    last = f"vit.blocks.{len(backbone.vit.blocks) - 1}."
     for k, v in backbone.state_dict().items():
-        if not k.startswith("vit."):
-            out[k] = v
+        if k.startswith("vit."):
+            continue
+        source = (last + k[len("jpm_block."):] if k.startswith("jpm_block.") else
+                  "vit.norm." + k[len("jpm_norm."):] if k.startswith("jpm_norm.") else None)
+        out[k] = out.get(source, v) if source else v
     return out

@@ -127,6 +127,8 @@ def load_imagenet_weights(model: ReIDNet, path: str | os.PathLike) -> None:
     if conv.in_channels != 3:
         replace_submodule(model.backbone, model.first_conv, widen_first_conv(conv, conv.in_channels, rgb))
         state[first] = model.backbone.get_submodule(model.first_conv).weight.detach().clone()
+    own = model.backbone.state_dict()  # non-local blocks are not in ImageNet files: they keep their initialisation
+    state.update({k: own[k] for k in own if ".nl." in k and k not in state})
     match_state_dict(model.backbone, with_batchnorm_counters(state, model.backbone),
                      f"{path} (ImageNet {model.cfg.backbone})")
     log.info("loaded ImageNet weights for %s from %s", model.cfg.backbone, path)

@@ -31,6 +31,16 @@ class OptimConfig:
     gamma: float = 0.1
     warmup_epochs: int = 0
     warmup_factor: float = 0.1     # the rate's multiplier at epoch 0 of the warm-up
+    # cosine only: the floor (absolute rate; fast-reid's ETA_MIN_LR, TransReID's 0.002 x lr), epochs at full rate
+    # after the warm-up before the cosine starts (fast-reid's DELAY_EPOCHS), and whether the cosine's clock starts
+    # after the warm-up (true) or at epoch 0 under the warm-up (false: timm's CosineLRScheduler, TransReID)
+    min_lr: float = 0.0
+    delay_epochs: int = 0
+    warmup_prefix: bool = True
+    # the scheduler's epoch counter at training epoch 0: 1 where the reference steps its scheduler at the start of
+    # each epoch (BoT's ignite EPOCH_STARTED hook, TransReID's scheduler.step(epoch) with 1-based epochs)
+    epoch_offset: int = 0
+    weight_decay_bias: float = -1.0  # biases' weight decay; -1 = optim.weight_decay (fast-reid: 0)
 
     def validate(self) -> None:
         if self.lr <= 0 or self.epochs <= 0:
@@ -39,34 +49,45 @@ class OptimConfig:
             raise ConfigError(f"optim.milestones must be increasing positive epochs, got {list(self.milestones)}")
         if self.warmup_epochs < 0 or not 0 < self.warmup_factor <= 1:
             raise ConfigError("optim.warmup_epochs must be >= 0 and optim.warmup_factor in (0, 1]")
+        if self.min_lr < 0 or self.min_lr > self.lr or self.delay_epochs < 0 or self.epoch_offset not in (0, 1):
+            raise ConfigError(f"optim.min_lr must be in [0, optim.lr], optim.delay_epochs >= 0 and optim.epoch_offset "
+                              f"0 or 1, got {self.min_lr}, {self.delay_epochs} and {self.epoch_offset}")
         if self.momentum < 0 or self.weight_decay < 0 or self.bias_lr_factor <= 0:
             raise ConfigError(f"optim.momentum and optim.weight_decay must be >= 0 and optim.bias_lr_factor positive, "
                               f"got {self.momentum}, {self.weight_decay} and {self.bias_lr_factor}")
 
 
 def lr_factor(epoch: int, cfg: OptimConfig) -> float:
-    """Learning-rate multiplier at ``epoch`` (0-based): linear warm-up, then x gamma at each milestone, or cosine
-    annealing from 1 at the warm-up's end towards 0 at ``epochs``."""
+    """Learning-rate multiplier at ``epoch`` (0-based; the schedule reads epoch + optim.epoch_offset): linear warm-up
+    from warmup_factor, then x gamma at each milestone, or a cosine from 1 to min_lr / lr that starts after the
+    warm-up and delay_epochs (warmup_prefix) or at epoch 0 (the warm-up replacing its first epochs)."""
+    t = epoch + cfg.epoch_offset
     if cfg.schedule == "cosine":
-        t = max(epoch - cfg.warmup_epochs, 0) / max(cfg.epochs - cfg.warmup_epochs, 1)
-        f = 0.5 * (1.0 + math.cos(math.pi * t))
+        start = (cfg.warmup_epochs if cfg.warmup_prefix else 0) + cfg.delay_epochs
+        p = min(max(t - start, 0) / max(cfg.epochs - start, 1), 1.0)
+        floor = cfg.min_lr / cfg.lr
+        f = floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * p))
     else:
-        f = cfg.gamma ** sum(epoch >= m for m in cfg.milestones)
-    if epoch < cfg.warmup_epochs:
-        f *= cfg.warmup_factor + (1 - cfg.warmup_factor) * epoch / cfg.warmup_epochs
+        f = cfg.gamma ** sum(t >= m for m in cfg.milestones)
+    if t < cfg.warmup_epochs:
+        ramp = cfg.warmup_factor + (1 - cfg.warmup_factor) * t / cfg.warmup_epochs
+        f = ramp if cfg.schedule == "cosine" and not cfg.warmup_prefix else f * ramp
     return f
 
 
 def build_optimizer(model: torch.nn.Module, cfg: OptimConfig,
                     exclude: Iterable[torch.nn.Parameter] = ()) -> torch.optim.Optimizer:
     """Adam / AMSGrad (or SGD with momentum, Nesterov by default) with weight decay over the trainable parameters
-    but ``exclude`` (those another optimiser owns); biases in a second group at lr x bias_lr_factor when it is not 1."""
+    but ``exclude`` (those another optimiser owns); biases in a second group at lr x bias_lr_factor with decay
+    weight_decay_bias when either is set."""
     skip = {id(p) for p in exclude}
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad and id(p) not in skip]
     params: list = [p for _, p in named]
-    if cfg.bias_lr_factor != 1.0:
+    if cfg.bias_lr_factor != 1.0 or cfg.weight_decay_bias >= 0:
+        decay = cfg.weight_decay if cfg.weight_decay_bias < 0 else cfg.weight_decay_bias
         params = [{"params": [p for n, p in named if not n.endswith("bias")]},
-                  {"params": [p for n, p in named if n.endswith("bias")], "lr": cfg.lr * cfg.bias_lr_factor}]
+                  {"params": [p for n, p in named if n.endswith("bias")], "lr": cfg.lr * cfg.bias_lr_factor,
+                   "weight_decay": decay}]
     if cfg.name == "sgd":
         return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
                                nesterov=cfg.nesterov and cfg.momentum > 0)

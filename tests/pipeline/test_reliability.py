@@ -449,9 +449,9 @@ def test_data_set_without_camera_ids(trained_reid, reid_run, capsys):
 # --- configs ---------------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("overrides, expected", [
-    (["optim.lrr=1"], "{cfg} (with --set overrides): unknown key 'optim.lrr' (valid keys here: bias_lr_factor, epochs, "
-                      "gamma, lr, milestones, momentum, name, nesterov, schedule, warmup_epochs, warmup_factor, "
-                      "weight_decay)"),
+    (["optim.lrr=1"], "{cfg} (with --set overrides): unknown key 'optim.lrr' (valid keys here: bias_lr_factor, "
+                      "delay_epochs, epoch_offset, epochs, gamma, lr, milestones, min_lr, momentum, name, nesterov, "
+                      "schedule, warmup_epochs, warmup_factor, warmup_prefix, weight_decay, weight_decay_bias)"),
     (["optim.lr=fast"], "{cfg} (with --set overrides): key 'optim.lr': expected a number, got 'fast'"),
     (["sampler.k=four"], "{cfg} (with --set overrides): key 'sampler.k': expected an integer, got 'four'"),
     (["data.pose_source=none"], "model.heatmaps/model.segments need pose channels but data.pose_source is 'none'"),

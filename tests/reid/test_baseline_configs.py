@@ -41,7 +41,7 @@ def test_each_vit_recipe_resolves(name, capsys, tmp_path, monkeypatch):
     assert cfg["name"] == name and m["backbone"].startswith("timm/vit_base_patch16_224") and m["neck"] == "bnneck"
     assert m["patch_stride"] == 12 and m["sie_cameras"] == 21 and m["sie_views"] == 8 and m["sie_coefficient"] == 3.0
     assert m["pretrained"] == "imagenet" and (cfg["data"]["height"], cfg["data"]["width"]) == (256, 256)
-    assert o["name"] == "sgd" and o["lr"] == 0.008 and o["schedule"] == "cosine" and o["warmup_epochs"] > 0
+    assert o["name"] == "sgd" and o["lr"] == 0.01 and o["schedule"] == "cosine" and o["warmup_epochs"] > 0
     pose = name.endswith("_pose")
     assert (m["heatmaps"] and m["keypoints"]) == pose and (m["sie_view_source"] == "pose") == pose
     assert "82.1 mAP / 97.4 rank-1" in (CONFIGS / f"{name}.yaml").read_text()
@@ -55,7 +55,7 @@ def test_recipes_hold_their_tricks(capsys, tmp_path, monkeypatch):
     sbs = _resolved("veri_sbs_r50ibn", capsys, tmp_path, monkeypatch)
     assert sbs["model"]["backbone"] == "resnet50_ibn_a" and sbs["model"]["pooling"] == "gem"
     assert sbs["loss"]["id_loss"] == "circle" and sbs["loss"]["soft_margin"] and sbs["optim"]["schedule"] == "cosine"
-    assert sbs["model"]["freeze_iters"] == 1000 and not sbs["model"]["centers"]
+    assert sbs["model"]["freeze_epochs"] == 10 and not sbs["model"]["centers"]
     city = _resolved("cityflow_bot_r50", capsys, tmp_path, monkeypatch)
     assert city["eval"]["track_file"].endswith("test_track.txt")
     synth = {n: _resolved(n, capsys, tmp_path, monkeypatch) for n in ("rs_synthetic", "bot_r50_synthetic")}

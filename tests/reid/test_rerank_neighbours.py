@@ -105,3 +105,38 @@ def test_ranked_lists_put_the_rest_of_the_gallery_after_the_list_in_the_original
     want = evaluate(plain, q_ids, g_ids, q_cams, g_cams)
     assert got["mAP"] == pytest.approx(want["mAP"], abs=1e-12)
     np.testing.assert_array_equal(got["first_rank"], want["first_rank"])
+
+
+def test_reid_eval_rerank_is_dense_within_the_memory_budget_whatever_rerank_top():
+    """A 60 x 1,500 set at eval.rerank_top 100: within the budget every gallery image is re-ranked, and the mAP is the
+    dense algorithm's (k-NN lists of 100 under-state it); over the budget the k-NN lists are used and recorded."""
+    import torch
+
+    from pamtri.reid.config import EvalConfig
+    from pamtri.reid.evaluate import Features, evaluate_features
+    from pamtri.reid.metrics import evaluate
+    q, g, q_ids, g_ids, q_cams, g_cams = _labelled(7, 60, 1500, ids=40)
+    want = evaluate(_dense(q, g, "euclidean").astype(np.float32), q_ids, g_ids, q_cams, g_cams)
+    qf, gf = (Features(torch.from_numpy(x), i, c, None, None) for x, i, c in ((q, q_ids, q_cams), (g, g_ids, g_cams)))
+    got, _ = evaluate_features(qf, gf, EvalConfig(rerank=True, rerank_top=100))
+    assert got["rerank_candidates"] == 1500 and got["mAP"] == pytest.approx(want["mAP"], abs=1e-6)
+    lists, _ = evaluate_features(qf, gf, EvalConfig(rerank=True, rerank_top=100, rerank_memory_mib=0))
+    assert lists["rerank_candidates"] == 100
+
+
+def test_cosine_re_ranking_at_evaluation_uses_the_reference_kernel_2_minus_2cos():
+    """Cosine features are re-ranked on squared Euclidean distances of the normalised features (2 - 2 cos), as the
+    reference re_ranking on normalised features; the dense oracle fed those distances gives the same mAP."""
+    import torch
+
+    from pamtri.reid.config import EvalConfig
+    from pamtri.reid.evaluate import Features, evaluate_features
+    from pamtri.reid.metrics import evaluate
+    q, g, q_ids, g_ids, q_cams, g_cams = _labelled(8, 20, 150)
+    qn, gn = (x / np.linalg.norm(x, axis=1, keepdims=True) for x in (q, g))
+    mats = [np.sqrt(np.clip(2 - 2 * (a.astype(np.float64) @ b.T.astype(np.float64)), 0, None))  # sqrt(2 - 2 cos)
+            for a, b in ((qn, gn), (qn, qn), (gn, gn))]
+    want = evaluate(rerank_dense(*mats, dtype=np.float64).astype(np.float32), q_ids, g_ids, q_cams, g_cams)
+    qf, gf = (Features(torch.from_numpy(x), i, c, None, None) for x, i, c in ((q, q_ids, q_cams), (g, g_ids, g_cams)))
+    got, _ = evaluate_features(qf, gf, EvalConfig(rerank=True, metric="cosine"))
+    assert got["mAP"] == pytest.approx(want["mAP"], abs=1e-6) and got["mINP"] == pytest.approx(want["mINP"], abs=1e-6)

@@ -6,6 +6,13 @@ come from the image name and are checked against the XML. Some test items carry 
 errata): the type is then unlabelled (-1) with a warning. Query images also appear in ``image_test/``;
 ``test_label.xml`` labels both. When the reference ReID label CSV ``label_<split>.csv`` is present, its
 keypoints (x, y, confidence in pixels) are attached.
+
+View labels: the orientation annotations of VehicleReIDKeyPointData (Wang et al., ICCV 2017, the labels TransReID's
+VeRi SIE views come from), read when ``keypoint_train.txt`` (train split) / ``keypoint_test.txt`` (query and test)
+sit in the VeRi root or in ``VehicleReIDKeyPointData/`` beside it. Each line, as the data set's README describes it:
+``<image path> x1 y1 ... x20 y20 <orientation>``, 20 keypoints in pixels (-1 when invisible) and an orientation
+class 0-7 (front, rear, left, left front, left rear, right, right front, right rear). Records carry class c as the
+orientation (c + 0.5) x 45 degrees, so ``orientation_bin(..., 8)`` (model.orientation_bins: 8) gives back c.
 """
 from __future__ import annotations
 
@@ -86,9 +93,58 @@ def attach_reid_keypoints(records: list[Record], csv_path: Path, problems: Probl
         problems.warn(DataError(csv_path, f"{missing} of {len(records)} images have no keypoint row"))
 
 
+VIEW_FILES = {"train": "keypoint_train.txt", "query": "keypoint_test.txt", "test": "keypoint_test.txt"}
+VIEW_CLASSES = 8
+
+
+def read_veri_views(path: str | os.PathLike, problems: Problems | None = None) -> dict[str, int]:
+    """{image file name: orientation class 0-7} of a VehicleReIDKeyPointData ``keypoint_*.txt`` file."""
+    path, sink, out = Path(path), Problems.of(problems), {}
+    with path.open(encoding="utf-8") as f:
+        for line_no, line in enumerate(f, 1):
+            fields = line.split()
+            if not fields:
+                continue
+            try:
+                if len(fields) != 42:
+                    raise DataError(path, f"expected an image path, 40 coordinates and an orientation (42 fields), "
+                                          f"got {len(fields)}", line_no)
+                view = parse_int(fields[-1], "orientation", path, line_no)
+                if not 0 <= view < VIEW_CLASSES:
+                    raise DataError(path, f"orientation {view} is not a class 0-{VIEW_CLASSES - 1}", line_no)
+            except DataError as err:
+                sink.error(err)
+                continue
+            out[Path(fields[0].replace("\\", "/")).name] = view
+    return out
+
+
+def view_file(root: Path, split: str) -> Path | None:
+    """The VehicleReIDKeyPointData file with the view labels of ``split`` beside VeRi at ``root``, or None."""
+    for folder in (root, root / "VehicleReIDKeyPointData", root.parent / "VehicleReIDKeyPointData"):
+        if (folder / VIEW_FILES.get(split, "")).is_file() and split in VIEW_FILES:
+            return folder / VIEW_FILES[split]
+    return None
+
+
+def attach_views(records: list[Record], path: Path, problems: Problems) -> None:
+    """Set each record's orientation to its view class c as (c + 0.5) x 45 degrees (8 bins give back c)."""
+    views = read_veri_views(path, problems)
+    missing = 0
+    for r in records:
+        c = views.get(r.name)
+        if c is None:
+            missing += 1
+        else:
+            r.orientation = (c + 0.5) * 360.0 / VIEW_CLASSES
+    if missing:
+        problems.warn(DataError(path, f"{missing} of {len(records)} images have no view label"))
+
+
 def read_veri_split(root: str | os.PathLike, split: str, check_images: bool = False,
                     problems: Problems | None = None) -> list[Record]:
-    """Records of a VeRi-776 split (0-based colour/type; keypoints from ``label_<split>.csv`` when present)."""
+    """Records of a VeRi-776 split (0-based colour/type; keypoints from ``label_<split>.csv`` and view labels from
+    VehicleReIDKeyPointData's ``keypoint_<train|test>.txt`` when present)."""
     root = Path(root)
     split = check_split(split, root)
     sink = Problems.of(problems)
@@ -115,4 +171,7 @@ def read_veri_split(root: str | os.PathLike, split: str, check_images: bool = Fa
     csv_path = root / f"label_{split}.csv"
     if csv_path.is_file():
         attach_reid_keypoints(records, csv_path, sink)
+    views = view_file(root, split)
+    if views is not None:
+        attach_views(records, views, sink)
     return records
