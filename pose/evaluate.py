@@ -19,7 +19,7 @@ from .predict import PosePredictor, predict_loader
 log = logging.getLogger(__name__)
 
 
-def evaluate(predictor: PosePredictor, cfg: PoseConfig, sources, num_workers: int = 0,
+def pck_report(predictor: PosePredictor, cfg: PoseConfig, sources, num_workers: int = 0,
              legacy: bool = False, threshold: float = 0.5) -> dict:
     """Predict every image of ``sources`` (DataSource list) and score it -> report dict
     (table, curve, optional legacy, n_images, predictions (N, 36, 3), ground truth (N, 36, 3))."""
@@ -82,16 +82,16 @@ def plot_curve(curve: dict, path: str | os.PathLike) -> None:
     plt.close(fig)
 
 
-def evaluate_split(predictor: PosePredictor, cfg: PoseConfig, root: str | os.PathLike, split: str, fmt: str,
+def split_pck_report(predictor: PosePredictor, cfg: PoseConfig, root: str | os.PathLike, split: str, fmt: str,
                    out: str | os.PathLike, num_workers: int = 0, legacy: bool = False, vis: int = 0
                    ) -> tuple[dict, list[Path]]:
     """PCK of ``predictor`` on one labelled split, written to ``out`` (``save_report``, and vis.png: the first
-    ``vis`` samples, ground truth | prediction) -> (report of :func:`evaluate`, paths written)."""
+    ``vis`` samples, ground truth | prediction) -> (report of :func:`pck_report`, paths written)."""
     from pamtri.data.images import read_image
 
     from .config import DataSource
     source = DataSource(root=str(root), format=fmt, split=split)
-    report = evaluate(predictor, cfg, [source], num_workers=num_workers, legacy=legacy,
+    report = pck_report(predictor, cfg, [source], num_workers=num_workers, legacy=legacy,
                       threshold=cfg.eval.pck_threshold)
     out = Path(out)
     paths = save_report(report, out)

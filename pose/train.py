@@ -30,7 +30,7 @@ def weighted_mse(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor)
     return 0.5 * ((pred - target) * w).pow(2).mean()
 
 
-def validate(model: torch.nn.Module, loader: DataLoader, cfg: PoseConfig, device: torch.device,
+def validation_pck(model: torch.nn.Module, loader: DataLoader, cfg: PoseConfig, device: torch.device,
              info: DistInfo | None = None) -> dict[str, float]:
     """PCK (Table 5 row, percent) of ``model`` on the validation loader, with cfg.eval's decoding.
 
@@ -72,7 +72,7 @@ def build_stage(cfg: PoseConfig, run: Run) -> Stage:
 
     def pck(model: torch.nn.Module) -> dict[str, float]:
         """PCK per keypoint group over the whole validation set, in percent, as pck_<group>."""
-        return {f"pck_{k}": v for k, v in validate(model, val_loader, cfg, run.device, run.info).items()}
+        return {f"pck_{k}": v for k, v in validation_pck(model, val_loader, cfg, run.device, run.info).items()}
 
     def weights_file(metrics: dict) -> dict:
         """What best.pt holds: the weights, the config that made them, and their epoch's metrics."""

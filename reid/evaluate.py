@@ -18,7 +18,7 @@ from pamtri.data.records import Record
 from .config import DataConfig, EvalConfig
 from .dataset import ReIDDataset, side_information
 from .distance import pairwise_distance
-from .metrics import attribute_accuracy, evaluate_from_features, evaluate_ranked_lists, ranked_rows
+from .metrics import attribute_accuracy, metrics_from_features, metrics_from_ranked_lists, ranked_rows
 from .model import ReIDNet
 from .pose_inputs import cache_weights_sha256, make_pose_source
 from .rerank import rerank_neighbours
@@ -202,12 +202,12 @@ def queries_not_in_gallery(qf: Features, gf: Features) -> np.ndarray:
     return np.array([key not in gallery for key in zip(qf.names, qf.pids.tolist(), qf.camids.tolist())], bool)
 
 
-def evaluate_features(qf: Features, gf: Features, cfg: EvalConfig) -> tuple[dict, np.ndarray]:
+def metrics_and_distances(qf: Features, gf: Features, cfg: EvalConfig) -> tuple[dict, np.ndarray]:
     """(summary metrics incl. colour/type accuracy over the distinct test images, distances (K, G) of the K
     rank-list queries ``visualize.rank_list_queries(Q)``); gallery features track-averaged (eval.track_file),
     then query-expanded (eval.query_expansion). The (Q, G) matrix is never built: the metrics come from the
-    features block by block (``metrics.evaluate_from_features``), re-ranked from the candidate lists of
-    :func:`rerank_lists` (``metrics.evaluate_ranked_lists``)."""
+    features block by block (``metrics.metrics_from_features``), re-ranked from the candidate lists of
+    :func:`rerank_lists` (``metrics.metrics_from_ranked_lists``)."""
     from .visualize import rank_list_queries
     q, g = qf.features, gf.features
     if cfg.track_file:
@@ -218,11 +218,11 @@ def evaluate_features(qf: Features, gf: Features, cfg: EvalConfig) -> tuple[dict
     shown = torch.from_numpy(rank_list_queries(len(qf.pids)))
     if cfg.rerank:
         order, ranked = rerank_lists(q, g, cfg)
-        raw = evaluate_ranked_lists(order, ranked, q, g, qf.pids, gf.pids, qf.camids, gf.camids, cfg.metric,
+        raw = metrics_from_ranked_lists(order, ranked, q, g, qf.pids, gf.pids, qf.camids, gf.camids, cfg.metric,
                                     cfg.max_rank, cfg.topk_map, ignore_cameras=cfg.ignore_cameras)
         dist = ranked_rows(*(torch.as_tensor(a)[shown] for a in (order, ranked)), q[shown], g, cfg.metric).numpy()
     else:
-        raw = evaluate_from_features(q, g, qf.pids, gf.pids, qf.camids, gf.camids, cfg.metric,
+        raw = metrics_from_features(q, g, qf.pids, gf.pids, qf.camids, gf.camids, cfg.metric,
                                      cfg.max_rank, cfg.topk_map, ignore_cameras=cfg.ignore_cameras)
         dist = pairwise_distance(q[shown], g, cfg.metric).numpy()
     out = summarise(raw, cfg.topk_map)
@@ -239,9 +239,9 @@ def evaluate_features(qf: Features, gf: Features, cfg: EvalConfig) -> tuple[dict
     return out, dist
 
 
-def evaluate_model(model: ReIDNet, query_loader: DataLoader, gallery_loader: DataLoader, cfg: EvalConfig,
+def model_metrics(model: ReIDNet, query_loader: DataLoader, gallery_loader: DataLoader, cfg: EvalConfig,
                    device: torch.device, dtype: torch.dtype | None = None) -> tuple[dict, np.ndarray]:
-    """Features of both splits, then ``evaluate_features``."""
+    """Features of both splits, then ``metrics_and_distances``."""
     qf = extract_features(model, query_loader, device, dtype, "query", cfg.flip_feature)
     gf = extract_features(model, gallery_loader, device, dtype, "gallery", cfg.flip_feature)
-    return evaluate_features(qf, gf, cfg)
+    return metrics_and_distances(qf, gf, cfg)

@@ -17,7 +17,7 @@ from .config import ReIDConfig
 
 @dataclass
 class CheckpointEval:
-    """What ``evaluate_checkpoint`` measured: ``metrics`` (the content of metrics.json), the gallery size, the K
+    """What ``checkpoint_metrics`` measured: ``metrics`` (the content of metrics.json), the gallery size, the K
     of the rank-K mAP, and the files written (metrics.json, cmc.png, ranklist.png)."""
     metrics: dict
     gallery_size: int
@@ -50,7 +50,7 @@ def _write_results(out: Path, metrics: dict, dist: np.ndarray, query: list[Recor
     return [out / "metrics.json", out / "cmc.png", out / "ranklist.png"]
 
 
-def evaluate_checkpoint(weights: str | os.PathLike, root: str | os.PathLike, fmt: str = "auto",
+def checkpoint_metrics(weights: str | os.PathLike, root: str | os.PathLike, fmt: str = "auto",
                         out: str | os.PathLike | None = None, *, config: str | os.PathLike | None = None,
                         overrides: Iterable[str] = (), rerank: bool = False, ignore_cameras: bool = False,
                         device: str | None = None, test_size: int | None = None) -> CheckpointEval:
@@ -61,7 +61,7 @@ def evaluate_checkpoint(weights: str | os.PathLike, root: str | os.PathLike, fmt
     from pamtri.common.device import autocast_dtype, pick_device
     from pamtri.data.readers import write_attribute_names
 
-    from .protocols import evaluate_data_set
+    from .protocols import data_set_metrics
     from .weights import load as load_reid
 
     model, ckpt = load_reid(weights)
@@ -72,7 +72,7 @@ def evaluate_checkpoint(weights: str | os.PathLike, root: str | os.PathLike, fmt
     device = pick_device(device or cfg.device)
     dtype = autocast_dtype(device, cfg.precision)
     model.to(device)
-    metrics, dist, query, gallery = evaluate_data_set(model, data, ev, device, dtype, str(root),
+    metrics, dist, query, gallery = data_set_metrics(model, data, ev, device, dtype, str(root),
                                                       ckpt.get("pose_weights_sha256"), str(weights))
     metrics.pop("_first_rank", None)
     metrics.update({"weights": str(weights), "data": str(root), "rerank": ev.rerank, "metric": ev.metric})

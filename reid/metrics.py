@@ -5,7 +5,7 @@ among the kept gallery images: its match distances are taken in order (``topk``)
 is placed between them (``searchsorted``) and the places are counted per row. Ties are broken by gallery
 order, exactly like a stable argsort: rows where a tie could matter are redone with tie-free int64 keys
 (order-preserving float bits, then the gallery index). Row blocks run on a thread pool.
-``evaluate_from_features`` computes each block's distances from the features itself, so a (Q, G) matrix
+``metrics_from_features`` computes each block's distances from the features itself, so a (Q, G) matrix
 (10,000 x 138,517 float32 is 5.5 GB) never exists.
 """
 from __future__ import annotations
@@ -108,9 +108,9 @@ def _as_int_tensor(x, name: str, n: int) -> torch.Tensor:
     return t
 
 
-def evaluate(distmat, query_ids, gallery_ids, query_cams=None, gallery_cams=None, max_rank: int = 50,
-             topk_map: int = 100, ignore_cameras: bool = False, block: int = 256, threads: int | None = None
-             ) -> dict:
+def metrics_from_distances(distmat, query_ids, gallery_ids, query_cams=None, gallery_cams=None,
+                           max_rank: int = 50, topk_map: int = 100, ignore_cameras: bool = False, block: int = 256,
+                           threads: int | None = None) -> dict:
     """Market-1501-protocol metrics of a (Q, G) distance matrix; fractions in [0, 1].
 
     Gallery images with the query's vehicle id AND camera are removed per query (``ignore_cameras``: keep
@@ -123,38 +123,38 @@ def evaluate(distmat, query_ids, gallery_ids, query_cams=None, gallery_cams=None
     dist = torch.as_tensor(np.asarray(distmat) if not torch.is_tensor(distmat) else distmat).float()
     if dist.ndim != 2:
         raise ValueError(f"distmat must be 2-D (queries x gallery), got shape {tuple(dist.shape)}")
-    return _evaluate_rows(lambda s, e: dist[s:e], dist.shape, query_ids, gallery_ids, query_cams, gallery_cams,
+    return _metrics_from_rows(lambda s, e: dist[s:e], dist.shape, query_ids, gallery_ids, query_cams, gallery_cams,
                           max_rank, topk_map, ignore_cameras, block, threads)
 
 
-def evaluate_from_features(query, gallery, query_ids, gallery_ids, query_cams=None, gallery_cams=None,
+def metrics_from_features(query, gallery, query_ids, gallery_ids, query_cams=None, gallery_cams=None,
                       metric: str = "euclidean", max_rank: int = 50, topk_map: int = 100, ignore_cameras: bool = False,
                       memory_mib: int = 768, threads: int | None = None) -> dict:
     """:func:`evaluate` of (Q, D) query and (G, D) gallery features without the (Q, G) matrix: each block of
     queries gets its (B, G) distances by one matmul (:func:`pairwise_distance`), B chosen so the blocks in flight
     take about ``memory_mib`` MiB (about 40 bytes per distance with the ranking's buffers; measured peak: 2.1x
     that at the VERI-Wild-large shape, hence the default of 768 for the 2 GB target). Same results as
-    ``evaluate(pairwise_distance(query, gallery, metric), ...)`` up to the float rounding of the matmul, which can
-    differ with the block's shape (and so break a near-tie the other way)."""
+    ``metrics_from_distances(pairwise_distance(query, gallery, metric), ...)`` up to the float rounding of the
+    matmul, which can differ with the block's shape (and so break a near-tie the other way)."""
     q, g = torch.as_tensor(np.asarray(query)).float(), torch.as_tensor(np.asarray(gallery)).float()
     workers = threads or os.cpu_count() or 1
     block = max(1, min(256, (memory_mib << 20) // (40 * max(1, len(g)) * workers)))
-    return _evaluate_rows(lambda s, e: pairwise_distance(q[s:e], g, metric), (len(q), len(g)), query_ids,
+    return _metrics_from_rows(lambda s, e: pairwise_distance(q[s:e], g, metric), (len(q), len(g)), query_ids,
                           gallery_ids, query_cams, gallery_cams, max_rank, topk_map, ignore_cameras, block, workers)
 
 
-def evaluate_ranked_lists(order, dist, query, gallery, query_ids, gallery_ids, query_cams=None, gallery_cams=None,
+def metrics_from_ranked_lists(order, dist, query, gallery, query_ids, gallery_ids, query_cams=None, gallery_cams=None,
                           metric: str = "euclidean", max_rank: int = 50, topk_map: int = 100,
                           ignore_cameras: bool = False, memory_mib: int = 768, threads: int | None = None) -> dict:
     """:func:`evaluate` of re-ranked candidate lists without the (Q, G) matrix: query q ranks the gallery positions
     ``order[q]`` (Q, L) at ``dist[q]`` (values in [0, 1], as ``reid.rerank`` gives), then every other gallery
     image at 2 + its original distance (so after the list, in the original order). Blocks as
-    :func:`evaluate_from_features`."""
+    :func:`metrics_from_features`."""
     q, g = torch.as_tensor(np.asarray(query)).float(), torch.as_tensor(np.asarray(gallery)).float()
     order, dist = torch.as_tensor(np.asarray(order)).long(), torch.as_tensor(np.asarray(dist)).float()
     workers = threads or os.cpu_count() or 1
     block = max(1, min(256, (memory_mib << 20) // (40 * max(1, len(g)) * workers)))
-    return _evaluate_rows(lambda s, e: ranked_rows(order[s:e], dist[s:e], q[s:e], g, metric), (len(q), len(g)),
+    return _metrics_from_rows(lambda s, e: ranked_rows(order[s:e], dist[s:e], q[s:e], g, metric), (len(q), len(g)),
                           query_ids, gallery_ids, query_cams, gallery_cams, max_rank, topk_map, ignore_cameras, block,
                           workers)
 
@@ -162,7 +162,7 @@ def evaluate_ranked_lists(order, dist, query, gallery, query_ids, gallery_ids, q
 def ranked_rows(order: torch.Tensor, dist: torch.Tensor, query: torch.Tensor, gallery: torch.Tensor,
                 metric: str = "euclidean") -> torch.Tensor:
     """(B, G) distances of B queries' candidate lists order, dist (B, L): the list's distances at its gallery
-    positions, 2 + the original distance elsewhere (:func:`evaluate_ranked_lists`)."""
+    positions, 2 + the original distance elsewhere (:func:`metrics_from_ranked_lists`)."""
     rows = pairwise_distance(query, gallery, metric) + 2.0
     return rows.scatter_(1, order, dist)
 
@@ -183,7 +183,7 @@ def _cameras(query_cams, gallery_cams, nq: int, ng: int, ignore_cameras: bool) -
     return q_cams, g_cams
 
 
-def _evaluate_rows(rows, shape, query_ids, gallery_ids, query_cams, gallery_cams, max_rank, topk_map,
+def _metrics_from_rows(rows, shape, query_ids, gallery_ids, query_cams, gallery_cams, max_rank, topk_map,
                    ignore_cameras, block, threads) -> dict:
     """:func:`evaluate` with the distances of queries s:e given by ``rows(s, e)`` -> (e - s, G), block by block."""
     nq, ng = shape

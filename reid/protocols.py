@@ -1,4 +1,4 @@
-"""Evaluation protocols: query against gallery (``evaluate_data_set``), and VehicleID's gallery draws.
+"""Evaluation protocols: query against gallery (``data_set_metrics``), and VehicleID's gallery draws.
 
 VehicleID: features of every test image once, then ``data.draws`` gallery draws. Each draw
 (``pamtri.data.readers.gallery_draws``, seed ``data.draw_seed``) puts one image per vehicle, chosen at random,
@@ -21,9 +21,9 @@ from .config import DataConfig, EvalConfig
 from .evaluate import (
     eval_loader,
     eval_loaders,
-    evaluate_features,
-    evaluate_model,
     extract_features,
+    metrics_and_distances,
+    model_metrics,
     read_eval_records,
 )
 from .model import ReIDNet
@@ -54,9 +54,9 @@ def summarise_draws(results: list[dict]) -> dict:
     return out
 
 
-def evaluate_vehicleid(model: ReIDNet, loader: DataLoader, data: DataConfig, cfg: EvalConfig, device: torch.device,
+def vehicleid_metrics(model: ReIDNet, loader: DataLoader, data: DataConfig, cfg: EvalConfig, device: torch.device,
                        dtype: torch.dtype | None = None) -> tuple[dict, np.ndarray, list[Record], list[Record]]:
-    """(summary over the draws, rank-list distances of the first draw (K, G) (``evaluate_features``), its query
+    """(summary over the draws, rank-list distances of the first draw (K, G) (``metrics_and_distances``), its query
     records, its gallery records)."""
     from pamtri.data.readers import gallery_draws
     records = loader.dataset.records
@@ -64,7 +64,7 @@ def evaluate_vehicleid(model: ReIDNet, loader: DataLoader, data: DataConfig, cfg
     cfg = replace(cfg, ignore_cameras=True)
     results, first = [], None
     for q, g in gallery_draws(records, data.draws, data.draw_seed):
-        res, dist = evaluate_features(features.subset(q), features.subset(g), cfg)
+        res, dist = metrics_and_distances(features.subset(q), features.subset(g), cfg)
         results.append(res)
         if first is None:
             first = (res["_first_rank"], dist, [records[i] for i in q], [records[i] for i in g])
@@ -74,11 +74,11 @@ def evaluate_vehicleid(model: ReIDNet, loader: DataLoader, data: DataConfig, cfg
     return summary, first[1], first[2], first[3]
 
 
-def evaluate_data_set(model: ReIDNet, data: DataConfig, cfg: EvalConfig, device: torch.device,
+def data_set_metrics(model: ReIDNet, data: DataConfig, cfg: EvalConfig, device: torch.device,
                       dtype: torch.dtype | None, root: str, pose_weights_sha256: str | None = None,
                       weights: str = "") -> tuple[dict, np.ndarray, list[Record], list[Record]]:
     """Evaluate ``model`` on the data set at ``root`` under its protocol (VehicleID: the draws; any other: query
-    against gallery). Returns (summary, rank-list distances (K, G) of ``evaluate_features``, query records,
+    against gallery). Returns (summary, rank-list distances (K, G) of ``metrics_and_distances``, query records,
     gallery records) of the (first) draw.
 
     ``pose_weights_sha256``: the pose weights the model was trained with; pose caches built with others are
@@ -97,9 +97,9 @@ def evaluate_data_set(model: ReIDNet, data: DataConfig, cfg: EvalConfig, device:
                           f"weights than the ones {weights} was trained with; rebuild the query/gallery caches with "
                           "that pose checkpoint")
     if vehicleid:
-        res, dist, query, gallery = evaluate_vehicleid(model, loaders[0], data, cfg, device, dtype)
+        res, dist, query, gallery = vehicleid_metrics(model, loaders[0], data, cfg, device, dtype)
     else:
-        res, dist = evaluate_model(model, *loaders, cfg, device, dtype)
+        res, dist = model_metrics(model, *loaders, cfg, device, dtype)
     res.update({"ignore_cameras": cfg.ignore_cameras or vehicleid,
                 "test_size": resolve_test_size(root, data.eval_format, data.test_size or None)})
     return res, dist, query, gallery

@@ -14,7 +14,7 @@ largest squared distance to any row, plus d^2 of any listed pair. From those, fo
 
 What differs from the dense algorithm (``pipeline.bench.baselines.rerank_dense``): nothing for the pairs of
 the candidate list; gallery images outside a query's list get no re-ranked distance (they rank after the
-list; ``reid.metrics.evaluate_ranked_lists`` orders them by the original distance). With ``top`` >= G the
+list; ``reid.metrics.metrics_from_ranked_lists`` orders them by the original distance). With ``top`` >= G the
 result is the dense one (up to float rounding and the order of exact ties). Memory: O(N * k) for the lists,
 O(N * k1 * k2) non-zeros of the expanded V, O(Q * top) for the result, and a (block x N) slab of distances.
 """

@@ -22,7 +22,7 @@ from pamtri.data.records import REAL, SYNTHETIC, Record
 
 from .config import ReIDConfig
 from .dataset import ReIDDataset, collate_labels, combine_training_sets, side_information
-from .evaluate import eval_loaders, evaluate_model, read_eval_records
+from .evaluate import eval_loaders, model_metrics, read_eval_records
 from .losses import reid_losses
 from .model import ReIDNet
 from .pose_inputs import cache_weights_sha256, make_pose_source
@@ -117,7 +117,7 @@ def build_stage(cfg: ReIDConfig, run: Run, records: list[Record], data_info: dic
 
     def evaluate(model: torch.nn.Module) -> dict:
         """mAP, rank-k, mINP, attribute accuracy on the query and gallery splits."""
-        return evaluate_model(model, *eval_sets, cfg.eval, run.device, run.dtype)[0]
+        return model_metrics(model, *eval_sets, cfg.eval, run.device, run.dtype)[0]
 
     def weights_file(metrics: dict) -> dict:
         """What best.pt holds: the weights and everything needed to use them."""

@@ -157,7 +157,7 @@ def fit(run: Run, stage: Stage, optim: OptimConfig, *, config: Any, eval_every: 
         is_last = epoch + 1 == optim.epochs
         scored = {}
         if stage.validate is not None and (is_last or (eval_every > 0 and (epoch + 1) % eval_every == 0)):
-            scored = {k: v for k, v in validate(model, stage, info).items() if not k.startswith("_")}
+            scored = {k: v for k, v in validation_metrics(model, stage, info).items() if not k.startswith("_")}
             row.update({k: v for k, v in scored.items() if isinstance(v, (int, float))})
             result.validation = scored
         result.row = row
@@ -235,7 +235,7 @@ def train_one_epoch(model: torch.nn.Module, stage: Stage, optimizer: torch.optim
     return mean_over_ranks({name: total / max(steps, 1) for name, total in sums.items()}, run.info)
 
 
-def validate(model: torch.nn.Module, stage: Stage, info: DistInfo) -> dict:
+def validation_metrics(model: torch.nn.Module, stage: Stage, info: DistInfo) -> dict:
     """stage.validate on the unwrapped model: on every rank when it is sharded (with rank 0's BatchNorm
     statistics, the ones its checkpoint holds), else on rank 0 alone ({} on the others)."""
     if stage.sharded_validation:

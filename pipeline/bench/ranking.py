@@ -12,17 +12,17 @@ from .inputs import veri_like
 
 def bench_evaluate(quick: bool) -> list[Row]:
     """reid.metrics.evaluate vs the per-query loop at VeRi size (1,678 x 11,579)."""
-    from pamtri.reid.metrics import evaluate
+    from pamtri.reid.metrics import metrics_from_distances
     nq, ng = (420, 2900) if quick else (1678, 11579)
     qf, gf, q_ids, g_ids, q_cams, g_cams = veri_like(nq, ng)
     dist = euclidean(qf, gf)
-    ours = evaluate(dist, q_ids, g_ids, q_cams, g_cams)
+    ours = metrics_from_distances(dist, q_ids, g_ids, q_cams, g_cams)
     base = evaluate_loop(dist, q_ids, g_ids, q_cams, g_cams)
     same = (abs(ours["mAP"] - base["mAP"]) < 1e-6 and abs(ours["mINP"] - base["mINP"]) < 1e-6
             and np.allclose(ours["cmc"], base["cmc"], atol=1e-6))
     if not same:
         raise AssertionError(f"evaluate differs from the loop: mAP {ours['mAP']} vs {base['mAP']}")
-    t_ours = timed(lambda: evaluate(dist, q_ids, g_ids, q_cams, g_cams), repeat=3)
+    t_ours = timed(lambda: metrics_from_distances(dist, q_ids, g_ids, q_cams, g_cams), repeat=3)
     t_base = timed(lambda: evaluate_loop(dist, q_ids, g_ids, q_cams, g_cams), repeat=1, warmup=0)
     return [make_row("evaluate", t_ours, t_base, "s", note=f"{nq}x{ng}; mAP, CMC, mINP equal to 1e-6")]
 

@@ -57,18 +57,18 @@ def _work(task: str, shape: tuple[int, int, int], part: tuple[int, int]) -> dict
     qf, gf, q_ids, g_ids, q_cams, g_cams = qf[:nq], gf[:ng], q_ids[:nq], g_ids[:ng], q_cams[:nq], g_cams[:ng]
     base, t0 = _rss_mib(), time.perf_counter()
     if task == "evaluate":
-        res = metrics.evaluate_from_features(qf, gf, q_ids, g_ids, q_cams, g_cams)
+        res = metrics.metrics_from_features(qf, gf, q_ids, g_ids, q_cams, g_cams)
     elif task == "evaluate_dense":
         dist = distance.pairwise_distance(torch.from_numpy(qf), torch.from_numpy(gf))
-        res = metrics.evaluate(dist, q_ids, g_ids, q_cams, g_cams)
+        res = metrics.metrics_from_distances(dist, q_ids, g_ids, q_cams, g_cams)
     elif task == "rerank":
         order, dist = rerank_neighbours(qf, gf, top=100)
         seconds, peak = time.perf_counter() - t0, _rss_mib() - base  # the evaluation after it is not counted
-        res = metrics.evaluate_ranked_lists(order, dist, qf, gf, q_ids, g_ids, q_cams, g_cams)
+        res = metrics.metrics_from_ranked_lists(order, dist, qf, gf, q_ids, g_ids, q_cams, g_cams)
         return {"seconds": seconds, "peak_mib": peak, "mAP": res["mAP"]}
     else:  # rerank_dense
         final = rerank_dense(euclidean(qf, gf), euclidean(qf, qf), euclidean(gf, gf))
-        res = metrics.evaluate(final.astype(np.float32), q_ids, g_ids, q_cams, g_cams)
+        res = metrics.metrics_from_distances(final.astype(np.float32), q_ids, g_ids, q_cams, g_cams)
     return {"seconds": time.perf_counter() - t0, "peak_mib": _rss_mib() - base, "mAP": res["mAP"]}
 
 
@@ -94,7 +94,7 @@ def measured(task: str, shape: tuple[int, int, int], part: tuple[int, int] | Non
 
 
 def bench_scale(quick: bool) -> list[Row]:
-    """evaluate_from_features vs the dense (Q, G) matrix + evaluate, and re-ranking from k-NN lists vs the dense
+    """metrics_from_features vs the dense (Q, G) matrix + evaluate, and re-ranking from k-NN lists vs the dense
     N x N algorithm; seconds and peak MiB. A baseline that does not fit runs on a part and is extrapolated
     (evaluation: linearly in the queries; dense re-ranking: as N^2); the notes say so."""
     nq, ng, dim = shape = SHAPES[quick]

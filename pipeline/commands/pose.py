@@ -120,12 +120,12 @@ def cmd_pose_predict(args: argparse.Namespace) -> int:
 def cmd_pose_eval(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from pamtri.pose.evaluate import evaluate_split
+    from pamtri.pose.evaluate import split_pck_report
     from pamtri.pose.metrics import format_table
 
     predictor, cfg = _predictor(args)
     out = Path(args.out) if args.out else Path(args.weights).parent / f"eval_{args.split}"
-    report, paths = evaluate_split(predictor, cfg, args.data, args.split, args.fmt, out, num_workers=args.workers,
+    report, paths = split_pck_report(predictor, cfg, args.data, args.split, args.fmt, out, num_workers=args.workers,
                                    legacy=args.legacy_pck, vis=args.vis)
     flip = "flip test" if predictor.flip_test else "no flip test"
     print(format_table(report["table"], f"PCK (%) on {args.data} [{args.split}], {report['n_images']} images, "

@@ -57,8 +57,8 @@ def cmd_reid_train(args: argparse.Namespace) -> int:
 
 
 def cmd_reid_eval(args: argparse.Namespace) -> int:
-    from pamtri.reid.evaluate_checkpoint import evaluate_checkpoint
-    result = evaluate_checkpoint(args.weights, args.data, args.format, args.out, config=args.config,
+    from pamtri.reid.evaluate_checkpoint import checkpoint_metrics
+    result = checkpoint_metrics(args.weights, args.data, args.format, args.out, config=args.config,
                                  overrides=args.overrides, rerank=args.rerank, ignore_cameras=args.ignore_cameras,
                                  device=args.device, test_size=args.test_size)
     res, k = result.metrics, result.topk_map

@@ -26,10 +26,10 @@ def test_decode_loop_is_the_reference_rule():
 
 
 def test_evaluate_loop_matches_the_metrics_module():
-    from pamtri.reid.metrics import evaluate
+    from pamtri.reid.metrics import metrics_from_distances
     qf, gf, qi, gi, qc, gc = veri_like(40, 300, ids=20, cams=4, dim=16)
     dist = euclidean(qf, gf)
-    ours, base = evaluate(dist, qi, gi, qc, gc), evaluate_loop(dist, qi, gi, qc, gc)
+    ours, base = metrics_from_distances(dist, qi, gi, qc, gc), evaluate_loop(dist, qi, gi, qc, gc)
     assert ours["mAP"] == pytest.approx(base["mAP"], abs=1e-9)
     assert ours["mINP"] == pytest.approx(base["mINP"], abs=1e-9)
     np.testing.assert_allclose(ours["cmc"], base["cmc"], atol=1e-9)
@@ -77,7 +77,7 @@ def test_scale_rows_measure_evaluation_and_re_ranking_in_child_processes(monkeyp
 
 def test_scale_features_have_one_query_per_vehicle_and_a_moderate_map():
     from pamtri.pipeline.bench.scale import labelled_features
-    from pamtri.reid.metrics import evaluate_from_features
+    from pamtri.reid.metrics import metrics_from_features
     qf, gf, q_ids, g_ids, q_cams, g_cams = labelled_features(200, 2600, 64)
     assert qf.dtype == np.float32 and gf.shape == (2600, 64) and sorted(q_ids) == list(range(200))
-    assert 0.2 < evaluate_from_features(qf, gf, q_ids, g_ids, q_cams, g_cams)["mAP"] < 0.95
+    assert 0.2 < metrics_from_features(qf, gf, q_ids, g_ids, q_cams, g_cams)["mAP"] < 0.95

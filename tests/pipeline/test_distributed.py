@@ -196,7 +196,7 @@ def test_pose_train_ddp(pose_data, tmp_path):
     model.load_state_dict(load_checkpoint(run / "last.pt")["model"])
     val_set = build_datasets(cfg.data, HeatmapCodec.from_config(cfg))[3]
     loader = torch.utils.data.DataLoader(val_set, batch_size=4, collate_fn=collate)
-    table = pose_train.validate(model, loader, cfg, torch.device("cpu"))
+    table = pose_train.validation_pck(model, loader, cfg, torch.device("cpu"))
     assert float(rows[-1]["pck_mean"]) == pytest.approx(table["mean"], abs=1e-4)
 
 

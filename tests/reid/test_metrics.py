@@ -5,7 +5,7 @@ import torch
 
 from pamtri.common.errors import PamtriError
 from pamtri.reid.distance import pairwise_distance
-from pamtri.reid.metrics import NoMatchError, attribute_accuracy, evaluate
+from pamtri.reid.metrics import NoMatchError, attribute_accuracy, metrics_from_distances
 
 G_IDS = np.array([1, 2, 1, 3, 1, 2])
 G_CAMS = np.array([1, 2, 2, 1, 3, 3])
@@ -21,7 +21,7 @@ def _hand():
 
 def test_hand_worked_ranking():
     dist, q_ids, q_cams = _hand()
-    r = evaluate(dist, q_ids, G_IDS, q_cams, G_CAMS, max_rank=5, topk_map=3)
+    r = metrics_from_distances(dist, q_ids, G_IDS, q_cams, G_CAMS, max_rank=5, topk_map=3)
     # query 0: gallery 0 (same id, same camera) is removed; matches at ranks 2 and 4 of the rest
     #   AP = (1/2 + 2/4) / 2 = 0.5, first match rank 2, INP = 2/4, AP@3 = (1/2) / 2
     # query 1: matches at ranks 1 and 2: AP = 1, INP = 1, AP@3 = 1; query 2 has no match and is left out
@@ -31,14 +31,14 @@ def test_hand_worked_ranking():
     assert r["mAP@3"] == pytest.approx(0.625)
     assert r["num_valid_queries"] == 2 and r["num_no_match"] == 1
     assert np.isnan(r["ap"][2]) and r["ap"][:2].tolist() == pytest.approx([0.5, 1.0])
-    kept = evaluate(dist, q_ids, G_IDS, ignore_cameras=True, max_rank=5)
+    kept = metrics_from_distances(dist, q_ids, G_IDS, ignore_cameras=True, max_rank=5)
     # without the camera rule gallery 0 is query 0's rank-1 match: AP = (1 + 2/3 + 3/5) / 3
     assert kept["ap"][0] == pytest.approx((1 + 2 / 3 + 3 / 5) / 3)
 
 
 def test_ties_are_broken_by_gallery_order():
     dist = np.zeros((1, 4), np.float32)
-    r = evaluate(dist, [1], [2, 1, 2, 1], [1], [1, 2, 2, 3])
+    r = metrics_from_distances(dist, [1], [2, 1, 2, 1], [1], [1, 2, 2, 3])
     assert r["mAP"] == pytest.approx((1 / 2 + 2 / 4) / 2)  # a collapsed model is not rewarded
 
 
@@ -68,7 +68,7 @@ def test_matches_brute_force_reference(quantise):
         dist = (np.round(dist / quantise) * quantise).astype(np.float32)  # many ties
     q_ids, g_ids = rng.integers(0, 30, q), rng.integers(0, 30, g)
     q_cams, g_cams = rng.integers(0, 4, q), rng.integers(0, 4, g)
-    r = evaluate(dist, q_ids, g_ids, q_cams, g_cams, max_rank=50, topk_map=20, block=16)
+    r = metrics_from_distances(dist, q_ids, g_ids, q_cams, g_cams, max_rank=50, topk_map=20, block=16)
     m, cmc, inp, apk = _brute(dist, q_ids, g_ids, q_cams, g_cams, 50, 20)
     assert r["mAP"] == pytest.approx(m, abs=1e-9)
     assert np.allclose(r["cmc"], cmc)
@@ -80,13 +80,13 @@ def test_matches_brute_force_reference(quantise):
 def test_clear_errors():
     dist, q_ids, q_cams = _hand()
     with pytest.raises(NoMatchError, match="no query has a true match"):
-        evaluate(dist[2:], q_ids[2:], G_IDS, q_cams[2:], G_CAMS)
+        metrics_from_distances(dist[2:], q_ids[2:], G_IDS, q_cams[2:], G_CAMS)
     with pytest.raises(PamtriError, match="ignore_cameras"):
-        evaluate(dist, q_ids, G_IDS)
+        metrics_from_distances(dist, q_ids, G_IDS)
     with pytest.raises(PamtriError, match="no camera id"):
-        evaluate(dist, q_ids, G_IDS, [-1, -1, -1], G_CAMS)
+        metrics_from_distances(dist, q_ids, G_IDS, [-1, -1, -1], G_CAMS)
     with pytest.raises(ValueError, match="NaN"):
-        evaluate(np.full((3, 6), np.nan), q_ids, G_IDS, q_cams, G_CAMS)
+        metrics_from_distances(np.full((3, 6), np.nan), q_ids, G_IDS, q_cams, G_CAMS)
 
 
 def test_distances_and_attribute_accuracy():
@@ -103,7 +103,7 @@ def test_distances_and_attribute_accuracy():
 def test_attribute_accuracy_counts_each_test_image_once():
     """VeRi's query images are also test images: colour/type accuracy is over distinct images, not Q + G."""
     from pamtri.reid.config import EvalConfig
-    from pamtri.reid.evaluate import Features, evaluate_features
+    from pamtri.reid.evaluate import Features, metrics_and_distances
 
     def feats(names, pids, cams, colors, predicted):
         logits = torch.nn.functional.one_hot(torch.tensor(predicted), 3).float()
@@ -113,7 +113,7 @@ def test_attribute_accuracy_counts_each_test_image_once():
     # plus one query of its own (wrong)
     g = feats(["a.jpg", "b.jpg", "c.jpg", "d.jpg"], [0, 1, 0, 1], [1, 1, 2, 2], [0, 1, 2, 0], [0, 1, 2, 1])
     q = feats(["a.jpg", "b.jpg", "e.jpg"], [0, 1, 0], [1, 1, 3], [0, 1, 1], [0, 1, 2])
-    out, _ = evaluate_features(q, g, EvalConfig())
+    out, _ = metrics_and_distances(q, g, EvalConfig())
     assert out["color_acc"] == pytest.approx(3 / 5) and out["type_acc"] == pytest.approx(3 / 5)  # not 5 / 7
 
 
@@ -121,7 +121,7 @@ def test_attribute_accuracy_counts_each_test_image_once():
 @pytest.mark.parametrize("ignore_cameras", [False, True])
 @pytest.mark.parametrize("ties", [False, True])
 def test_blocked_evaluation_from_features_equals_the_dense_path(metric, ignore_cameras, ties):
-    from pamtri.reid.metrics import evaluate_from_features
+    from pamtri.reid.metrics import metrics_from_features
     rng = np.random.default_rng(7)
     q, g = rng.normal(size=(37, 8)).astype(np.float32), rng.normal(size=(150, 8)).astype(np.float32)
     if ties:  # +-1 in 4 of 8 places: every distance is exact in float32, and many are equal (ties decide ranks)
@@ -129,10 +129,10 @@ def test_blocked_evaluation_from_features_equals_the_dense_path(metric, ignore_c
         q, g = q.astype(np.float32), g.astype(np.float32)
     q_ids, g_ids = rng.integers(0, 12, 37), rng.integers(0, 12, 150)
     q_cams, g_cams = rng.integers(0, 3, 37), rng.integers(0, 3, 150)
-    dense = evaluate(pairwise_distance(torch.from_numpy(q), torch.from_numpy(g), metric), q_ids, g_ids, q_cams,
-                     g_cams, max_rank=20, topk_map=100, ignore_cameras=ignore_cameras)
+    dense = metrics_from_distances(pairwise_distance(torch.from_numpy(q), torch.from_numpy(g), metric), q_ids, g_ids,
+                                   q_cams, g_cams, max_rank=20, topk_map=100, ignore_cameras=ignore_cameras)
     # memory_mib=0: one query per block, so no block ever holds more than one row of the (Q, G) matrix
-    blocked = evaluate_from_features(q, g, q_ids, g_ids, q_cams, g_cams, metric, max_rank=20, topk_map=100,
+    blocked = metrics_from_features(q, g, q_ids, g_ids, q_cams, g_cams, metric, max_rank=20, topk_map=100,
                                      ignore_cameras=ignore_cameras, memory_mib=0, threads=2)
     for key in ("mAP", "mINP", "mAP@100", "num_valid_queries"):
         assert blocked[key] == pytest.approx(dense[key], abs=1e-12), key
@@ -147,12 +147,12 @@ def test_reid_eval_features_use_the_blocked_path_and_keep_only_the_rank_list_row
     rng = np.random.default_rng(3)
     q = ev.Features(torch.randn(20, 8), rng.integers(0, 5, 20), rng.integers(0, 3, 20), None, None, None, None, [])
     g = ev.Features(torch.randn(90, 8), rng.integers(0, 5, 90), rng.integers(0, 3, 90), None, None, None, None, [])
-    dense = evaluate(pairwise_distance(q.features, g.features), q.pids, g.pids, q.camids, g.camids)
+    dense = metrics_from_distances(pairwise_distance(q.features, g.features), q.pids, g.pids, q.camids, g.camids)
 
     def no_dense(*args):
         raise AssertionError("the re-ranking path ran without re-ranking")
     monkeypatch.setattr(ev, "rerank_lists", no_dense)
-    out, rows = ev.evaluate_features(q, g, EvalConfig())
+    out, rows = ev.metrics_and_distances(q, g, EvalConfig())
     assert out["mAP"] == pytest.approx(dense["mAP"], abs=1e-6) and rows.shape == (8, 90)
     np.testing.assert_allclose(rows, pairwise_distance(q.features, g.features).numpy()[[0, 3, 5, 8, 11, 14, 16, 19]],
                                atol=1e-5)

@@ -81,12 +81,12 @@ def test_reid_eval_rerank_covering_the_gallery_equals_the_dense_re_ranked_evalua
     import torch
 
     from pamtri.reid.config import EvalConfig
-    from pamtri.reid.evaluate import Features, evaluate_features
-    from pamtri.reid.metrics import evaluate
+    from pamtri.reid.evaluate import Features, metrics_and_distances
+    from pamtri.reid.metrics import metrics_from_distances
     q, g, q_ids, g_ids, q_cams, g_cams = _labelled(5, 25, 120)
-    want = evaluate(_dense(q, g, "euclidean").astype(np.float32), q_ids, g_ids, q_cams, g_cams)
+    want = metrics_from_distances(_dense(q, g, "euclidean").astype(np.float32), q_ids, g_ids, q_cams, g_cams)
     qf, gf = (Features(torch.from_numpy(x), i, c, None, None) for x, i, c in ((q, q_ids, q_cams), (g, g_ids, g_cams)))
-    got, rows = evaluate_features(qf, gf, EvalConfig(rerank=True, rerank_top=120))
+    got, rows = metrics_and_distances(qf, gf, EvalConfig(rerank=True, rerank_top=120))
     for key in ("mAP", "mINP", "mAP@100"):
         assert got[key] == pytest.approx(want[key], abs=1e-6), key
     assert got["rank1"] == pytest.approx(want["cmc"][0]) and rows.shape == (8, 120)
@@ -96,13 +96,13 @@ def test_reid_eval_rerank_covering_the_gallery_equals_the_dense_re_ranked_evalua
 def test_ranked_lists_put_the_rest_of_the_gallery_after_the_list_in_the_original_order():
     import torch
 
-    from pamtri.reid.metrics import evaluate, evaluate_ranked_lists
+    from pamtri.reid.metrics import metrics_from_distances, metrics_from_ranked_lists
     q, g, q_ids, g_ids, q_cams, g_cams = _labelled(6, 20, 90)
     plain = pairwise_distance(torch.from_numpy(q), torch.from_numpy(g)).numpy()
     order = np.argsort(plain, axis=1, kind="stable")[:, :7]  # lists in the original order, distances in [0, 1]
     listed = np.take_along_axis(plain, order, 1) / (plain.max() + 1.0)
-    got = evaluate_ranked_lists(order, listed, q, g, q_ids, g_ids, q_cams, g_cams, memory_mib=0, threads=1)
-    want = evaluate(plain, q_ids, g_ids, q_cams, g_cams)
+    got = metrics_from_ranked_lists(order, listed, q, g, q_ids, g_ids, q_cams, g_cams, memory_mib=0, threads=1)
+    want = metrics_from_distances(plain, q_ids, g_ids, q_cams, g_cams)
     assert got["mAP"] == pytest.approx(want["mAP"], abs=1e-12)
     np.testing.assert_array_equal(got["first_rank"], want["first_rank"])
 
@@ -113,14 +113,14 @@ def test_reid_eval_rerank_is_dense_within_the_memory_budget_whatever_rerank_top(
     import torch
 
     from pamtri.reid.config import EvalConfig
-    from pamtri.reid.evaluate import Features, evaluate_features
-    from pamtri.reid.metrics import evaluate
+    from pamtri.reid.evaluate import Features, metrics_and_distances
+    from pamtri.reid.metrics import metrics_from_distances
     q, g, q_ids, g_ids, q_cams, g_cams = _labelled(7, 60, 1500, ids=40)
-    want = evaluate(_dense(q, g, "euclidean").astype(np.float32), q_ids, g_ids, q_cams, g_cams)
+    want = metrics_from_distances(_dense(q, g, "euclidean").astype(np.float32), q_ids, g_ids, q_cams, g_cams)
     qf, gf = (Features(torch.from_numpy(x), i, c, None, None) for x, i, c in ((q, q_ids, q_cams), (g, g_ids, g_cams)))
-    got, _ = evaluate_features(qf, gf, EvalConfig(rerank=True, rerank_top=100))
+    got, _ = metrics_and_distances(qf, gf, EvalConfig(rerank=True, rerank_top=100))
     assert got["rerank_candidates"] == 1500 and got["mAP"] == pytest.approx(want["mAP"], abs=1e-6)
-    lists, _ = evaluate_features(qf, gf, EvalConfig(rerank=True, rerank_top=100, rerank_memory_mib=0))
+    lists, _ = metrics_and_distances(qf, gf, EvalConfig(rerank=True, rerank_top=100, rerank_memory_mib=0))
     assert lists["rerank_candidates"] == 100
 
 
@@ -130,13 +130,14 @@ def test_cosine_re_ranking_at_evaluation_uses_the_reference_kernel_2_minus_2cos(
     import torch
 
     from pamtri.reid.config import EvalConfig
-    from pamtri.reid.evaluate import Features, evaluate_features
-    from pamtri.reid.metrics import evaluate
+    from pamtri.reid.evaluate import Features, metrics_and_distances
+    from pamtri.reid.metrics import metrics_from_distances
     q, g, q_ids, g_ids, q_cams, g_cams = _labelled(8, 20, 150)
     qn, gn = (x / np.linalg.norm(x, axis=1, keepdims=True) for x in (q, g))
     mats = [np.sqrt(np.clip(2 - 2 * (a.astype(np.float64) @ b.T.astype(np.float64)), 0, None))  # sqrt(2 - 2 cos)
             for a, b in ((qn, gn), (qn, qn), (gn, gn))]
-    want = evaluate(rerank_dense(*mats, dtype=np.float64).astype(np.float32), q_ids, g_ids, q_cams, g_cams)
+    want = metrics_from_distances(rerank_dense(*mats, dtype=np.float64).astype(np.float32), q_ids, g_ids, q_cams,
+                                  g_cams)
     qf, gf = (Features(torch.from_numpy(x), i, c, None, None) for x, i, c in ((q, q_ids, q_cams), (g, g_ids, g_cams)))
-    got, _ = evaluate_features(qf, gf, EvalConfig(rerank=True, metric="cosine"))
+    got, _ = metrics_and_distances(qf, gf, EvalConfig(rerank=True, metric="cosine"))
     assert got["mAP"] == pytest.approx(want["mAP"], abs=1e-6) and got["mINP"] == pytest.approx(want["mINP"], abs=1e-6)

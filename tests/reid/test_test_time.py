@@ -10,7 +10,7 @@ from pamtri.common.errors import ConfigError
 from pamtri.data.records import Record
 from pamtri.pose.keypoints import FLIP_INDEX, SEGMENT_FLIP
 from pamtri.reid.config import EvalConfig, ModelConfig
-from pamtri.reid.evaluate import Features, evaluate_features, extract_features
+from pamtri.reid.evaluate import Features, extract_features, metrics_and_distances
 from pamtri.reid.model import ReIDNet
 from pamtri.reid.test_time import alpha_query_expansion, mirror_inputs, track_average
 
@@ -91,9 +91,9 @@ def test_evaluation_averages_gallery_tracks_from_the_track_file(tmp_path):
     # gallery: g2 (id 0) at 0.2 from the query, g1 (id 1) at 0.4, g0 (id 0) at 0.6; g0 and g2 form one track
     gf = _features([[1.0, 0.6], [1.0, 0.4], [1.0, -0.2]], [0, 1, 0], ["g0.jpg", "g1.jpg", "g2.jpg"])
     cfg = EvalConfig(metric="euclidean")
-    plain, _ = evaluate_features(qf, gf, cfg)
+    plain, _ = metrics_and_distances(qf, gf, cfg)
     (tmp_path / "test_track.txt").write_text("g0.jpg g2.jpg\ng1.jpg\n")
-    tracked, dist = evaluate_features(qf, gf, replace(cfg, track_file=str(tmp_path / "test_track.txt")))
+    tracked, dist = metrics_and_distances(qf, gf, replace(cfg, track_file=str(tmp_path / "test_track.txt")))
     assert plain["mAP"] < 1.0 and tracked["mAP"] == 1.0
     assert dist[0, 0] == pytest.approx(0.2, abs=1e-5) and dist[0, 2] == pytest.approx(0.2, abs=1e-5)
 
@@ -107,9 +107,9 @@ def test_evaluation_expands_queries_before_the_distances():
     qf = _features([[1.0, 0.0]], [0], ["q0.jpg"])
     gf = _features([[1.0, 0.6], [1.0, 0.4], [1.0, -0.2]], [0, 1, 0], ["g0.jpg", "g1.jpg", "g2.jpg"])
     cfg = EvalConfig(metric="cosine", query_expansion=True, qe_k=2, qe_alpha=1.0)
-    _, dist = evaluate_features(qf, gf, cfg)
+    _, dist = metrics_and_distances(qf, gf, cfg)
     q, g = alpha_query_expansion(qf.features, gf.features, 2, 1.0)
     plain = replace(cfg, query_expansion=False)
-    _, want = evaluate_features(Features(q, qf.pids, qf.camids, qf.colors, qf.types),
+    _, want = metrics_and_distances(Features(q, qf.pids, qf.camids, qf.colors, qf.types),
                                 Features(g, gf.pids, gf.camids, gf.colors, gf.types), plain)
-    assert np.allclose(dist, want) and not np.allclose(dist, evaluate_features(qf, gf, plain)[1])
+    assert np.allclose(dist, want) and not np.allclose(dist, metrics_and_distances(qf, gf, plain)[1])
