@@ -65,7 +65,7 @@ class _FeatureAndHeads(nn.Module):
     def __init__(self, model: nn.Module):
         super().__init__()
         self.model = model
-        self.keys = ["feature"] + [h for h in ("color", "type") if getattr(model, f"{h}_classifier") is not None]
+        self.keys = ["embedding"] + [h for h in ("color", "type") if getattr(model, f"{h}_classifier") is not None]
 
     def forward(self, images: torch.Tensor, keypoints: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
         out = self.model(images, keypoints)
@@ -103,7 +103,7 @@ def export_reid(weights: str | os.PathLike, out: str | os.PathLike, size: tuple[
                 opset: int = DEFAULT_OPSET, check: bool = True, tolerance: float = DEFAULT_TOLERANCE,
                 heads: bool = False) -> ExportReport:
     """Export a ReID checkpoint's embedding path; ``size`` (H, W) pixels, default the stored data config's.
-    ``heads``: outputs 'feature', 'color', 'type' (those the model has) as ``ReIDNet.forward`` names them, the
+    ``heads``: outputs 'embedding', 'color', 'type' (those the model has) as ``ReIDNet.forward`` names them, the
     graph ``pamtri embed --runtime`` runs, instead of the single 'embedding'."""
     import dataclasses
 

@@ -178,7 +178,7 @@ class Pipeline:
         side = {} if cameras is None else {"cameras": torch.as_tensor(np.asarray(cameras, np.int64), device=x.device)}
         with autocast(self.device, self.dtype):
             out = self.model(x, kv, **side)
-        result = {"features": out["feature"].float().cpu().numpy(),
+        result = {"features": out["embedding"].float().cpu().numpy(),
                   "keypoints": pose.keypoints if pose is not None else np.zeros((n, 36, 3), np.float32)}
         for head in ("color", "type"):
             result[head] = (out[head].argmax(1).cpu().numpy() if head in out else np.full(n, -1)).astype(np.int64)

@@ -157,11 +157,11 @@ class ModelConfig:
             if self.id_fc:
                 raise ConfigError(f"model.neck is 'bnneck' (BN on the pooled feature) but model.id_fc is {self.id_fc}; "
                                   "set model.id_fc: 0")
-            if self.test_feature == "fc":
+            if self.embedding_source == "fc":
                 raise ConfigError("model.embedding 'fc' needs model.neck 'fc'; with bnneck use after_bn or before_bn")
-        elif self.test_feature in ("after_bn", "before_bn"):
+        elif self.embedding_source in ("after_bn", "before_bn"):
             raise ConfigError(f"model.embedding '{self.embedding}' needs model.neck: bnneck")
-        if self.test_feature == "fc" and self.id_fc == 0:
+        if self.embedding_source == "fc" and self.id_fc == 0:
             raise ConfigError("model.embedding is 'fc' but model.id_fc is 0 (no ReID FC layer); use embedding: pool")
         if self.freeze_iters < 0 or self.freeze_epochs < 0:
             raise ConfigError(f"model.freeze_iters / model.freeze_epochs must be >= 0, got {self.freeze_iters} and "
@@ -196,8 +196,9 @@ class ModelConfig:
                               f"model.orientation_bins = {self.orientation_bins} bins; set both to the same number")
 
     @property
-    def test_feature(self) -> str:
-        """The resolved test feature: fc | pool | after_bn | before_bn ("auto" follows the neck)."""
+    def embedding_source(self) -> str:
+        """Which feature is the embedding, model.embedding resolved: fc | pool | after_bn | before_bn ("auto"
+        follows the neck)."""
         if self.embedding != "auto":
             return self.embedding
         return "after_bn" if self.neck == "bnneck" else "fc"

@@ -65,7 +65,7 @@ def extract_features(model: ReIDNet, loader: DataLoader, device: torch.device, d
         with autocast(device, dtype):
             if attrs:
                 out = model(x, kp, *side)
-                feats.append(out["feature"].float().cpu())
+                feats.append(out["embedding"].float().cpu())
                 if "color" in out:
                     colors_l.append(out["color"].float().cpu())
                 if "type" in out:

@@ -113,7 +113,7 @@ def reid_losses(outputs: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]
     weights: dict[str, float] = {}
     # BNNeck models give the BN's input as 'triplet_feature' and its output as 'bn_feature' (triplet and center
     # loss, loss.triplet_feature); else the test feature
-    feature = outputs.get("bn_feature" if cfg.triplet_feature == "after" else "triplet_feature", outputs["feature"])
+    feature = outputs.get("bn_feature" if cfg.triplet_feature == "after" else "triplet_feature", outputs["embedding"])
     if cfg.triplet > 0:
         out["triplet"] = triplet_batch_hard(feature, pid, cfg.margin, cfg.soft_margin)
         if "triplet_local" in outputs:  # JPM: TransReID's 0.5 global + 0.5 mean over the local branches
@@ -142,7 +142,7 @@ def reid_losses(outputs: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]
     if "domain" in outputs:
         out["domain"] = masked_cross_entropy(outputs["domain"], batch["domain"])
         weights["domain"] = cfg.domain
-    zero = outputs["feature"].sum() * 0.0
+    zero = outputs["embedding"].sum() * 0.0
     if cfg.objective == "strdan":
         joint = sum((weights[k] * out[k] for k in ("id", "domain", "triplet", "center") if k in out), zero)
         disjoint = sum((weights[k] * out[k] for k in ("color", "type", "orientation") if k in out), zero)

@@ -256,7 +256,7 @@ def _id_classifier(cfg: ModelConfig, dim: int, num_ids: int) -> nn.Module:
 
 
 class ReIDNet(nn.Module):
-    """The configurable ReID network; ``forward`` returns a dict of the feature and each head's logits."""
+    """The configurable ReID network; ``forward`` returns a dict of the embedding and each head's logits."""
 
     def __init__(self, cfg: ModelConfig, num_ids: int, num_colors: int = 10, num_types: int = 9):
         super().__init__()
@@ -280,7 +280,7 @@ class ReIDNet(nn.Module):
         self.id_fc = nn.Linear(head_in, cfg.id_fc) if cfg.id_fc > 0 else None
         id_dim = cfg.id_fc if cfg.id_fc > 0 else head_in
         self.id_classifier = _id_classifier(cfg, id_dim, self.num_ids) if cfg.id_head else None
-        self.embedding_dim = {"fc": cfg.id_fc, "pool": self.feature_dim}.get(cfg.test_feature, head_in)
+        self.embedding_dim = {"fc": cfg.id_fc, "pool": self.feature_dim}.get(cfg.embedding_source, head_in)
         # JPM (ViT): a BNNeck and a bias-free classifier per local branch; the test feature joins global + locals / 4
         self.jpm_parts = cfg.jpm_parts if cfg.jpm else 0
         self.jpm_bnnecks = nn.ModuleList(_bnneck(head_in) for _ in range(self.jpm_parts))
@@ -346,7 +346,7 @@ class ReIDNet(nn.Module):
         return F.leaky_relu(self.id_fc(f)) if self.id_fc is not None else f
 
     def _test_feature(self, pooled: torch.Tensor, f: torch.Tensor, fid: torch.Tensor) -> torch.Tensor:
-        return {"pool": pooled, "before_bn": f}.get(self.cfg.test_feature, fid)
+        return {"pool": pooled, "before_bn": f}.get(self.cfg.embedding_source, fid)
 
     def _split_jpm(self, pooled: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The JPM ViT's (B, 1 + P, D) -> (global (B, D), locals (B, P, D)); other backbones: (pooled, None)."""
@@ -354,7 +354,7 @@ class ReIDNet(nn.Module):
 
     def _jpm_test_feature(self, feature: torch.Tensor, local: torch.Tensor) -> torch.Tensor:
         """TransReID's test feature with JPM: [global, local_1 / 4, ..., local_P / 4] before or after the BNNecks."""
-        if self.cfg.test_feature in ("after_bn", "auto"):
+        if self.cfg.embedding_source in ("after_bn", "auto"):
             local = torch.stack([bn(local[:, i]) for i, bn in enumerate(self.jpm_bnnecks)], dim=1)
         return torch.cat([feature, (local / 4).flatten(1)], dim=1)
 
@@ -363,26 +363,26 @@ class ReIDNet(nn.Module):
         """Test-time feature (B, embedding_dim): FC output, BNNeck after / before its BN, or pooled; no logits.
         ``cameras`` / ``views`` (B,) int64 (-1 unknown) feed the ViT's SIE only."""
         pooled, local = self._split_jpm(self.pooled(images, keypoints, cameras, views))
-        if self.cfg.test_feature == "pool" and local is None:
+        if self.cfg.embedding_source == "pool" and local is None:
             return pooled
         f = self._head_input(pooled, keypoints)
-        out = f if self.cfg.test_feature in ("before_bn", "pool") else self._id_feature(f)
+        out = f if self.cfg.embedding_source in ("before_bn", "pool") else self._id_feature(f)
         return out if local is None else self._jpm_test_feature(out, local)
 
     def forward(self, images: torch.Tensor, keypoints: torch.Tensor | None = None,
                 cameras: torch.Tensor | None = None, views: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        """{'feature': (B, D) test feature, 'id', 'color', 'type', 'orientation', 'domain': logits} for the heads
+        """{'embedding': (B, D) test feature, 'id', 'color', 'type', 'orientation', 'domain': logits} for the heads
         on; BNNeck adds 'triplet_feature' (B, D), its input, which the triplet loss sees; 'centers' (ids, D) the
         center loss's class centres (model.centers). ``cameras`` / ``views`` (B,) feed the ViT's SIE only."""
         pooled, local = self._split_jpm(self.pooled(images, keypoints, cameras, views))
         f = self._head_input(pooled, keypoints)
         fid = self._id_feature(f)
-        out = {"feature": self._test_feature(pooled, f, fid)}
+        out = {"embedding": self._test_feature(pooled, f, fid)}
         if self.bnneck is not None:
             out["triplet_feature"] = f
             out["bn_feature"] = fid
         if local is not None:  # JPM: test feature, local features (P, B, D) for the triplet loss, local ID logits
-            out["feature"] = self._jpm_test_feature(out["feature"], local)
+            out["embedding"] = self._jpm_test_feature(out["embedding"], local)
             out["triplet_local"] = local.transpose(0, 1)
             if self.jpm_classifiers:
                 out["id_local"] = torch.stack([c(bn(local[:, i])) for i, (bn, c) in

@@ -151,7 +151,7 @@ def idle_parameters(model: ReIDNet, cfg: ReIDConfig) -> bool:
     heads = ("id", "color", "type", "orientation", "domain")
     if any(getattr(cfg.loss, h) == 0 for h in heads if getattr(model, f"{h}_classifier", None) is not None):
         return True
-    return model.id_fc is not None and not cfg.model.id_head and cfg.model.test_feature == "pool"
+    return model.id_fc is not None and not cfg.model.id_head and cfg.model.embedding_source == "pool"
 
 
 def evaluation_loaders(cfg: ReIDConfig) -> tuple[DataLoader, DataLoader] | None:

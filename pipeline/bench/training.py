@@ -63,7 +63,7 @@ def _reid_loss(m, x, kv, pid):
     from pamtri.reid.losses import triplet_batch_hard
     out = m(x, kv)
     xent = torch.nn.functional.cross_entropy(out["id"].float(), pid)
-    return xent + triplet_batch_hard(out["feature"].float(), pid)
+    return xent + triplet_batch_hard(out["embedding"].float(), pid)
 
 
 def bench_train(quick: bool) -> list[Row]:

@@ -60,7 +60,7 @@ def _batch(labelled: bool):
 
 def test_unlabelled_batch_gives_exactly_zero_attribute_loss_and_gradient():
     feat, heads = _heads()
-    out = {"feature": feat, **{n: h(feat) for n, h in heads.items()}}
+    out = {"embedding": feat, **{n: h(feat) for n, h in heads.items()}}
     losses = reid_losses(out, _batch(labelled=False), LossConfig())
     for name in ("color", "type", "orientation"):
         assert losses[name].item() == 0.0
@@ -73,7 +73,7 @@ def test_unlabelled_batch_gives_exactly_zero_attribute_loss_and_gradient():
 
 def test_pamtri_total_is_the_weighted_sum():
     feat, heads = _heads()
-    out = {"feature": feat, **{n: heads[n](feat) for n in ("id", "color", "type")}}
+    out = {"embedding": feat, **{n: heads[n](feat) for n in ("id", "color", "type")}}
     losses = reid_losses(out, _batch(labelled=True), LossConfig())
     want = losses["triplet"] + losses["id"] + 0.125 * losses["color"] + 0.125 * losses["type"]
     assert losses["total"].item() == pytest.approx(want.item(), rel=1e-6)
@@ -84,7 +84,7 @@ def test_pamtri_total_is_the_weighted_sum():
 
 def test_strdan_total_joint_plus_weighted_disjoint():
     feat, heads = _heads()
-    out = {"feature": feat, **{n: h(feat) for n, h in heads.items()}}
+    out = {"embedding": feat, **{n: h(feat) for n, h in heads.items()}}
     cfg = LossConfig(objective="strdan", color=1.0, type=1.0, orientation=1.0, disjoint_weight=0.5)
     losses = reid_losses(out, _batch(True), cfg)
     joint = losses["id"] + losses["domain"] + losses["triplet"]
@@ -102,7 +102,7 @@ def test_strdan_total_joint_plus_weighted_disjoint():
 def test_attribute_losses_synthetic_only_under_strdan(objective):
     """StRDAN's disjoint losses see synthetic images only, even when real images carry labels (VeRi does)."""
     feat, heads = _heads()
-    out = {"feature": feat, **{n: h(feat) for n, h in heads.items()}}
+    out = {"embedding": feat, **{n: h(feat) for n, h in heads.items()}}
     batch = _batch(labelled=True)  # 4 real (domain 0) + 4 synthetic (domain 1), all with labels
     losses = reid_losses(out, batch, LossConfig(objective=objective, color=1.0, type=1.0, orientation=1.0))
     rows = slice(4, 8) if objective == "strdan" else slice(0, 8)

@@ -47,7 +47,7 @@ def test_widened_first_conv_keeps_rgb_weights(imagenet_densenet, heat, seg, chan
         assert abs(extra.mean().item()) < 0.002
         assert abs(extra.std().item() - 0.02) < 0.002
     x = torch.randn(2, channels, 64, 64)
-    assert model(x)["feature"].shape == (2, 1024)
+    assert model(x)["embedding"].shape == (2, 1024)
 
 
 def test_keypoint_vector_is_concatenated():
@@ -78,10 +78,10 @@ def test_each_head_on_off(heads):
     model = ReIDNet(cfg, num_ids=7, num_colors=12, num_types=11).eval()
     with torch.no_grad():
         out = model(torch.randn(3, 3, 32, 32))
-    assert set(out) == {"feature", "id"} | set(heads)
+    assert set(out) == {"embedding", "id"} | set(heads)
     sizes = {"id": 7, "color": 12, "type": 11, "orientation": 8, "domain": 2}
     for name, logits in out.items():
-        if name != "feature":
+        if name != "embedding":
             assert logits.shape == (3, sizes[name])
     for h in ("color", "type", "orientation", "domain"):
         assert (getattr(model, f"{h}_classifier") is not None) == (h in heads)
@@ -96,7 +96,7 @@ def test_embed_skips_classifiers():
     def boom(*_):
         raise AssertionError("a classifier ran")
     with torch.no_grad():
-        full = model(x)["feature"]
+        full = model(x)["embedding"]
         for name in ("id_classifier", "color_classifier", "type_classifier", "color_fc", "type_fc"):
             getattr(model, name).register_forward_hook(boom)
         assert torch.allclose(model.embed(x), full)
@@ -140,8 +140,8 @@ def test_resnet50_strdan_feature_is_pooled_2048():
     with torch.no_grad():
         x = torch.randn(2, 39, 64, 32)
         out = model(x)
-        assert out["feature"].shape == (2, 2048) and model.embed(x).shape == (2, 2048)
-        assert torch.allclose(model.embed(x), out["feature"])
+        assert out["embedding"].shape == (2, 2048) and model.embed(x).shape == (2, 2048)
+        assert torch.allclose(model.embed(x), out["embedding"])
     assert model.id_classifier.in_features == 2048 and model.color_classifier.in_features == 2048
 
 

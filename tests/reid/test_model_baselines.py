@@ -50,13 +50,13 @@ def test_bnneck_wiring():
     assert torch.allclose(out["triplet_feature"], pooled, atol=1e-5)
     after = model.bnneck(pooled)
     assert torch.allclose(out["id"], after @ model.id_classifier.weight.t(), atol=1e-5)
-    assert torch.allclose(out["feature"], after, atol=1e-5)
+    assert torch.allclose(out["embedding"], after, atol=1e-5)
     model.eval()
     with torch.no_grad():
         bn_eval = F.batch_norm(model.pooled(X), model.bnneck.running_mean, model.bnneck.running_var,
                                model.bnneck.weight, model.bnneck.bias)
         assert torch.allclose(model.embed(X), bn_eval, atol=1e-5)
-        assert torch.allclose(model(X)["feature"], bn_eval, atol=1e-5)
+        assert torch.allclose(model(X)["embedding"], bn_eval, atol=1e-5)
         before = ReIDNet(replace(BOT, embedding="before_bn"), num_ids=5).eval()
         assert torch.allclose(before.embed(X), before.pooled(X), atol=1e-6)
     assert model.embedding_dim == 512 == model.embed(X).shape[1]
@@ -148,8 +148,8 @@ def test_every_backbone_with_every_pose_input_trains(backbone, inputs, neck):
     x = torch.randn(2, cfg.in_channels, 32, 32)
     kp = torch.rand(2, 108) - 0.5
     out = model(x, kp)
-    assert out["feature"].shape == (2, model.embedding_dim)
-    (out["feature"].square().mean() + out["id"].logsumexp(1).mean()).backward()
+    assert out["embedding"].shape == (2, model.embedding_dim)
+    (out["embedding"].square().mean() + out["id"].logsumexp(1).mean()).backward()
     assert conv.weight.grad[:, :3].abs().sum() > 0
     if inputs in ("h", "s"):
         assert conv.weight.grad[:, 3:].abs().sum() > 0
@@ -204,7 +204,7 @@ def test_center_loss_runs_on_the_feature_it_sees(neck):
     model = ReIDNet(replace(RGB, backbone="timm/resnet18", centers=True, **neck), num_ids=3)
     kp = torch.rand(4, 108) if neck.get("keypoints") else None
     out = model(X, kp)
-    seen = out.get("triplet_feature", out["feature"])
+    seen = out.get("triplet_feature", out["embedding"])
     assert out["centers"].shape == (3, seen.shape[1])
     batch = {k: torch.full((4,), -1) for k in ("color", "type", "orientation")}
     batch.update(pid=torch.tensor([0, 0, 1, 2]), domain=torch.zeros(4, dtype=torch.long))

@@ -71,7 +71,7 @@ def test_jpm_gives_global_and_local_features_losses_and_the_concatenated_test_fe
     out = model(x)
     assert out["triplet_local"].shape == (4, 4, 192) and out["id_local"].shape == (4, 4, 3)
     f = out["triplet_feature"]
-    torch.testing.assert_close(out["feature"], torch.cat([f, *(out["triplet_local"] / 4)], dim=1))
+    torch.testing.assert_close(out["embedding"], torch.cat([f, *(out["triplet_local"] / 4)], dim=1))
     model.eval()
     assert model.embed(x).shape == (4, 5 * 192) and model.embedding_dim == 5 * 192
     model.train()
@@ -103,7 +103,7 @@ def test_joint_sie_has_one_row_per_camera_view_pair():
 
 
 def test_triplet_feature_after_uses_the_bnneck_output():
-    outputs = {"feature": torch.randn(4, 6), "triplet_feature": torch.randn(4, 6), "bn_feature": torch.randn(4, 6)}
+    outputs = {"embedding": torch.randn(4, 6), "triplet_feature": torch.randn(4, 6), "bn_feature": torch.randn(4, 6)}
     batch = {"pid": torch.tensor([0, 0, 1, 1]), "domain": torch.zeros(4, dtype=torch.long)}
     before = reid_losses(outputs, batch, LossConfig(triplet_feature="before"))["triplet"]
     after = reid_losses(outputs, batch, LossConfig(triplet_feature="after"))["triplet"]

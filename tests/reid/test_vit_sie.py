@@ -35,7 +35,7 @@ def test_vit_builds_and_trains_with_each_pose_input(inputs):
     model = _model(cfg)
     x = torch.randn(2, cfg.in_channels, 64, 64)
     out = model(x, KP, torch.tensor([0, 3]), torch.tensor([5, -1]))
-    assert out["feature"].shape == (2, 192) == out["triplet_feature"].shape and out["id"].shape == (2, 3)
+    assert out["embedding"].shape == (2, 192) == out["triplet_feature"].shape and out["id"].shape == (2, 3)
     out["id"].sum().backward()
     conv = model.backbone.vit.patch_embed.proj
     assert conv.in_channels == cfg.in_channels and conv.weight.grad.abs().sum() > 0
