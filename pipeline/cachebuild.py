@@ -8,17 +8,22 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import cv2
 import numpy as np
 
 from pamtri.common.atomic import RunLock
 from pamtri.common.checkpoint import file_sha256
+from pamtri.common.config import to_dict
 from pamtri.common.distributed import barrier, init_distributed
 from pamtri.data.images import read_image_and_size
 from pamtri.data.labels import read_reid_csv, write_reid_csv
+from pamtri.data.readers import read_split
 from pamtri.data.records import Record, parse_veri_name
 from pamtri.pose.cache import Cache, CacheSpec, CacheWriter, dequantise
 from pamtri.pose.legacy import legacy_folders, read_legacy_heatmaps, write_legacy_maps
+from pamtri.pose.predict import PosePredictor
 from pamtri.pose.segments import rasterise
+from pamtri.pose.weights import load as load_pose
 
 from .infer import run_pose
 
@@ -27,7 +32,6 @@ log = logging.getLogger(__name__)
 
 def split_images(root: str | os.PathLike, split: str, fmt: str = "auto", test_size: int | None = None) -> list[str]:
     """Absolute image paths of a data set split (of the test set of ``test_size``), in the reader's order."""
-    from pamtri.data.readers import read_split
     return [r.path for r in read_split(root, split, fmt, test_size=test_size)]
 
 
@@ -41,12 +45,9 @@ def build_cache(pose_weights: str | os.PathLike, images: Sequence[str], out: str
     which the ReID stage checks (``reid.pose_inputs.make_pose_source``). Under torchrun each rank builds
     every world_size-th chunk and rank 0 writes the manifest. Returns the cache folder.
     """
-    from pamtri.pose.predict import PosePredictor
-    from pamtri.pose.weights import load as load_pose
     info = init_distributed()
     model, (cfg, codec) = load_pose(pose_weights)
     predictor = PosePredictor.from_config(model, cfg, codec, device=device, precision=precision, flip_test=flip_test)
-    from pamtri.common.config import to_dict
     names = [os.path.basename(p) for p in images]
     spec = CacheSpec(weights_sha256=file_sha256(pose_weights), pose_config=to_dict(cfg),
                      input_size=codec.input_size, heatmap_size=(grid, grid),
@@ -113,7 +114,6 @@ def import_legacy(root: str | os.PathLike, split: str, labels: str | os.PathLike
 
 def _legacy_chunk(root, split: str, batch: Sequence[str], kps: dict, grid: int) -> tuple[np.ndarray, np.ndarray]:
     """Heatmaps (read from the reference folders, on a grid x grid grid) and keypoints of one chunk's images."""
-    import cv2
     heat = []
     for name in batch:
         folder, _ = legacy_folders(root, split, name)

@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from pamtri.common.errors import DataError
-from pamtri.data.images import IMAGE_SUFFIXES, image_header, too_small
+from pamtri.data.images import IMAGE_SUFFIXES, image_header, read_image, too_small
 from pamtri.data.readers import (
     SIZED_SPLITS,
     available_splits,
@@ -89,7 +89,6 @@ def _decode_indices(n: int, max_decodes: int) -> set[int]:
 def _decode_error(path: str) -> DataError | None:
     """The DataError ``pamtri.data.images.read_image`` (what training reads images with) raises for ``path``, or
     None."""
-    from pamtri.data.images import read_image
     try:
         read_image(path)
     except DataError as err:

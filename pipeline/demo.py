@@ -17,6 +17,12 @@ from pathlib import Path
 from pamtri.common.atomic import atomic_write_bytes, atomic_write_text
 from pamtri.common.config import check_renamed, load_config, parse_overrides, save_config
 from pamtri.common.errors import PamtriError
+from pamtri.pipeline.cli import main
+from pamtri.pose.config import PoseConfig
+from pamtri.pose.keypoints import PCK_GROUP_TITLES
+from pamtri.reid.config import ReIDConfig
+
+from .report import render
 
 log = logging.getLogger(__name__)
 REPO = Path(__file__).resolve().parents[1]  # the repository, which holds configs/
@@ -49,8 +55,6 @@ class DemoConfig:
 
     def validate(self) -> None:
         """Refuse renamed pose / ReID keys in the overrides now, not after the data set is generated."""
-        from pamtri.pose.config import PoseConfig
-        from pamtri.reid.config import ReIDConfig
         for key, cls, overrides in (("pose_overrides", PoseConfig, self.pose_overrides),
                                     ("reid_overrides", ReIDConfig, self.reid_overrides)):
             check_renamed(cls, parse_overrides(overrides), key)
@@ -71,7 +75,6 @@ class Step:
         self.timings = timings
 
     def __call__(self, name: str, argv: list[str]) -> None:
-        from pamtri.pipeline.cli import main
         log.info("demo step %s: pamtri %s", name, " ".join(argv))
         t0 = time.perf_counter()
         code = main(argv)
@@ -140,9 +143,7 @@ def _pct(v) -> str:
 def write_report(run: Path, cfg: DemoConfig, results: dict, timings: dict) -> None:
     """report.md and index.html over the run's tables and figures (paths relative to the run folder), both
     rendered from one context with the templates ``demo_report.md`` and ``demo_report.html``."""
-    from pamtri.pose.keypoints import PCK_GROUP_TITLES
 
-    from .report import render
     pck = json.loads((run / "pose" / "eval" / "pck.json").read_text())
     table = pck["table"]
     pose_vals = [table[k] for k in PCK_GROUP_TITLES] + [table["mean"], table.get("mean@0.1")]

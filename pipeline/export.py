@@ -11,6 +11,7 @@ facts a deployer needs (input size, mean/std, cell convention ...) as JSON in it
 """
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import logging
@@ -23,7 +24,12 @@ import torch
 from torch import nn
 
 from pamtri.common.atomic import atomic_write_bytes
+from pamtri.common.config import to_dict
 from pamtri.common.errors import ConfigError, PamtriError
+from pamtri.pose.weights import load as load_pose
+from pamtri.reid.inputs import ReidInput
+from pamtri.reid.model import KEYPOINT_DIM
+from pamtri.reid.weights import load as load_reid
 
 log = logging.getLogger(__name__)
 
@@ -85,8 +91,6 @@ def export_pose(weights: str | os.PathLike, out: str | os.PathLike, size: tuple[
                 opset: int = DEFAULT_OPSET, model_name: str | None = None, check: bool = True,
                 tolerance: float = DEFAULT_TOLERANCE) -> ExportReport:
     """Export a pose checkpoint's HRNet; ``size`` (H, W) pixels, default the checkpoint's input size."""
-    from pamtri.common.config import to_dict
-    from pamtri.pose.weights import load as load_pose
     _require_onnx()
     model, (cfg, codec) = load_pose(weights, model_name)
     h, w = size if size else (int(cfg.codec.input_size[1]), int(cfg.codec.input_size[0]))
@@ -105,11 +109,7 @@ def export_reid(weights: str | os.PathLike, out: str | os.PathLike, size: tuple[
     """Export a ReID checkpoint's embedding path; ``size`` (H, W) pixels, default the stored data config's.
     ``heads``: outputs 'embedding', 'color', 'type' (those the model has) as ``ReIDNet.forward`` names them, the
     graph ``pamtri embed --runtime`` runs, instead of the single 'embedding'."""
-    import dataclasses
 
-    from pamtri.reid.inputs import ReidInput
-    from pamtri.reid.model import KEYPOINT_DIM
-    from pamtri.reid.weights import load as load_reid
     _require_onnx()
     model, ckpt = load_reid(weights)
     spec = ReidInput.from_checkpoint(ckpt, model.cfg, os.fspath(weights))

@@ -21,6 +21,7 @@ Import order of the gallery modules: ``gallery`` (this file) <- ``index`` (FAISS
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import math
@@ -32,7 +33,14 @@ from typing import NamedTuple
 
 import numpy as np
 
-from pamtri.common.errors import DataError
+from pamtri.common.atomic import atomic_write_bytes, atomic_write_text
+from pamtri.common.checkpoint import file_sha256
+from pamtri.common.distributed import barrier, init_distributed, shutdown
+from pamtri.common.errors import ConfigError, DataError
+from pamtri.data.images import read_image_list
+from pamtri.data.readers import read_split
+
+from .infer import Pipeline
 
 log = logging.getLogger(__name__)
 
@@ -56,10 +64,8 @@ def image_source(images: str | os.PathLike | None = None, data: str | os.PathLik
                  fmt: str = "auto", test_size: int | None = None) -> ImageSource:
     """The images of a folder or list file ``images``, or of a data set split (``data`` root in format ``fmt``;
     ``test_size``: the VehicleID / VERI-Wild test set) with its cameras and track ids."""
-    from pamtri.data.images import read_image_list
     if images is not None:
         return ImageSource(*read_image_list(images), {})
-    from pamtri.data.readers import read_split
     base = Path(data)
     records = read_split(base, split, fmt, test_size=test_size)
     meta = {key: np.asarray(values, np.int64) for key, values in
@@ -75,9 +81,7 @@ def embed_to_file(source: ImageSource, out: str | os.PathLike, pose_weights: str
     SHA-256 (the model identity ``pamtri index`` checks) -> (N, D). With ``chunk`` or under torchrun, in resumable
     chunks (:func:`embed_chunks`). ``pipeline_options``: device, precision, batch_size,
     flip_test, compile, runtime of ``Pipeline.from_weights``."""
-    from pamtri.common.atomic import atomic_write_bytes
 
-    from .infer import Pipeline
     if use_chunks(chunk):
         return embed_chunks(source, out, pose_weights, reid_weights, chunk, **pipeline_options)
     pipe = Pipeline.from_weights(pose_weights, reid_weights, **pipeline_options)
@@ -98,14 +102,12 @@ def embed_images(pipe, source: ImageSource, start: int = 0, stop: int | None = N
 
 def gallery_header(pose_weights: str | os.PathLike | None, reid_weights: str | os.PathLike) -> dict[str, str]:
     """The scalar entries of a gallery file: both weights paths and the ReID checkpoint's SHA-256."""
-    from pamtri.common.checkpoint import file_sha256
     return {"pose_weights": str(pose_weights or ""), "reid_weights": str(reid_weights),
             "reid_weights_sha256": file_sha256(reid_weights)}
 
 
 def gallery_bytes(header: dict[str, str], arrays: dict[str, np.ndarray]) -> bytes:
     """A gallery .npz's bytes: the per-image ``arrays`` (names and paths first) and the ``header`` scalars."""
-    import io
     buf = io.BytesIO()
     np.savez(buf, names=arrays["names"], paths=arrays["paths"], **{k: np.asarray(v) for k, v in header.items()},
              **{k: v for k, v in arrays.items() if k not in ("names", "paths", *header)})
@@ -156,7 +158,6 @@ def make_manifest(source: ImageSource, chunk: int, pose_weights: str | os.PathLi
                   reid_weights: str | os.PathLike) -> dict:
     """What a shard folder is made of: source list hash and size, chunk size, the gallery header, both weights'
     SHA-256 (pose: empty without pose weights)."""
-    from pamtri.common.checkpoint import file_sha256
     paths = source.paths()
     header = gallery_header(pose_weights, reid_weights)
     return {"source_sha256": _paths_sha256(paths), "images": len(source.names), "chunk": chunk,
@@ -177,8 +178,6 @@ def manifest_sha256(manifest: dict) -> str:
 def chunk_problem(path: Path, i: int, manifest: dict) -> str | None:
     """What is wrong with chunk file ``path`` as chunk ``i`` of ``manifest`` (unreadable, of another run, holding
     other images than its share of the source list, arrays of different lengths), or None when it fits."""
-    import zipfile
-    import zlib
     want = manifest.get("chunk_paths_sha256", [])
     try:
         with np.load(path, allow_pickle=False) as z:
@@ -242,9 +241,6 @@ def embed_chunks(source: ImageSource, out: str | os.PathLike, pose_weights: str 
                  reid_weights: str | os.PathLike, chunk: int | None = None, **pipeline_options) -> tuple[int, int]:
     """Embed ``source`` chunk by chunk into ``OUT.shards`` (this rank's missing chunks only), then (rank 0, after
     a barrier) write the gallery ``out`` -> (N, D). ``chunk``: images per chunk (default DEFAULT_CHUNK)."""
-    from pamtri.common.atomic import atomic_write_bytes, atomic_write_text
-    from pamtri.common.distributed import barrier, init_distributed, shutdown
-    from pamtri.common.errors import ConfigError
     chunk = DEFAULT_CHUNK if chunk is None else chunk
     if chunk < 1:
         raise ConfigError(f"--chunk must be at least 1 (got {chunk})")
@@ -268,7 +264,6 @@ def embed_chunks(source: ImageSource, out: str | os.PathLike, pose_weights: str 
         log.info("rank %d: %d chunk(s) to embed, %d of its share already done", info.rank, len(todo),
                  len(range(info.rank, n_chunks, info.world_size)) - len(todo))
         if todo:
-            from .infer import Pipeline
             pipe = Pipeline.from_weights(pose_weights, reid_weights, **pipeline_options)
             for i in todo:
                 arrays = embed_images(pipe, source, i * chunk, (i + 1) * chunk)

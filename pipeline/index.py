@@ -22,9 +22,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from pamtri.common.atomic import RunLock
 from pamtri.common.errors import ConfigError, DataError, PamtriError, WriteError
+from pamtri.reid.distance import from_similarity, pairwise_distance, prepared, squared_pairs
+from pamtri.reid.rerank import rerank_space, smallest_k
 
 from .gallery import read_gallery
 
@@ -45,7 +48,6 @@ _OPENBLAS_CORES = {"AVX512": "SkylakeX", "AVX2": "Haswell"}
 def import_faiss():
     """The ``faiss`` module, its OpenBLAS told the kernel family this CPU supports (OPENBLAS_CORETYPE, unless the
     user set it; it takes effect only where faiss loads first in the process)."""
-    import torch
     core = _OPENBLAS_CORES.get(torch.backends.cpu.get_cpu_capability())
     if core:
         os.environ.setdefault("OPENBLAS_CORETYPE", core)
@@ -142,7 +144,6 @@ def _check_identity(source, fs: FeatureSet, sha256: str, dim: int) -> None:
 
 def _prepare(x: np.ndarray, metric: str) -> np.ndarray:
     """(N, D) float32 contiguous; L2-normalised for cosine (so inner product is cosine similarity)."""
-    from pamtri.reid.distance import prepared
     return np.ascontiguousarray(prepared(x, metric))
 
 
@@ -519,7 +520,6 @@ def add_to_index(path: str | os.PathLike, feature_files: list[str | os.PathLike]
 def _faiss_search(idx: GalleryIndex, x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """(Q, D) prepared queries -> (positions (Q, k), distances (Q, k)) nearest first; cosine distance is
     1 - cosine similarity, euclidean the L2 distance (not squared); missing results have position -1."""
-    from pamtri.reid.distance import from_similarity
     sim, pos = idx.faiss.search(x, k)
     return pos, from_similarity(sim, idx.info["metric"])
 
@@ -571,9 +571,7 @@ class IndexSpace:
     the index's nearest to -x (the farthest vector), euclidean by a blocked pass over the index's vectors."""
 
     def __init__(self, idx: GalleryIndex, queries: np.ndarray, block: int = 4096):
-        import torch
 
-        from pamtri.reid.distance import pairwise_distance
         self.idx, self.q, self.metric, self.block = idx, torch.from_numpy(queries), idx.info["metric"], block
         self._dist = pairwise_distance
         self.nq, self.n = len(queries), len(queries) + len(idx)
@@ -581,7 +579,6 @@ class IndexSpace:
             idx.faiss.make_direct_map()
 
     def _vectors(self, rows: np.ndarray):
-        import torch
         out = torch.empty(len(rows), self.q.shape[1])
         q = rows < self.nq
         out[torch.from_numpy(q)] = self.q[rows[q]]
@@ -601,7 +598,6 @@ class IndexSpace:
         return top
 
     def nearest(self, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        from pamtri.reid.rerank import smallest_k
         x = self._vectors(rows)
         pos, dist = _search_full(self.idx, np.ascontiguousarray(x.numpy()), min(k, len(self.idx)))
         d2 = np.concatenate([np.square(self._dist(x, self.q, self.metric).numpy()), np.square(dist)], 1)
@@ -613,7 +609,6 @@ class IndexSpace:
         return pos, np.square(dist)
 
     def pairs(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
-        from pamtri.reid.distance import squared_pairs
         return squared_pairs(self._vectors(rows), self._vectors(cols), self.metric)
 
 
@@ -622,7 +617,6 @@ def rerank_index(idx: GalleryIndex, query: np.ndarray, top: int = 10, candidates
                  ) -> tuple[np.ndarray, np.ndarray]:
     """:func:`search_index` with k-reciprocal re-ranking of each query's ``candidates`` nearest (at least
     ``top``) from the index's neighbour lists -> (positions (Q, top), re-ranked distances (Q, top))."""
-    from pamtri.reid.rerank import rerank_space
     pos, dist = rerank_space(IndexSpace(idx, _prepare(query, idx.info["metric"])), max(top, candidates))
     if exclude_same_camera:
         cams = np.array([-1 if c is None else c for c in _column(idx, "camera")])

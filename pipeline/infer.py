@@ -8,18 +8,32 @@ checkpoint), the grid it was trained and evaluated on; caches record theirs (``p
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from tqdm import tqdm
 
+from pamtri.common.checkpoint import file_sha256
+from pamtri.common.config import from_dict
+from pamtri.common.device import autocast, autocast_dtype, pick_device
+from pamtri.common.errors import ConfigError
 from pamtri.data.images import read_image
 from pamtri.pose.codec import HeatmapCodec
+from pamtri.pose.predict import PosePredictor
 from pamtri.pose.transforms import compose, invert
+from pamtri.pose.weights import load as load_pose
+from pamtri.reid.config import DataConfig
+from pamtri.reid.inputs import ReidInput
+from pamtri.reid.weights import load as load_reid
+
+from .runtimes import check_runtime, onnx_networks, resolve_runtime
 
 log = logging.getLogger(__name__)
 
@@ -81,8 +95,6 @@ class Pipeline:
 
     def __init__(self, predictor, reid_model, data_cfg, batch_size: int = 32, channels_last: bool = True,
                  compile: bool = False, network: torch.nn.Module | None = None):
-        from pamtri.common.device import autocast_dtype
-        from pamtri.reid.inputs import ReidInput
         self.predictor = predictor
         self.device = predictor.device
         self.model = (network if network is not None else reid_model).to(self.device).eval()
@@ -112,7 +124,6 @@ class Pipeline:
 
     @grid.setter
     def grid(self, cells: int) -> None:
-        import dataclasses
         self.input = dataclasses.replace(self.input, grid=int(cells))
 
     @classmethod
@@ -122,12 +133,6 @@ class Pipeline:
         """Load a pose checkpoint (``pamtri pose train``) and a ReID checkpoint (``pamtri reid train``); both
         networks run on ``runtime`` (pipeline.runtimes.RUNTIMES, 'auto' or 'measured':
         ``runtimes.resolve_runtime``), everything around them in torch."""
-        from pamtri.common.config import from_dict
-        from pamtri.common.errors import ConfigError
-        from pamtri.pose.predict import PosePredictor
-        from pamtri.pose.weights import load as load_pose
-        from pamtri.reid.config import DataConfig
-        from pamtri.reid.weights import load as load_reid
         reid_model, ckpt = load_reid(reid_weights)
         data = dict((ckpt.get("config") or {}).get("data") or {})
         data_cfg = from_dict(DataConfig, data, f"{reid_weights} (stored data config)")
@@ -135,7 +140,6 @@ class Pipeline:
         if needs_pose and not pose_weights:
             raise ConfigError(f"{reid_weights}: this ReID model uses pose input; pass the pose weights too")
         if pose_weights:
-            from pamtri.common.checkpoint import file_sha256
             trained_with = ckpt.get("pose_weights_sha256")
             if trained_with and trained_with != file_sha256(pose_weights):
                 log.warning("%s was trained on pose channels of other pose weights than %s; its features may "
@@ -145,7 +149,6 @@ class Pipeline:
                                                   flip_test=flip_test)
         else:
             predictor = _NoPose(device, precision)
-        from .runtimes import resolve_runtime
         runtime, why = resolve_runtime(runtime, predictor.device.type, compile)
         log.info("runtime: %s (%s)", runtime, why)
         if runtime == "torch":
@@ -166,7 +169,6 @@ class Pipeline:
                      ) -> dict[str, np.ndarray]:
         """uint8 RGB images -> {'features' (N, D), 'keypoints' (N, 36, 3), 'color' (N,), 'type' (N,)};
         ``cameras`` (N,) 0-based camera ids for a ViT's SIE (-1 or None: unknown, no camera embedding)."""
-        from pamtri.common.device import autocast
         n = len(images)
         if self.compiled and 0 < n < self.batch_size:  # the compiled shape: pad with the last image, drop its rows
             pad = self.batch_size - n
@@ -188,9 +190,7 @@ class Pipeline:
               io_threads: int = 4, cameras: Sequence[int] | None = None) -> dict[str, np.ndarray]:
         """Embed image files or arrays in batches (decoding overlapped with compute) -> embed_arrays' dict;
         ``cameras`` (N,) as in ``embed_arrays``."""
-        from concurrent.futures import ThreadPoolExecutor
 
-        from tqdm import tqdm
 
         def load(item):
             return item if isinstance(item, np.ndarray) else read_image(item)
@@ -214,9 +214,7 @@ class Pipeline:
 def _onnx_stand_ins(predictor, pose_weights, reid_weights, data_cfg, runtime: str, precision: str,
                     compile: bool) -> torch.nn.Module:
     """Put the pose network of ``predictor`` on ``runtime`` and return the ReID network's stand-in."""
-    from pamtri.common.errors import ConfigError
 
-    from .runtimes import check_runtime, onnx_networks
     check_runtime(runtime)
     if compile:
         raise ConfigError(f"--compile applies to --runtime torch only, not {runtime}")
@@ -238,7 +236,6 @@ class _NoPose:
     """Stands in for the pose predictor when the ReID model takes RGB only."""
 
     def __init__(self, device: str, precision: str):
-        from pamtri.common.device import autocast_dtype, pick_device
         self.device = pick_device(device)
         self.dtype = autocast_dtype(self.device, precision)
         self.model = torch.nn.Identity()

@@ -11,6 +11,7 @@ Both graphs run on the runtime the model is for: the fp32 one in fp32, the INT8 
 """
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import tempfile
@@ -18,9 +19,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from pamtri.common.atomic import atomic_write_bytes
 from pamtri.common.errors import ConfigError, PamtriError
+from pamtri.data.images import list_images, read_image
+from pamtri.pose.predict import PosePredictor
+from pamtri.pose.weights import load as load_pose
+
+from .export import export_pose, export_reid
+from .infer import Pipeline, run_pose
+from .runtimes import OnnxNetwork, int8_cache_path, openvino_core
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +67,6 @@ class Int8Report:
 def split_images(calibrate: str | os.PathLike, guard: str | os.PathLike | None = None) -> tuple[list[str], list[str]]:
     """(calibration image paths, guard image paths): the folders' images, or every 4th calibration image held
     out as the guard set when no ``guard`` folder is given; ConfigError when they overlap or one is empty."""
-    from pamtri.data.images import list_images
 
     def paths(folder):
         if not Path(folder).is_dir():
@@ -109,13 +117,11 @@ def quantize_openvino(fp32_path: str | os.PathLike, int8_path: str | os.PathLike
                       feeds: list[dict[str, np.ndarray]]) -> None:
     """Static INT8 quantisation with NNCF (OpenVINO's default: symmetric int8 weights and activations, ranges
     from ``feeds``, fast bias correction) of the fp32 ONNX graph -> OpenVINO IR ``int8_path`` (.xml + .bin)."""
-    import importlib.util
     if importlib.util.find_spec("nncf") is None or importlib.util.find_spec("openvino") is None:
         raise PamtriError("INT8 for --runtime openvino needs NNCF and OpenVINO: pip install 'pamtri[openvino]'")
     import nncf
     import openvino as ov
 
-    from .runtimes import openvino_core
     logging.getLogger("nncf").setLevel(logging.WARNING)
     model = nncf.quantize(openvino_core().read_model(str(fp32_path)), nncf.Dataset(feeds), subset_size=len(feeds))
     ov.save_model(model, str(int8_path), compress_to_fp16=False)
@@ -163,13 +169,8 @@ def _batches(arrays: dict[str, np.ndarray], size: int = 8) -> list[dict[str, np.
 def _pose_guard(weights, fp32_path, int8_path, calib, held, thresholds: Thresholds, report: Int8Report,
                 runtime: str) -> None:
     """Calibrate the pose graph on crops (and their mirrors) of ``calib``; measure keypoints on ``held``."""
-    import torch
 
-    from pamtri.data.images import read_image
-    from pamtri.pose.predict import PosePredictor
-    from pamtri.pose.weights import load as load_pose
 
-    from .runtimes import OnnxNetwork
     model, (cfg, codec) = load_pose(weights)
     predictor = PosePredictor.from_config(model, cfg, codec, device="cpu", precision="fp32")
     crops = np.stack([predictor.crop(read_image(p))[0] for p in calib])
@@ -188,11 +189,8 @@ def _pose_guard(weights, fp32_path, int8_path, calib, held, thresholds: Threshol
 
 def _reid_feeds(pipe, paths: list[str]) -> dict[str, np.ndarray]:
     """The ReID graph's inputs for image files, built by the fp32 torch pipeline."""
-    import torch
 
-    from pamtri.data.images import read_image
 
-    from .infer import run_pose
     images = [read_image(p) for p in paths]
     with torch.inference_mode():
         pose = run_pose(pipe.predictor, images, pipe.grid) if pipe.needs_pose else None
@@ -203,8 +201,6 @@ def _reid_feeds(pipe, paths: list[str]) -> dict[str, np.ndarray]:
 def _reid_guard(weights, pose_weights, fp32_path, int8_path, calib, held, thresholds: Thresholds,
                 report: Int8Report, runtime: str) -> None:
     """Calibrate the ReID graph on pipeline inputs of ``calib``; compare features on ``held``."""
-    from .infer import Pipeline
-    from .runtimes import OnnxNetwork
     pipe = Pipeline.from_weights(pose_weights, weights, device="cpu", precision="fp32")
     quantize(runtime, fp32_path, int8_path, _batches(_reid_feeds(pipe, calib)))
     guard = _batches(_reid_feeds(pipe, held))
@@ -229,7 +225,6 @@ def export_int8(stage: str, weights: str | os.PathLike, out: str | os.PathLike, 
     and write it to ``out`` only when the guard on the ``guard`` images (default: every 4th calibration image,
     held out) passes; Int8Refused (nothing written) otherwise. ``heads``: the ReID graph with colour/type
     outputs."""
-    from .export import export_pose, export_reid
     if runtime not in ("onnxruntime", "openvino"):
         raise ConfigError(f"--runtime {runtime!r}: INT8 is for onnxruntime or openvino")
     if runtime == "openvino" and Path(out).suffix != ".xml":
@@ -251,7 +246,6 @@ def export_int8(stage: str, weights: str | os.PathLike, out: str | os.PathLike, 
                               f"(on {len(held)} guard images; calibrated on {len(calib)} from {calibrate})")
         _write_model(int8_path, out)
         if runtime == "openvino":
-            from .runtimes import int8_cache_path
             report.cached = str(int8_cache_path(stage, weights, _input_size(fp32_path)))
             _write_model(int8_path, report.cached)
     return report

@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import importlib.util
+import json
 import logging
 import os
+import platform
 import stat
 from pathlib import Path
 
@@ -20,7 +23,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from pamtri.common.atomic import atomic_write_bytes, atomic_write_text
+from pamtri.common.checkpoint import file_sha256
 from pamtri.common.errors import ConfigError, PamtriError
+
+from .export import export_pose, export_reid
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +40,6 @@ def check_runtime(runtime: str) -> str:
         raise ConfigError(f"--runtime {runtime!r}: choose one of {', '.join(RUNTIMES)}")
     if runtime == "torch":
         return runtime
-    import importlib.util
     if importlib.util.find_spec(runtime) is None:
         extra = "openvino" if runtime == "openvino" else "export"
         raise PamtriError(f"--runtime {runtime} needs the {runtime!r} package: pip install 'pamtri[{extra}]'")
@@ -70,7 +76,6 @@ def user_cache_folder() -> Path:
 def _cache_path(stage: str, weights: str | os.PathLike, size_hw: tuple[int, int], suffix: str) -> Path:
     """Where a model derived from ``weights`` lives: .pamtri-onnx/ next to them when this user may write there and
     no one else may (else :func:`user_cache_folder`), named by the weights' SHA-256 and the input size (H, W)."""
-    from pamtri.common.checkpoint import file_sha256
     name = f"{Path(weights).name}.{stage}-{file_sha256(weights)[:16]}-{size_hw[0]}x{size_hw[1]}{suffix}"
     folder = Path(weights).resolve().parent / ".pamtri-onnx"
     if not folder.exists() and os.access(folder.parent, os.W_OK):
@@ -92,7 +97,6 @@ def stamp_graph(path: Path, weights_sha256: str) -> None:
     own bytes (taken with that entry's value all zeros)."""
     import onnx
 
-    from pamtri.common.atomic import atomic_write_bytes
     proto = onnx.load(str(path), load_external_data=False)
     for key, value in ((WEIGHTS_KEY, weights_sha256), (GRAPH_KEY, _PLACEHOLDER)):
         entry = proto.metadata_props.add()
@@ -131,9 +135,7 @@ def int8_cache_path(stage: str, weights: str | os.PathLike, size_hw: tuple[int, 
 def cached_onnx(stage: str, weights: str | os.PathLike, size_hw: tuple[int, int]) -> Path:
     """The ONNX file of one stage's network at ``size_hw`` (H, W) pixels, exported on first use; the ReID graph
     outputs feature + colour + type logits (``export_reid(heads=True)``)."""
-    from pamtri.common.checkpoint import file_sha256
 
-    from .export import export_pose, export_reid
     path = _cache_path(stage, weights, size_hw, ".onnx")
     sha = file_sha256(weights)
     if path.is_file() and (problem := graph_problem(path, sha)) is not None:
@@ -262,7 +264,6 @@ def onnx_networks(pose_weights, reid_weights, runtime: str, precision: str, pose
 
 def cpu_name() -> str:
     """The CPU model name (/proc/cpuinfo's, else platform.processor())."""
-    import platform
     try:
         for line in open("/proc/cpuinfo"):
             if line.startswith("model name"):
@@ -292,9 +293,7 @@ def fastest_runtime(rates: dict[str, float]) -> str:
 
 def record_fastest(rates: dict[str, float], cpu: str, path: str | os.PathLike | None = None) -> str:
     """Write {"runtime": fastest, "cpu": cpu, "images_per_s": rates} to the record -> the fastest runtime."""
-    import json
 
-    from pamtri.common.atomic import atomic_write_text
     best = fastest_runtime(rates)
     path = Path(path or record_path())
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -305,7 +304,6 @@ def record_fastest(rates: dict[str, float], cpu: str, path: str | os.PathLike | 
 def measured_runtime(cpu: str | None = None, path: str | os.PathLike | None = None) -> str:
     """The runtime ``pamtri bench`` (full, not --quick) recorded as fastest on this CPU model, when its package
     imports; torch when there is no record, it is for another CPU, or it cannot be read (``--runtime measured``)."""
-    import json
     try:
         record = json.loads(Path(path or record_path()).read_text())
         runtime = str(record["runtime"])

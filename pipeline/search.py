@@ -3,13 +3,18 @@ write the results as a CSV (``RESULT_COLUMNS``, rank 1 first) and a rank-list pi
 ``pamtri index search``)."""
 from __future__ import annotations
 
+import csv
 import os
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
+from pamtri.common.atomic import atomic_write
+from pamtri.common.checkpoint import file_sha256
 from pamtri.common.errors import DataError
+from pamtri.reid.visualize import BLUE, tile_of_file, write_rank_sheet
 
 from .index import (
     FeatureSet,
@@ -22,6 +27,7 @@ from .index import (
     rerank_index,
     search_index,
 )
+from .infer import Pipeline
 
 RESULT_COLUMNS = ("query", "rank", "image", "distance", "camera")
 
@@ -33,7 +39,6 @@ def search_gallery(query: Sequence[str], gallery: str | os.PathLike, out: str | 
     held as a flat Euclidean index for the call) -> result rows (columns ``index.RESULT_COLUMNS``, rank 1 first),
     written to the CSV ``out_csv`` when given and drawn as the rank list PNG ``out``. ``embed_options``:
     pose_weights, reid_weights and the ``Pipeline.from_weights`` options."""
-    import tempfile
 
     options = dict(images=list(query), top=top, rerank=rerank, out=out_csv, png=out, **embed_options)
     if is_index(gallery):
@@ -54,7 +59,6 @@ def draw_search(query_paths: Sequence[str], gallery_paths: Sequence[str], order:
                 path: str | os.PathLike, tile: tuple[int, int] = (96, 96)) -> None:
     """One row per query: the query (blue border), then its matches ``order`` (Q, top) gallery indices (-1: none)
     with their distances ``dist`` (Q, top)."""
-    from pamtri.reid.visualize import BLUE, tile_of_file, write_rank_sheet
     light = (200, 200, 200)
     rows = [[tile_of_file(qp, tile, BLUE, "query")]
             + [tile_of_file(gallery_paths[gi], tile, light, f"{d:.3f}") for gi, d in zip(order[qi], dist[qi])
@@ -71,9 +75,7 @@ def query_features(features: str | os.PathLike | None, images: list[str] | None,
         fs = read_features(features)
         source = features
     else:
-        from pamtri.common.checkpoint import file_sha256
 
-        from .infer import Pipeline
         reid_w = reid_weights or idx.info["reid_weights"]
         pipe = Pipeline.from_weights(pose_weights or idx.info["pose_weights"] or None, reid_w, **pipeline_options)
         n = len(images)
@@ -118,9 +120,7 @@ def search_to_csv(path: str | os.PathLike, features: str | os.PathLike | None = 
 
 
 def _write_csv(path: str | os.PathLike, rows: list[dict]) -> None:
-    import csv
 
-    from pamtri.common.atomic import atomic_write
     with atomic_write(path, "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=RESULT_COLUMNS)
         writer.writeheader()

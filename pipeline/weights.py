@@ -5,14 +5,14 @@ from __future__ import annotations
 import os
 
 from pamtri.common.errors import ConfigError
+from pamtri.pose.weights import convert_posestnet
+from pamtri.reid.weights import convert_pamtri_reid
 
 SOURCES = ("official-posestnet", "official-pamtri-reid")
 
 
 def convert(source: str, src: str | os.PathLike, dst: str | os.PathLike, name: str | None = None) -> str:
     """Dispatch on ``source`` (one of SOURCES); returns the converter's summary."""
-    from pamtri.pose.weights import convert_posestnet
-    from pamtri.reid.weights import convert_pamtri_reid
     if source == "official-posestnet":
         return convert_posestnet(src, dst, name)
     if source == "official-pamtri-reid":

@@ -24,9 +24,11 @@ import logging
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from importlib.metadata import version
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 from pamtri.common.atomic import atomic_write_text
 from pamtri.common.errors import CheckpointError, ConfigError, PamtriError
@@ -49,7 +51,6 @@ def rows_digest(arrays: dict[str, np.ndarray], rows: slice) -> str:
 
 def _package_version() -> str:
     try:
-        from importlib.metadata import version
         return version("pamtri")
     except Exception:  # pragma: no cover - running from a source tree without metadata
         return "unknown"
@@ -235,7 +236,6 @@ class CacheWriter:
 
         ``producer(names) -> (heatmaps (n, 36, h, w) float32 in [0, 1], keypoints (n, 36, 3) float32)``.
         """
-        from tqdm import tqdm
         mine = [i for i in range(self.num_chunks) if i % world_size == rank]
         todo = [i for i in mine if not self.chunk_done(i)]
         if len(todo) < len(mine):

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import ClassVar, Literal
 
+from pamtri.common.device import cpu_supports_bf16
 from pamtri.common.errors import ConfigError
 from pamtri.common.schedule import OptimConfig
 
@@ -149,7 +150,6 @@ class PoseConfig:
         if e.batch_size <= 0 or e.pck_threshold <= 0:
             raise ConfigError("eval.batch_size and eval.pck_threshold must be > 0")
         if self.precision == "bf16" and self.device == "cpu":
-            from pamtri.common.device import cpu_supports_bf16
             if not cpu_supports_bf16():
                 raise ConfigError("precision: bf16 was asked for on a CPU without bfloat16 support "
                                   "(use 'auto' or 'fp32')")

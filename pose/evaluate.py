@@ -10,11 +10,14 @@ import numpy as np
 from torch.utils.data import DataLoader
 
 from pamtri.common.atomic import atomic_write, atomic_write_text
+from pamtri.data.images import read_image
 
-from .config import PoseConfig
+from .config import DataSource, PoseConfig
 from .dataset import PoseDataset, collate, read_source
+from .keypoints import PCK_GROUP_TITLES
 from .metrics import DEFAULT_CURVE, legacy_pck, pck_curve, pck_table
 from .predict import PosePredictor, predict_loader
+from .visualize import pose_grid, save_image
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +67,6 @@ def plot_curve(curve: dict, path: str | os.PathLike) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .keypoints import PCK_GROUP_TITLES
     t = curve["thresholds"]
     fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
     for key, title in PCK_GROUP_TITLES.items():
@@ -87,16 +89,13 @@ def split_pck_report(predictor: PosePredictor, cfg: PoseConfig, root: str | os.P
                    ) -> tuple[dict, list[Path]]:
     """PCK of ``predictor`` on one labelled split, written to ``out`` (``save_report``, and vis.png: the first
     ``vis`` samples, ground truth | prediction) -> (report of :func:`pck_report`, paths written)."""
-    from pamtri.data.images import read_image
 
-    from .config import DataSource
     source = DataSource(root=str(root), format=fmt, split=split)
     report = pck_report(predictor, cfg, [source], num_workers=num_workers, legacy=legacy,
                       threshold=cfg.eval.pck_threshold)
     out = Path(out)
     paths = save_report(report, out)
     if vis:
-        from .visualize import pose_grid, save_image
         n = min(vis, report["n_images"])
         images = [read_image(r.path, max_side=None) for r in read_source(source)[:n]]
         save_image(pose_grid(images, report["ground_truth"][:n], report["predictions"][:n]), out / "vis.png")

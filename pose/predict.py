@@ -6,6 +6,7 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from pamtri.common.device import autocast, autocast_dtype, pick_device
 from pamtri.common.errors import CheckpointError
@@ -101,7 +102,6 @@ def predict_loader(predictor: PosePredictor, loader: Iterable[dict], progress: s
                    keep_heatmaps: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """Run over a DataLoader of PoseDataset items -> (keypoints (N, 36, 3) pixels + confidence,
     ground truth (N, 36, 3) from the items, heatmaps (N, 36, h, w) or None)."""
-    from tqdm import tqdm
     kps, gts, hms = [], [], []
     for batch in tqdm(loader, desc=progress, disable=progress is None, leave=False):
         hm = predictor.heatmaps(batch["image"])

@@ -7,6 +7,8 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+from torch.utils.data import DataLoader
+from tqdm import tqdm
 
 from pamtri.common.atomic import atomic_write
 from pamtri.data.images import read_image, read_image_list
@@ -15,6 +17,7 @@ from pamtri.data.records import UNLABELLED, Record, parse_veri_name
 
 from .config import PoseConfig
 from .predict import PosePredictor
+from .visualize import pose_grid, save_image
 from .weights import load as load_pose
 
 
@@ -52,7 +55,6 @@ def _as_list(items: list) -> list:
 def _predict_all(predictor: PosePredictor, loader, n: int, heat: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
     """Run over ``loader`` -> (keypoints (n, 36, 3) pixels + confidence, image sizes (n, 2) width, height);
     heatmaps go into ``heat`` (n, 36, h, w) float16 when given."""
-    from tqdm import tqdm
     keypoints = np.zeros((n, 36, 3), np.float32)
     sizes = np.zeros((n, 2), np.int32)
     i = 0
@@ -88,7 +90,6 @@ def predict_images(predictor: PosePredictor, images: str | os.PathLike, out: str
     height, keypoints (N, 36, 3) original pixels + confidence and, with ``heatmaps``, heatmaps (N, 36, h, w)
     float16 (gathered in a hidden scratch memmap, deleted afterwards); out/vis.png: the first ``vis`` images.
     """
-    from torch.utils.data import DataLoader
     base, names = read_image_list(images)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -113,7 +114,6 @@ def predict_images(predictor: PosePredictor, images: str | os.PathLike, out: str
             os.unlink(scratch)
     paths = [out / "keypoints.csv", out / "poses.npz"]
     if vis:
-        from .visualize import pose_grid, save_image
         n = min(vis, len(names))
         images = [read_image(str(base / nm), max_side=None) for nm in names[:n]]
         save_image(pose_grid(images, None, keypoints[:n]), out / "vis.png")

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 import torch
+from safetensors.torch import load_file
 
 from pamtri.common.checkpoint import load_checkpoint, match_state_dict, save_checkpoint, state_dict_of
 from pamtri.common.config import from_dict, to_dict, upgrade_renamed
@@ -95,7 +96,6 @@ def load_weights(model: PoseHRNet, path: str | os.PathLike) -> str:
     if path.suffix == ".safetensors":
         if not path.is_file():
             raise CheckpointError(f"{path}: weights file does not exist")
-        from safetensors.torch import load_file
         raw = load_file(str(path))
     else:
         raw = load_checkpoint(path)

@@ -11,6 +11,7 @@ from typing import Literal
 from pamtri.common.errors import ConfigError
 from pamtri.common.schedule import OptimConfig
 from pamtri.data.images import IMAGENET_MEAN, IMAGENET_STD
+from pamtri.pose.keypoints import NUM_KEYPOINTS, NUM_SEGMENTS
 
 
 @dataclass
@@ -205,7 +206,6 @@ class ModelConfig:
 
     @property
     def in_channels(self) -> int:
-        from pamtri.pose.keypoints import NUM_KEYPOINTS, NUM_SEGMENTS
         return 3 + (NUM_KEYPOINTS if self.heatmaps else 0) + (NUM_SEGMENTS if self.segments else 0)
 
 

@@ -13,6 +13,8 @@ from tqdm import tqdm
 
 from pamtri.common.device import autocast
 from pamtri.common.errors import ConfigError, DataError
+from pamtri.data.readers import check_format, gallery_draws, missing_cameras, queries_without_gallery, read_split
+from pamtri.data.readers.cityflow import read_tracks
 from pamtri.data.records import Record
 
 from .config import DataConfig, EvalConfig
@@ -24,6 +26,7 @@ from .pose_inputs import cache_weights_sha256, make_pose_source
 from .rerank import rerank_neighbours
 from .test_time import alpha_query_expansion, mirror_inputs, track_average
 from .transforms import make_builder
+from .visualize import rank_list_queries
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +99,6 @@ def read_eval_records(data: DataConfig, root: str | None = None, cameras: bool =
     VehicleID: the first of the protocol's draws (seed ``data.draw_seed``) from the test split; a test split
     of several sizes (VehicleID, VERI-Wild): the one of ``data.test_size``.
     """
-    from pamtri.data.readers import check_format, gallery_draws, missing_cameras, queries_without_gallery, read_split
     root = root or data.eval_root or data.train[0].root
     fmt, size = check_format(data.eval_format, root), data.test_size or None
     if fmt == "vehicleid":
@@ -208,10 +210,8 @@ def metrics_and_distances(qf: Features, gf: Features, cfg: EvalConfig) -> tuple[
     then query-expanded (eval.query_expansion). The (Q, G) matrix is never built: the metrics come from the
     features block by block (``metrics.metrics_from_features``), re-ranked from the candidate lists of
     :func:`rerank_lists` (``metrics.metrics_from_ranked_lists``)."""
-    from .visualize import rank_list_queries
     q, g = qf.features, gf.features
     if cfg.track_file:
-        from pamtri.data.readers.cityflow import read_tracks
         g = track_average(g, gf.names, read_tracks(cfg.track_file))
     if cfg.query_expansion:
         q, g = alpha_query_expansion(q, g, cfg.qe_k, cfg.qe_alpha)

@@ -9,10 +9,16 @@ from pathlib import Path
 
 import numpy as np
 
+from pamtri.common.atomic import atomic_write_text
 from pamtri.common.config import load_config, to_dict
+from pamtri.common.device import autocast_dtype, pick_device
+from pamtri.data.readers import write_attribute_names
 from pamtri.data.records import Record
 
 from .config import ReIDConfig
+from .protocols import data_set_metrics
+from .visualize import plot_cmc, rank_list_image, rank_list_queries
+from .weights import load as load_reid
 
 
 @dataclass
@@ -37,9 +43,7 @@ def _write_results(out: Path, metrics: dict, dist: np.ndarray, query: list[Recor
                    label: str, ignore_cameras: bool) -> list[Path]:
     """metrics.json, the CMC curve and the rank-list picture in ``out`` (``dist`` (K, G): the distances of the
     queries ``rank_list_queries(len(query))``); returns their paths."""
-    from pamtri.common.atomic import atomic_write_text
 
-    from .visualize import plot_cmc, rank_list_image, rank_list_queries
     query = [query[i] for i in rank_list_queries(len(query))]
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
@@ -58,11 +62,7 @@ def checkpoint_metrics(weights: str | os.PathLike, root: str | os.PathLike, fmt:
     ``root`` under the checkpoint's config (+ ``config`` + ``--set``); writes into ``out`` (default: <weights
     folder>/eval) with attributes.json (colour / type names). ``rerank`` / ``ignore_cameras`` switch those on over
     the config; ``device`` and ``test_size`` (VehicleID / VERI-Wild test set) None: the config's."""
-    from pamtri.common.device import autocast_dtype, pick_device
-    from pamtri.data.readers import write_attribute_names
 
-    from .protocols import data_set_metrics
-    from .weights import load as load_reid
 
     model, ckpt = load_reid(weights)
     cfg = checkpoint_config(ckpt, model, config, overrides)

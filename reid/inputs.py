@@ -14,12 +14,18 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from pamtri.common.config import from_dict
 from pamtri.data.images import IMAGENET_MEAN, IMAGENET_STD
 from pamtri.pose.keypoints import NUM_KEYPOINTS, NUM_SEGMENTS
+from pamtri.pose.segments import rasterise_batch
+
+from .config import DataConfig
+from .pose_inputs import image_grid
 
 
 @dataclass(frozen=True)
@@ -46,9 +52,7 @@ class ReidInput:
     @classmethod
     def from_checkpoint(cls, ckpt: dict, model_cfg, where: str) -> ReidInput:
         """The input of a ReID checkpoint: its stored data config (``where`` names the file in errors)."""
-        from pamtri.common.config import from_dict
 
-        from .config import DataConfig
         data = dict((ckpt.get("config") or {}).get("data") or {})
         return cls.from_configs(from_dict(DataConfig, data, f"{where} (stored data config)"), model_cfg)
 
@@ -103,11 +107,8 @@ class ReidInput:
         heatmaps on the image-frame grid and (N, 36, 3) keypoints in original pixels -> the (N, C, H, W)
         network input on ``device`` (written in place into one tensor of the model's layout) and the (N, 108)
         keypoint vector (None when the model takes none)."""
-        import cv2
 
-        from pamtri.pose.segments import rasterise_batch
 
-        from .pose_inputs import image_grid
         h, w = self.height, self.width
         device = torch.device(device)
         resized = np.stack([cv2.resize(im, (w, h), interpolation=cv2.INTER_LINEAR) for im in images])

@@ -15,6 +15,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from pamtri.common.errors import ConfigError
+from pamtri.data.readers import check_format, gallery_draws, read_split, resolve_test_size
 from pamtri.data.records import Record
 
 from .config import DataConfig, EvalConfig
@@ -35,7 +36,6 @@ DRAW_METRICS = ("mAP", "rank1", "rank5")
 def vehicleid_loader(data: DataConfig, model_cfg, batch_size: int, root: str) -> DataLoader:
     """A test-time loader of every image of the VehicleID test list of ``data.test_size`` (pose channels from
     ``data.gallery_cache``, a cache of the test split, when the config reads caches)."""
-    from pamtri.data.readers import read_split
     records = read_split(root, "test", "vehicleid", check_images=True, test_size=data.test_size or None)
     return eval_loader(records, data, model_cfg, batch_size, data.gallery_cache)
 
@@ -58,7 +58,6 @@ def vehicleid_metrics(model: ReIDNet, loader: DataLoader, data: DataConfig, cfg:
                        dtype: torch.dtype | None = None) -> tuple[dict, np.ndarray, list[Record], list[Record]]:
     """(summary over the draws, rank-list distances of the first draw (K, G) (``metrics_and_distances``), its query
     records, its gallery records)."""
-    from pamtri.data.readers import gallery_draws
     records = loader.dataset.records
     features = extract_features(model, loader, device, dtype, "test", cfg.flip_feature)
     cfg = replace(cfg, ignore_cameras=True)
@@ -84,7 +83,6 @@ def data_set_metrics(model: ReIDNet, data: DataConfig, cfg: EvalConfig, device: 
     ``pose_weights_sha256``: the pose weights the model was trained with; pose caches built with others are
     refused (``weights`` names the checkpoint in that message).
     """
-    from pamtri.data.readers import check_format, resolve_test_size
     vehicleid = check_format(data.eval_format, root) == "vehicleid"
     if vehicleid:
         loaders = (vehicleid_loader(data, model.cfg, cfg.batch_size, root),)

@@ -18,6 +18,7 @@ from pamtri.common.config import to_dict
 from pamtri.common.engine import Run, Stage, fit, open_run
 from pamtri.common.errors import ConfigError, DataError
 from pamtri.common.training import unwrap
+from pamtri.data.readers import read_split, single_image_identities
 from pamtri.data.records import REAL, SYNTHETIC, Record
 
 from .config import ReIDConfig
@@ -56,7 +57,6 @@ def train(cfg: ReIDConfig, out: str | Path, resume: bool = False) -> dict:
 def load_training_records(cfg: ReIDConfig) -> tuple[list[Record], dict]:
     """Every training source read and merged (contiguous ids, real first, domain set per source; info["source"]
     gives each record's index in ``cfg.data.train``)."""
-    from pamtri.data.readers import read_split, single_image_identities
     sets = []
     for src in cfg.data.train:
         recs = read_split(src.root, src.split, src.format, check_images=True)

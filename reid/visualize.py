@@ -1,6 +1,7 @@
 """Pictures of a ReID evaluation: the CMC curve and rank lists (query + top-k, green = same vehicle, red = not)."""
 from __future__ import annotations
 
+import io
 import os
 from collections.abc import Sequence
 
@@ -35,7 +36,6 @@ def plot_cmc(cmc: Sequence[float], path: str | os.PathLike, label: str = "") -> 
     if label:
         ax.legend(loc="lower right")
     fig.tight_layout()
-    import io
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     plt.close(fig)

@@ -32,7 +32,7 @@ from pamtri.common.checkpoint import (
     state_dict_of,
     with_batchnorm_counters,
 )
-from pamtri.common.config import to_dict
+from pamtri.common.config import from_dict, to_dict
 from pamtri.common.errors import CheckpointError, ConfigError
 from pamtri.pose.keypoints import NUM_KEYPOINTS, NUM_SEGMENTS
 
@@ -88,7 +88,6 @@ def imagenet_weights_file(model: ReIDNet) -> Path:
 
 def model_from_description(desc: dict) -> ReIDNet:
     """Rebuild (random weights, no ImageNet loading) the model a checkpoint's ``describe()`` dict names."""
-    from pamtri.common.config import from_dict
     cfg = from_dict(ModelConfig, dict(desc["model"]), "checkpoint model description")
     cfg = replace(cfg, pretrained=None)
     return ReIDNet(cfg, desc["num_ids"], desc.get("num_colors", 10), desc.get("num_types", 9))

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from .atomic import atomic_write_text
-from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .checkpoint import load_checkpoint, match_state_dict, rng_state, save_checkpoint, set_rng_state
 from .errors import PamtriError
 
 log = logging.getLogger(__name__)
@@ -131,7 +131,6 @@ def save_training_state(path: str | os.PathLike, *, model: torch.nn.Module, opti
 def restore_training_state(path: str | os.PathLike, *, model: torch.nn.Module, optimizer, scheduler,
                            scaler: torch.amp.GradScaler | None = None, side_optimizer=None) -> dict:
     """Load what save_training_state wrote into the objects; returns the checkpoint dict."""
-    from .checkpoint import match_state_dict
     state = load_checkpoint(path)
     if state.get("format") != "pamtri-checkpoint-1":
         raise PamtriError(f"{path}: not a pamtri training checkpoint (use it as --weights instead of --resume)")

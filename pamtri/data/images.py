@@ -4,6 +4,7 @@ from __future__ import annotations
 import io
 import os
 import struct
+import warnings
 from pathlib import Path
 
 import cv2
@@ -102,7 +103,6 @@ def pixel_size(data: np.ndarray) -> tuple[int, int] | None:
         except (DataError, struct.error):
             return None
     try:
-        import warnings
 
         from PIL import Image
         with warnings.catch_warnings():

@@ -4,7 +4,11 @@ Tests use them as oracles too (same results as ours, by a plain algorithm), so e
 """
 from __future__ import annotations
 
+import cv2
 import numpy as np
+import torch
+
+from pamtri.data.images import IMAGENET_MEAN, IMAGENET_STD
 
 
 def decode_loop(heatmaps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -123,10 +127,7 @@ def naive_two_stage(images, predictor, reid, work) -> None:
     heatmaps, the per-keypoint decode loop, each heatmap through a JPEG file in folder ``work`` as the reference
     code stores them, resized to 256x256 and stacked with the normalised RGB for ``reid`` (39 channels + the
     keypoint vector)."""
-    import cv2
-    import torch
 
-    from pamtri.data.images import IMAGENET_MEAN, IMAGENET_STD
     mean = np.asarray(IMAGENET_MEAN, np.float32)[:, None, None]
     std = np.asarray(IMAGENET_STD, np.float32)[:, None, None]
     with torch.no_grad():

@@ -5,7 +5,13 @@ import shutil
 import tempfile
 from pathlib import Path
 
+import cv2
 import numpy as np
+
+from pamtri.data.images import read_image
+from pamtri.pose.cache import Cache, CacheSpec, CacheWriter
+from pamtri.pose.legacy import read_legacy_maps, write_legacy_maps
+from pamtri.pose.segments import rasterise
 
 from .harness import Row, du_bytes, make_row, timed
 from .inputs import fake_pose_outputs
@@ -14,11 +20,7 @@ from .inputs import fake_pose_outputs
 def _write_inputs(work: Path, n: int, size: int, rng: np.random.Generator) -> list[str]:
     """n random size x size images in work/images, their pose outputs as the reference's folders
     (work/heatmap_test, work/segment_test: 36 + 13 JPEGs per image) and as our cache (work/cache); their names."""
-    import cv2
 
-    from pamtri.pose.cache import CacheSpec, CacheWriter
-    from pamtri.pose.legacy import write_legacy_maps
-    from pamtri.pose.segments import rasterise
     heatmaps, kps = fake_pose_outputs(n, size, rng)
     names = [f"{i:04d}_c001_{i:08d}_0.jpg" for i in range(n)]
     images = work / "images"
@@ -41,10 +43,6 @@ def _write_inputs(work: Path, n: int, size: int, rng: np.random.Generator) -> li
 def _readers(work: Path, size: int) -> dict:
     """What one training sample reads, as functions of (index, name): 'image' (the RGB JPEG), 'ours' (cache
     heatmaps + keypoints, segments rasterised from them), 'reference' (36 heatmap + 13 segment JPEGs)."""
-    from pamtri.data.images import read_image
-    from pamtri.pose.cache import Cache
-    from pamtri.pose.legacy import read_legacy_maps
-    from pamtri.pose.segments import rasterise
     cache = Cache(work / "cache")
 
     def pose_ours(i: int, name: str) -> None:

@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import numpy as np
+import torch
+
+from pamtri.pose.heatmaps import decode
 
 from .baselines import decode_loop
 from .harness import Row, make_row, timed
@@ -10,9 +13,7 @@ from .inputs import fake_pose_outputs
 
 def bench_decode(quick: bool) -> list[Row]:
     """Vectorised heatmap decoding vs a per-keypoint Python loop (same rule, same results)."""
-    import torch
 
-    from pamtri.pose.heatmaps import decode
     n = 64 if quick else 256
     rng = np.random.default_rng(0)
     hm = fake_pose_outputs(n, 256, rng)[0] + rng.uniform(0, 0.01, (n, 36, 64, 64)).astype(np.float32)

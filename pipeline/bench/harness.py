@@ -4,9 +4,16 @@ from __future__ import annotations
 import os
 import platform
 import time
+import tracemalloc
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from pamtri.common.device import cpu_supports_bf16
+from pamtri.pipeline.runtimes import cpu_name
 
 
 @dataclass
@@ -50,7 +57,6 @@ def timed(fn: Callable[[], object], repeat: int = 3, warmup: int = 1) -> float:
 
 def peak_traced(fn: Callable[[], object]) -> tuple[object, int]:
     """(result, peak bytes of Python/NumPy allocations during fn) via tracemalloc."""
-    import tracemalloc
     tracemalloc.start()
     try:
         out = fn()
@@ -61,7 +67,6 @@ def peak_traced(fn: Callable[[], object]) -> tuple[object, int]:
 
 def count_flops(fn: Callable[[], object]) -> int:
     """FLOPs of one call, counted by torch.utils.flop_counter."""
-    from torch.utils.flop_counter import FlopCounterMode
     with FlopCounterMode(display=False) as counter:
         fn()
     return counter.get_total_flops()
@@ -71,7 +76,6 @@ def peak_flops(dtype_name: str = "fp32", n: int = 2048, seconds: float = 1.0) ->
     """Measured matrix-product peak FLOP/s at a precision ('fp32' or 'bf16') on this machine's CPU: the fastest of
     the n x n products that fit in ``seconds``, after as long a warm-up (AMX clocks ramp up: the best of three
     products read 772-1,580 GFLOP/s bf16 on calls seconds apart, against 2,100 after a second of warm-up)."""
-    import torch
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype_name]
     a = torch.randn(n, n, dtype=dtype)
     b = torch.randn(n, n, dtype=dtype)
@@ -96,10 +100,7 @@ def du_bytes(paths) -> int:
 
 def machine_info() -> dict:
     """Where the numbers were measured."""
-    import torch
 
-    from pamtri.common.device import cpu_supports_bf16
-    from pamtri.pipeline.runtimes import cpu_name
     return {"cpu": cpu_name(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
             "torch": torch.__version__, "bf16": cpu_supports_bf16(), "python": platform.python_version(),
             "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}

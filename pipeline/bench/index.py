@@ -4,6 +4,9 @@ from __future__ import annotations
 import time
 
 import numpy as np
+import torch
+
+from pamtri.pipeline.index import calibrated_nprobe, new_faiss_index
 
 from .harness import Row, make_row
 
@@ -31,7 +34,6 @@ def _queries_per_s(search, queries: np.ndarray, k: int) -> tuple[float, np.ndarr
 
 
 def _torch_top_k(gallery: np.ndarray):
-    import torch
     g = torch.from_numpy(gallery)
 
     def search(q: np.ndarray, k: int) -> np.ndarray:
@@ -51,7 +53,6 @@ def bench_index(quick: bool) -> list[Row]:
     """Flat FAISS search vs a dense torch matmul + top-k (same vectors, identical top-10), and IVF (flat and PQ)
     vs flat (nprobe calibrated as the index build does): queries/s, recall@10, bytes per vector. 1,000,000 x
     1024-d gallery, 1,000 queries (quick: 10,000 x 64-d, 100 queries)."""
-    from pamtri.pipeline.index import calibrated_nprobe, new_faiss_index
     n, dim, nq, ids = (10_000, 64, 100, 250) if quick else (1_000_000, 1024, 1_000, 20_000)
     gallery, queries = clustered_gallery(n, nq, dim, ids)
     flat, _ = new_faiss_index(gallery, "flat", "cosine")

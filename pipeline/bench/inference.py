@@ -6,10 +6,24 @@ import importlib.util
 import logging
 import shutil
 import tempfile
+import time
 from functools import partial
 from pathlib import Path
 
+import cv2
 import numpy as np
+import torch
+
+from pamtri.common.atomic import atomic_write_bytes
+from pamtri.common.checkpoint import save_checkpoint
+from pamtri.common.config import to_dict
+from pamtri.pipeline.infer import Pipeline, run_pose
+from pamtri.pipeline.quantize import Thresholds, export_int8
+from pamtri.pipeline.runtimes import OnnxNetwork, cpu_name, record_fastest
+from pamtri.pose.codec import HeatmapCodec
+from pamtri.pose.config import PoseConfig
+from pamtri.pose.predict import PosePredictor
+from pamtri.reid.config import DataConfig, ReIDConfig
 
 from .baselines import naive_two_stage
 from .harness import Row, count_flops, make_row, peak_flops, timed
@@ -20,9 +34,7 @@ log = logging.getLogger(__name__)
 
 def _roofline(fast, pose, reid, images, ours_rate: float, naive_rate: float, batch: int) -> tuple[float, str]:
     """(share of the measured matmul peak our rate reaches, the row's note) from the FLOPs of one image."""
-    import torch
 
-    from pamtri.pipeline.infer import run_pose
     x, kv = fast.reid_inputs(images[:1], run_pose(fast.predictor, images[:1], fast.grid))
     crop = torch.from_numpy(fast.predictor.crop(images[0])[0][None])
     flops = 2 * count_flops(lambda: pose(crop)) + count_flops(lambda: reid(x, kv))
@@ -40,10 +52,6 @@ def _roofline(fast, pose, reid, images, ours_rate: float, naive_rate: float, bat
 def fast_pipeline(pose, reid, batch: int, compile: bool = False):
     """The ``inference`` row's fast path over ``pose`` / ``reid`` (256 x 256, flip test, bf16 autocast where the
     CPU has it, channels-last; ``compile``: inductor with freezing) at ``batch`` images per call."""
-    from pamtri.pipeline.infer import Pipeline
-    from pamtri.pose.codec import HeatmapCodec
-    from pamtri.pose.predict import PosePredictor
-    from pamtri.reid.config import DataConfig
     predictor = PosePredictor(pose, HeatmapCodec(), flip_test=True, device="cpu", precision="auto")
     return Pipeline(predictor, reid, DataConfig(height=256, width=256), batch_size=batch, compile=compile)
 
@@ -52,8 +60,6 @@ def bench_inference(quick: bool) -> list[Row]:
     """Two-stage inference at paper sizes: our pipeline vs the naive path (fp32, eager, NCHW, batch 1,
     per-keypoint Python decoding, heatmaps through 36 JPEG files as the reference does), then the same job,
     images and batch on the ONNX runtimes and INT8 (:func:`runtime_rows`)."""
-    from pamtri.pose.codec import HeatmapCodec
-    from pamtri.pose.predict import PosePredictor
 
     n_ours, n_naive = (8, 2) if quick else (32, 6)
     pose, reid = paper_models()
@@ -80,7 +86,6 @@ def compile_row(pose, reid, images, eager_rate: float, share_per_rate: float) ->
     """``inference_compile``: the same job on ``Pipeline(compile=True)`` (inductor with freezing) vs eager
     (``eager_rate``), with the compile time and the job size from which it pays (full bench only: the compile
     alone takes minutes)."""
-    import time
     pipe = fast_pipeline(copy.deepcopy(pose), copy.deepcopy(reid), len(images), compile=True)
     t0 = time.perf_counter()
     pipe.embed_arrays(images)
@@ -97,10 +102,6 @@ def compile_row(pose, reid, images, eager_rate: float, share_per_rate: float) ->
 def _checkpoints(pose, reid, folder: Path, size: int) -> tuple[Path, Path]:
     """The benchmark's networks as pose / ReID checkpoints (``size`` x ``size`` inputs), as ``pamtri embed``
     loads them."""
-    from pamtri.common.checkpoint import save_checkpoint
-    from pamtri.common.config import to_dict
-    from pamtri.pose.config import PoseConfig
-    from pamtri.reid.config import ReIDConfig
     pcfg, rcfg = PoseConfig(), ReIDConfig()
     pcfg.model.name, pcfg.codec.input_size = pose.name, (size, size)
     rcfg.model, rcfg.data.height, rcfg.data.width = reid.cfg, size, size
@@ -112,9 +113,7 @@ def _checkpoints(pose, reid, folder: Path, size: int) -> tuple[Path, Path]:
 
 def _write_int8_images(folder: Path, images) -> None:
     """``folder``/calib: as many random images as ``images``; ``folder``/guard: ``images`` (PNG)."""
-    import cv2
 
-    from pamtri.common.atomic import atomic_write_bytes
     rng = np.random.default_rng(1)
     for name, ims in (("calib", [rng.integers(0, 255, im.shape, dtype=np.uint8) for im in images]),
                       ("guard", images)):
@@ -126,9 +125,6 @@ def _write_int8_images(folder: Path, images) -> None:
 def _int8_pipeline(runtime: str, pose_pt: Path, reid_pt: Path, folder: Path, batch: int):
     """(the ``runtime`` pipeline with both networks INT8 (onnxruntime QDQ / OpenVINO NNCF, calibrated on
     ``folder``/calib, the guard measured on ``folder``/guard), the guard's note)."""
-    from pamtri.pipeline.infer import Pipeline
-    from pamtri.pipeline.quantize import Thresholds, export_int8
-    from pamtri.pipeline.runtimes import OnnxNetwork
     # the bench measures the guard and reports it; it writes the model whatever the figures (thresholds 0)
     measure = Thresholds(cosine=-1.0, top10=0.0, within=0.0)
     ext = ".xml" if runtime == "openvino" else ".onnx"
@@ -176,10 +172,7 @@ def cuda_rows(pose_pt: Path, reid_pt: Path, images, cpu_rate: float) -> list[Row
     """On a CUDA device (none: no rows): ``inference_cuda`` (torch, fp16/bf16 autocast, channels-last) and
     ``inference_onnxruntime_cuda`` / ``inference_onnxruntime_tensorrt`` where onnxruntime-gpu offers the
     provider, on the same images and batch; ratios vs the torch CPU path (``cpu_rate``)."""
-    import torch
 
-    from pamtri.pipeline.infer import Pipeline
-    from pamtri.pipeline.runtimes import OnnxNetwork
     if not torch.cuda.is_available():
         return []
     batch, rows = len(images), []
@@ -209,8 +202,6 @@ def runtime_rows(pose, reid, images, torch_rate: float, record: bool, size: int 
     (:func:`cuda_rows`), on the same images and batch, networks at ``size``
     pixels; with ``record`` (a full run) the fastest fp32/bf16 runtime is recorded for ``pamtri embed
     --runtime measured`` (pipeline.runtimes.record_fastest), torch unless another measured faster."""
-    from pamtri.pipeline.infer import Pipeline
-    from pamtri.pipeline.runtimes import cpu_name, record_fastest
     batch = len(images)
     work = Path(tempfile.mkdtemp(prefix="pamtri-bench-runtimes-"))
     rows, rates = [], {"torch": torch_rate}

@@ -12,9 +12,19 @@ with whatever else runs on the machine; compare shares, and A/B in one process.
 from __future__ import annotations
 
 import argparse
+import tempfile
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
+from torch.profiler import ProfilerActivity, profile
+
+from pamtri.common.atomic import atomic_write_text
+from pamtri.pipeline.runtimes import cached_onnx, openvino_core
+
+from .inference import _checkpoints, fast_pipeline
+from .inputs import paper_models
+from .training import _pose_batch, _pose_loss, _reid_batch, _reid_loss, train_step
 
 JOBS = ("inference", "train_pose", "train_reid")
 OPENVINO = "openvino"
@@ -22,8 +32,6 @@ OPENVINO = "openvino"
 
 def inference_job(batch: int):
     """Two-stage inference of ``batch`` random 256x256 images as a function (the ``inference`` row's fast path)."""
-    from .inference import fast_pipeline
-    from .inputs import paper_models
     rng = np.random.default_rng(0)
     images = [rng.integers(0, 255, (256, 256, 3), dtype=np.uint8) for _ in range(batch)]
     pipe = fast_pipeline(*paper_models(), batch)
@@ -32,8 +40,6 @@ def inference_job(batch: int):
 
 def job(name: str, batch: int):
     """A function that runs job ``name`` (inference, train_pose, train_reid) once on ``batch`` images."""
-    from .inputs import paper_models
-    from .training import _pose_batch, _pose_loss, _reid_batch, _reid_loss, train_step
     if name == "inference":
         return inference_job(batch)
     if name == "train_pose":
@@ -44,9 +50,7 @@ def job(name: str, batch: int):
 def profile_job(name: str, fn, out: Path, steps: int = 1, rows: int = 30) -> list[tuple[str, float, float]]:
     """Profile ``steps`` calls of ``fn`` after one warm-up; write out/NAME.txt and out/NAME.trace.json ->
     [(op, self CPU ms, share of the total self CPU time)] for the top ``rows`` ops."""
-    from torch.profiler import ProfilerActivity, profile
 
-    from pamtri.common.atomic import atomic_write_text
     fn()
     with profile(activities=[ProfilerActivity.CPU], record_shapes=False) as prof:
         for _ in range(steps):
@@ -65,13 +69,8 @@ def openvino_layers(batch: int, models=None, size: int = 256) -> list[tuple[str,
     """One call of each of ``models`` ((pose, ReID); default the bench's paper-size networks, random weights) on
     ``batch`` images of ``size`` pixels on OpenVINO's CPU plugin at its default precision, with per-layer
     counters -> [("stage: layer type [kernel]", ms, share of both calls)], longest first."""
-    import tempfile
-    from collections import Counter
 
-    from pamtri.pipeline.runtimes import cached_onnx, openvino_core
 
-    from .inference import _checkpoints
-    from .inputs import paper_models
     times: Counter = Counter()
     with tempfile.TemporaryDirectory() as folder:
         weights = dict(zip(("pose", "reid"), _checkpoints(*(models or paper_models()), Path(folder), size)))
@@ -100,7 +99,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    from pamtri.common.atomic import atomic_write_text
     for name in args.only:
         print(f"{name} (batch {args.batch}): op, self CPU ms per call, share")
         if name == OPENVINO:

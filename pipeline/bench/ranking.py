@@ -5,6 +5,9 @@ import time
 
 import numpy as np
 
+from pamtri.reid.metrics import metrics_from_distances
+from pamtri.reid.rerank import rerank
+
 from .baselines import euclidean, evaluate_loop, rerank_dense
 from .harness import Row, make_row, peak_traced, timed
 from .inputs import veri_like
@@ -12,7 +15,6 @@ from .inputs import veri_like
 
 def bench_evaluate(quick: bool) -> list[Row]:
     """reid.metrics.evaluate vs the per-query loop at VeRi size (1,678 x 11,579)."""
-    from pamtri.reid.metrics import metrics_from_distances
     nq, ng = (420, 2900) if quick else (1678, 11579)
     qf, gf, q_ids, g_ids, q_cams, g_cams = veri_like(nq, ng)
     dist = euclidean(qf, gf)
@@ -29,7 +31,6 @@ def bench_evaluate(quick: bool) -> list[Row]:
 
 def bench_rerank(quick: bool) -> list[Row]:
     """Sparse/blocked re-ranking vs the dense implementation at VeRi size (13,257 images): time, memory, top-10."""
-    from pamtri.reid.rerank import rerank
     nq, ng = (300, 2000) if quick else (1678, 11579)
     qf, gf, *_ = veri_like(nq, ng, dim=64)
     q_g, q_q, g_g = euclidean(qf, gf), euclidean(qf, qf), euclidean(gf, gf)

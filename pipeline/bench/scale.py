@@ -12,7 +12,12 @@ import resource
 import time
 
 import numpy as np
+import torch
 
+from pamtri.reid import distance, metrics
+from pamtri.reid.rerank import rerank_neighbours
+
+from .baselines import euclidean, rerank_dense
 from .harness import Row, make_row
 
 SHAPES = {False: (10_000, 138_517, 1024), True: (1_000, 13_000, 256)}  # (queries, gallery, dim) by quick
@@ -46,12 +51,8 @@ def _rss_mib() -> float:
 def _work(task: str, shape: tuple[int, int, int], part: tuple[int, int]) -> dict:
     """In the child: features of ``shape``, the first ``part`` (queries, gallery) of them, then ``task`` ->
     {"seconds", "peak_mib" (beyond the features), "mAP"}."""
-    import torch
 
-    from pamtri.reid import distance, metrics
-    from pamtri.reid.rerank import rerank_neighbours
 
-    from .baselines import euclidean, rerank_dense
     qf, gf, q_ids, g_ids, q_cams, g_cams = labelled_features(*shape)
     nq, ng = part
     qf, gf, q_ids, g_ids, q_cams, g_cams = qf[:nq], gf[:ng], q_ids[:nq], g_ids[:ng], q_cams[:nq], g_cams[:ng]

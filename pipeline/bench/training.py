@@ -1,6 +1,12 @@
 """The ``train_pose`` and ``train_reid`` rows: one optimiser step at the paper's sizes, fast path vs fp32 NCHW."""
 from __future__ import annotations
 
+import torch
+
+from pamtri.common.device import autocast, autocast_dtype, cpu_supports_bf16
+from pamtri.pose.train import weighted_mse
+from pamtri.reid.losses import triplet_batch_hard
+
 from .harness import Row, count_flops, make_row, peak_flops, timed
 from .inputs import paper_models
 
@@ -8,9 +14,7 @@ from .inputs import paper_models
 def train_step(model, make_batch, loss_fn, batch: int, fast: bool):
     """One optimiser step (Adam) of ``model`` on a fixed batch, as a function (fast: bf16 autocast +
     channels-last + fused Adam; else fp32 NCHW, Adam's default implementation)."""
-    import torch
 
-    from pamtri.common.device import autocast, autocast_dtype
     device = torch.device("cpu")
     dtype = autocast_dtype(device, "auto") if fast else None
     if fast:
@@ -40,27 +44,22 @@ def _train_step_rate(model, make_batch, loss_fn, batch: int, fast: bool, steps: 
 
 def _pose_batch(b: int) -> list:
     """Images (b, 3, 256, 256), target heatmaps (b, 36, 64, 64), keypoint weights (b, 36)."""
-    import torch
     g = torch.Generator().manual_seed(0)
     return [torch.randn(b, 3, 256, 256, generator=g), torch.rand(b, 36, 64, 64, generator=g), torch.ones(b, 36)]
 
 
 def _pose_loss(m, x, t, w):
-    from pamtri.pose.train import weighted_mse
     return weighted_mse(m(x).float(), t, w)
 
 
 def _reid_batch(b: int) -> list:
     """Inputs (b, 39, 256, 256), keypoint vectors (b, 108), identities (b,) in 8 classes."""
-    import torch
     g = torch.Generator().manual_seed(0)
     return [torch.randn(b, 39, 256, 256, generator=g), torch.rand(b, 108, generator=g) - 0.5, torch.arange(b) % 8]
 
 
 def _reid_loss(m, x, kv, pid):
-    import torch
 
-    from pamtri.reid.losses import triplet_batch_hard
     out = m(x, kv)
     xent = torch.nn.functional.cross_entropy(out["id"].float(), pid)
     return xent + triplet_batch_hard(out["embedding"].float(), pid)
@@ -68,7 +67,6 @@ def _reid_loss(m, x, kv, pid):
 
 def bench_train(quick: bool) -> list[Row]:
     """One training step of each stage at the paper's sizes: bf16 autocast + channels-last vs fp32 NCHW."""
-    from pamtri.common.device import cpu_supports_bf16
     batch, steps = (4, 1) if quick else (16, 2)
     rows = []
     prec_peak = {}

@@ -7,6 +7,8 @@ import numpy as np
 from pamtri.pose.keypoints import NUM_SEGMENTS, PCK_GROUP_TITLES, PCK_GROUPS, keypoint_group
 from pamtri.pose.segments import rasterise
 
+from .render import render_sample
+
 # BGR colours per PCK group and per segment (distinct, readable on dark and light paint).
 GROUP_BGR = {"wheel": (40, 220, 255), "fender": (255, 160, 40), "back": (60, 60, 255), "front": (80, 255, 80),
              "back_windshield": (255, 80, 255), "front_windshield": (255, 255, 60)}
@@ -76,7 +78,6 @@ def sample_sheet(seed: int = 0, n: int = 18, size: int = 160, cols: int = 6, til
                  styles: tuple[str, ...] = ("synthetic", "realistic")) -> np.ndarray:
     """Contact sheet (BGR uint8) of ``n`` fresh renders at ``size`` px, split evenly between ``styles``, one
     random identity and camera each (render_sample with seeds seed*1000 + i)."""
-    from .render import render_sample
 
     images, kps, captions = [], [], []
     per_style = -(-n // len(styles))

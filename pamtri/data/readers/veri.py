@@ -82,15 +82,19 @@ def read_veri_labels(path: str | os.PathLike, problems: Problems | None = None) 
 def attach_reid_keypoints(records: list[Record], csv_path: Path, problems: Problems) -> None:
     """Copy keypoints (x, y, confidence) from a reference ReID label CSV onto records with the same name."""
     kps = {r.name: r.keypoints for r in read_reid_csv(csv_path, problems=problems)}
+    _attach(records, kps, "keypoints", csv_path, "keypoint row", problems)
+
+
+def _attach(records: list[Record], values: dict, field: str, path: Path, what: str, problems: Problems) -> None:
+    """Set ``field`` of each record to its value by image name; one warning counting the records without one."""
     missing = 0
     for r in records:
-        k = kps.get(r.name)
-        if k is None:
-            missing += 1
+        if r.name in values:
+            setattr(r, field, values[r.name])
         else:
-            r.keypoints = k
+            missing += 1
     if missing:
-        problems.warn(DataError(csv_path, f"{missing} of {len(records)} images have no keypoint row"))
+        problems.warn(DataError(path, f"{missing} of {len(records)} images have no {what}"))
 
 
 VIEW_FILES = {"train": "keypoint_train.txt", "query": "keypoint_test.txt", "test": "keypoint_test.txt"}
@@ -130,15 +134,8 @@ def view_file(root: Path, split: str) -> Path | None:
 def attach_views(records: list[Record], path: Path, problems: Problems) -> None:
     """Set each record's orientation to its view class c as (c + 0.5) x 45 degrees (8 bins give back c)."""
     views = read_veri_views(path, problems)
-    missing = 0
-    for r in records:
-        c = views.get(r.name)
-        if c is None:
-            missing += 1
-        else:
-            r.orientation = (c + 0.5) * 360.0 / VIEW_CLASSES
-    if missing:
-        problems.warn(DataError(path, f"{missing} of {len(records)} images have no view label"))
+    degrees = {name: (c + 0.5) * 360.0 / VIEW_CLASSES for name, c in views.items()}
+    _attach(records, degrees, "orientation", path, "view label", problems)
 
 
 def read_veri_split(root: str | os.PathLike, split: str, check_images: bool = False,
