@@ -45,12 +45,14 @@ function drawKeypoints(query) {
   ctx.clearRect(0, 0, canvas.width, canvas.height);
   const sx = img.clientWidth / query.width;
   const sy = img.clientHeight / query.height;
-  for (const [x, y, c] of query.keypoints) {
-    ctx.globalAlpha = Math.max(0.35, Math.min(1, c));
+  ctx.strokeStyle = "#000";
+  for (const [x, y, c] of query.keypoints) {  // green: confident (>= 0.5), yellow: less so
+    ctx.globalAlpha = Math.max(0.6, Math.min(1, c));
     ctx.fillStyle = c >= 0.5 ? "#2ecc40" : "#ffdc00";
     ctx.beginPath();
-    ctx.arc(x * sx, y * sy, 3, 0, 2 * Math.PI);
+    ctx.arc(x * sx, y * sy, 4, 0, 2 * Math.PI);
     ctx.fill();
+    ctx.stroke();
   }
   canvas.dataset.drawn = String(query.keypoints.length);
 }
