@@ -51,7 +51,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
               "port can add images to the index", file=sys.stderr)
     config = ServeConfig(index=args.index, reid_weights=args.reid_weights, pose_weights=args.pose_weights,
                          token=token, max_upload_mb=args.max_upload_mb, max_wait_ms=args.max_wait_ms,
-                         images_dir=args.images_dir, pipeline_options=pipeline_options(args))
+                         images_dir=args.images_dir, pipeline_options=pipeline_options(args),
+                         allowed_hosts=("127.0.0.1", "localhost", "[::1]") if args.host in LOOPBACK else None)
     app = create_app(config)
     log.info("serving %s on http://%s:%d (page at /, API docs at /docs)", args.index, args.host, args.port)
     uvicorn.run(app, host=args.host, port=args.port, log_level="info")

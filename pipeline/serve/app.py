@@ -16,18 +16,20 @@ import io
 import logging
 import math
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated
 
 import numpy as np
-from fastapi import FastAPI, File, Form, HTTPException, Query, Request, UploadFile
+from fastapi import Depends, FastAPI, File, Form, HTTPException, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.concurrency import run_in_threadpool
 
-from pamtri.common.errors import ConfigError, DataError, PamtriError
+from pamtri.common.errors import ConfigError, DataError, PamtriError, WriteError
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +37,7 @@ MAX_FILES = 64          # uploads one request may carry
 MAX_TOP = 100           # results a query may ask for
 THUMB_SIDES = (16, 1024)  # the thumbnail sizes /v1/images/{id}?size= accepts (longer side, pixels)
 WRITE_PATHS = ("/v1/index/add",)  # the endpoints that need the bearer token when one is configured
+EPOCH_FROM = 1e9  # times above this (2001 on) are taken for Unix seconds: the page shows them as UTC dates
 STATIC = {"serve.js": "text/javascript; charset=utf-8", "serve.css": "text/css; charset=utf-8"}
 PAGE_POLICY = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' blob:; "
                "connect-src 'self'; form-action 'none'; base-uri 'none'; frame-ancestors 'none'")
@@ -47,6 +50,8 @@ class _PerFile:
         return Annotated[list[kind] | None, Form(description="one value per file, or one for all")]
 
 
+Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(HTTPBearer(
+    auto_error=False, description="the token of --token-file, when the server has one"))]
 PerFile = _PerFile()  # PerFile[int]: an optional form list with one value per uploaded file (or one for all)
 
 
@@ -63,6 +68,7 @@ class ServeConfig:
     max_wait_ms: float = 5.0
     images_dir: str | None = None
     pipeline_options: dict = field(default_factory=dict)
+    allowed_hosts: tuple[str, ...] | None = None  # Host header values accepted (None: any); loopback binds set it
 
     @property
     def max_upload_bytes(self) -> int:
@@ -147,25 +153,46 @@ def upload_name(filename: str | None, i: int) -> str:
     return name
 
 
-class BodyLimit:
-    """ASGI middleware: refuses a request body over ``limit`` bytes with 413 (by Content-Length before reading,
-    or while reading a body sent without one), and a write without the configured bearer token with 401 before
-    its body is read."""
+def token_ok(authorization: str, token: str | None) -> bool:
+    """Whether an Authorization header value carries the bearer ``token`` (always, when there is none)."""
+    if token is None:
+        return True
+    return authorization.startswith("Bearer ") and hmac.compare_digest(authorization[7:].encode(), token.encode())
 
-    def __init__(self, app, limit: int, token: str | None):
-        self.app, self.limit, self.token = app, limit, token
+
+def host_of(value: str) -> str:
+    """The host name of a Host header value or an Origin URL, without port or scheme, lower case."""
+    value = value.split("://", 1)[-1].split("/", 1)[0].lower()
+    return value[:value.index("]") + 1] if value.startswith("[") else value.rsplit(":", 1)[0]
+
+
+class BodyLimit:
+    """ASGI middleware, before any body is read: refuses a Host header outside ``allowed_hosts`` (421: DNS
+    rebinding of a loopback server), a POST whose Origin is another site than the server (403: a web page's
+    cross-site form post), a write without the configured bearer token (401), and a request body over
+    ``limit`` bytes (413, by Content-Length, or while reading a body sent without one)."""
+
+    def __init__(self, app, limit: int, token: str | None, allowed_hosts: tuple[str, ...] | None = None):
+        self.app, self.limit, self.token, self.allowed_hosts = app, limit, token, allowed_hosts
         self.message = f"request body larger than the upload limit of {limit / (1 << 20):.3g} MiB"
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-        if self.token is not None and scope["path"] in WRITE_PATHS:
-            given = headers.get("authorization", "")
-            if not (given.startswith("Bearer ") and hmac.compare_digest(given[7:].encode(), self.token.encode())):
-                response = JSONResponse({"detail": "missing or wrong bearer token (Authorization: Bearer TOKEN)"},
-                                        401, headers={"WWW-Authenticate": "Bearer"})
-                return await response(scope, receive, send)
+        refusal = None
+        host = headers.get("host", "")
+        origin = headers.get("origin")
+        if self.allowed_hosts is not None and host_of(host) not in self.allowed_hosts:
+            refusal = JSONResponse({"detail": f"host {host!r} is not served here; use "
+                                              f"{' or '.join(self.allowed_hosts)}"}, 421)
+        elif scope["method"] == "POST" and origin is not None and origin.split("://", 1)[-1].lower() != host.lower():
+            refusal = JSONResponse({"detail": f"cross-origin request from {origin} refused"}, 403)
+        elif scope["path"] in WRITE_PATHS and not token_ok(headers.get("authorization", ""), self.token):
+            refusal = JSONResponse({"detail": "missing or wrong bearer token (Authorization: Bearer TOKEN)"},
+                                   401, headers={"WWW-Authenticate": "Bearer"})
+        if refusal is not None:
+            return await refusal(scope, receive, send)
         from starlette.exceptions import HTTPException
         too_large = JSONResponse({"detail": self.message}, 413)
         length = headers.get("content-length", "")
@@ -233,7 +260,8 @@ def create_app(config: ServeConfig, pipe=None):
                               "POST /v1/index/add needs `Authorization: Bearer TOKEN` when the server has a "
                               "token (--token-file). Errors are JSON `{\"detail\": \"one line\"}`.")
     app.state.batcher, app.state.view, app.state.pipe = batcher, view, pipe
-    app.add_middleware(BodyLimit, limit=config.max_upload_bytes, token=config.token)
+    app.add_middleware(BodyLimit, limit=config.max_upload_bytes, token=config.token,
+                       allowed_hosts=config.allowed_hosts)
 
     @app.middleware("http")
     async def no_sniffing(request: Request, call_next):
@@ -343,7 +371,14 @@ def create_app(config: ServeConfig, pipe=None):
                 "embeddings": [{**query_json(n, a, out, i), "features": out["features"][i].tolist()}
                                for i, (n, a) in enumerate(zip(names, arrays))]}
 
-    @app.post("/v1/index/add")
+    def writer(credentials: Credentials) -> None:
+        given = "" if credentials is None else f"{credentials.scheme} {credentials.credentials}"
+        if not token_ok(given, config.token):  # the middleware refused it already; this keeps the route safe alone
+            raise HTTPException(401, "missing or wrong bearer token (Authorization: Bearer TOKEN)")
+
+    add_lock = threading.Lock()  # one add of this server at a time: its image files and its commit together
+
+    @app.post("/v1/index/add", dependencies=[Depends(writer)])
     async def add(files: Uploads, camera: PerFile[int] = None, time: PerFile[float] = None,
                   track: PerFile[int] = None, name: PerFile[str] = None,
                   skip_existing: Annotated[bool, Form()] = False):
@@ -364,27 +399,34 @@ def create_app(config: ServeConfig, pipe=None):
         if any(t is not None and not math.isfinite(t) for t in times):
             raise HTTPException(400, "time values must be finite numbers")
         out = await embedded(arrays)
-        created, paths = [], []
-        images_dir.mkdir(parents=True, exist_ok=True)
-        for data in blobs:
-            path = images_dir / f"{hashlib.sha256(data).hexdigest()[:32]}.{image_kind(data)}"
-            if not path.exists():
-                from pamtri.common.atomic import atomic_write_bytes
-                await run_in_threadpool(atomic_write_bytes, path, data)
-                created.append(path)
-            paths.append(str(path))
-        fs = FeatureSet(np.ascontiguousarray(out["features"], np.float32), names, paths, cams, tracks, times,
-                        model_sha256, str(reid_weights), str(pose_weights or ""))
+        paths = [images_dir / f"{hashlib.sha256(data).hexdigest()[:32]}.{image_kind(data)}" for data in blobs]
+        fs = FeatureSet(np.ascontiguousarray(out["features"], np.float32), names, [str(p) for p in paths], cams,
+                        tracks, times, model_sha256, str(reid_weights), str(pose_weights or ""))
+
+        def commit() -> tuple[int, int]:
+            """Keep the image files, then add; on a refusal remove the files this add wrote."""
+            from pamtri.common.atomic import atomic_write_bytes
+            with add_lock:
+                images_dir.mkdir(parents=True, exist_ok=True)
+                created = []
+                try:
+                    for path, data in zip(paths, blobs):
+                        if not path.exists():
+                            atomic_write_bytes(path, data)
+                            created.append(path)
+                    return add_features(config.index, fs, "upload", skip_existing)
+                except BaseException:
+                    for p in created:
+                        p.unlink(missing_ok=True)
+                    raise
         try:
-            added, skipped = await run_in_threadpool(add_features, config.index, fs, "upload", skip_existing)
-        except BaseException as exc:
-            for p in created:
-                p.unlink(missing_ok=True)
-            if isinstance(exc, DataError):
-                raise HTTPException(409, str(exc)) from None
-            if isinstance(exc, PamtriError):  # another writer held the index too long
-                raise HTTPException(503, str(exc)) from None
-            raise
+            added, skipped = await run_in_threadpool(commit)
+        except DataError as exc:
+            raise HTTPException(409, str(exc)) from None
+        except WriteError as exc:  # the disk: the server's to fix, and nothing was added
+            raise HTTPException(500, str(exc)) from None
+        except PamtriError as exc:  # another writer held the index too long
+            raise HTTPException(503, str(exc)) from None
         snap = await view.run(lambda s: s)
         return {"added": added, "skipped": skipped, "index_size": snap.n, "generation": snap.generation,
                 "images": [{"name": x, "image_id": snap.ids.get(x)} for x in names]}
@@ -412,8 +454,10 @@ def create_app(config: ServeConfig, pipe=None):
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def page():
         snap = await view.run(lambda s: s)
+        timed = snap.times[~np.isnan(snap.times)]
         html = render("serve.html", index_name=Path(config.index).name, size=snap.n,
-                      cameras=sorted({int(c) for c in snap.cameras if c >= 0}), max_files=MAX_FILES)
+                      cameras=sorted({int(c) for c in snap.cameras if c >= 0}), max_files=MAX_FILES,
+                      times=None if not len(timed) else "epoch" if timed.min() > EPOCH_FROM else "number")
         return HTMLResponse(html, headers={"Content-Security-Policy": PAGE_POLICY})
 
     @app.get("/static/{name}", include_in_schema=False)

@@ -4,6 +4,7 @@
 
 const $ = (id) => document.getElementById(id);
 let queryUrl = null;
+let last = null;  // the query shown: [blob, name, camera], searched again when a filter changes
 
 function setStatus(text, error) {
   const s = $("status");
@@ -17,6 +18,13 @@ function formatTime(t) {
   return `t = ${t}`;
 }
 
+function timeValue(input) {
+  // a time input's value in the index's units: Unix seconds from a UTC date and time, or the number typed
+  if (!input || input.value === "") return null;
+  if (input.dataset.kind === "epoch") return Date.parse(`${input.value}Z`) / 1000;
+  return Number(input.value);
+}
+
 function searchParams(queryCamera) {
   const p = new URLSearchParams();
   p.set("top", $("top").value || "20");
@@ -26,8 +34,10 @@ function searchParams(queryCamera) {
     if (!picked.length) return null;
     picked.forEach((b) => p.append("cameras", b.value));
   }
-  if ($("time-from").value !== "") p.set("time_from", $("time-from").value);
-  if ($("time-to").value !== "") p.set("time_to", $("time-to").value);
+  for (const [id, key] of [["time-from", "time_from"], ["time-to", "time_to"]]) {
+    const t = timeValue($(id));
+    if (t !== null) p.set(key, String(t));
+  }
   if ($("rerank").checked) p.set("rerank", "true");
   if (queryCamera !== null && queryCamera !== undefined) {
     p.set("query_camera", String(queryCamera));
@@ -99,6 +109,7 @@ function tile(hit) {
 
 async function search(blob, name, queryCamera) {
   const params = searchParams(queryCamera);
+  last = [blob, name, queryCamera];
   if (params === null) return setStatus("pick at least one camera", true);
   document.body.dataset.state = "searching";
   setStatus(`searching for ${name} ...`);
@@ -134,4 +145,7 @@ document.addEventListener("DOMContentLoaded", () => {
   drop.addEventListener("dragover", (e) => { e.preventDefault(); drop.classList.add("over"); });
   drop.addEventListener("dragleave", () => drop.classList.remove("over"));
   drop.addEventListener("drop", (e) => { e.preventDefault(); drop.classList.remove("over"); pick(e.dataTransfer.files); });
+  for (const input of document.querySelectorAll("fieldset input")) {
+    input.addEventListener("change", () => { if (last) search(...last); });
+  }
 });

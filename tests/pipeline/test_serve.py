@@ -174,7 +174,8 @@ def test_health_openapi_and_page(client, world):
 
 def test_the_page_escapes_what_it_shows():
     from pamtri.pipeline.report import render
-    html = render("serve.html", index_name="<img src=x onerror=alert(1)>.faiss", size=1, cameras=[], max_files=4)
+    html = render("serve.html", index_name="<img src=x onerror=alert(1)>.faiss", size=1, cameras=[], max_files=4,
+                  times="epoch")
     assert "<img src=x" not in html and "&lt;img src=x onerror=alert(1)&gt;.faiss" in html
 
 
@@ -229,6 +230,23 @@ def test_uploads_over_the_cap_are_refused_with_413(world, pipe, tmp_path):
         assert c.post("/v1/search", files=upload(world.images[0])).status_code == 200
 
 
+def test_foreign_hosts_and_cross_origin_posts_are_refused_before_the_body(world, pipe, tmp_path):
+    with served(world, pipe, tmp_path, allowed_hosts=("testserver", "127.0.0.1")) as c:
+        r = c.get("/healthz", headers={"Host": "rebound.example:8000"})
+        assert r.status_code == 421 and r.json()["detail"] == ("host 'rebound.example:8000' is not served here; use "
+                                                               "testserver or 127.0.0.1")
+        assert c.get("/healthz", headers={"Host": "127.0.0.1:8000"}).status_code == 200
+        for endpoint in ("/v1/search", "/v1/embed", "/v1/index/add"):
+            r = c.post(endpoint, files=upload(world.images[0]), headers={"Origin": "http://evil.example"})
+            assert (r.status_code, r.json()) == (403, {"detail": "cross-origin request from http://evil.example "
+                                                                 "refused"}), endpoint
+        r = c.post("/v1/search", files=upload(world.images[0]), headers={"Origin": "null"})
+        assert r.status_code == 403
+        r = c.post("/v1/search", files=upload(world.images[0]), headers={"Origin": "http://testserver"})
+        assert r.status_code == 200  # the page's own requests
+        assert c.get("/healthz").json()["index_size"] == len(world.images)
+
+
 def test_writes_need_the_token_when_one_is_set(world, pipe, tmp_path):
     with served(world, pipe, tmp_path, token="s3cret") as c:
         for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "s3cret"},
@@ -241,6 +259,21 @@ def test_writes_need_the_token_when_one_is_set(world, pipe, tmp_path):
         new = ("new.png", encoded(".png", seed=3))
         r = c.post("/v1/index/add", files=upload(new), headers={"Authorization": "Bearer s3cret"})
         assert r.status_code == 200 and r.json()["added"] == 1
+        assert "HTTPBearer" in c.get("/openapi.json").json()["components"]["securitySchemes"]
+
+
+def test_the_add_route_checks_the_token_itself(world, pipe, tmp_path, monkeypatch):
+    from pamtri.pipeline.serve import app as serve_app
+    real, calls = serve_app.token_ok, []
+
+    def lenient_middleware(given, token):  # the first check (the middleware's) passes; the route's is the real one
+        calls.append(given)
+        return len(calls) == 1 or real(given, token)
+    monkeypatch.setattr(serve_app, "token_ok", lenient_middleware)
+    with served(world, pipe, tmp_path, token="s3cret") as c:
+        r = c.post("/v1/index/add", files=upload(("x.png", encoded(".png", seed=5))),
+                   headers={"Authorization": "Bearer wrong"})
+    assert r.status_code == 401 and calls == ["Bearer wrong", "Bearer wrong"]
 
 
 def test_add_then_search_finds_the_new_image_with_its_metadata(world, pipe, tmp_path):
@@ -443,6 +476,8 @@ def test_a_real_server_process_answers_a_real_client(server, world):
     assert httpx.get(f"{server}/v1/images/9", params={"size": 32}).headers["content-type"] == "image/jpeg"
     r = httpx.post(f"{server}/v1/search", files={"files": ("q.jpg", b"", "image/jpeg")})
     assert (r.status_code, r.json()["detail"]) == (400, "q.jpg: empty upload (0 bytes)")
+    assert httpx.get(f"{server}/healthz", headers={"Host": "rebound.example"}).status_code == 421  # DNS rebinding
+    assert httpx.get(f"http://localhost:{server.rsplit(':', 1)[1]}/healthz").status_code == 200
     with socket.socket() as s:  # bound to the loopback only
         s.settimeout(1)
         other = [a for a in _own_addresses() if not a.startswith("127.")]
@@ -509,6 +544,13 @@ def test_the_page_in_a_real_browser(server, world, tmp_path):
         again = driver.find_elements(By.CSS_SELECTOR, "#results figure.tile")
         cams = {t.text.split("camera ")[1].split(" ")[0] for t in again}
         assert again and str(world.cameras[int(third)]) not in cams
+        # a time range (UTC date and time inputs: the index's times are Unix seconds) searches again by itself
+        driver.execute_script("const t = document.getElementById('time-to'); t.value = '2026-01-01T00:03:00';"
+                              "t.dispatchEvent(new Event('change'));")
+        wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#results figure.tile")) <= 4
+                   and d.find_element(By.TAG_NAME, "body").get_attribute("data-state") == "done")
+        early = {t.get_attribute("data-image-id") for t in driver.find_elements(By.CSS_SELECTOR, "#results .tile")}
+        assert early and early <= {"0", "1", "2", "3"}
         assert (tmp_path / "serve-page.png").stat().st_size > 10_000
     finally:
         driver.quit()
