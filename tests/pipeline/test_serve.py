@@ -303,7 +303,16 @@ def test_add_then_search_finds_the_new_image_with_its_metadata(world, pipe, tmp_
         assert r.status_code == 400 and r.json()["detail"] == "3 camera values for 2 files; give one, or one per file"
         r = c.post("/v1/index/add", files=upload(*new), data={"time": "nan"})
         assert r.status_code == 400
-        assert c.get("/healthz").json()["index_size"] == n + 3
+        # a client's file name is a label: the image is kept under its hash in the images folder, nowhere else
+        before = set((tmp_path / "index" / "city.faiss.images").iterdir())
+        r = c.post("/v1/index/add", files=upload(("../../escape.png", encoded(".png", seed=15))))
+        assert r.json()["images"] == [{"name": "escape.png", "image_id": n + 3}]
+        assert not list(tmp_path.rglob("escape.png")) and not (tmp_path.parent / "escape.png").exists()
+        (kept,) = set((tmp_path / "index" / "city.faiss.images").iterdir()) - before
+        assert kept.name.endswith(".png") and len(kept.stem) == 32
+        r = c.post("/v1/index/add", files=upload(("a.png", encoded(".png", seed=16))), data={"name": "/etc/bad\tname"})
+        assert r.json()["images"][0]["name"] == "upload-0"  # not printable: a plain label instead
+        assert c.get("/healthz").json()["index_size"] == n + 5
 
 
 def test_a_server_with_other_weights_than_the_index_is_refused(world, tmp_path):
