@@ -104,7 +104,11 @@ class IndexView:
         from pamtri.pipeline.index import open_index
         self.path = Path(path)
         self.executor = ThreadPoolExecutor(1, thread_name_prefix="pamtri-index")
-        self._snap = self.executor.submit(lambda: Snapshot(open_index(self.path))).result()
+        try:
+            self._snap = self.executor.submit(lambda: Snapshot(open_index(self.path))).result()
+        except BaseException:
+            self.executor.shutdown()
+            raise
 
     def current(self) -> Snapshot:
         """The newest committed generation (call in the index thread: through :meth:`run`)."""
@@ -217,8 +221,7 @@ class BodyLimit:
         except HTTPException as exc:
             if exc.status_code != 413 or started:
                 raise
-            if not started:
-                await too_large(scope, receive, send)
+            await too_large(scope, receive, send)
 
 
 def create_app(config: ServeConfig, pipe=None):
@@ -235,16 +238,23 @@ def create_app(config: ServeConfig, pipe=None):
     info = view.call(lambda s: s.idx.info)
     reid_weights = config.reid_weights or info["reid_weights"]
     pose_weights = config.pose_weights or info.get("pose_weights") or None
-    model_sha256 = file_sha256(reid_weights)
-    if model_sha256 != info["model_sha256"]:
+    try:
+        model_sha256 = file_sha256(reid_weights)
+        if model_sha256 != info["model_sha256"]:
+            raise ConfigError(f"{reid_weights}: not the ReID weights of {config.index} (checkpoint sha256 "
+                              f"{model_sha256[:12]}, the index holds {info['model_sha256'][:12]}); serve it with "
+                              "the weights it was built with")
+        if pipe is None:
+            from pamtri.pipeline.infer import Pipeline
+            pipe = Pipeline.from_weights(pose_weights, reid_weights, **config.pipeline_options)
+    except BaseException:
         view.close()
-        raise ConfigError(f"{reid_weights}: not the ReID weights of {config.index} (checkpoint sha256 "
-                          f"{model_sha256[:12]}, the index holds {info['model_sha256'][:12]}); serve it with the "
-                          "weights it was built with")
-    if pipe is None:
-        from pamtri.pipeline.infer import Pipeline
-        pipe = Pipeline.from_weights(pose_weights, reid_weights, **config.pipeline_options)
-    batcher = DynamicBatcher(pipe.embed, max_batch=pipe.batch_size, max_wait=config.max_wait_ms / 1000)
+        raise
+
+    def run_model(images: list[np.ndarray]) -> dict[str, np.ndarray]:
+        """One batch through both stages (a request larger than the batch size in the pipeline's batches)."""
+        return pipe.embed_arrays(images) if len(images) <= pipe.batch_size else pipe.embed(images)
+    batcher = DynamicBatcher(run_model, max_batch=pipe.batch_size, max_wait=config.max_wait_ms / 1000)
     images_dir = Path(config.images_dir or f"{config.index}.images").resolve()
 
     from contextlib import asynccontextmanager
