@@ -9,7 +9,7 @@ from pamtri.common.errors import PamtriError
 
 # Order is the order of ``pamtri --help``.
 COMMAND_MODULES = ("demo", "synth", "data", "pose", "reid", "cache", "embed", "search", "index", "bench", "export",
-                   "weights")
+                   "weights", "serve")
 
 
 def add_config_args(parser: argparse.ArgumentParser, required: bool = False, printable: bool = False) -> None:

@@ -489,17 +489,24 @@ def add_to_index(path: str | os.PathLike, feature_files: list[str | os.PathLike]
     path = Path(path)
     if not _meta_path(path).exists():
         raise DataError(path, f"not a pamtri index (no {_meta_path(path).name}); create it with `pamtri index build`")
-    fs = concat_features(feature_files)
+    return add_features(path, concat_features(feature_files), feature_files[0], skip_existing, wait)
+
+
+def add_features(path: str | os.PathLike, fs: FeatureSet, source, skip_existing: bool = False,
+                 wait: float = LOCK_WAIT) -> tuple[int, int]:
+    """:func:`add_to_index` of a FeatureSet held in memory (``source`` names it in errors: a file, the service's
+    upload) -> (added, skipped), with the same checks, lock and atomic commit."""
+    path = Path(path)
     with _lock(path).acquire(wait):
         _recover(path)
         idx = _open(path)
         try:
-            _check_identity(feature_files[0], fs, idx.info["model_sha256"], idx.info["dim"])
+            _check_identity(source, fs, idx.info["model_sha256"], idx.info["dim"])
             existing = {r[0] for r in idx.db.execute("SELECT name FROM images")}
             total = len(fs.names)
             if skip_existing:
                 fs = _subset(fs, [i for i, n in enumerate(fs.names) if n not in existing])
-            _refuse_duplicates(feature_files[0], fs.names, existing)
+            _refuse_duplicates(source, fs.names, existing)
             if fs.names:
                 generation = idx.info["generation"] + 1
                 start = len(idx)
@@ -525,24 +532,30 @@ def _faiss_search(idx: GalleryIndex, x: np.ndarray, k: int) -> tuple[np.ndarray,
 
 
 def search_index(idx: GalleryIndex, query: np.ndarray, top: int = 10, query_cameras: list | None = None,
-                 exclude_same_camera: bool = False) -> tuple[np.ndarray, np.ndarray]:
+                 exclude_same_camera: bool = False, keep: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(Q, D) features -> (positions (Q, top), distances (Q, top)) rank 1 first, -1 / inf past the gallery's end.
-    With ``exclude_same_camera``, gallery images of the query's camera (``query_cameras``) are left out."""
+    With ``exclude_same_camera``, gallery images of the query's camera (``query_cameras``) are left out; with
+    ``keep`` ((N,) bool over index positions: a camera or time filter), only the positions it marks are returned."""
     x = _prepare(query, idx.info["metric"])
     top = max(1, top)
     if len(idx) == 0:
         raise DataError(idx.path, "the index holds no vectors; add some with `pamtri index add`")
-    if not exclude_same_camera:
+    if not exclude_same_camera and keep is None:
         pos, dist = _faiss_search(idx, x, min(top, len(idx)))
         return _pad(pos, dist, top)
-    cams = np.array([-1 if c is None else c for c in _column(idx, "camera")])
+    allowed = np.ones(len(idx), bool) if keep is None else np.asarray(keep, bool)[:len(idx)]
+    cams = np.array([-1 if c is None else c for c in _column(idx, "camera")]) if exclude_same_camera else None
     out_pos, out_dist = np.full((len(x), top), -1), np.full((len(x), top), np.inf, np.float32)
     for qi in range(len(x)):
+        mask = allowed if cams is None else allowed & (cams[:len(idx)] != query_cameras[qi])
+        want = min(top, int(mask.sum()))
+        if want == 0:
+            continue
         k = min(len(idx), 4 * top)
-        while True:  # widen the search until enough other-camera results (or the whole gallery)
+        while True:  # widen the search until enough allowed results (or the whole gallery)
             pos, dist = _faiss_search(idx, x[qi:qi + 1], k)
-            ok = (pos[0] >= 0) & (cams[np.maximum(pos[0], 0)] != query_cameras[qi])
-            if ok.sum() >= top or k == len(idx):
+            ok = (pos[0] >= 0) & mask[np.maximum(pos[0], 0)]
+            if ok.sum() >= want or k == len(idx):
                 break
             k = min(len(idx), 4 * k)
         p, d = pos[0][ok][:top], dist[0][ok][:top]
@@ -613,14 +626,18 @@ class IndexSpace:
 
 
 def rerank_index(idx: GalleryIndex, query: np.ndarray, top: int = 10, candidates: int = 100,
-                 query_cameras: list | None = None, exclude_same_camera: bool = False
-                 ) -> tuple[np.ndarray, np.ndarray]:
+                 query_cameras: list | None = None, exclude_same_camera: bool = False,
+                 keep: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """:func:`search_index` with k-reciprocal re-ranking of each query's ``candidates`` nearest (at least
-    ``top``) from the index's neighbour lists -> (positions (Q, top), re-ranked distances (Q, top))."""
+    ``top``) from the index's neighbour lists -> (positions (Q, top), re-ranked distances (Q, top)); the
+    filters (``exclude_same_camera``, ``keep``) apply to the re-ranked candidates."""
     pos, dist = rerank_space(IndexSpace(idx, _prepare(query, idx.info["metric"])), max(top, candidates))
-    if exclude_same_camera:
-        cams = np.array([-1 if c is None else c for c in _column(idx, "camera")])
-        keep = cams[pos] != np.asarray(query_cameras)[:, None]
+    if exclude_same_camera or keep is not None:
+        allowed = np.ones(len(idx), bool) if keep is None else np.asarray(keep, bool)[:len(idx)]
+        keep = allowed[pos]
+        if exclude_same_camera:
+            cams = np.array([-1 if c is None else c for c in _column(idx, "camera")])
+            keep &= cams[pos] != np.asarray(query_cameras)[:, None]
         rank = np.where(keep, np.arange(pos.shape[1]), pos.shape[1]).argsort(1, kind="stable")
         pos = np.where(np.take_along_axis(keep, rank, 1), np.take_along_axis(pos, rank, 1), -1)
         dist = np.where(pos >= 0, np.take_along_axis(dist, rank, 1), np.inf)
@@ -636,3 +653,10 @@ def _pad(pos: np.ndarray, dist: np.ndarray, top: int) -> tuple[np.ndarray, np.nd
 def _column(idx: GalleryIndex, name: str) -> list:
     """One metadata column of every vector, in index position order."""
     return [r[0] for r in idx.db.execute(f"SELECT {name} FROM images ORDER BY pos")]
+
+
+def committed_generation(idx: GalleryIndex) -> int:
+    """The generation last committed to the index of ``idx`` (greater than ``idx.info['generation']`` once a
+    writer has added since it was opened: a long-lived reader re-opens then)."""
+    row = idx.db.execute("SELECT value FROM info WHERE key = 'generation'").fetchone()
+    return json.loads(row[0]) if row else 0

@@ -169,6 +169,19 @@ def read_image_and_size(path: str | os.PathLike, max_side: int | None = MAX_SIDE
         raise DataError(path, "image file not found") from None
     except OSError as exc:
         raise DataError(path, f"cannot read image file ({exc.strerror})") from None
+    return _decode(data, path, max_side, min_side)
+
+
+def decode_image(data: bytes, source: str, max_side: int | None = MAX_SIDE, min_side: int = MIN_SIDE) -> np.ndarray:
+    """:func:`read_image` of an encoded image held in memory (an upload): RGB uint8 (H, W, 3), with the same
+    checks (empty, truncated, corrupt, too small, more than MAX_PIXELS declared in the header: refused before
+    decoding); DataError naming ``source`` (a label for messages, never opened)."""
+    return _decode(np.frombuffer(data, dtype=np.uint8), source, max_side, min_side)[0]
+
+
+def _decode(data: np.ndarray, path, max_side: int | None, min_side: int) -> tuple[np.ndarray, tuple[int, int]]:
+    """The checks and decoding of :func:`read_image_and_size` on the encoded bytes ``data`` (uint8 (n,)) of
+    ``path`` (a file name or a label)."""
     if data.size == 0:
         raise DataError(path, "image file is empty (0 bytes)")
     if data[:2].tobytes() == b"\xff\xd8" and b"\xff\xd9" not in data[-1024:].tobytes():

@@ -23,6 +23,7 @@ from .index import bench_index
 from .inference import bench_inference
 from .ranking import bench_evaluate, bench_rerank
 from .scale import bench_scale
+from .serve import bench_serve
 from .synth import bench_synth
 from .training import bench_train
 
@@ -38,6 +39,7 @@ ROWS: dict[str, Callable[[bool], list[Row]]] = {
     "cache": bench_cache,
     "index": bench_index,
     "scale": bench_scale,
+    "serve": bench_serve,
 }
 
 __all__ = ["ROWS", "format_table", "run_bench"]
