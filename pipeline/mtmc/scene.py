@@ -222,15 +222,13 @@ def probe_video(path: Path) -> tuple[int, int, int, float]:
 
 def _frame_folder(folder: Path) -> tuple[int, int, list[str]]:
     from pamtri.data.images import image_header, list_images
-    files = list_images(folder)
+    files = [str(folder / name) for name in list_images(folder)]
     if not files:
         raise DataError(folder, "holds no images (expected 000001.jpg ...)")
     try:
-        h, w, _ = image_header(files[0])
-    except DataError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - any decoder failure is the file's problem
-        raise DataError(files[0], f"cannot be read: {exc}") from exc
+        w, h, _ = image_header(files[0])
+    except OSError as exc:
+        raise DataError(files[0], f"cannot be read: {exc.strerror or exc}") from exc
     return w, h, files
 
 
@@ -349,7 +347,7 @@ def read_scene(root: str | os.PathLike, tracks: str = "mtsc", tracker: str | Non
         fps = s.get("fps") or vfps or None
         if fps is None:
             fps = DEFAULT_FPS
-            log.warning("%s: no frame rate known (frame folder, none in %s); assuming %g fps", folder,
+            log.info("%s: no frame rate known (frame folder, none in %s); assuming %g fps", folder,
                         topo_path or "a topology.yaml", DEFAULT_FPS)
         if layout == "generic":
             offset = s.get("offset")
@@ -472,3 +470,35 @@ def check_scene(root: str | os.PathLike, tracks: str = "any") -> tuple[Scene | N
             except DataError as err:
                 sink.errors.append(err)
     return scene, sink
+
+
+def scene_report(root: str | os.PathLike) -> dict:
+    """``pamtri data check`` for a scene: the cameras and every problem (as ``datacheck.check_dataset``'s dict)."""
+    scene, sink = check_scene(root)
+    problems = [dict(severity=sev, split=None, file=e.path, line=e.line, element=e.element, message=e.reason,
+                     text=str(e)) for sev, errs in (("error", sink.errors), ("warning", sink.warnings)) for e in errs]
+    cams = [] if scene is None else [dict(name=c.name, id=c.id, fps=c.fps, offset=c.offset, frames=c.frames,
+                                          size=f"{c.width}x{c.height}", source=c.source.name,
+                                          tracks=None if c.tracks is None else c.tracks.name,
+                                          gt=c.gt is not None, roi=c.roi is not None) for c in scene.cameras]
+    n_err = len(sink.errors)
+    return {"root": str(Path(root).resolve()), "format": "scene",
+            "layout": None if scene is None else scene.layout, "ok": n_err == 0, "splits": {}, "cameras": cams,
+            "links": None if scene is None or scene.links is None else len(scene.links),
+            "errors": n_err, "warnings": len(sink.warnings), "problems": problems}
+
+
+def format_scene_report(report: dict) -> str:
+    """The human-readable text of :func:`scene_report`."""
+    lines = [f"scene {report['root']} (layout: {report['layout']})", "",
+             f"{'camera':<8} {'id':>4} {'fps':>6} {'offset':>8} {'frames':>7} {'size':>10}  tracks"]
+    for c in report["cameras"]:
+        lines.append(f"{c['name']:<8} {c['id']:>4} {c['fps']:>6g} {c['offset']:>8.2f} {c['frames']:>7} "
+                     f"{c['size']:>10}  {c['tracks']}{' + gt' if c['gt'] else ''}{' + roi' if c['roi'] else ''}")
+    links = report["links"]
+    lines += ["", "topology: " + ("none (every camera pair may connect)" if links is None else f"{links} links")]
+    e, w = report["errors"], report["warnings"]
+    lines.append(f"{e} error{'s' * (e != 1)}, {w} warning{'s' * (w != 1)}" + (":" if e or w else ""))
+    lines += [f"{p['severity']}: {p['text']}" for p in report["problems"]]
+    lines.append("OK" if report["ok"] else "FAILED: problems found")
+    return "\n".join(lines)
