@@ -245,3 +245,13 @@ def test_generic_layout_with_cameras_yaml(tmp_path):
     (generic / "cameras.yaml").write_text("cameras:\n  north_c001: {fps: 8, offset: 0}\n  north_c002: {fps: 8}\n")
     with pytest.raises(DataError, match=r"cameras.yaml, line 3: camera 'north_c002' has no time offset"):
         read_scene(generic)
+
+
+def test_bench_mtmc_associate_rows(monkeypatch):
+    from pamtri.pipeline.bench import ROWS
+    from pamtri.pipeline.bench import mtmc as bench
+    monkeypatch.setitem(bench.SHAPES, True, (600, 16))
+    monkeypatch.setitem(bench.DENSE_PART, True, 200)
+    rows = {r.name: r for r in bench.bench_mtmc(quick=True)}
+    assert set(rows) == {"mtmc_associate", "mtmc_associate_peak"} and "mtmc" in ROWS
+    assert rows["mtmc_associate"].ours > 0 and "extrapolated as N^2" in rows["mtmc_associate"].note
