@@ -29,7 +29,7 @@ from pamtri.pipeline.mtmc.tracklets import build_tracklets, sample_crops, trackl
 VARIANTS = {  # name -> (model, constraints, rerank)
     "a_rgb": ("rgb", False, False), "b_pose": ("pose", False, False), "c_pose_st": ("pose", True, False),
     "d_pose_st_rr": ("pose", True, True), "rgb_st": ("rgb", True, False), "rgb_st_rr": ("rgb", True, True)}
-GRID = [round(x, 2) for x in np.arange(0.05, 1.01, 0.05)]
+GRID = [round(x, 2) for x in np.arange(0.1, 1.01, 0.1)]
 SCENE = dict(cameras=4, vehicles=40, minutes=1.0, fps=10, width=320, height=180)
 
 
