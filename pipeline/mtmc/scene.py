@@ -119,7 +119,11 @@ def read_topology_yaml(path: Path) -> dict:
     """The parsed cameras.yaml / topology.yaml (every mapping carries its '__line__'); DataError when unreadable."""
     import yaml
     try:
-        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_line_loader())
+        loader = _line_loader()(path.read_text(encoding="utf-8"))  # a SafeLoader that also records line numbers
+        try:
+            data = loader.get_single_data()
+        finally:
+            loader.dispose()
     except (OSError, UnicodeDecodeError) as exc:
         raise DataError(path, f"cannot be read: {exc}") from exc
     except yaml.YAMLError as exc:
