@@ -8,8 +8,8 @@ import sys
 from pamtri.common.errors import PamtriError
 
 # Order is the order of ``pamtri --help``.
-COMMAND_MODULES = ("demo", "synth", "data", "pose", "reid", "cache", "embed", "search", "index", "bench", "export",
-                   "weights", "serve")
+COMMAND_MODULES = ("demo", "synth", "data", "pose", "reid", "cache", "embed", "search", "index", "mtmc", "bench",
+                   "export", "weights", "serve")
 
 
 def add_config_args(parser: argparse.ArgumentParser, required: bool = False, printable: bool = False) -> None:

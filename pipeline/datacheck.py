@@ -221,6 +221,9 @@ def check_dataset(root: str | os.PathLike, fmt: str = "auto", max_decodes: int =
     root = Path(root)
     if not root.is_dir():
         raise DataError(root, "is not a folder" if root.exists() else "no such folder")
+    from pamtri.pipeline.mtmc.scene import detect_layout, scene_report
+    if fmt == "scene" or (fmt == "auto" and detect_layout(root) is not None):  # a multi-camera scene (mtmc)
+        return scene_report(root)
     fmt = check_format(fmt, root)
     problems: list[dict] = []
     splits: dict[str, list[Record]] = {}
@@ -275,6 +278,9 @@ def check_dataset(root: str | os.PathLike, fmt: str = "auto", max_decodes: int =
 
 def format_report(report: dict) -> str:
     """The human-readable text of a ``check_dataset`` report: a table per split, then one line per problem."""
+    if report["format"] == "scene":
+        from pamtri.pipeline.mtmc.scene import format_scene_report
+        return format_scene_report(report)
     lines = [f"data set {report['root']} (format: {report['format']})", ""]
     w = max([7] + [len(name) for name in report["splits"]])  # test sets of several sizes: "query_10000"
     head = f"{'split':<{w}} {'images':>8} {'ids':>6} {'cameras':>7} {'colour':>7} {'type':>7} {'orient':>7} " \

@@ -2,7 +2,8 @@
 
 It runs the same commands a user would run, in order: ``synth`` -> ``pose train`` -> ``pose eval`` ->
 ``cache build`` (train, query, test) -> ``reid train`` (RGB-only baseline and the pose-aware variant with
-the same budget) -> ``reid eval`` for both -> ``report.md`` / ``index.html`` with tables and figures.
+the same budget) -> ``reid eval`` for both -> the city stage (``synth city``: a few cameras, a minute of
+traffic; ``mtmc run`` with the pose-aware model) -> ``report.md`` / ``index.html`` with tables and figures.
 """
 from __future__ import annotations
 
@@ -42,10 +43,24 @@ class DemoSynth:
 
 
 @dataclass
+class DemoCity:
+    """The city stage: a generated multi-camera scene tracked with the demo's pose-aware model (docs/mtmc.md)."""
+    enabled: bool = True
+    seed: int = 11
+    cameras: int = 3
+    vehicles: int = 16
+    minutes: float = 1.0
+    fps: float = 10.0
+    width: int = 320
+    height: int = 180
+
+
+@dataclass
 class DemoConfig:
     """What the demo runs: data, the pose and ReID experiment files (their data paths are filled in)."""
     out: str = "runs/demo"
     synth: DemoSynth = field(default_factory=DemoSynth)
+    city: DemoCity = field(default_factory=DemoCity)
     pose_config: str = "configs/pose/demo.yaml"
     reid_baseline: str = "configs/reid/demo_rgb.yaml"
     reid_pose: str = "configs/reid/demo_pose.yaml"
@@ -131,6 +146,14 @@ def run_demo(cfg: DemoConfig, repo: Path | None = None) -> Path:
                                     "--out", str(out / "eval")]
              + [x for o in sets[2:4] for x in ("--set", o)])
         results[label] = json.loads((out / "eval" / "metrics.json").read_text())
+    if cfg.city.enabled:
+        c = cfg.city
+        step("synth city", ["synth", "city", "--out", str(run / "city"), "--seed", str(c.seed), "--cameras",
+                            str(c.cameras), "--vehicles", str(c.vehicles), "--minutes", str(c.minutes), "--fps",
+                            str(c.fps), "--width", str(c.width), "--height", str(c.height), "--no-progress"])
+        step("mtmc run", ["mtmc", "run", "--scene", str(run / "city"), "--pose-weights", str(weights),
+                          "--reid-weights", str(run / "reid_pose" / "best.pt"), "--out", str(run / "mtmc"),
+                          "--no-progress"])
     timings["total"] = round(time.perf_counter() - t_start, 1)
     write_report(run, cfg, results, timings)
     return run
@@ -159,10 +182,34 @@ def write_report(run: Path, cfg: DemoConfig, results: dict, timings: dict) -> No
         figures=dict(data=[_figure("generated samples with their keypoints and segments", "data/preview.png")],
                      pose=[_figure("PCK curve", "pose/eval/pck_curve.png"),
                            _figure("pose overlay", "pose/eval/vis.png")],
-                     reid=[_figure("CMC", "cmc.png"), _figure("rank list", "reid_pose/eval/ranklist.png")]))
+                     reid=[_figure("CMC", "cmc.png"), _figure("rank list", "reid_pose/eval/ranklist.png")]),
+        city=city_summary(run) if (run / "mtmc" / "run.json").is_file() else None)
     plot_cmc_curves(results, run / "cmc.png")
     atomic_write_text(run / "report.md", render("demo_report.md", **context))
     atomic_write_text(run / "index.html", render("demo_report.html", **context))
+
+
+def city_summary(run: Path) -> dict:
+    """The city stage for the report: IDF1 / IDP / IDR, the OD matrix and the longest trip (from the files
+    ``mtmc run`` wrote in ``run/mtmc``)."""
+    import csv
+    folder = run / "mtmc"
+    m = json.loads((folder / "metrics.json").read_text()) if (folder / "metrics.json").is_file() else {}
+    flows = list(csv.DictReader((folder / "flows.csv").open(encoding="utf-8")))
+    tracklets = list(csv.DictReader((folder / "tracklets.csv").open(encoding="utf-8")))
+    cams = sorted({t["camera"] for t in tracklets})
+    counts = {(f["origin"], f["destination"]): f["vehicles"] for f in flows}
+    od = [[a] + [counts.get((a, b), "0") for b in cams] for a in cams]
+    trips: dict[str, list[dict]] = {}
+    for t in tracklets:
+        trips.setdefault(t["global_id"], []).append(t)
+    gid, legs = max(trips.items(), key=lambda kv: (len({t["camera"] for t in kv[1]}), -int(kv[0])),
+                    default=("", []))
+    legs = sorted(legs, key=lambda t: float(t["start_s"]))
+    return dict(idf1=_pct(m.get("idf1")), idp=_pct(m.get("idp")), idr=_pct(m.get("idr")), cameras=cams, od=od,
+                trip=dict(vehicle=gid, legs=[[t["camera"], t["start_s"], t["end_s"], t["color"], t["type"]]
+                                             for t in legs]),
+                report="mtmc/report.html")
 
 
 def _figure(alt: str, src: str) -> dict:

@@ -21,6 +21,7 @@ from .decode import bench_decode
 from .harness import Row, format_table, machine_info
 from .index import bench_index
 from .inference import bench_inference
+from .mtmc import bench_mtmc
 from .ranking import bench_evaluate, bench_rerank
 from .scale import bench_scale
 from .serve import bench_serve
@@ -40,6 +41,7 @@ ROWS: dict[str, Callable[[bool], list[Row]]] = {
     "index": bench_index,
     "scale": bench_scale,
     "serve": bench_serve,
+    "mtmc": bench_mtmc,
 }
 
 __all__ = ["ROWS", "format_table", "run_bench"]

@@ -32,7 +32,7 @@ def register(subparsers) -> None:
             "fully decoded.\nExit status: 0 clean (warnings allowed), 1 problems found or nothing to check (no "
             "such folder, format not detectable; one error line), 2 usage error (bad arguments)."))
     check.add_argument("root", metavar="ROOT", help="data set folder")
-    check.add_argument("--format", dest="fmt", choices=("auto",) + FORMATS, default="auto",
+    check.add_argument("--format", dest="fmt", choices=("auto",) + FORMATS + ("scene",), default="auto",
                        help="data set format (default: detect it)")
     check.add_argument("--json", action="store_true", help="print the report as one JSON object")
     check.add_argument("--max-decodes", type=int, default=None, metavar="N",

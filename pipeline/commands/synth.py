@@ -15,13 +15,19 @@ visibility. Writes a VeRi-style tree under --out:
   synth.json                       arguments and generator version
   preview.png                      with --preview: samples with keypoints and segments
 Train and test identities are disjoint; query = one test image per (identity, camera). The same --seed
-gives byte-identical files whatever --workers."""
+gives byte-identical files whatever --workers.
+
+`pamtri synth city --out DIR --cameras N --vehicles N --minutes M --fps F --seed S` instead writes a generated
+multi-camera scene in the CityFlow MTMC layout (c001/vdo.avi, gt/gt.txt, mtsc/mtsc_sim.txt from a simulated
+tracker, cam_timestamp/, topology.yaml) for `pamtri mtmc run` (docs/mtmc.md)."""
 
 
 def register(subparsers) -> None:
     """Add the ``synth`` subcommand."""
     p = subparsers.add_parser("synth", help="generate a randomized synthetic vehicle data set",
                               description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("kind", nargs="?", choices=("dataset", "city"), default="dataset",
+                   help="dataset (default): a VeRi-style image set; city: a multi-camera scene (docs/mtmc.md)")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (created if missing)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--ids", type=int, default=20, help="number of vehicle identities, >= 2 (default 20)")
@@ -33,6 +39,19 @@ def register(subparsers) -> None:
                         "clutter, blur, colour casts (domain 'real', for StRDAN experiments)")
     p.add_argument("--cameras", type=int, default=4, metavar="N",
                    help="number of cameras, each with its own viewpoint range and colour cast (default 4)")
+    city = p.add_argument_group("synth city")
+    city.add_argument("--vehicles", type=int, default=30, metavar="N", help="vehicles driving through (default 30)")
+    city.add_argument("--minutes", type=float, default=1.0, metavar="M", help="length of every video (default 1)")
+    city.add_argument("--fps", type=float, default=10.0, metavar="F", help="frame rate (default 10, as CityFlow)")
+    city.add_argument("--width", type=int, default=480, metavar="PX", help="frame width (default 480)")
+    city.add_argument("--height", type=int, default=270, metavar="PX", help="frame height (default 270)")
+    city.add_argument("--frames", action="store_true", help="write img1/000001.jpg ... instead of vdo.avi")
+    for flag, default, text in (("--jitter", 0.04, "simulated tracker: box jitter (fraction of the side)"),
+                                ("--miss", 0.05, "simulated tracker: share of missed boxes"),
+                                ("--fragment", 0.15, "simulated tracker: share of tracks broken in two"),
+                                ("--switch", 0.05, "simulated tracker: share of tracks swapping ids"),
+                                ("--false-rate", 2.0, "simulated tracker: false tracklets per camera-minute")):
+        city.add_argument(flag, type=float, default=default, help=f"{text} (default {default})")
     p.add_argument("--test-fraction", type=float, default=0.5, metavar="F",
                    help="share of identities in the test split, 0 < F < 1 (default 0.5)")
     p.add_argument("--workers", type=int, default=1, metavar="N", help="worker processes (default 1)")
@@ -44,6 +63,8 @@ def register(subparsers) -> None:
 
 def cmd_synth(args: argparse.Namespace) -> int:
     """Handler: generate the tree and print a one-screen summary."""
+    if args.kind == "city":
+        return cmd_synth_city(args)
     from pamtri.pipeline.synth import generate
 
     s = generate(args.out, seed=args.seed, ids=args.ids, images_per_id=args.images_per_id, size=args.size,
@@ -55,4 +76,21 @@ def cmd_synth(args: argparse.Namespace) -> int:
         print(f"  {split:<5} {c['images']:>6} images  {c['ids']:>5} ids  {c['cameras']:>3} cameras")
     if s["preview"]:
         print(f"  preview: {s['out']}/preview.png")
+    return 0
+
+
+def cmd_synth_city(args: argparse.Namespace) -> int:
+    """Handler of ``synth city``: write a generated multi-camera scene."""
+    from pamtri.pipeline.mtmc.synth_city import TrackerNoise, generate_city
+
+    noise = TrackerNoise(jitter=args.jitter, miss=args.miss, fragment=args.fragment, switch=args.switch,
+                         false_rate=args.false_rate)
+    s = generate_city(args.out, cameras=args.cameras, vehicles=args.vehicles, minutes=args.minutes, fps=args.fps,
+                      seed=args.seed, width=args.width, height=args.height, frames_only=args.frames, noise=noise,
+                      overwrite=args.overwrite, progress=not args.no_progress)
+    print(f"synth city: {s['cameras']} cameras x {s['frames']} frames, {s['vehicles']} vehicles in "
+          f"{s['seconds']:.1f} s -> {s['out']}")
+    for name, c in s["counts"].items():
+        print(f"  {name}  gt {c['gt_ids']:>4} ids {c['gt_boxes']:>6} boxes   mtsc {c['mtsc_ids']:>4} ids "
+              f"{c['mtsc_boxes']:>6} boxes")
     return 0

@@ -18,7 +18,9 @@ def test_demo_end_to_end_writes_a_complete_report(tmp_path, capsys):
             "--set", 'pose_overrides=["codec.input_size=[64, 64]", "optim.epochs=1", "optim.milestones=[1]", '
                      '"eval.every=1", "data.batch_size=8", "data.max_val=16"]',
             "--set", 'reid_overrides=["data.height=32", "data.width=32", "data.workers=0", "optim.epochs=1", '
-                     '"max_batches=2", "eval.every=1", "sampler.batch_size=8", "sampler.k=2"]']
+                     '"max_batches=2", "eval.every=1", "sampler.batch_size=8", "sampler.k=2"]',
+            "--set", "city.cameras=2", "--set", "city.vehicles=4", "--set", "city.minutes=0.15",
+            "--set", "city.width=128", "--set", "city.height=96"]
     assert main(argv) == 0
     runs = list(tmp_path.iterdir())
     assert len(runs) == 1
@@ -39,6 +41,10 @@ def test_demo_end_to_end_writes_a_complete_report(tmp_path, capsys):
         m = json.loads((run / f"reid_{variant}" / "eval" / "metrics.json").read_text())
         assert 0.0 < m["mAP"] <= 1.0 and m["mAP@100"] <= m["mAP"] + 1e-9
         assert f"{100 * m['mAP']:.2f}" in report
+    # the city stage: IDF1, the OD matrix and a vehicle's trip, and the full MTMC report beside it
+    assert "## City stage" in report and "IDF1" in report and "trip" in report
+    assert (run / "mtmc" / "report.html").is_file() and (run / "mtmc" / "track1.txt").is_file()
+    assert "City stage" in (run / "index.html").read_text()
     # the pose-aware model really read the caches of the pose model the demo trained
     cfg = (run / "reid_pose" / "config.yaml").read_text()
     assert "pose_source: cache" in cfg and str(run / "cache" / "train") in cfg
