@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pamtri.common.atomic import atomic_write_bytes
 from pamtri.common.checkpoint import save_checkpoint
 from pamtri.common.config import to_dict
 from pamtri.pipeline.gallery import ImageSource, embed_images, gallery_bytes, gallery_header
@@ -67,7 +68,7 @@ def _world(folder: Path, n: int, size: int, models: tuple) -> tuple[Path, list[b
     pipe = Pipeline.from_weights(pose, reid, device="cpu")
     arrays = embed_images(pipe, source)
     arrays.update(cameras=np.arange(len(found)) % 4, timestamps=1.7e9 + 60.0 * np.arange(len(found)))
-    (folder / "g.npz").write_bytes(gallery_bytes(gallery_header(pose, reid), arrays))
+    atomic_write_bytes(folder / "g.npz", gallery_bytes(gallery_header(pose, reid), arrays))
     build_index([folder / "g.npz"], folder / "city.faiss").close()
     return folder / "city.faiss", [f.read_bytes() for f in found], pose, reid
 

@@ -26,7 +26,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from pamtri.common.atomic import atomic_write_text
+from pamtri.common.atomic import atomic_write_bytes, atomic_write_text
 from pamtri.common.errors import ConfigError
 from pamtri.data.attributes import VERI_COLORS, VERI_TYPES
 from pamtri.pipeline.synth.dataset import identity_for
@@ -347,7 +347,8 @@ def generate_city(out: str | os.PathLike, *, cameras: int = 4, vehicles: int = 3
                 if writer is not None:
                     writer.write(img)
                 else:
-                    cv2.imwrite(str(cam_dir / "img1" / f"{f:06d}.jpg"), img, [cv2.IMWRITE_JPEG_QUALITY, 90])
+                    atomic_write_bytes(cam_dir / "img1" / f"{f:06d}.jpg",
+                                       cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes())
             if writer is not None:
                 writer.release()
             gt = np.asarray(sorted(gt_rows), np.float64).reshape(-1, 6)
@@ -356,7 +357,7 @@ def generate_city(out: str | os.PathLike, *, cameras: int = 4, vehicles: int = 3
             atomic_write_text(cam_dir / "mtsc" / "mtsc_sim.txt", _mot_text(mtsc, True))
             roi = np.full((height, width), 255, np.uint8)
             roi[: int(0.2 * height)] = 0  # the sky is no road
-            cv2.imwrite(str(cam_dir / "roi.jpg"), roi)
+            atomic_write_bytes(cam_dir / "roi.jpg", cv2.imencode(".jpg", roi)[1].tobytes())
             counts[name] = {"gt_boxes": len(gt), "gt_ids": int(len(np.unique(gt[:, 1]))) if len(gt) else 0,
                             "mtsc_boxes": len(mtsc), "mtsc_ids": int(len(np.unique(mtsc[:, 1]))) if len(mtsc) else 0}
         (stage / "cam_timestamp").mkdir()

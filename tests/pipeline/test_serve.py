@@ -545,14 +545,21 @@ def test_the_page_in_a_real_browser(server, world, tmp_path):
         assert "camera" in tiles[0].text and "distance 0.0000" in tiles[0].text
         driver.save_screenshot(str(tmp_path / "serve-page.png"))
         # search again from the third result, other cameras only, then with a camera filter
+        # (a filter change searches again by itself and redraws the grid, so the filter is set after the click)
         third = tiles[2].get_attribute("data-image-id")
-        driver.find_element(By.ID, "exclude-same").click()
         tiles[2].find_element(By.CSS_SELECTOR, "button.again").click()
         wait.until(lambda d: d.find_element(By.ID, "query-info").text.startswith(f"car{int(third):02d}.jpg"))
         wait.until(lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-state") == "done")
-        again = driver.find_elements(By.CSS_SELECTOR, "#results figure.tile")
-        cams = {t.text.split("camera ")[1].split(" ")[0] for t in again}
-        assert again and str(world.cameras[int(third)]) not in cams
+        driver.find_element(By.ID, "exclude-same").click()
+
+        def other_cameras_only(d):
+            if d.find_element(By.TAG_NAME, "body").get_attribute("data-state") != "done":
+                return None
+            shown = d.execute_script("return [...document.querySelectorAll('#results figure.tile')]"
+                                     ".map(t => t.innerText)")
+            cams = {t.split("camera ")[1].split(" ")[0] for t in shown}
+            return shown if shown and str(world.cameras[int(third)]) not in cams else None
+        assert wait.until(other_cameras_only)
         # a time range (UTC date and time inputs: the index's times are Unix seconds) searches again by itself
         driver.execute_script("const t = document.getElementById('time-to'); t.value = '2026-01-01T00:03:00';"
                               "t.dispatchEvent(new Event('change'));")
