@@ -1,6 +1,7 @@
 """The benchmark harness: rows, timing, memory and FLOP counts, the machine, the Markdown table."""
 from __future__ import annotations
 
+import multiprocessing
 import os
 import platform
 import time
@@ -86,6 +87,28 @@ def peak_flops(dtype_name: str = "fp32", n: int = 2048, seconds: float = 1.0) ->
         if t0 - start >= seconds:  # past the warm-up
             best = min(best, time.perf_counter() - t0)
     return 2.0 * n ** 3 / best
+
+
+def _child_main(conn, fn: Callable[..., dict], args: tuple) -> None:
+    conn.send(fn(*args))
+    conn.close()
+
+
+def in_spawn_child(what: str, fn: Callable[..., dict], *args) -> dict:
+    """``fn(*args)`` (a module-level function returning a dict) in a fresh spawn child, so its peak memory is its
+    own; RuntimeError naming ``what`` when the child dies before answering."""
+    ctx = multiprocessing.get_context("spawn")
+    parent, child = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=_child_main, args=(child, fn, args))
+    proc.start()
+    child.close()
+    try:
+        out = parent.recv()
+    except EOFError:
+        proc.join()
+        raise RuntimeError(f"bench child for {what} died (exit code {proc.exitcode}; out of memory?)") from None
+    proc.join()
+    return out
 
 
 def du_bytes(paths) -> int:

@@ -7,7 +7,6 @@ so it runs on a part and is extrapolated as N^2 (the note says so). Each runs in
 """
 from __future__ import annotations
 
-import multiprocessing
 import resource
 import time
 
@@ -16,7 +15,7 @@ import numpy as np
 from pamtri.pipeline.mtmc.associate import Timing, associate
 from pamtri.pipeline.mtmc.config import AssociationConfig
 
-from .harness import Row, make_row
+from .harness import Row, in_spawn_child, make_row
 
 SHAPES = {False: (100_000, 128), True: (10_000, 64)}  # (tracklets, dim) by quick
 DENSE_PART = {False: 8_000, True: 2_000}
@@ -61,24 +60,9 @@ def _work(n: int, dim: int, dense: bool) -> dict:
             "clusters": int(labels.max()) + 1, "vehicles": int(ids.max()) + 1}
 
 
-def _child_main(conn, *args) -> None:
-    conn.send(_work(*args))
-    conn.close()
-
-
 def measured(n: int, dim: int, dense: bool) -> dict:
-    ctx = multiprocessing.get_context("spawn")
-    parent, child = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=_child_main, args=(child, n, dim, dense))
-    proc.start()
-    child.close()
-    try:
-        out = parent.recv()
-    except EOFError:
-        proc.join()
-        raise RuntimeError(f"bench child for mtmc_associate died (exit code {proc.exitcode})") from None
-    proc.join()
-    return out
+    """:func:`_work` in a fresh spawn child (its own peak memory) -> its dict."""
+    return in_spawn_child("mtmc_associate", _work, n, dim, dense)
 
 
 def bench_mtmc(quick: bool) -> list[Row]:

@@ -7,7 +7,6 @@ child's ``ru_maxrss`` at the end minus its ``ru_maxrss`` once the features exist
 """
 from __future__ import annotations
 
-import multiprocessing
 import resource
 import time
 
@@ -18,7 +17,7 @@ from pamtri.reid import distance, metrics
 from pamtri.reid.rerank import rerank_neighbours
 
 from .baselines import euclidean, rerank_dense
-from .harness import Row, make_row
+from .harness import Row, in_spawn_child, make_row
 
 SHAPES = {False: (10_000, 138_517, 1024), True: (1_000, 13_000, 256)}  # (queries, gallery, dim) by quick
 
@@ -73,25 +72,9 @@ def _work(task: str, shape: tuple[int, int, int], part: tuple[int, int]) -> dict
     return {"seconds": time.perf_counter() - t0, "peak_mib": _rss_mib() - base, "mAP": res["mAP"]}
 
 
-def _child_main(conn, task, shape, part) -> None:
-    conn.send(_work(task, shape, part))
-    conn.close()
-
-
 def measured(task: str, shape: tuple[int, int, int], part: tuple[int, int] | None = None) -> dict:
     """:func:`_work` in a fresh spawn child (its own peak memory) -> its dict."""
-    ctx = multiprocessing.get_context("spawn")
-    parent, child = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=_child_main, args=(child, task, shape, part or shape[:2]))
-    proc.start()
-    child.close()
-    try:
-        out = parent.recv()
-    except EOFError:
-        proc.join()
-        raise RuntimeError(f"bench child for {task} died (exit code {proc.exitcode}; out of memory?)") from None
-    proc.join()
-    return out
+    return in_spawn_child(task, _work, task, shape, part or shape[:2])
 
 
 def bench_scale(quick: bool) -> list[Row]:
