@@ -17,12 +17,13 @@ from pathlib import Path
 
 from pamtri.common.atomic import atomic_write_bytes, atomic_write_text
 from pamtri.common.config import check_renamed, load_config, parse_overrides, save_config
-from pamtri.common.errors import PamtriError
+from pamtri.common.errors import ConfigError, PamtriError
 from pamtri.pipeline.cli import main
 from pamtri.pose.config import PoseConfig
 from pamtri.pose.keypoints import PCK_GROUP_TITLES
 from pamtri.reid.config import ReIDConfig
 
+from .budget import Budget
 from .report import render
 
 log = logging.getLogger(__name__)
@@ -67,9 +68,16 @@ class DemoConfig:
     pose_overrides: list[str] = field(default_factory=list)
     reid_overrides: list[str] = field(default_factory=list)
     batch_size: int = 32  # inference batch for the cache
+    # Wall-clock budget (minutes) for the whole run: the training epochs shrink to fit it on a slow CPU
+    # (pipeline/budget.py); 0 = the experiment files' schedules whatever the machine.
+    budget_minutes: float = 13.0
+    min_pose_epochs: int = 8   # below ~8 epochs the pose model is too weak for pose to help ReID (docs/reid.md)
+    min_reid_epochs: int = 4
 
     def validate(self) -> None:
         """Refuse renamed pose / ReID keys in the overrides now, not after the data set is generated."""
+        if self.budget_minutes < 0 or self.min_pose_epochs < 1 or self.min_reid_epochs < 1:
+            raise ConfigError("budget_minutes must be >= 0 and min_pose_epochs / min_reid_epochs >= 1")
         for key, cls, overrides in (("pose_overrides", PoseConfig, self.pose_overrides),
                                     ("reid_overrides", ReIDConfig, self.reid_overrides)):
             check_renamed(cls, parse_overrides(overrides), key)
@@ -123,6 +131,9 @@ def run_demo(cfg: DemoConfig, repo: Path | None = None) -> Path:
     src = _flow({"root": str(data), "format": "synthetic", "split": "train"})
     val = _flow({"root": str(data), "format": "synthetic", "split": "test"})
     pose_set = [f"data.train=[{src}]", f"data.val=[{val}]"] + list(cfg.pose_overrides)
+    budget = Budget(cfg.budget_minutes, t_start, data, repo / cfg.pose_config, repo / cfg.reid_pose,
+                    cfg.min_pose_epochs, cfg.min_reid_epochs)
+    pose_set += budget.pose_plan(pose_set, list(cfg.reid_overrides)).overrides()
     step("pose train", ["pose", "train", "--config", str(repo / cfg.pose_config), "--out", str(pose_dir)]
          + [x for o in pose_set for x in ("--set", o)])
     weights = pose_dir / "best.pt"
@@ -136,10 +147,12 @@ def run_demo(cfg: DemoConfig, repo: Path | None = None) -> Path:
 
     results = {}
     train_src = _flow({"root": str(data), "split": "train", "domain": "real", "pose_cache": str(caches["train"])})
+    common = [f"data.train=[{train_src}]", f"data.eval_root={data}", f"data.query_cache={caches['query']}",
+              f"data.gallery_cache={caches['test']}"] + list(cfg.reid_overrides)
+    common += budget.reid_plan(common, timings["pose train"]).overrides()  # both variants: the same budget
     for label, config in (("baseline", cfg.reid_baseline), ("pose", cfg.reid_pose)):
         out = run / f"reid_{label}"
-        sets = [f"data.train=[{train_src}]", f"data.eval_root={data}", f"data.query_cache={caches['query']}",
-                f"data.gallery_cache={caches['test']}"] + list(cfg.reid_overrides)
+        sets = common
         step(f"reid train {label}", ["reid", "train", "--config", str(repo / config), "--out", str(out)]
              + [x for o in sets for x in ("--set", o)])
         step(f"reid eval {label}", ["reid", "eval", "--weights", str(out / "best.pt"), "--data", str(data),
@@ -155,7 +168,8 @@ def run_demo(cfg: DemoConfig, repo: Path | None = None) -> Path:
                           "--reid-weights", str(run / "reid_pose" / "best.pt"), "--out", str(run / "mtmc"),
                           "--no-progress"])
     timings["total"] = round(time.perf_counter() - t_start, 1)
-    write_report(run, cfg, results, timings)
+    atomic_write_text(run / "budget.json", json.dumps(budget.summary(), indent=2) + "\n")
+    write_report(run, cfg, results, timings, budget.summary())
     return run
 
 
@@ -163,7 +177,7 @@ def _pct(v) -> str:
     return "n/a" if v is None else f"{100 * v:.2f}"
 
 
-def write_report(run: Path, cfg: DemoConfig, results: dict, timings: dict) -> None:
+def write_report(run: Path, cfg: DemoConfig, results: dict, timings: dict, budget: dict | None = None) -> None:
     """report.md and index.html over the run's tables and figures (paths relative to the run folder), both
     rendered from one context with the templates ``demo_report.md`` and ``demo_report.html``."""
 
@@ -174,7 +188,7 @@ def write_report(run: Path, cfg: DemoConfig, results: dict, timings: dict) -> No
     rows = [[names[label]] + [_pct(r.get(k)) for k in ("mAP", "rank1", "rank5", "rank10", "mAP@100", "mINP",
                                                        "color_acc", "type_acc")] for label, r in results.items()]
     context = dict(
-        run=run.name, synth=cfg.synth, timings=timings,
+        run=run.name, synth=cfg.synth, timings=timings, budget_line=budget_line(budget),
         pck=dict(n_images=pck["n_images"], columns=list(PCK_GROUP_TITLES.values()) + ["Mean", "Mean@0.1"],
                  values=["n/a" if v is None else f"{v:.2f}" for v in pose_vals]),
         reid=dict(columns=["variant", "mAP", "rank-1", "rank-5", "rank-10", "rank-100 mAP", "mINP", "colour acc",
@@ -187,6 +201,20 @@ def write_report(run: Path, cfg: DemoConfig, results: dict, timings: dict) -> No
     plot_cmc_curves(results, run / "cmc.png")
     atomic_write_text(run / "report.md", render("demo_report.md", **context))
     atomic_write_text(run / "index.html", render("demo_report.html", **context))
+
+
+def budget_line(budget: dict | None) -> str:
+    """One sentence on the wall-clock budget and the epochs it left each training stage."""
+    if not budget or not budget.get("minutes"):
+        return "No time budget: the experiment files' schedules ran as written."
+    stages = []
+    for name, title in (("pose", "pose model"), ("reid", "each ReID model")):
+        p = budget.get(name)
+        if p:
+            scaled = "as configured" if p["epochs"] == p["configured"] else "shortened to fit"
+            stages.append(f"{title} {p['epochs']} of {p['configured']} epochs ({scaled}; "
+                          f"timed step {p['step_s']:.2f} s)")
+    return f"Budget {budget['minutes']:g} minutes on this machine: " + ", ".join(stages) + "."
 
 
 def city_summary(run: Path) -> dict:

@@ -1,4 +1,5 @@
-"""Pieces every training loop shares: the metrics CSV, the training-state checkpoint, the finite-loss guard."""
+"""Pieces every training loop shares: the metrics CSV, the training-state checkpoint, the finite-loss guard, and
+one optimiser step on a fixed batch as a function (what the bench and the demo's budget time)."""
 from __future__ import annotations
 
 import csv
@@ -6,6 +7,7 @@ import io
 import logging
 import math
 import os
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +15,7 @@ import torch
 
 from .atomic import atomic_write_text
 from .checkpoint import load_checkpoint, match_state_dict, rng_state, save_checkpoint, set_rng_state
+from .device import autocast
 from .errors import PamtriError
 
 log = logging.getLogger(__name__)
@@ -147,3 +150,23 @@ def restore_training_state(path: str | os.PathLike, *, model: torch.nn.Module, o
         scaler.load_state_dict(state["scaler"])
     set_rng_state(state["rng"])
     return state
+
+
+def optimiser_step(model: torch.nn.Module, inputs: Sequence[torch.Tensor], loss_fn: Callable[..., torch.Tensor],
+                   dtype: torch.dtype | None, channels_last: bool = False, fused: bool = True) -> Callable[[], None]:
+    """One Adam step of ``model`` on the fixed batch ``inputs`` (``loss_fn(model, *inputs)``) under autocast
+    ``dtype`` (None: fp32), as a function; ``channels_last`` converts the model and the 4-d inputs first."""
+    device = next(model.parameters()).device
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+        inputs = [t.contiguous(memory_format=torch.channels_last) if t.ndim == 4 else t for t in inputs]
+    model.train()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4, fused=fused)
+
+    def step() -> None:
+        opt.zero_grad(set_to_none=True)
+        with autocast(device, dtype):
+            loss = loss_fn(model, *inputs)
+        loss.backward()
+        opt.step()
+    return step

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import torch
 
-from pamtri.common.device import autocast, autocast_dtype, cpu_supports_bf16
+from pamtri.common.device import autocast_dtype, cpu_supports_bf16
+from pamtri.common.training import optimiser_step
 from pamtri.pose.train import weighted_mse
 from pamtri.reid.losses import triplet_batch_hard
 
@@ -14,24 +15,8 @@ from .inputs import paper_models
 def train_step(model, make_batch, loss_fn, batch: int, fast: bool):
     """One optimiser step (Adam) of ``model`` on a fixed batch, as a function (fast: bf16 autocast +
     channels-last + fused Adam; else fp32 NCHW, Adam's default implementation)."""
-
-    device = torch.device("cpu")
-    dtype = autocast_dtype(device, "auto") if fast else None
-    if fast:
-        model = model.to(memory_format=torch.channels_last)
-    model.train()
-    opt = torch.optim.Adam(model.parameters(), lr=1e-4, fused=fast)  # fast: fused, as build_optimizer makes it
-    inputs = make_batch(batch)
-    if fast:
-        inputs = [t.contiguous(memory_format=torch.channels_last) if t.ndim == 4 else t for t in inputs]
-
-    def step():
-        opt.zero_grad(set_to_none=True)
-        with autocast(device, dtype):
-            loss = loss_fn(model, *inputs)
-        loss.backward()
-        opt.step()
-    return step
+    dtype = autocast_dtype(torch.device("cpu"), "auto") if fast else None
+    return optimiser_step(model, make_batch(batch), loss_fn, dtype, channels_last=fast, fused=fast)
 
 
 def _train_step_rate(model, make_batch, loss_fn, batch: int, fast: bool, steps: int) -> tuple[float, int]:
