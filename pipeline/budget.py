@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from pamtri.common.config import load_config
-from pamtri.common.device import autocast_dtype
+from pamtri.common.device import autocast_dtype, pick_device
 from pamtri.common.schedule import OptimConfig
 from pamtri.common.training import optimiser_step
 from pamtri.pose.config import PoseConfig
@@ -34,8 +34,8 @@ from pamtri.reid.weights import build_model
 # pose eval, three cache builds, two ReID evaluations and the city stage took 73 s beside 696 s of training).
 OUTSIDE_TRAINING = 0.12
 # Until the pose stage has run, a training step costs this much more than the timed step alone (data loading
-# with one worker on two cores, validation every few epochs).
-FIRST_GUESS_OVERHEAD = 1.3
+# with one worker on two cores, validation every few epochs; the demo's pose stage measured 1.16).
+FIRST_GUESS_OVERHEAD = 1.2
 
 
 @dataclass(frozen=True)
@@ -91,7 +91,7 @@ def pose_step_seconds(cfg: PoseConfig) -> float:
 
     def loss(m, x, target, weight):
         return weighted_mse(m(x).float(), target, weight)
-    return step_seconds(optimiser_step(model, inputs, loss, autocast_dtype(torch.device("cpu"), cfg.precision)))
+    return timed_step(model, inputs, loss, cfg.device, cfg.precision)
 
 
 def reid_step_seconds(cfg: ReIDConfig, num_ids: int) -> float:
@@ -109,7 +109,19 @@ def reid_step_seconds(cfg: ReIDConfig, num_ids: int) -> float:
         out = m(x, kv)
         return torch.nn.functional.cross_entropy(out["id"].float(), pid) + triplet_batch_hard(
             out["embedding"].float(), pid)
-    return step_seconds(optimiser_step(model, inputs, loss, autocast_dtype(torch.device("cpu"), cfg.precision)))
+    return timed_step(model, inputs, loss, cfg.device, cfg.precision)
+
+
+def timed_step(model: torch.nn.Module, inputs: list[torch.Tensor], loss, device_name: str, precision: str) -> float:
+    """Seconds of one optimiser step on the device, precision and memory format the training engine would use
+    (pamtri/common/engine.py: channels-last on CPUs and under autocast)."""
+    device = pick_device(device_name)
+    dtype = autocast_dtype(device, precision)
+    step = optimiser_step(model.to(device), [t.to(device) for t in inputs], loss, dtype,
+                          channels_last=device.type == "cpu" or dtype is not None)
+    if device.type != "cuda":
+        return step_seconds(step)
+    return step_seconds(lambda: (step(), torch.cuda.synchronize(device)))
 
 
 def plan(optim: OptimConfig, steps_per_epoch: int, step_s: float, overhead: float, seconds: float,

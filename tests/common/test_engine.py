@@ -179,3 +179,41 @@ def test_adam_runs_fused_and_steps_as_the_unfused_update_does(name):
             opt.step()
     for a, b in zip(models[0].parameters(), models[1].parameters()):
         torch.testing.assert_close(a, b)
+
+
+def test_image_batches_and_conv_weights_go_channels_last_on_cpu():
+    from pathlib import Path
+
+    from pamtri.common.distributed import DistInfo
+    from pamtri.common.engine import Run, to_device
+    run = Run(Path("."), False, DistInfo(), torch.device("cpu"), None)
+    assert run.memory_format == torch.channels_last
+    batch = to_device({"image": torch.randn(2, 3, 8, 8), "ids": torch.arange(2), "mask": torch.ones(2, 1, 4, 4) > 0,
+                       "name": "x"}, run.device, run.memory_format)
+    assert batch["image"].is_contiguous(memory_format=torch.channels_last)
+    assert not batch["image"].is_contiguous()  # really NHWC in memory, not a (1, 1) spatial special case
+    assert batch["mask"].is_contiguous() and batch["name"] == "x"  # only floating images change layout
+
+
+def test_fit_trains_a_convolution_in_channels_last(tmp_path):
+    class Images(Dataset):
+        def __len__(self):
+            return 8
+
+        def __getitem__(self, i):
+            return {"x": torch.full((3, 6, 6), i / 8.0), "y": torch.tensor([i / 8.0])}
+    seen = []
+
+    def forward(model, batch, progress):
+        seen.append(batch["x"].is_contiguous(memory_format=torch.channels_last))
+        return model(batch["x"])
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
+                                torch.nn.Linear(4, 1))
+    with open_run(tmp_path / "run", False, seed=0, device="cpu", precision="fp32") as run:
+        stage = Stage(model=model, loader=DataLoader(Images(), batch_size=4), forward=forward,
+                      losses=lambda out, b: {"total": (out - b["y"]).square().mean()}, validate=None, score="s",
+                      weights_file=lambda m: {"model": model.state_dict()})
+        optim = OptimConfig(epochs=1, milestones=[])
+        fit(run, stage, optim, config=optim, eval_every=0)
+    assert seen == [True, True] and model[0].weight.is_contiguous(memory_format=torch.channels_last)
