@@ -30,6 +30,8 @@ from pamtri.reid.config import ReIDConfig
 from pamtri.reid.losses import triplet_batch_hard
 from pamtri.reid.weights import build_model
 
+from .bench.harness import timed
+
 # Time the demo needs outside training, as a share of the training time (measured on the demo's own runs:
 # pose eval, three cache builds, two ReID evaluations and the city stage took 73 s beside 696 s of training).
 OUTSIDE_TRAINING = 0.12
@@ -68,17 +70,6 @@ def scaled_schedule(optim: OptimConfig, fraction: float, minimum: int) -> tuple[
     milestones = sorted({min(epochs - 1, max(1, round(m * epochs / configured))) for m in optim.milestones
                          if m < configured})
     return epochs, tuple(m for m in milestones if 0 < m < epochs)
-
-
-def step_seconds(step, repeat: int = 2) -> float:
-    """Median seconds of ``step()`` over ``repeat`` calls after one warm-up call."""
-    step()
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - t0)
-    return sorted(times)[len(times) // 2]
 
 
 def pose_step_seconds(cfg: PoseConfig) -> float:
@@ -120,8 +111,8 @@ def timed_step(model: torch.nn.Module, inputs: list[torch.Tensor], loss, device_
     step = optimiser_step(model.to(device), [t.to(device) for t in inputs], loss, dtype,
                           channels_last=device.type == "cpu" or dtype is not None)
     if device.type != "cuda":
-        return step_seconds(step)
-    return step_seconds(lambda: (step(), torch.cuda.synchronize(device)))
+        return timed(step, repeat=2)
+    return timed(lambda: (step(), torch.cuda.synchronize(device)), repeat=2)
 
 
 def plan(optim: OptimConfig, steps_per_epoch: int, step_s: float, overhead: float, seconds: float,

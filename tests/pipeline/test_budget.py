@@ -15,7 +15,6 @@ from pamtri.pipeline.budget import (
     pose_step_seconds,
     reid_step_seconds,
     scaled_schedule,
-    step_seconds,
     steps_per_epoch,
     training_set_size,
 )
@@ -60,16 +59,6 @@ def test_steps_per_epoch_drops_the_last_partial_batch_and_respects_the_cap():
     assert steps_per_epoch(1200, 32, 0) == 37
     assert steps_per_epoch(1200, 32, 20) == 20
     assert steps_per_epoch(10, 32, 0) == 1
-
-
-def test_step_seconds_times_calls_after_a_warm_up():
-    calls = []
-
-    def step():
-        calls.append(time.perf_counter())
-        time.sleep(0.01 if len(calls) > 1 else 0.0)
-    seconds = step_seconds(step, repeat=3)
-    assert len(calls) == 4 and seconds >= 0.009
 
 
 def test_optimiser_step_updates_the_weights_under_autocast():
