@@ -70,7 +70,7 @@ class DemoConfig:
     batch_size: int = 32  # inference batch for the cache
     # Wall-clock budget (minutes) for the whole run: the training epochs shrink to fit it on a slow CPU
     # (pipeline/budget.py); 0 = the experiment files' schedules whatever the machine.
-    budget_minutes: float = 13.0
+    budget_minutes: float = 13.5
     min_pose_epochs: int = 8   # below ~8 epochs the pose model is too weak for pose to help ReID (docs/reid.md)
     min_reid_epochs: int = 4
 

@@ -104,7 +104,7 @@ def test_budget_keeps_the_files_schedules_when_they_fit(tmp_path, timed_steps):
     pose = budget.pose_plan(TINY_POSE, TINY_REID)
     reid = budget.reid_plan(TINY_REID, pose_seconds=30.0)
     assert not pose.scaled and not reid.scaled and pose.overrides() == [] == reid.overrides()
-    assert budget.overhead == pytest.approx(30.0 / (20 * 12 * 0.1))  # measured pose time / timed steps
+    assert budget.overhead == pytest.approx(30.0 / (20 * 12 * 0.1))  # measured pose time / timed steps (1.25)
 
 
 def test_budget_shortens_both_stages_in_proportion_to_the_time_left(tmp_path, timed_steps):

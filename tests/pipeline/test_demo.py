@@ -52,5 +52,5 @@ def test_demo_end_to_end_writes_a_complete_report(tmp_path, capsys):
     budget = json.loads((run / "budget.json").read_text())
     assert budget["pose"]["step_s"] > 0 and budget["reid"]["step_s"] > 0
     assert budget["pose"]["epochs"] == 1 and budget["reid"]["epochs"] == 1  # a tiny run fits: nothing shortened
-    assert "Budget 13 minutes on this machine: pose model 1 of 1 epochs (as configured" in report
+    assert "Budget 13.5 minutes on this machine: pose model 1 of 1 epochs (as configured" in report
     assert "demo finished" in capsys.readouterr().out
