@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from pamtri.common.config import load_config
-from pamtri.common.device import autocast_dtype, pick_device
+from pamtri.common.device import autocast_dtype, pick_device, training_memory_format
 from pamtri.common.schedule import OptimConfig
 from pamtri.common.training import optimiser_step
 from pamtri.pose.config import PoseConfig
@@ -108,11 +108,11 @@ def reid_step_seconds(cfg: ReIDConfig, num_ids: int) -> float:
 
 def timed_step(model: torch.nn.Module, inputs: list[torch.Tensor], loss, device_name: str, precision: str) -> float:
     """Seconds of one optimiser step on the device, precision and memory format the training engine would use
-    (pamtri/common/engine.py: channels-last on CPUs and under autocast)."""
+    (pamtri/common/device.py ``training_memory_format``)."""
     device = pick_device(device_name)
     dtype = autocast_dtype(device, precision)
-    step = optimiser_step(model.to(device), [t.to(device) for t in inputs], loss, dtype,
-                          channels_last=device.type == "cpu" or dtype is not None)
+    channels_last = training_memory_format(device, dtype) == torch.channels_last
+    step = optimiser_step(model.to(device), [t.to(device) for t in inputs], loss, dtype, channels_last=channels_last)
     if device.type != "cuda":
         return timed(step, repeat=2)
     return timed(lambda: (step(), torch.cuda.synchronize(device)), repeat=2)

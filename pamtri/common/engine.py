@@ -33,7 +33,7 @@ from tqdm import tqdm
 from .atomic import RunLock, atomic_write_text
 from .checkpoint import save_checkpoint
 from .config import save_config, to_dict
-from .device import autocast, autocast_dtype, pick_device, seed_everything
+from .device import autocast, autocast_dtype, pick_device, seed_everything, training_memory_format
 from .distributed import DistInfo, barrier, broadcast_buffers, init_distributed, mean_over_ranks, shutdown
 from .errors import PamtriError
 from .schedule import OptimConfig, build_optimizer, build_scheduler
@@ -53,9 +53,7 @@ class Run:
 
     @property
     def memory_format(self) -> torch.memory_format:
-        """Channels-last (NHWC) where convolutions run faster in it: on CPUs at any precision (oneDNN; a demo
-        training step 1.2-1.5x, docs/perf.md) and on GPUs under autocast (tensor cores); else contiguous."""
-        return torch.channels_last if self.device.type == "cpu" or self.dtype is not None else torch.contiguous_format
+        return training_memory_format(self.device, self.dtype)
 
 
 @dataclass

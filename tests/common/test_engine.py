@@ -181,6 +181,15 @@ def test_adam_runs_fused_and_steps_as_the_unfused_update_does(name):
         torch.testing.assert_close(a, b)
 
 
+def test_training_layout_rule():
+    from pamtri.common.device import training_memory_format
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    assert training_memory_format(cpu, None) == torch.channels_last
+    assert training_memory_format(cpu, torch.bfloat16) == torch.contiguous_format
+    assert training_memory_format(gpu, torch.float16) == torch.channels_last
+    assert training_memory_format(gpu, None) == torch.contiguous_format
+
+
 def test_image_batches_and_conv_weights_go_channels_last_on_cpu():
     from pathlib import Path
 
