@@ -55,6 +55,37 @@ def pairwise_distance(query: torch.Tensor, gallery: torch.Tensor, metric: str = 
     return out
 
 
+def split_embedding(x, layout: tuple[int, int, int]):
+    """A flat embedding of a model with parts (N, D + P d + P) -> (global (N, D), parts (N, P, d), visibility
+    (N, P)); ``layout`` = (D, P, d) (``ReIDNet.part_layout``). Torch tensors or numpy arrays."""
+    dim, parts, part_dim = layout
+    if x.shape[1] != dim + parts * (part_dim + 1):
+        raise ValueError(f"a feature of {x.shape[1]} values does not hold {dim} + {parts} x ({part_dim} + 1)")
+    return (x[:, :dim], x[:, dim:dim + parts * part_dim].reshape(len(x), parts, part_dim),
+            x[:, dim + parts * part_dim:])
+
+
+def covisible_distance(query: tuple, gallery: tuple, metric: str = "euclidean", weight: float = 1.0
+                       ) -> torch.Tensor:
+    """The co-visible distance (issue 25, PVEN's form) of query (global (Q, D), parts (Q, P, d), visibility (Q, P))
+    against gallery (the same for G images) -> (Q, G) float32:
+
+        d(q, g) = d_metric(f_q, f_g) + weight * sum_k v_qk v_gk d_metric(p_qk, p_gk) / sum_k v_qk v_gk,
+
+    the part term 0 where the two images share no visible part (sum_k v_qk v_gk = 0). Each part distance is the
+    global one's metric (cosine: 1 - cos of the L2-normalised part features)."""
+    qg, qp, qv = (torch.as_tensor(np.asarray(t) if not isinstance(t, torch.Tensor) else t).float() for t in query)
+    gg, gp, gv = (torch.as_tensor(np.asarray(t) if not isinstance(t, torch.Tensor) else t).float() for t in gallery)
+    out = pairwise_distance(qg, gg, metric)
+    if weight == 0 or qp.shape[1] == 0:
+        return out
+    num = torch.zeros_like(out)
+    den = qv @ gv.T
+    for k in range(qp.shape[1]):
+        num += qv[:, k, None] * gv[None, :, k] * pairwise_distance(qp[:, k], gp[:, k], metric)
+    return out + weight * torch.where(den > 0, num / den.clamp_min(1e-12), torch.zeros_like(num))
+
+
 def squared_block(a: torch.Tensor, b: torch.Tensor, metric: str, a_sq: torch.Tensor | None = None,
                   b_sq: torch.Tensor | None = None) -> torch.Tensor:
     """(R, C) float32 squared distances d^2 between prepared rows ``a`` (R, D) and ``b`` (C, D); ``a_sq`` /
