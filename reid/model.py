@@ -415,8 +415,9 @@ class ReIDNet(nn.Module):
     def forward(self, images: torch.Tensor, keypoints: torch.Tensor | None = None,
                 cameras: torch.Tensor | None = None, views: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """{'embedding': (B, D) global test feature, 'id', 'color', 'type', 'orientation', 'domain': logits} for the
-        heads on (with model.parts also the part head's outputs; ``flat_embedding`` joins them as ``embed`` does); BNNeck adds 'triplet_feature' (B, D), its input, which the triplet loss sees; 'centers' (ids, D) the
-        center loss's class centres (model.centers). ``cameras`` / ``views`` (B,) feed the ViT's SIE only."""
+        heads on (with model.parts also the part head's outputs; ``flat_embedding`` joins them as ``embed`` does);
+        BNNeck adds 'triplet_feature' (B, D), its input, which the triplet loss sees; 'centers' (ids, D) the center
+        loss's class centres (model.centers). ``cameras`` / ``views`` (B,) feed the ViT's SIE only."""
         pooled, fmap = self._pooled_and_map(images, keypoints, cameras, views)
         pooled, local = self._split_jpm(pooled)
         f = self._head_input(pooled, keypoints)
