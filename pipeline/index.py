@@ -26,7 +26,14 @@ import torch
 
 from pamtri.common.atomic import RunLock
 from pamtri.common.errors import ConfigError, DataError, PamtriError, WriteError
-from pamtri.reid.distance import covisible_distance, from_similarity, pairwise_distance, prepared, squared_pairs
+from pamtri.reid.distance import (
+    covisible_distance,
+    from_similarity,
+    pairwise_distance,
+    part_scale,
+    prepared,
+    squared_pairs,
+)
 from pamtri.reid.rerank import rerank_space, smallest_k
 
 from .gallery import read_gallery
@@ -403,7 +410,8 @@ def build_index(feature_files: list[str | os.PathLike], out: str | os.PathLike, 
         raise WriteError(out, exc, False) from None
     info = {"model_sha256": fs.model_sha256, "dim": int(x.shape[1]), "metric": metric, "kind": kind,
             "params": params, "reid_weights": fs.reid_weights, "pose_weights": fs.pose_weights,
-            "parts": None if fs.parts is None else list(fs.part_features.shape[1:])}
+            "parts": None if fs.parts is None else list(fs.part_features.shape[1:]),
+            "part_scale": None if fs.parts is None else part_scale((x, *fs.parts), metric)}
     with _lock(out).acquire(wait):
         _recover(out)
         _refuse_to_build(out)  # another build may have finished while this one computed
@@ -714,9 +722,9 @@ def index_parts(idx: GalleryIndex, positions: np.ndarray) -> tuple[np.ndarray, n
 def rescore_covisible(idx: GalleryIndex, query: np.ndarray, query_parts: tuple[np.ndarray, np.ndarray],
                       pos: np.ndarray, part_weight: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
     """Re-score each query's candidates ``pos`` (Q, L) (-1: none) with the co-visible distance
-    (``reid.distance.covisible_distance``: global distance of the index's metric + part_weight x the visibility-
-    weighted part distance) -> (positions (Q, L), distances (Q, L)) nearest first; the global features are read back
-    from the FAISS index (IVF-PQ: decoded, approximate)."""
+    (``reid.distance.covisible_distance``: global distance of the index's metric + lambda ``part_weight`` x the
+    visibility-weighted part distance) -> (positions (Q, L), distances (Q, L)) nearest first; the global features are
+    read back from the FAISS index (IVF-PQ: decoded, approximate)."""
     if hasattr(idx.faiss, "make_direct_map"):
         idx.faiss.make_direct_map()
     out_pos, out_dist = np.full(pos.shape, -1), np.full(pos.shape, np.inf, np.float32)
@@ -741,9 +749,11 @@ def search_covisible(idx: GalleryIndex, query: np.ndarray, query_parts: tuple[np
     """:func:`search_index`, then for an index of part features (and queries with theirs) the ``candidates``
     nearest by the global feature (at least ``top``) re-scored by the co-visible distance (:func:`rescore_covisible`)
     -> (positions (Q, top), distances (Q, top)). ``filters``: search_index's query_cameras, exclude_same_camera,
-    keep. Without parts on either side, or with part_weight 0: search_index itself."""
+    keep. ``part_weight`` is relative: lambda = part_weight x the index's ``part_scale`` (``reid.distance.part_scale``
+    of the vectors it was built with). Without parts on either side, or with part_weight 0: search_index itself."""
     if query_parts is None or not idx.info.get("parts") or part_weight == 0:
         return search_index(idx, query, top, **filters)
     pos, _ = search_index(idx, query, max(top, candidates), **filters)
-    pos, dist = rescore_covisible(idx, np.ascontiguousarray(query, np.float32), query_parts, pos, part_weight)
+    weight = part_weight * idx.info.get("part_scale", 1.0)  # relative to the global scale, measured at build
+    pos, dist = rescore_covisible(idx, np.ascontiguousarray(query, np.float32), query_parts, pos, weight)
     return pos[:, :top], dist[:, :top]

@@ -73,17 +73,43 @@ def covisible_distance(query: tuple, gallery: tuple, metric: str = "euclidean", 
         d(q, g) = d_metric(f_q, f_g) + weight * sum_k v_qk v_gk d_metric(p_qk, p_gk) / sum_k v_qk v_gk,
 
     the part term 0 where the two images share no visible part (sum_k v_qk v_gk = 0). Each part distance is the
-    global one's metric (cosine: 1 - cos of the L2-normalised part features)."""
-    qg, qp, qv = (torch.as_tensor(np.asarray(t) if not isinstance(t, torch.Tensor) else t).float() for t in query)
-    gg, gp, gv = (torch.as_tensor(np.asarray(t) if not isinstance(t, torch.Tensor) else t).float() for t in gallery)
+    global one's metric (cosine: 1 - cos of the L2-normalised part features). ``weight`` is the absolute lambda
+    (evaluation and the index pass eval.part_weight x :func:`part_scale`)."""
+    qg, qp, qv = _tensors(query)
+    gg, gp, gv = _tensors(gallery)
     out = pairwise_distance(qg, gg, metric)
     if weight == 0 or qp.shape[1] == 0:
         return out
-    num = torch.zeros_like(out)
+    return out + weight * _part_term(qp, qv, gp, gv, metric)
+
+
+def _tensors(items: tuple) -> tuple[torch.Tensor, ...]:
+    return tuple(torch.as_tensor(np.asarray(t) if not isinstance(t, torch.Tensor) else t).float() for t in items)
+
+
+def _part_term(qp, qv, gp, gv, metric: str) -> torch.Tensor:
+    """(Q, G) sum_k v_qk v_gk d(p_qk, p_gk) / sum_k v_qk v_gk, 0 where no part is seen by both."""
+    num = torch.zeros(len(qp), len(gp))
     den = qv @ gv.T
     for k in range(qp.shape[1]):
         num += qv[:, k, None] * gv[None, :, k] * pairwise_distance(qp[:, k], gp[:, k], metric)
-    return out + weight * torch.where(den > 0, num / den.clamp_min(1e-12), torch.zeros_like(num))
+    return torch.where(den > 0, num / den.clamp_min(1e-12), torch.zeros_like(num))
+
+
+def part_scale(gallery: tuple, metric: str = "euclidean", sample: int = 512) -> float:
+    """The label-free scale that makes the part term comparable to the global distance: mean global distance / mean
+    part term over the pairs (sharing a visible part) of up to ``sample`` evenly spaced gallery images; 1 when no
+    pair shares a part. The global feature (an FC output, a BN output or a pooled map) and the BN'd part features
+    live on different scales, so a fixed lambda would let either term drown the other (docs/reid.md)."""
+    g, p, v = _tensors(gallery)
+    idx = torch.linspace(0, len(g) - 1, min(sample, len(g))).round().long().unique()
+    g, p, v = g[idx], p[idx], v[idx]
+    shared = (v @ v.T) > 0
+    shared.fill_diagonal_(False)
+    if not shared.any():
+        return 1.0
+    term = _part_term(p, v, p, v, metric)[shared].mean()
+    return float(pairwise_distance(g, g, metric)[shared].mean() / term.clamp_min(1e-12))
 
 
 def squared_block(a: torch.Tensor, b: torch.Tensor, metric: str, a_sq: torch.Tensor | None = None,

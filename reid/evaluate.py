@@ -20,7 +20,7 @@ from pamtri.pose.keypoints import NUM_KEYPOINTS
 
 from .config import DataConfig, EvalConfig
 from .dataset import ReIDDataset, side_information
-from .distance import covisible_distance, pairwise_distance, split_embedding
+from .distance import covisible_distance, pairwise_distance, part_scale, split_embedding
 from .metrics import (
     attribute_accuracy,
     cross_view_faces,
@@ -229,7 +229,8 @@ def metrics_and_distances(qf: Features, gf: Features, cfg: EvalConfig) -> tuple[
     then query-expanded (eval.query_expansion). The (Q, G) matrix is never built: the metrics come from the
     features block by block (``metrics.metrics_from_features``), re-ranked from the candidate lists of
     :func:`rerank_lists` (``metrics.metrics_from_ranked_lists``). Features with parts (``qf.layout``): the
-    co-visible distance (``distance.covisible_distance``, weight eval.part_weight); query expansion and re-ranking
+    co-visible distance (``distance.covisible_distance``, lambda = eval.part_weight x ``distance.part_scale`` of the
+    gallery); query expansion and re-ranking
     work on the global features alone. With eval.cross_view and known views, 'cross_view_*' entries repeat mAP,
     rank-1 and the valid query count over other-view true matches only (``metrics.cross_view_faces``)."""
     q, g = qf.features, gf.features
@@ -250,16 +251,19 @@ def metrics_and_distances(qf: Features, gf: Features, cfg: EvalConfig) -> tuple[
                                              cfg.max_rank, cfg.topk_map, ignore_cameras=cfg.ignore_cameras, faces=f)
         dist = ranked_rows(*(torch.as_tensor(a)[shown] for a in (order, ranked)), q[shown], g, cfg.metric).numpy()
     else:
-        distance = None
+        distance, weight = None, 0.0
         if qs is not None and cfg.part_weight > 0:
+            weight = cfg.part_weight * part_scale((g, *gs[1:]), cfg.metric)  # lambda relative to the global scale
+            log.info("co-visible distance: lambda %.4g (eval.part_weight %g x the gallery's scale)", weight,
+                     cfg.part_weight)
+
             def distance(rows, s, e):
-                return covisible_distance((rows, qs[1][s:e], qs[2][s:e]), (g, *gs[1:]), cfg.metric, cfg.part_weight)
+                return covisible_distance((rows, qs[1][s:e], qs[2][s:e]), (g, *gs[1:]), cfg.metric, weight)
         def metrics(f):
             return metrics_from_features(q, g, qf.pids, gf.pids, qf.camids, gf.camids, cfg.metric, cfg.max_rank,
                                          cfg.topk_map, ignore_cameras=cfg.ignore_cameras, distance=distance, faces=f)
         dist = (pairwise_distance(q[shown], g, cfg.metric) if distance is None else
-                covisible_distance((q[shown], qs[1][shown], qs[2][shown]), (g, *gs[1:]), cfg.metric,
-                                   cfg.part_weight)).numpy()
+                covisible_distance((q[shown], qs[1][shown], qs[2][shown]), (g, *gs[1:]), cfg.metric, weight)).numpy()
     raw = metrics(None)
     out = summarise(raw, cfg.topk_map)
     if faces is not None:

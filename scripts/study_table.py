@@ -32,7 +32,8 @@ def cell(values: list[float]) -> str:
 
 
 def main(root: str, arms: list[str]) -> None:
-    print("| arm | seeds | mAP | rank-1 | cross-view mAP | cross-view rank-1 | per seed mAP / rank-1 / cross-view mAP |")
+    print("| arm | seeds | mAP | rank-1 | cross-view mAP | cross-view rank-1 | per seed mAP / rank-1 / cross-view "
+          "mAP |")
     print("| --- | ---: | ---: | ---: | ---: | ---: | --- |")
     for arm in arms:
         runs = sorted(p for p in Path(root).glob(f"{arm}-s*") if (p / "DONE").exists())

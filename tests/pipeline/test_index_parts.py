@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from pamtri.pipeline import index as gi
-from pamtri.reid.distance import covisible_distance
+from pamtri.reid.distance import covisible_distance, part_scale
 
 pytest.importorskip("faiss")
 
@@ -32,10 +32,12 @@ def test_rescoring_the_whole_gallery_equals_brute_force(tmp_path, metric):
     idx = gi.build_index([write_parts(tmp_path / "g.npz", g, gp, gv, names)], tmp_path / "g.faiss", "flat", metric)
     try:
         assert idx.info["parts"] == [5, 4]
+        scale = idx.info["part_scale"]
+        assert scale == pytest.approx(part_scale((g, gp, gv), metric), rel=1e-5) and scale > 0
         pos, dist = gi.search_covisible(idx, q, (qp, qv), top=10, candidates=60, part_weight=0.5)
     finally:
         idx.close()
-    brute = covisible_distance((q, qp, qv), (g, gp, gv), metric, 0.5).numpy()
+    brute = covisible_distance((q, qp, qv), (g, gp, gv), metric, 0.5 * scale).numpy()
     want = np.argsort(brute, axis=1, kind="stable")[:, :10]
     np.testing.assert_array_equal(pos, want)
     np.testing.assert_allclose(dist, np.take_along_axis(brute, want, 1), rtol=1e-4, atol=1e-5)

@@ -9,7 +9,7 @@ from pamtri.common.config import load_config
 from pamtri.common.errors import ConfigError
 from pamtri.pose.keypoints import SEGMENTS
 from pamtri.reid.config import LossConfig, ModelConfig, ReIDConfig
-from pamtri.reid.distance import covisible_distance, split_embedding
+from pamtri.reid.distance import covisible_distance, part_scale, split_embedding
 from pamtri.reid.losses import covisible_part_distance, reid_losses, triplet_from_distances
 from pamtri.reid.metrics import cross_view_faces, metrics_from_features
 from pamtri.reid.model import ReIDNet
@@ -182,3 +182,14 @@ def test_parts_refuse_a_config_without_pose():
     cfg = load_config(ReIDConfig, "configs/reid/rs_parts_synthetic.yaml")
     with pytest.raises(ConfigError, match="model.parts"):
         replace(cfg, data=replace(cfg.data, pose_source="none")).validate()
+
+
+def test_part_scale_puts_the_part_term_on_the_global_scale():
+    rng = np.random.default_rng(3)
+    g, p, v = rng.normal(size=(9, 6)) * 10.0, rng.normal(size=(9, 3, 2)), rng.random((9, 3))
+    scale = part_scale((g, p, v), "euclidean")
+    glob = covisible_distance((g, p, v), (g, p, v), "euclidean", 0.0).numpy()
+    part = covisible_distance((g * 0, p, v), (g * 0, p, v), "euclidean", 1.0).numpy()
+    off = ~np.eye(9, dtype=bool)
+    assert scale == pytest.approx(glob[off].mean() / part[off].mean(), rel=1e-4)
+    assert part_scale((g, p, np.zeros((9, 3))), "euclidean") == 1.0  # no shared part: nothing to scale
