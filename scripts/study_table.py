@@ -2,8 +2,9 @@
 
     python scripts/study_table.py runs/study rs_synthetic rs_parts_synthetic ...
 
-reads RUNS/<arm>-s<seed>/metrics.csv (the last row: the one evaluation after the last step) and, where that row has
-no cross-view entries (runs from before issue 25), RUNS/<arm>-s<seed>/eval/metrics.json (`pamtri reid eval`).
+reads RUNS/<arm>-s<seed>/eval/metrics.json (`pamtri reid eval --weights RUN/best.pt --data data/study --out RUN/eval`:
+the final weights evaluated with today's code, which also gives runs from before issue 25 their cross-view entries)
+or else RUNS/<arm>-s<seed>/metrics.csv (its last row: the one evaluation after the last step).
 """
 import csv
 import json
@@ -15,13 +16,12 @@ KEYS = ("mAP", "rank1", "cross_view_mAP", "cross_view_rank1")
 
 
 def final_metrics(run: Path) -> dict:
+    evaluated = run / "eval" / "metrics.json"
+    if evaluated.exists():
+        return {k: float(v) for k, v in json.loads(evaluated.read_text()).items() if k in KEYS}
     with open(run / "metrics.csv") as fh:
         last = list(csv.DictReader(fh))[-1]
-    out = {k: float(last[k]) for k in KEYS if last.get(k)}
-    extra = run / "eval" / "metrics.json"
-    if "cross_view_mAP" not in out and extra.exists():
-        out.update({k: float(v) for k, v in json.loads(extra.read_text()).items() if k in KEYS[2:]})
-    return out
+    return {k: float(last[k]) for k in KEYS if last.get(k)}
 
 
 def cell(values: list[float]) -> str:
