@@ -112,6 +112,9 @@ def export_reid(weights: str | os.PathLike, out: str | os.PathLike, size: tuple[
 
     _require_onnx()
     model, ckpt = load_reid(weights)
+    if model.num_parts:
+        raise ConfigError(f"{weights}: a model with part features (model.parts {model.cfg.parts}) is not exported yet "
+                          "(its part outputs have no ONNX graph); run it with --runtime torch")
     spec = ReidInput.from_checkpoint(ckpt, model.cfg, os.fspath(weights))
     h, w = size if size else (spec.height, spec.width)
     _check_size(h, w, 1, weights)

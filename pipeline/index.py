@@ -26,7 +26,14 @@ import torch
 
 from pamtri.common.atomic import RunLock
 from pamtri.common.errors import ConfigError, DataError, PamtriError, WriteError
-from pamtri.reid.distance import from_similarity, pairwise_distance, prepared, squared_pairs
+from pamtri.reid.distance import (
+    covisible_distance,
+    from_similarity,
+    pairwise_distance,
+    part_scale,
+    prepared,
+    squared_pairs,
+)
 from pamtri.reid.rerank import rerank_space, smallest_k
 
 from .gallery import read_gallery
@@ -60,7 +67,9 @@ _SCHEMA = """
 CREATE TABLE IF NOT EXISTS info (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS images (pos INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE, path TEXT NOT NULL,
                                    camera INTEGER, track INTEGER, timestamp REAL);
+CREATE TABLE IF NOT EXISTS parts (pos INTEGER PRIMARY KEY, features BLOB NOT NULL, visibility BLOB NOT NULL);
 """
+RESCORE_TOP = 100  # candidates the co-visible distance re-scores per query (models with part features)
 
 
 @dataclass(frozen=True)
@@ -75,6 +84,13 @@ class FeatureSet:
     model_sha256: str
     reid_weights: str
     pose_weights: str
+    part_features: np.ndarray | None = None    # (N, P, d) float32 of a model with parts (model.parts), else None
+    part_visibility: np.ndarray | None = None  # (N, P) float32
+
+    @property
+    def parts(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """(part features, visibilities), or None for a model without parts."""
+        return None if self.part_features is None else (self.part_features, self.part_visibility)
 
 
 def _optional(arrays: dict, key: str, n: int, cast) -> list:
@@ -90,7 +106,20 @@ def read_features(path: str | os.PathLike) -> FeatureSet:
     return FeatureSet(np.ascontiguousarray(g["features"], np.float32), [str(s) for s in g["names"]],
                       [str(s) for s in g["paths"]], _optional(g, "cameras", n, int), _optional(g, "tracks", n, int),
                       _optional(g, "timestamps", n, float), str(g["reid_weights_sha256"]), str(g["reid_weights"]),
-                      str(g.get("pose_weights", "")))
+                      str(g.get("pose_weights", "")), *_read_parts(path, g, n))
+
+
+def _read_parts(path, g: dict, n: int) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """A gallery's part features (N, P, d) and visibilities (N, P), (None, None) when it has none (files of models
+    without parts and of pamtri before issue 25); DataError naming ``path`` when their shapes do not fit."""
+    if "part_features" not in g:
+        return None, None
+    pf, pv = np.ascontiguousarray(g["part_features"], np.float32), np.ascontiguousarray(g.get("part_visibility"),
+                                                                                         np.float32)
+    if pf.ndim != 3 or pv.shape != pf.shape[:2] or len(pf) != n:
+        raise DataError(path, f"part_features {pf.shape} and part_visibility {pv.shape} do not fit {n} images; "
+                              "write it with `pamtri embed`")
+    return pf, pv
 
 
 _PER_IMAGE = ("names", "paths", "cameras", "tracks", "timestamps")
@@ -129,9 +158,11 @@ def concat_features(paths: list[str | os.PathLike]) -> FeatureSet:
     for p, s in zip(paths[1:], sets[1:]):
         _check_identity(p, s, sets[0].model_sha256, sets[0].features.shape[1])
     first = sets[0]
+    parts = [np.concatenate([getattr(s, f) for s in sets]) if first.parts is not None else None
+             for f in ("part_features", "part_visibility")]
     return FeatureSet(np.concatenate([s.features for s in sets]), *(sum((getattr(s, f) for s in sets), []) for f in
                       ("names", "paths", "cameras", "tracks", "timestamps")),
-                      first.model_sha256, first.reid_weights, first.pose_weights)
+                      first.model_sha256, first.reid_weights, first.pose_weights, *parts)
 
 
 def _check_identity(source, fs: FeatureSet, sha256: str, dim: int) -> None:
@@ -299,6 +330,10 @@ def _commit(db: sqlite3.Connection, fs: FeatureSet, start: int, generation: int,
         db.executemany("INSERT INTO images VALUES (?, ?, ?, ?, ?, ?)",
                        zip(range(start, start + len(fs.names)), fs.names, fs.paths, fs.cameras, fs.tracks,
                            fs.timestamps))
+        if fs.parts is not None:  # one row per vector: its (P, d) part features and (P,) visibilities, float32 bytes
+            db.executemany("INSERT INTO parts VALUES (?, ?, ?)",
+                           zip(range(start, start + len(fs.names)), (f.tobytes() for f in fs.part_features),
+                               (v.tobytes() for v in fs.part_visibility)))
         db.execute("COMMIT")
     except BaseException as exc:
         if db.in_transaction:  # SQLite has already rolled back after some errors (disk full)
@@ -374,7 +409,9 @@ def build_index(feature_files: list[str | os.PathLike], out: str | os.PathLike, 
     except OSError as exc:
         raise WriteError(out, exc, False) from None
     info = {"model_sha256": fs.model_sha256, "dim": int(x.shape[1]), "metric": metric, "kind": kind,
-            "params": params, "reid_weights": fs.reid_weights, "pose_weights": fs.pose_weights}
+            "params": params, "reid_weights": fs.reid_weights, "pose_weights": fs.pose_weights,
+            "parts": None if fs.parts is None else list(fs.part_features.shape[1:]),
+            "part_scale": None if fs.parts is None else part_scale((x, *fs.parts), metric)}
     with _lock(out).acquire(wait):
         _recover(out)
         _refuse_to_build(out)  # another build may have finished while this one computed
@@ -478,7 +515,8 @@ def _subset(fs: FeatureSet, keep: list[int]) -> FeatureSet:
     def pick(values: list) -> list:
         return [values[i] for i in keep]
     return FeatureSet(fs.features[keep], pick(fs.names), pick(fs.paths), pick(fs.cameras), pick(fs.tracks),
-                      pick(fs.timestamps), fs.model_sha256, fs.reid_weights, fs.pose_weights)
+                      pick(fs.timestamps), fs.model_sha256, fs.reid_weights, fs.pose_weights,
+                      *(None if a is None else a[keep] for a in (fs.part_features, fs.part_visibility)))
 
 
 def add_to_index(path: str | os.PathLike, feature_files: list[str | os.PathLike], skip_existing: bool = False,
@@ -660,3 +698,62 @@ def committed_generation(idx: GalleryIndex) -> int:
     writer has added since it was opened: a long-lived reader re-opens then)."""
     row = idx.db.execute("SELECT value FROM info WHERE key = 'generation'").fetchone()
     return json.loads(row[0]) if row else 0
+
+
+def index_parts(idx: GalleryIndex, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Part features (K, P, d) and visibilities (K, P) of index ``positions`` (K,) >= 0, read from the SQLite
+    ``parts`` table."""
+    p, d = idx.info["parts"]
+    want = [int(i) for i in positions]
+    rows = {}
+    for s in range(0, len(want), 900):  # SQLite's limit on bound parameters
+        chunk = want[s:s + 900]
+        rows.update({pos: (f, v) for pos, f, v in idx.db.execute(
+            f"SELECT pos, features, visibility FROM parts WHERE pos IN ({','.join('?' * len(chunk))})", chunk)})
+    missing = [i for i in want if i not in rows]
+    if missing:
+        raise DataError(idx.path, f"no part features stored for position {missing[0]}; build the index again")
+    feats = np.stack([np.frombuffer(rows[i][0], np.float32).reshape(p, d) for i in want]) if want else \
+        np.zeros((0, p, d), np.float32)
+    vis = np.stack([np.frombuffer(rows[i][1], np.float32) for i in want]) if want else np.zeros((0, p), np.float32)
+    return feats, vis
+
+
+def rescore_covisible(idx: GalleryIndex, query: np.ndarray, query_parts: tuple[np.ndarray, np.ndarray],
+                      pos: np.ndarray, part_weight: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """Re-score each query's candidates ``pos`` (Q, L) (-1: none) with the co-visible distance
+    (``reid.distance.covisible_distance``: global distance of the index's metric + lambda ``part_weight`` x the
+    visibility-weighted part distance) -> (positions (Q, L), distances (Q, L)) nearest first; the global features are
+    read back from the FAISS index (IVF-PQ: decoded, approximate)."""
+    if hasattr(idx.faiss, "make_direct_map"):
+        idx.faiss.make_direct_map()
+    out_pos, out_dist = np.full(pos.shape, -1), np.full(pos.shape, np.inf, np.float32)
+    metric = idx.info["metric"]
+    qf, qv = query_parts
+    for qi in range(len(pos)):
+        cand = pos[qi][pos[qi] >= 0]
+        if not len(cand):
+            continue
+        g = idx.faiss.reconstruct_batch(cand.astype(np.int64))
+        gp, gv = index_parts(idx, cand)
+        d = covisible_distance((query[qi:qi + 1], qf[qi:qi + 1], qv[qi:qi + 1]), (g, gp, gv), metric,
+                               part_weight).numpy()[0]
+        order = np.argsort(d, kind="stable")
+        out_pos[qi, :len(cand)], out_dist[qi, :len(cand)] = cand[order], d[order]
+    return out_pos, out_dist
+
+
+def search_covisible(idx: GalleryIndex, query: np.ndarray, query_parts: tuple[np.ndarray, np.ndarray] | None,
+                     top: int = 10, candidates: int = RESCORE_TOP, part_weight: float = 1.0, **filters
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`search_index`, then for an index of part features (and queries with theirs) the ``candidates``
+    nearest by the global feature (at least ``top``) re-scored by the co-visible distance (:func:`rescore_covisible`)
+    -> (positions (Q, top), distances (Q, top)). ``filters``: search_index's query_cameras, exclude_same_camera,
+    keep. ``part_weight`` is relative: lambda = part_weight x the index's ``part_scale`` (``reid.distance.part_scale``
+    of the vectors it was built with). Without parts on either side, or with part_weight 0: search_index itself."""
+    if query_parts is None or not idx.info.get("parts") or part_weight == 0:
+        return search_index(idx, query, top, **filters)
+    pos, _ = search_index(idx, query, max(top, candidates), **filters)
+    weight = part_weight * idx.info.get("part_scale", 1.0)  # relative to the global scale, measured at build
+    pos, dist = rescore_covisible(idx, np.ascontiguousarray(query, np.float32), query_parts, pos, weight)
+    return pos[:, :top], dist[:, :top]

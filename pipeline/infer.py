@@ -136,8 +136,7 @@ class Pipeline:
         reid_model, ckpt = load_reid(reid_weights)
         data = dict((ckpt.get("config") or {}).get("data") or {})
         data_cfg = from_dict(DataConfig, data, f"{reid_weights} (stored data config)")
-        needs_pose = reid_model.cfg.heatmaps or reid_model.cfg.segments or reid_model.cfg.keypoints
-        if needs_pose and not pose_weights:
+        if reid_model.cfg.uses_pose and not pose_weights:
             raise ConfigError(f"{reid_weights}: this ReID model uses pose input; pass the pose weights too")
         if pose_weights:
             trained_with = ckpt.get("pose_weights_sha256")
@@ -167,7 +166,8 @@ class Pipeline:
     @torch.inference_mode()
     def embed_arrays(self, images: Sequence[np.ndarray], cameras: Sequence[int] | None = None
                      ) -> dict[str, np.ndarray]:
-        """uint8 RGB images -> {'features' (N, D), 'keypoints' (N, 36, 3), 'color' (N,), 'type' (N,)};
+        """uint8 RGB images -> {'features' (N, D), 'keypoints' (N, 36, 3), 'color' (N,), 'type' (N,)} (a model with
+        parts adds 'part_features' (N, P, d) and 'part_visibility' (N, P));
         ``cameras`` (N,) 0-based camera ids for a ViT's SIE (-1 or None: unknown, no camera embedding)."""
         n = len(images)
         if self.compiled and 0 < n < self.batch_size:  # the compiled shape: pad with the last image, drop its rows
@@ -182,6 +182,9 @@ class Pipeline:
             out = self.model(x, kv, **side)
         result = {"features": out["embedding"].float().cpu().numpy(),
                   "keypoints": pose.keypoints if pose is not None else np.zeros((n, 36, 3), np.float32)}
+        if "part_feature" in out:  # model.parts: what the co-visible distance needs beside the global feature
+            result["part_features"] = out["part_feature"].float().cpu().numpy()
+            result["part_visibility"] = out["part_visibility"].float().cpu().numpy()
         for head in ("color", "type"):
             result[head] = (out[head].argmax(1).cpu().numpy() if head in out else np.full(n, -1)).astype(np.int64)
         return result

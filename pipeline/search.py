@@ -25,7 +25,7 @@ from .index import (
     open_index,
     read_features,
     rerank_index,
-    search_index,
+    search_covisible,
 )
 from .infer import Pipeline
 
@@ -79,8 +79,10 @@ def query_features(features: str | os.PathLike | None, images: list[str] | None,
         reid_w = reid_weights or idx.info["reid_weights"]
         pipe = Pipeline.from_weights(pose_weights or idx.info["pose_weights"] or None, reid_w, **pipeline_options)
         n = len(images)
-        fs = FeatureSet(pipe.embed(list(images))["features"], [os.path.basename(p) for p in images], list(images),
-                        [None] * n, [None] * n, [None] * n, file_sha256(reid_w), reid_w, "")
+        out = pipe.embed(list(images))
+        fs = FeatureSet(out["features"], [os.path.basename(p) for p in images], list(images),
+                        [None] * n, [None] * n, [None] * n, file_sha256(reid_w), reid_w, "", out.get("part_features"),
+                        out.get("part_visibility"))
         source = reid_w
         if not np.isfinite(fs.features).all():
             bad = int(np.argmax(~np.isfinite(fs.features).all(1)))
@@ -103,10 +105,11 @@ def search_to_csv(path: str | os.PathLike, features: str | os.PathLike | None = 
         queries = query_features(features, images, idx, **embed_options)
         if exclude_same_camera and any(c is None for c in queries.cameras):
             raise DataError(features, "--exclude-same-camera needs query cameras (a `cameras` array in the features)")
-        search = rerank_index if rerank else search_index
-        extra = {"candidates": rerank_top} if rerank else {}
-        pos, dist = search(idx, queries.features, top, query_cameras=queries.cameras,
-                           exclude_same_camera=exclude_same_camera, **extra)
+        filters = {"query_cameras": queries.cameras, "exclude_same_camera": exclude_same_camera}
+        if rerank:
+            pos, dist = rerank_index(idx, queries.features, top, candidates=rerank_top, **filters)
+        else:  # a model with part features: the global top RESCORE_TOP re-scored by the co-visible distance
+            pos, dist = search_covisible(idx, queries.features, queries.parts, top, **filters)
         names, paths, cams = _column(idx, "name"), _column(idx, "path"), _column(idx, "camera")
     finally:
         idx.close()

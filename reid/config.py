@@ -145,6 +145,12 @@ class ModelConfig:
     jpm_groups: int = 2
     jpm_parts: int = 4
     jpm_rearrange: bool = True
+    # part features (issue 25, PVEN-style): the last feature map (ViT: the patch tokens) pooled inside each of the 13
+    # body-part segments or inside 5 part groups (front, back, left side, right side, top), masks rasterised on the
+    # feature grid from the keypoint vector; each part with its visibility (area x keypoint confidence x view gate)
+    parts: Literal["none", "segments", "groups"] = "none"
+    part_dim: int = 256            # width of each part feature (a shared Linear from the backbone's channels)
+    part_view_gate: float = 0.5    # factor on the visibility of a face the pose-derived view does not name (1: off)
 
     def validate(self) -> None:
         if self.id_fc < 0 or self.attr_fc < 0:
@@ -169,7 +175,18 @@ class ModelConfig:
                               f"{self.freeze_epochs}")
         if self.orientation_bins < 2:
             raise ConfigError(f"model.orientation_bins must be >= 2, got {self.orientation_bins}")
+        if self.parts != "none" and (self.part_dim < 1 or not 0.0 <= self.part_view_gate <= 1.0):
+            raise ConfigError(f"model.part_dim must be >= 1 and model.part_view_gate in [0, 1], got {self.part_dim} "
+                              f"and {self.part_view_gate}")
+        if self.parts != "none" and self.jpm:
+            raise ConfigError("model.parts and model.jpm are two kinds of local branch; turn one off")
         self._validate_vit()
+
+    @property
+    def uses_pose(self) -> bool:
+        """Whether the network reads the pose stage: pose channels (H, S), the keypoint vector (K), or part masks
+        rasterised from the keypoint vector (model.parts)."""
+        return self.heatmaps or self.segments or self.keypoints or self.parts != "none"
 
     def _validate_vit(self) -> None:
         """The ViT keys: only with a timm/vit_* backbone, SIE sizes >= 0, the view count its source gives."""
@@ -231,12 +248,18 @@ class LossConfig:
     type: float = 0.125
     orientation: float = 0.125
     domain: float = 1.0
+    part_id: float = 1.0           # model.parts: the part heads' ID loss (mean over parts, visible parts only)
+    part_triplet: float = 1.0      # model.parts: batch-hard triplet on the co-visible part distance
+    # batch_hard: hardest positive / negative of the batch; view_aware (VANet's argument): hardest positive among the
+    # anchor's other-view images and hardest negative among its same-view images (batch-hard where a batch has none)
+    triplet_mining: Literal["batch_hard", "view_aware"] = "batch_hard"
+    view_source: Literal["pose", "label"] = "pose"  # views for view_aware mining: pose_view of the keypoints, or labels
     disjoint_weight: float = 1.0   # StRDAN's w (colour, type, orientation)
     id_real_only: bool = False     # StRDAN authors' code: ID cross-entropy on real images only
 
     def validate(self) -> None:
         for name in ("triplet", "id", "center", "center_lr", "color", "type", "orientation", "domain",
-                     "disjoint_weight", "margin"):
+                     "disjoint_weight", "margin", "part_id", "part_triplet"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"loss.{name} must be >= 0, got {getattr(self, name)}")
         if self.scale <= 0 or self.id_margin < 0:
@@ -303,8 +326,15 @@ class EvalConfig:
     ignore_cameras: bool = False   # keep same-id same-camera gallery images (data sets without cameras)
     max_rank: int = 50
     topk_map: int = 100
+    # models with part features: distance = global + part_weight x co-visible part distance (docs/reid.md); 0: global
+    part_weight: float = 1.0
+    # also report the metrics over query-gallery pairs of different views only (the "cross_view" entry): same-view
+    # gallery images are left out of each query's ranking; views from the keypoints (pose_view) or the view labels
+    cross_view: bool = True
 
     def validate(self) -> None:
+        if self.part_weight < 0:
+            raise ConfigError(f"eval.part_weight must be >= 0, got {self.part_weight}")
         if self.every < 0 or self.batch_size <= 0:
             raise ConfigError("eval.every must be >= 0 and eval.batch_size positive")
         if self.qe_k < 1 or self.qe_alpha < 0:
@@ -338,6 +368,9 @@ class ReIDConfig:
             raise ConfigError("model.heatmaps/model.segments need pose channels but data.pose_source is 'none'")
         if m.keypoints and d.pose_source == "none":
             raise ConfigError("model.keypoints needs keypoints but data.pose_source is 'none'")
+        if m.parts != "none" and d.pose_source == "none":
+            raise ConfigError(f"model.parts '{m.parts}' rasterises its part masks from keypoints but data.pose_source "
+                              "is 'none'")
         if not d.train:
             raise ConfigError("data.train lists no training data set")
         if m.sie_views and m.sie_view_source == "pose" and d.pose_source == "none":

@@ -55,6 +55,63 @@ def pairwise_distance(query: torch.Tensor, gallery: torch.Tensor, metric: str = 
     return out
 
 
+def split_embedding(x, layout: tuple[int, int, int]):
+    """A flat embedding of a model with parts (N, D + P d + P) -> (global (N, D), parts (N, P, d), visibility
+    (N, P)); ``layout`` = (D, P, d) (``ReIDNet.part_layout``). Torch tensors or numpy arrays."""
+    dim, parts, part_dim = layout
+    if x.shape[1] != dim + parts * (part_dim + 1):
+        raise ValueError(f"a feature of {x.shape[1]} values does not hold {dim} + {parts} x ({part_dim} + 1)")
+    return (x[:, :dim], x[:, dim:dim + parts * part_dim].reshape(len(x), parts, part_dim),
+            x[:, dim + parts * part_dim:])
+
+
+def covisible_distance(query: tuple, gallery: tuple, metric: str = "euclidean", weight: float = 1.0
+                       ) -> torch.Tensor:
+    """The co-visible distance (issue 25, PVEN's form) of query (global (Q, D), parts (Q, P, d), visibility (Q, P))
+    against gallery (the same for G images) -> (Q, G) float32:
+
+        d(q, g) = d_metric(f_q, f_g) + weight * sum_k v_qk v_gk d_metric(p_qk, p_gk) / sum_k v_qk v_gk,
+
+    the part term 0 where the two images share no visible part (sum_k v_qk v_gk = 0). Each part distance is the
+    global one's metric (cosine: 1 - cos of the L2-normalised part features). ``weight`` is the absolute lambda
+    (evaluation and the index pass eval.part_weight x :func:`part_scale`)."""
+    qg, qp, qv = _tensors(query)
+    gg, gp, gv = _tensors(gallery)
+    out = pairwise_distance(qg, gg, metric)
+    if weight == 0 or qp.shape[1] == 0:
+        return out
+    return out + weight * _part_term(qp, qv, gp, gv, metric)
+
+
+def _tensors(items: tuple) -> tuple[torch.Tensor, ...]:
+    return tuple(torch.as_tensor(np.asarray(t) if not isinstance(t, torch.Tensor) else t).float() for t in items)
+
+
+def _part_term(qp, qv, gp, gv, metric: str) -> torch.Tensor:
+    """(Q, G) sum_k v_qk v_gk d(p_qk, p_gk) / sum_k v_qk v_gk, 0 where no part is seen by both."""
+    num = torch.zeros(len(qp), len(gp))
+    den = qv @ gv.T
+    for k in range(qp.shape[1]):
+        num += qv[:, k, None] * gv[None, :, k] * pairwise_distance(qp[:, k], gp[:, k], metric)
+    return torch.where(den > 0, num / den.clamp_min(1e-12), torch.zeros_like(num))
+
+
+def part_scale(gallery: tuple, metric: str = "euclidean", sample: int = 512) -> float:
+    """The label-free scale that makes the part term comparable to the global distance: mean global distance / mean
+    part term over the pairs (sharing a visible part) of up to ``sample`` evenly spaced gallery images; 1 when no
+    pair shares a part. The global feature (an FC output, a BN output or a pooled map) and the BN'd part features
+    live on different scales, so a fixed lambda would let either term drown the other (docs/reid.md)."""
+    g, p, v = _tensors(gallery)
+    idx = torch.linspace(0, len(g) - 1, min(sample, len(g))).round().long().unique()
+    g, p, v = g[idx], p[idx], v[idx]
+    shared = (v @ v.T) > 0
+    shared.fill_diagonal_(False)
+    if not shared.any():
+        return 1.0
+    term = _part_term(p, v, p, v, metric)[shared].mean()
+    return float(pairwise_distance(g, g, metric)[shared].mean() / term.clamp_min(1e-12))
+
+
 def squared_block(a: torch.Tensor, b: torch.Tensor, metric: str, a_sq: torch.Tensor | None = None,
                   b_sq: torch.Tensor | None = None) -> torch.Tensor:
     """(R, C) float32 squared distances d^2 between prepared rows ``a`` (R, D) and ``b`` (C, D); ``a_sq`` /

@@ -16,17 +16,25 @@ from pamtri.common.errors import ConfigError, DataError
 from pamtri.data.readers import check_format, gallery_draws, missing_cameras, queries_without_gallery, read_split
 from pamtri.data.readers.cityflow import read_tracks
 from pamtri.data.records import Record
+from pamtri.pose.keypoints import NUM_KEYPOINTS
 
 from .config import DataConfig, EvalConfig
 from .dataset import ReIDDataset, side_information
-from .distance import pairwise_distance
-from .metrics import attribute_accuracy, metrics_from_features, metrics_from_ranked_lists, ranked_rows
+from .distance import covisible_distance, pairwise_distance, part_scale, split_embedding
+from .metrics import (
+    attribute_accuracy,
+    cross_view_faces,
+    metrics_from_features,
+    metrics_from_ranked_lists,
+    ranked_rows,
+)
 from .model import ReIDNet
 from .pose_inputs import cache_weights_sha256, make_pose_source
 from .rerank import rerank_neighbours
 from .test_time import alpha_query_expansion, mirror_inputs, track_average
 from .transforms import make_builder
 from .visualize import rank_list_queries
+from .vit import pose_view
 
 log = logging.getLogger(__name__)
 
@@ -43,13 +51,23 @@ class Features:
     color_logits: torch.Tensor | None = None
     type_logits: torch.Tensor | None = None
     names: list[str] = field(default_factory=list)
+    layout: tuple[int, int, int] | None = None  # model.parts: (D, P, d) of the flat features (ReIDNet.part_layout)
+    views: np.ndarray | None = None  # (N,) view bins of the images' label keypoints (vit.pose_view), -1 unknown
 
     def subset(self, index: np.ndarray) -> Features:
         """The rows ``index`` (K,) of every array: a Features of K images."""
         idx = torch.as_tensor(np.asarray(index, dtype=np.int64))
         logits = [None if t is None else t[idx] for t in (self.color_logits, self.type_logits)]
         return Features(self.features[idx], self.pids[index], self.camids[index], self.colors[index],
-                        self.types[index], *logits, [self.names[i] for i in index] if self.names else [])
+                        self.types[index], *logits, [self.names[i] for i in index] if self.names else [],
+                        self.layout, None if self.views is None else self.views[index])
+
+
+def record_views(records: list[Record]) -> np.ndarray:
+    """(N,) view bins (``vit.pose_view``) of records' label keypoints; -1 for records without keypoints."""
+    conf = np.stack([np.asarray(r.keypoints, np.float32)[:, 2] if r.keypoints is not None
+                     else np.zeros(NUM_KEYPOINTS, np.float32) for r in records]) if records else np.zeros((0, 36))
+    return pose_view(torch.from_numpy(conf)).numpy()
 
 
 @torch.no_grad()
@@ -68,7 +86,7 @@ def extract_features(model: ReIDNet, loader: DataLoader, device: torch.device, d
         with autocast(device, dtype):
             if attrs:
                 out = model(x, kp, *side)
-                feats.append(out["embedding"].float().cpu())
+                feats.append(model.flat_embedding(out).float().cpu())
                 if "color" in out:
                     colors_l.append(out["color"].float().cpu())
                 if "type" in out:
@@ -80,10 +98,11 @@ def extract_features(model: ReIDNet, loader: DataLoader, device: torch.device, d
         for k in labels:
             labels[k].append(torch.as_tensor(batch[k]).numpy())
     cat = {k: np.concatenate(v) if v else np.zeros(0, np.int64) for k, v in labels.items()}
-    records = loader.dataset.records
+    records = [loader.dataset.records[i] for i in cat["index"]]
     return Features(torch.cat(feats) if feats else torch.zeros(0, model.embedding_dim), cat["pid"], cat["camid"],
                     cat["color"], cat["type"], torch.cat(colors_l) if colors_l else None,
-                    torch.cat(types_l) if types_l else None, [Path(records[i].path).name for i in cat["index"]])
+                    torch.cat(types_l) if types_l else None, [Path(r.path).name for r in records], model.part_layout,
+                    record_views(records))
 
 
 VEHICLEID_CAMERAS = ("VehicleID has no camera ids: its protocol compares query and gallery images without the "
@@ -209,23 +228,46 @@ def metrics_and_distances(qf: Features, gf: Features, cfg: EvalConfig) -> tuple[
     rank-list queries ``visualize.rank_list_queries(Q)``); gallery features track-averaged (eval.track_file),
     then query-expanded (eval.query_expansion). The (Q, G) matrix is never built: the metrics come from the
     features block by block (``metrics.metrics_from_features``), re-ranked from the candidate lists of
-    :func:`rerank_lists` (``metrics.metrics_from_ranked_lists``)."""
+    :func:`rerank_lists` (``metrics.metrics_from_ranked_lists``). Features with parts (``qf.layout``): the
+    co-visible distance (``distance.covisible_distance``, lambda = eval.part_weight x ``distance.part_scale`` of the
+    gallery); query expansion and re-ranking
+    work on the global features alone. With eval.cross_view and known views, 'cross_view_*' entries repeat mAP,
+    rank-1 and the valid query count over other-view true matches only (``metrics.cross_view_faces``)."""
     q, g = qf.features, gf.features
     if cfg.track_file:
         g = track_average(g, gf.names, read_tracks(cfg.track_file))
+    qs = gs = None
+    if qf.layout is not None:
+        qs, gs = split_embedding(q, qf.layout), split_embedding(g, qf.layout)
+        q, g = qs[0], gs[0]
     if cfg.query_expansion:
         q, g = alpha_query_expansion(q, g, cfg.qe_k, cfg.qe_alpha)
     shown = torch.from_numpy(rank_list_queries(len(qf.pids)))
+    faces = cross_view_faces(qf.views, gf.views) if cross_view_known(qf, gf, cfg) else None
     if cfg.rerank:
         order, ranked = rerank_lists(q, g, cfg)
-        raw = metrics_from_ranked_lists(order, ranked, q, g, qf.pids, gf.pids, qf.camids, gf.camids, cfg.metric,
-                                    cfg.max_rank, cfg.topk_map, ignore_cameras=cfg.ignore_cameras)
+        def metrics(f):
+            return metrics_from_ranked_lists(order, ranked, q, g, qf.pids, gf.pids, qf.camids, gf.camids, cfg.metric,
+                                             cfg.max_rank, cfg.topk_map, ignore_cameras=cfg.ignore_cameras, faces=f)
         dist = ranked_rows(*(torch.as_tensor(a)[shown] for a in (order, ranked)), q[shown], g, cfg.metric).numpy()
     else:
-        raw = metrics_from_features(q, g, qf.pids, gf.pids, qf.camids, gf.camids, cfg.metric,
-                                     cfg.max_rank, cfg.topk_map, ignore_cameras=cfg.ignore_cameras)
-        dist = pairwise_distance(q[shown], g, cfg.metric).numpy()
+        distance, weight = None, 0.0
+        if qs is not None and cfg.part_weight > 0:
+            weight = cfg.part_weight * part_scale((g, *gs[1:]), cfg.metric)  # lambda relative to the global scale
+            log.info("co-visible distance: lambda %.4g (eval.part_weight %g x the gallery's scale)", weight,
+                     cfg.part_weight)
+
+            def distance(rows, s, e):
+                return covisible_distance((rows, qs[1][s:e], qs[2][s:e]), (g, *gs[1:]), cfg.metric, weight)
+        def metrics(f):
+            return metrics_from_features(q, g, qf.pids, gf.pids, qf.camids, gf.camids, cfg.metric, cfg.max_rank,
+                                         cfg.topk_map, ignore_cameras=cfg.ignore_cameras, distance=distance, faces=f)
+        dist = (pairwise_distance(q[shown], g, cfg.metric) if distance is None else
+                covisible_distance((q[shown], qs[1][shown], qs[2][shown]), (g, *gs[1:]), cfg.metric, weight)).numpy()
+    raw = metrics(None)
     out = summarise(raw, cfg.topk_map)
+    if faces is not None:
+        out.update(cross_view_summary(metrics(faces)))
     if cfg.rerank:  # how many candidates each query re-ranked: the gallery size means the dense algorithm
         out["rerank_candidates"] = rerank_candidates(len(q), len(g), cfg)
     extra = torch.from_numpy(queries_not_in_gallery(qf, gf))
@@ -237,6 +279,26 @@ def metrics_and_distances(qf: Features, gf: Features, cfg: EvalConfig) -> tuple[
             out[name] = attribute_accuracy(torch.cat([lq[extra], lg]), labels)
     out["_first_rank"] = raw["first_rank"]
     return out, dist
+
+
+def cross_view_known(qf: Features, gf: Features, cfg: EvalConfig) -> bool:
+    """Whether the cross-view metrics apply: eval.cross_view on and views known (label keypoints) for some query and
+    gallery images (images of unknown view take no part in a cross-view match)."""
+    if not cfg.cross_view or qf.views is None or gf.views is None:
+        return False
+    unknown = int((qf.views < 0).sum()), int((gf.views < 0).sum())
+    if unknown != (0, 0):
+        log.info("cross-view metrics: %d query and %d gallery images have no view (no label keypoints or no face "
+                 "seen); they count in no cross-view match", *unknown)
+    return unknown[0] < len(qf.views) and unknown[1] < len(gf.views)
+
+
+def cross_view_summary(raw: dict) -> dict:
+    """The 'cross_view_*' entries of the summary: mAP, rank-1, rank-5 and how many queries have an other-view
+    match."""
+    return {"cross_view_mAP": raw["mAP"], "cross_view_rank1": float(raw["cmc"][0]),
+            "cross_view_rank5": float(raw["cmc"][min(4, len(raw["cmc"]) - 1)]),
+            "cross_view_queries": raw["num_valid_queries"]}
 
 
 def model_metrics(model: ReIDNet, query_loader: DataLoader, gallery_loader: DataLoader, cfg: EvalConfig,

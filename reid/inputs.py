@@ -35,7 +35,7 @@ class ReidInput:
     width: int
     heatmaps: bool = False
     segments: bool = False
-    keypoints: bool = False
+    keypoints: bool = False        # the keypoint vector: K, or the part masks of model.parts
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     grid: int = 64                 # cells per side of the pose channels' grid over the image
@@ -45,7 +45,7 @@ class ReidInput:
     def from_configs(cls, data_cfg, model_cfg) -> ReidInput:
         """The input of a model built from ``model_cfg`` and trained on ``data_cfg`` (reid.config)."""
         return cls(int(data_cfg.height), int(data_cfg.width), bool(model_cfg.heatmaps), bool(model_cfg.segments),
-                   bool(model_cfg.keypoints), tuple(float(v) for v in data_cfg.mean),
+                   bool(model_cfg.keypoints or model_cfg.parts != "none"), tuple(float(v) for v in data_cfg.mean),
                    tuple(float(v) for v in data_cfg.std), int(data_cfg.heatmap_size),
                    float(data_cfg.segment_threshold))
 

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from pamtri.data.records import REAL, SYNTHETIC
 
 from .config import LossConfig
+from .vit import pose_view
 
 
 def pairwise_euclidean(x: torch.Tensor) -> torch.Tensor:
@@ -21,27 +22,53 @@ def pairwise_euclidean(x: torch.Tensor) -> torch.Tensor:
 
 
 def triplet_batch_hard(features: torch.Tensor, labels: torch.Tensor, margin: float = 0.3,
-                       soft_margin: bool = False) -> torch.Tensor:
+                       soft_margin: bool = False, views: torch.Tensor | None = None) -> torch.Tensor:
     """Batch-hard triplet loss (Hermans et al. 2017): features (B, D), labels (B,) -> scalar.
 
     For each anchor: hardest positive (largest distance, same label, not itself) and hardest negative
     (smallest distance, other label); hinge max(0, d_ap - d_an + margin), or softplus(d_ap - d_an) when
-    ``soft_margin``. Anchors without a positive or without a negative are left out.
+    ``soft_margin``. Anchors without a positive or without a negative are left out. With ``views`` (B,) view ids
+    (-1 unknown): view-aware mining (:func:`triplet_from_distances`).
     """
-    d = pairwise_euclidean(features.float())
+    return triplet_from_distances(pairwise_euclidean(features.float()), labels, margin, soft_margin, views)
+
+
+def triplet_from_distances(d: torch.Tensor, labels: torch.Tensor, margin: float = 0.3, soft_margin: bool = False,
+                           views: torch.Tensor | None = None, usable_pairs: torch.Tensor | None = None
+                           ) -> torch.Tensor:
+    """Batch-hard triplet loss of a (B, B) distance matrix; ``usable_pairs`` (B, B) bool: pairs that may be mined
+    (default all). With ``views`` (B,) view-aware mining (Chu et al., VANet, ICCV 2019): the hardest positive among
+    the anchor's images of another view and the hardest negative among those of its own view, since a same-view
+    negative and an other-view positive are the pairs a view-blind feature gets wrong; an anchor whose batch has
+    no such image falls back to batch-hard over all (an unknown view, -1, matches no view)."""
     same = labels[:, None] == labels[None, :]
     eye = torch.eye(len(labels), dtype=torch.bool, device=labels.device)
-    pos = same & ~eye
-    neg = ~same
+    ok = ~eye if usable_pairs is None else usable_pairs & ~eye
+    pos, neg = same & ok, ~same & ok
+    if views is not None:
+        v = views.to(labels.device)
+        same_view = (v[:, None] == v[None, :]) & (v[:, None] >= 0)
+        pos = torch.where((pos & ~same_view).any(1, keepdim=True), pos & ~same_view, pos)
+        neg = torch.where((neg & same_view).any(1, keepdim=True), neg & same_view, neg)
     usable = pos.any(1) & neg.any(1)
     if not usable.any():
-        return features.sum() * 0.0
+        return d.sum() * 0.0
     d_ap = torch.where(pos, d, torch.full_like(d, -1.0)).max(1).values
     d_an = torch.where(neg, d, torch.full_like(d, float("inf"))).min(1).values
     d_ap, d_an = d_ap[usable], d_an[usable]
     if soft_margin:
         return F.softplus(d_ap - d_an).mean()
     return F.relu(d_ap - d_an + margin).mean()
+
+
+def covisible_part_distance(parts: torch.Tensor, visibility: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Part features (B, P, d) and visibilities (B, P) of one batch -> (co-visible distance (B, B) =
+    sum_k v_ik v_jk ||p_ik - p_jk|| / sum_k v_ik v_jk, pairs that share a visible part (B, B) bool)."""
+    d = torch.stack([pairwise_euclidean(parts[:, k].float()) for k in range(parts.shape[1])], -1)  # (B, B, P)
+    v = visibility.float()
+    w = v[:, None, :] * v[None, :, :]
+    den = w.sum(-1)
+    return (w * d).sum(-1) / den.clamp_min(1e-12), den > 0
 
 
 def masked_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, smoothing: float = 0.0,
@@ -114,10 +141,11 @@ def reid_losses(outputs: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]
     # BNNeck models give the BN's input as 'triplet_feature' and its output as 'bn_feature' (triplet and center
     # loss, loss.triplet_feature); else the test feature
     feature = outputs.get("bn_feature" if cfg.triplet_feature == "after" else "triplet_feature", outputs["embedding"])
+    views = batch_views(batch, cfg) if cfg.triplet_mining == "view_aware" else None
     if cfg.triplet > 0:
-        out["triplet"] = triplet_batch_hard(feature, pid, cfg.margin, cfg.soft_margin)
+        out["triplet"] = triplet_batch_hard(feature, pid, cfg.margin, cfg.soft_margin, views)
         if "triplet_local" in outputs:  # JPM: TransReID's 0.5 global + 0.5 mean over the local branches
-            local = torch.stack([triplet_batch_hard(f, pid, cfg.margin, cfg.soft_margin)
+            local = torch.stack([triplet_batch_hard(f, pid, cfg.margin, cfg.soft_margin, views)
                                  for f in outputs["triplet_local"]]).mean()
             out["triplet"] = 0.5 * out["triplet"] + 0.5 * local
         weights["triplet"] = cfg.triplet
@@ -134,6 +162,9 @@ def reid_losses(outputs: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]
                 z, pid, cfg.id_loss, cfg.scale, cfg.id_margin), pid, eps, mask) for z in outputs["id_local"]]).mean()
             out["id"] = 0.5 * out["id"] + 0.5 * local
         weights["id"] = cfg.id
+    if "part_triplet" in outputs:
+        out.update(part_losses(outputs, batch, cfg, views))
+        weights.update(part_triplet=cfg.part_triplet, part_id=cfg.part_id)
     attr_mask = batch["domain"] == SYNTHETIC if cfg.objective == "strdan" else None
     for name in ("color", "type", "orientation"):
         if name in outputs:
@@ -144,10 +175,36 @@ def reid_losses(outputs: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]
         weights["domain"] = cfg.domain
     zero = outputs["embedding"].sum() * 0.0
     if cfg.objective == "strdan":
-        joint = sum((weights[k] * out[k] for k in ("id", "domain", "triplet", "center") if k in out), zero)
+        joint = sum((weights[k] * out[k] for k in ("id", "domain", "triplet", "center", "part_triplet", "part_id")
+                     if k in out), zero)
         disjoint = sum((weights[k] * out[k] for k in ("color", "type", "orientation") if k in out), zero)
         out["joint"], out["disjoint"] = joint, disjoint
         out["total"] = joint + cfg.disjoint_weight * disjoint
     else:
         out["total"] = sum((w * out[k] for k, w in weights.items() if w > 0), zero)
+    return out
+
+
+def batch_views(batch: dict[str, torch.Tensor], cfg: LossConfig) -> torch.Tensor:
+    """(B,) view ids for view-aware mining: ``vit.pose_view`` of the batch's keypoint vectors (loss.view_source
+    pose; -1 where no face is seen) or the orientation bins (label)."""
+    if cfg.view_source == "label":
+        return batch["orientation"]
+    kp = batch["keypoints"]
+    return pose_view(kp.reshape(len(kp), -1, 3)[..., 2] + 0.5)
+
+
+def part_losses(outputs: dict[str, torch.Tensor], batch: dict[str, torch.Tensor], cfg: LossConfig,
+                views: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """The part head's terms: 'part_triplet', batch-hard on the co-visible part distance (pairs without a shared
+    visible part are not mined), and 'part_id', the mean over parts of each part's cross-entropy over the images
+    that show it (visibility > 0; label smoothing as the global head)."""
+    pid = batch["pid"]
+    d, shared = covisible_part_distance(outputs["part_triplet"], outputs["part_visibility"])
+    out = {"part_triplet": triplet_from_distances(d, pid, cfg.margin, cfg.soft_margin, views, shared)}
+    if "part_id" in outputs:
+        seen = outputs["part_visibility"] > 0
+        mask = (batch["domain"] == REAL) if cfg.id_real_only else torch.ones_like(pid, dtype=torch.bool)
+        out["part_id"] = torch.stack([masked_cross_entropy(z, pid, cfg.label_smoothing, mask & seen[:, k])
+                                      for k, z in enumerate(outputs["part_id"])]).mean()
     return out

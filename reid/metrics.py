@@ -20,6 +20,7 @@ import torch
 from pamtri.common.errors import PamtriError
 
 from .distance import pairwise_distance
+from .vit import VIEW_FACES
 
 log = logging.getLogger(__name__)
 
@@ -79,12 +80,15 @@ def _match_ranks(dist: torch.Tensor, same_id: torch.Tensor, removed: torch.Tenso
     return torch.where(valid, ranks, torch.full_like(ranks, _MAX)), num_rel
 
 
-def _block_stats(dist, q_ids, g_ids, q_cams, g_cams, max_rank, topk_map, ignore_cameras):
+def _block_stats(dist, q_ids, g_ids, q_cams, g_cams, max_rank, topk_map, ignore_cameras, faces=None):
     same_id = q_ids[:, None] == g_ids[None, :]
     if ignore_cameras:
         removed = torch.zeros_like(same_id)
     else:
         removed = same_id & (q_cams[:, None] == g_cams[None, :])
+    if faces is not None:  # cross-view: true matches that share a face with the query (or of unknown view) go too
+        qf, gf = faces
+        removed = removed | (same_id & (((qf[:, None] & gf[None, :]) != 0) | (qf[:, None] == 0) | (gf[None, :] == 0)))
     ranks, num_rel = _match_ranks(dist, same_id, removed)
     has = num_rel > 0
     m = ranks.shape[1]
@@ -129,23 +133,30 @@ def metrics_from_distances(distmat, query_ids, gallery_ids, query_cams=None, gal
 
 def metrics_from_features(query, gallery, query_ids, gallery_ids, query_cams=None, gallery_cams=None,
                       metric: str = "euclidean", max_rank: int = 50, topk_map: int = 100, ignore_cameras: bool = False,
-                      memory_mib: int = 768, threads: int | None = None) -> dict:
+                      memory_mib: int = 768, threads: int | None = None, distance=None, faces=None) -> dict:
     """:func:`evaluate` of (Q, D) query and (G, D) gallery features without the (Q, G) matrix: each block of
     queries gets its (B, G) distances by one matmul (:func:`pairwise_distance`), B chosen so the blocks in flight
     take about ``memory_mib`` MiB (about 40 bytes per distance with the ranking's buffers; measured peak: 2.1x
     that at the VERI-Wild-large shape, hence the default of 768 for the 2 GB target). Same results as
     ``metrics_from_distances(pairwise_distance(query, gallery, metric), ...)`` up to the float rounding of the
-    matmul, which can differ with the block's shape (and so break a near-tie the other way)."""
+    matmul, which can differ with the block's shape (and so break a near-tie the other way).
+
+    ``distance(q_rows, s, e)`` -> (e - s, G) replaces ``pairwise_distance(q_rows, gallery, metric)`` (the co-visible
+    distance of part features); ``faces`` ((Q,), (G,)) int64 face bits (``vit.VIEW_FACES``) restricts the true
+    matches to other-view pairs (:func:`cross_view_faces`)."""
     q, g = torch.as_tensor(np.asarray(query)).float(), torch.as_tensor(np.asarray(gallery)).float()
     workers = threads or os.cpu_count() or 1
     block = max(1, min(256, (memory_mib << 20) // (40 * max(1, len(g)) * workers)))
-    return _metrics_from_rows(lambda s, e: pairwise_distance(q[s:e], g, metric), (len(q), len(g)), query_ids,
-                          gallery_ids, query_cams, gallery_cams, max_rank, topk_map, ignore_cameras, block, workers)
+    rows = (lambda s, e: pairwise_distance(q[s:e], g, metric)) if distance is None else (
+        lambda s, e: distance(q[s:e], s, e))
+    return _metrics_from_rows(rows, (len(q), len(g)), query_ids, gallery_ids, query_cams, gallery_cams, max_rank,
+                              topk_map, ignore_cameras, block, workers, faces)
 
 
 def metrics_from_ranked_lists(order, dist, query, gallery, query_ids, gallery_ids, query_cams=None, gallery_cams=None,
                           metric: str = "euclidean", max_rank: int = 50, topk_map: int = 100,
-                          ignore_cameras: bool = False, memory_mib: int = 768, threads: int | None = None) -> dict:
+                          ignore_cameras: bool = False, memory_mib: int = 768, threads: int | None = None,
+                          faces=None) -> dict:
     """:func:`evaluate` of re-ranked candidate lists without the (Q, G) matrix: query q ranks the gallery positions
     ``order[q]`` (Q, L) at ``dist[q]`` (values in [0, 1], as ``reid.rerank`` gives), then every other gallery
     image at 2 + its original distance (so after the list, in the original order). Blocks as
@@ -156,7 +167,7 @@ def metrics_from_ranked_lists(order, dist, query, gallery, query_ids, gallery_id
     block = max(1, min(256, (memory_mib << 20) // (40 * max(1, len(g)) * workers)))
     return _metrics_from_rows(lambda s, e: ranked_rows(order[s:e], dist[s:e], q[s:e], g, metric), (len(q), len(g)),
                           query_ids, gallery_ids, query_cams, gallery_cams, max_rank, topk_map, ignore_cameras, block,
-                          workers)
+                          workers, faces)
 
 
 def ranked_rows(order: torch.Tensor, dist: torch.Tensor, query: torch.Tensor, gallery: torch.Tensor,
@@ -184,7 +195,7 @@ def _cameras(query_cams, gallery_cams, nq: int, ng: int, ignore_cameras: bool) -
 
 
 def _metrics_from_rows(rows, shape, query_ids, gallery_ids, query_cams, gallery_cams, max_rank, topk_map,
-                   ignore_cameras, block, threads) -> dict:
+                   ignore_cameras, block, threads, faces=None) -> dict:
     """:func:`evaluate` with the distances of queries s:e given by ``rows(s, e)`` -> (e - s, G), block by block."""
     nq, ng = shape
     q_ids = _as_int_tensor(query_ids, "query_ids", nq)
@@ -197,7 +208,8 @@ def _metrics_from_rows(rows, shape, query_ids, gallery_ids, query_cams, gallery_
         dist = rows(s, e)
         if not torch.isfinite(dist).all():
             raise ValueError("distmat contains NaN or infinite distances (features with NaN?)")
-        return _block_stats(dist, q_ids[s:e], g_ids, q_cams[s:e], g_cams, max_rank, topk_map, ignore_cameras)
+        f = None if faces is None else (faces[0][s:e], faces[1])
+        return _block_stats(dist, q_ids[s:e], g_ids, q_cams[s:e], g_cams, max_rank, topk_map, ignore_cameras, f)
 
     workers = min(len(blocks), threads or os.cpu_count() or 1)
     if workers > 1:
@@ -234,6 +246,15 @@ def _summary(has, ap, ap_k, inp, cmc, first, q_ids, g_ids, topk_map, ignore_came
         "ap": ap_all.numpy(),
         "first_rank": torch.where(has, first, torch.zeros_like(first)).numpy(),
     }
+
+
+def cross_view_faces(query_views, gallery_views) -> tuple[torch.Tensor, torch.Tensor]:
+    """(Q,), (G,) view bins of ``vit.VIEW_NAMES`` (-1 unknown) -> their face bits (``vit.VIEW_FACES``) for
+    ``metrics_from_features(faces=...)``: a true match counts only when it shares no face with its query (front vs
+    rear, a side vs front or rear, left vs right; front_left vs left shares the left side and is left out), and
+    neither view is unknown."""
+    table = VIEW_FACES
+    return tuple(table[torch.as_tensor(np.asarray(v)).long().clamp_min(-1) + 1] for v in (query_views, gallery_views))
 
 
 def attribute_accuracy(predictions, labels) -> float | None:

@@ -32,6 +32,7 @@ from pamtri.common.errors import ConfigError
 from pamtri.pose.keypoints import NUM_KEYPOINTS
 
 from .config import ModelConfig, is_vit
+from .parts import PartHead, num_parts, part_masks
 from .vit import TransReIDViT, build_vit
 
 log = logging.getLogger(__name__)
@@ -297,6 +298,18 @@ class ReIDNet(nn.Module):
         self.domain_fc, self.domain_classifier = _head(head_in, cfg.attr_fc, 2) if cfg.domain else (None, None)
         self.grl_coefficient = cfg.grl_coefficient if cfg.grl == "constant" else 0.0
         self.backbone_frozen = False
+        # model.parts: a part head on the last feature map (ViT: patch tokens) beside the global one (reid/parts.py)
+        self.num_parts = num_parts(cfg.parts)
+        self.part_head = PartHead(self.feature_dim, self.num_parts, cfg.part_dim, self.num_ids if cfg.id_head else 0
+                                  ) if self.num_parts else None
+        self.global_dim = self.embedding_dim
+        if self.num_parts:  # embed(): [global feature, P part features, P visibilities] (split_embedding)
+            self.embedding_dim += self.num_parts * (cfg.part_dim + 1)
+
+    @property
+    def part_layout(self) -> tuple[int, int, int] | None:
+        """(global dim, parts, part dim) of the flat ``embed`` output of a model with parts, else None."""
+        return (self.global_dim, self.num_parts, self.cfg.part_dim) if self.num_parts else None
 
     def set_progress(self, progress: float) -> float:
         """Update the reversal coefficient for training progress p in [0, 1]; returns it."""
@@ -322,14 +335,38 @@ class ReIDNet(nn.Module):
                cameras: torch.Tensor | None = None, views: torch.Tensor | None = None) -> torch.Tensor:
         """(B, C, H, W) normalised input -> (B, feature_dim) globally pooled (avg, max or GeM) backbone feature;
         the ViT's CLS token, which alone takes the keypoints (B, 108) and the SIE camera / view ids (B,)."""
+        return self._pooled_and_map(images, keypoints, cameras, views)[0]
+
+    def _pooled_and_map(self, images, keypoints=None, cameras=None, views=None
+                        ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(pooled feature as :meth:`pooled`, the last feature map (B, C, h, w) or the ViT's patch tokens on their
+        grid when the model has parts, else None)."""
         if self.is_vit:
-            return self.feature_map(images, keypoints, cameras, views)
+            out = self.feature_map(images, keypoints, cameras, views)
+            return out if isinstance(out, tuple) else (out, None)
         x = self.feature_map(images)
         if self.gem is not None:
-            return self.gem(x)
-        if self.cfg.pooling == "max":
-            return F.adaptive_max_pool2d(x, 1).flatten(1)
-        return F.adaptive_avg_pool2d(x, 1).flatten(1)
+            pooled = self.gem(x)
+        elif self.cfg.pooling == "max":
+            pooled = F.adaptive_max_pool2d(x, 1).flatten(1)
+        else:
+            pooled = F.adaptive_avg_pool2d(x, 1).flatten(1)
+        return pooled, (x if self.part_head is not None else None)
+
+    def _parts(self, fmap: torch.Tensor, keypoints: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        """The part head's outputs and 'part_visibility' (B, P) for the feature map ``fmap``."""
+        if keypoints is None:
+            raise ValueError("this model pools part features inside masks drawn from the keypoints: pass keypoints "
+                             "(B, 108)")
+        masks, visibility = part_masks(keypoints, tuple(fmap.shape[-2:]), self.cfg.parts, self.cfg.part_view_gate)
+        return {**self.part_head(fmap, masks), "part_visibility": visibility.to(fmap.dtype)}
+
+    def flat_embedding(self, out: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The test feature of a forward dict: 'embedding', with parts [embedding, part features, visibilities]."""
+        if "part_feature" not in out:
+            return out["embedding"]
+        return torch.cat([out["embedding"], out["part_feature"].flatten(1).to(out["embedding"].dtype),
+                          out["part_visibility"].to(out["embedding"].dtype)], dim=1)
 
     def _head_input(self, pooled: torch.Tensor, keypoints: torch.Tensor | None) -> torch.Tensor:
         if not self.concat_keypoints:
@@ -362,22 +399,32 @@ class ReIDNet(nn.Module):
               cameras: torch.Tensor | None = None, views: torch.Tensor | None = None) -> torch.Tensor:
         """Test-time feature (B, embedding_dim): FC output, BNNeck after / before its BN, or pooled; no logits.
         ``cameras`` / ``views`` (B,) int64 (-1 unknown) feed the ViT's SIE only."""
-        pooled, local = self._split_jpm(self.pooled(images, keypoints, cameras, views))
-        if self.cfg.embedding_source == "pool" and local is None:
+        pooled, fmap = self._pooled_and_map(images, keypoints, cameras, views)
+        pooled, local = self._split_jpm(pooled)
+        if self.cfg.embedding_source == "pool" and local is None and fmap is None:
             return pooled
         f = self._head_input(pooled, keypoints)
-        out = f if self.cfg.embedding_source in ("before_bn", "pool") else self._id_feature(f)
+        if self.cfg.embedding_source == "pool":
+            out = pooled
+        else:
+            out = f if self.cfg.embedding_source == "before_bn" else self._id_feature(f)
+        if fmap is not None:
+            return self.flat_embedding({"embedding": out, **self._parts(fmap, keypoints)})
         return out if local is None else self._jpm_test_feature(out, local)
 
     def forward(self, images: torch.Tensor, keypoints: torch.Tensor | None = None,
                 cameras: torch.Tensor | None = None, views: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        """{'embedding': (B, D) test feature, 'id', 'color', 'type', 'orientation', 'domain': logits} for the heads
-        on; BNNeck adds 'triplet_feature' (B, D), its input, which the triplet loss sees; 'centers' (ids, D) the
-        center loss's class centres (model.centers). ``cameras`` / ``views`` (B,) feed the ViT's SIE only."""
-        pooled, local = self._split_jpm(self.pooled(images, keypoints, cameras, views))
+        """{'embedding': (B, D) global test feature, 'id', 'color', 'type', 'orientation', 'domain': logits} for the
+        heads on (with model.parts also the part head's outputs; ``flat_embedding`` joins them as ``embed`` does);
+        BNNeck adds 'triplet_feature' (B, D), its input, which the triplet loss sees; 'centers' (ids, D) the center
+        loss's class centres (model.centers). ``cameras`` / ``views`` (B,) feed the ViT's SIE only."""
+        pooled, fmap = self._pooled_and_map(images, keypoints, cameras, views)
+        pooled, local = self._split_jpm(pooled)
         f = self._head_input(pooled, keypoints)
         fid = self._id_feature(f)
         out = {"embedding": self._test_feature(pooled, f, fid)}
+        if fmap is not None:  # parts: 'part_triplet', 'part_feature', 'part_visibility' (B, P), 'part_id' (P, B, ids)
+            out.update(self._parts(fmap, keypoints))
         if self.bnneck is not None:
             out["triplet_feature"] = f
             out["bn_feature"] = fid

@@ -164,8 +164,7 @@ def make_pose_source(data_cfg, model_cfg, records: Sequence[Record] = (), caches
     inference (``pipeline.infer``) resamples the pose model's heatmaps straight onto that grid and a second
     resampling in training would give the model other channels than it sees at inference.
     """
-    needs = model_cfg.heatmaps or model_cfg.segments or model_cfg.keypoints
-    if not needs or data_cfg.pose_source == "none":
+    if not model_cfg.uses_pose or data_cfg.pose_source == "none":
         return None
     if data_cfg.pose_source == "keypoints":
         return KeypointPose(heatmaps=model_cfg.heatmaps, segments=model_cfg.segments, size=data_cfg.heatmap_size,

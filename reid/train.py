@@ -113,7 +113,8 @@ def build_stage(cfg: ReIDConfig, run: Run, records: list[Record], data_info: dic
         return model(batch["image"], batch["keypoints"], *side_information(batch))
 
     def losses(outputs: dict[str, torch.Tensor], batch: dict) -> dict[str, torch.Tensor]:
-        return reid_losses({k: v.float() for k, v in outputs.items()}, collate_labels(batch), cfg.loss)
+        labels = {**collate_labels(batch), "keypoints": batch["keypoints"]}  # keypoints: view-aware mining's views
+        return reid_losses({k: v.float() for k, v in outputs.items()}, labels, cfg.loss)
 
     def evaluate(model: torch.nn.Module) -> dict:
         """mAP, rank-k, mINP, attribute accuracy on the query and gallery splits."""

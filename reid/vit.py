@@ -43,6 +43,9 @@ REAR_FACE = (10, 11, 28, 29)                  # back bottom / upper corners of b
 LEFT_SIDE = tuple(range(10))                  # left wheels and wheel arches: seen only from the left
 RIGHT_SIDE = tuple(k + 18 for k in LEFT_SIDE)
 VISIBLE = 0.5                                 # a face is visible when its keypoints' mean confidence exceeds this
+# faces as bits; VIEW_FACES[view + 1] = the faces a view bin names (index 0: unknown view, no face)
+FRONT, REAR, LEFT, RIGHT = 1, 2, 4, 8
+VIEW_FACES = torch.tensor((0, FRONT, FRONT | LEFT, LEFT, REAR | LEFT, REAR, REAR | RIGHT, RIGHT, FRONT | RIGHT))
 # VIEW_TABLE[end][side]: end 0 none / 1 front / 2 rear, side 0 none / 1 left / 2 right -> view bin (-1: nothing seen)
 _VIEW_TABLE = ((-1, 2, 6), (0, 1, 7), (4, 3, 5))
 
@@ -91,6 +94,7 @@ class TransReIDViT(nn.Module):
             self.jpm_shift, self.jpm_groups, self.jpm_parts = cfg.jpm_shift, cfg.jpm_groups, cfg.jpm_parts
             self.jpm_rearrange = cfg.jpm_rearrange
         self.coefficient = float(cfg.sie_coefficient)
+        self.part_tokens = cfg.parts != "none"  # model.parts: the patch tokens on their grid as well
         self.view_from_pose = cfg.sie_view_source == "pose" and cfg.sie_views > 0
         self.keypoint_token = nn.Linear(NUM_KEYPOINTS * 3, dim) if cfg.keypoints else None
         if self.keypoint_token is not None:
@@ -121,8 +125,9 @@ class TransReIDViT(nn.Module):
 
     def forward(self, images: torch.Tensor, keypoints: torch.Tensor | None = None,
                 cameras: torch.Tensor | None = None, views: torch.Tensor | None = None) -> torch.Tensor:
-        """(B, C, H, W) -> (B, D) final CLS token, or with JPM (B, 1 + parts, D) global + local CLS tokens; ``views``
-        is ignored when they come from the keypoints."""
+        """(B, C, H, W) -> (B, D) final CLS token, or with JPM (B, 1 + parts, D) global + local CLS tokens, or with
+        model.parts (CLS token, patch tokens (B, D, gh, gw) on the patch grid); ``views`` is ignored when they come
+        from the keypoints."""
         v = self.vit
         if (self.keypoint_token is not None or self.view_from_pose) and keypoints is None:
             raise ValueError("this ViT takes the 108-d keypoint vector (keypoint token or view from pose): pass "
@@ -137,6 +142,12 @@ class TransReIDViT(nn.Module):
             token = self.keypoint_token(keypoints.to(x.dtype).reshape(-1, NUM_KEYPOINTS * 3))
             x = torch.cat([x, token[:, None]], dim=1)
         x = v.norm_pre(v.patch_drop(x))
+        if self.part_tokens:
+            y = v.norm(v.blocks(x))
+            gh, gw = v.patch_embed.grid_size
+            first = int(v.num_prefix_tokens)  # CLS (and register) tokens come first, the keypoint token last
+            patches = y[:, first:first + gh * gw]
+            return y[:, 0], patches.transpose(1, 2).reshape(len(y), -1, gh, gw)
         if not self.jpm:
             return v.norm(v.blocks(x))[:, 0]
         x = v.blocks[:-1](x)

@@ -74,6 +74,10 @@ def cmd_reid_eval(args: argparse.Namespace) -> int:
     lines += [f"rank-{r:<8d} {100 * res[f'rank{r}']:6.2f}%{std(f'rank{r}')}" for r in (1, 5, 10, 20)
               if f"rank{r}" in res]
     lines += [f"rank-{k} mAP  {100 * res[f'mAP@{k}']:6.2f}%", f"mINP          {100 * res['mINP']:6.2f}%"]
+    if "cross_view_mAP" in res:  # eval.cross_view: true matches that share no face with their query only
+        lines.append(f"cross-view    mAP {100 * res['cross_view_mAP']:6.2f}%, rank-1 "
+                     f"{100 * res['cross_view_rank1']:6.2f}% ({res['cross_view_queries']} queries with an other-view "
+                     "match)")
     for name, key in (("colour acc", "color_acc"), ("type acc", "type_acc")):
         if res.get(key) is not None:
             lines.append(f"{name:<13} {100 * res[key]:6.2f}%")

@@ -42,7 +42,7 @@ from pamtri.pipeline.index import (
     committed_generation,
     open_index,
     rerank_index,
-    search_index,
+    search_covisible,
 )
 from pamtri.pipeline.infer import Pipeline
 from pamtri.pipeline.report import TEMPLATES, render
@@ -362,7 +362,9 @@ def create_app(config: ServeConfig, pipe=None):
                 pos, dist = rerank_index(snap.idx, out["features"], top, rerank_top, qcams, exclude_same_camera,
                                          keep)
             else:
-                pos, dist = search_index(snap.idx, out["features"], top, qcams, exclude_same_camera, keep)
+                parts = (out["part_features"], out["part_visibility"]) if "part_features" in out else None
+                pos, dist = search_covisible(snap.idx, out["features"], parts, top, query_cameras=qcams,
+                                             exclude_same_camera=exclude_same_camera, keep=keep)
             queries = []
             for i, name in enumerate(names):
                 hits = [{"rank": r + 1, **snap.row(p), "distance": float(d)}
@@ -419,7 +421,8 @@ def create_app(config: ServeConfig, pipe=None):
         out = await embedded(arrays)
         paths = [images_dir / f"{hashlib.sha256(data).hexdigest()[:32]}.{image_kind(data)}" for data in blobs]
         fs = FeatureSet(np.ascontiguousarray(out["features"], np.float32), names, [str(p) for p in paths], cams,
-                        tracks, times, model_sha256, str(reid_weights), str(pose_weights or ""))
+                        tracks, times, model_sha256, str(reid_weights), str(pose_weights or ""),
+                        out.get("part_features"), out.get("part_visibility"))
 
         def commit() -> tuple[int, int]:
             """Keep the image files, then add; on a refusal remove the files this add wrote."""
