@@ -4,6 +4,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import platform
+import threading
 import time
 import tracemalloc
 from collections.abc import Callable
@@ -64,6 +65,57 @@ def peak_traced(fn: Callable[[], object]) -> tuple[object, int]:
         return out, tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
+
+
+def _status_kib(field: str) -> int:
+    """A ``kB`` field of /proc/self/status (VmRSS: resident now, VmHWM: its high-water mark)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"/proc/self/status has no {field}")
+
+
+def _reset_high_water_mark() -> bool:
+    """Reset VmHWM to the current resident size (Linux's clear_refs "5"); False where that is not allowed."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+class _RssSampler(threading.Thread):
+    """Samples VmRSS every ``interval`` seconds until stopped; ``peak_kib`` is the largest sample."""
+
+    def __init__(self, interval: float):
+        super().__init__(daemon=True)
+        self.interval, self.stop, self.peak_kib = interval, threading.Event(), _status_kib("VmRSS")
+
+    def run(self) -> None:
+        while not self.stop.wait(self.interval):
+            self.peak_kib = max(self.peak_kib, _status_kib("VmRSS"))
+
+
+def peak_rss(fn: Callable[[], object], sample: bool = False, interval: float = 0.001) -> tuple[object, float]:
+    """(fn(), the work's own peak memory in MiB: the largest resident size of this process while fn ran minus its
+    resident size when fn started). The kernel's high-water mark is reset first (/proc/self/clear_refs), so an
+    earlier, larger peak (generating the inputs) cannot hide the work's, as a difference of ``ru_maxrss`` does;
+    where the reset is refused, or with ``sample``, a thread samples the resident size every ``interval`` s
+    instead (it can miss a peak shorter than that). Every memory row of the bench is measured with this."""
+    base = _status_kib("VmRSS")
+    sampler = _RssSampler(interval) if sample or not _reset_high_water_mark() else None
+    if sampler:
+        sampler.start()
+    try:
+        out = fn()
+    finally:
+        if sampler:
+            sampler.stop.set()
+            sampler.join()
+    peak = max(sampler.peak_kib, _status_kib("VmRSS")) if sampler else _status_kib("VmHWM")
+    return out, max(0, peak - base) / 1024.0
 
 
 def count_flops(fn: Callable[[], object]) -> int:
