@@ -28,6 +28,7 @@ class Row:
     ratio: float
     roofline_share: float | None = None
     note: str = ""
+    attainable_share: float | None = None  # of the per-layer bound (FLOPs at the matmul peak, bytes at bandwidth)
 
 
 def ratio_for(unit: str, ours: float, baseline: float) -> float:
@@ -39,10 +40,11 @@ def ratio_for(unit: str, ours: float, baseline: float) -> float:
 
 
 def make_row(name: str, ours: float, baseline: float, unit: str, roofline_share: float | None = None,
-             note: str = "") -> Row:
+             note: str = "", attainable_share: float | None = None) -> Row:
     """Build a Row with its ratio."""
     return Row(name, float(ours), float(baseline), unit, float(ratio_for(unit, ours, baseline)),
-               None if roofline_share is None else float(roofline_share), note)
+               None if roofline_share is None else float(roofline_share), note,
+               None if attainable_share is None else float(attainable_share))
 
 
 def timed(fn: Callable[[], object], repeat: int = 3, warmup: int = 1) -> float:
@@ -125,6 +127,68 @@ def count_flops(fn: Callable[[], object]) -> int:
     return counter.get_total_flops()
 
 
+@dataclass
+class LayerCost:
+    """One leaf module's share of a forward pass: FLOPs and bytes moved (its parameters, inputs and outputs)."""
+    name: str
+    flops: int
+    bytes: int
+
+    def seconds(self, peak: float, bandwidth: float) -> float:
+        """Its roofline bound: the longer of computing at ``peak`` FLOP/s and moving its bytes at ``bandwidth``."""
+        return max(self.flops / peak, self.bytes / bandwidth)
+
+
+def _tensors(x) -> list[torch.Tensor]:
+    if isinstance(x, torch.Tensor):
+        return [x]
+    if isinstance(x, dict):
+        x = list(x.values())
+    return [t for item in x for t in _tensors(item)] if isinstance(x, (list, tuple)) else []
+
+
+def layer_costs(model: torch.nn.Module, run: Callable[[], object], element_bytes: int | None = None
+                ) -> list[LayerCost]:
+    """Walk one call of ``run`` (a forward of ``model``) leaf module by leaf module -> each leaf's FLOPs
+    (torch.utils.flop_counter, counted between its pre- and post-forward hooks) and bytes moved: its own
+    parameters, its input and output tensors, at ``element_bytes`` each (the precision the runtime uses: 4 fp32,
+    2 bf16, 1 int8) or, with None, at the size of the tensors it actually sees (autocast's bf16 activations; its
+    parameters at that size too, as the convolutions read them cast). Work outside leaf modules (DenseNet's
+    concatenations, HRNet's fusion sums: functional calls) is not counted, so the bound it gives is low."""
+    costs: list[LayerCost] = []
+    hooks, start = [], {}
+
+    def size(t: torch.Tensor, like: int | None = None) -> int:
+        return t.numel() * (element_bytes or like or t.element_size())
+
+    def before(module, args):
+        start[module] = counter.get_total_flops()
+
+    def after(name):
+        def hook(module, args, out):
+            acts = _tensors(args) + _tensors(out)
+            width = max((t.element_size() for t in acts if t.is_floating_point()), default=None)
+            moved = sum(size(t) for t in acts) + sum(size(p, width) for p in module.parameters(recurse=False))
+            moved += sum(size(b) for b in module.buffers(recurse=False) if b.is_floating_point())
+            costs.append(LayerCost(name, counter.get_total_flops() - start.pop(module), moved))
+        return hook
+    for name, module in model.named_modules():
+        if not any(True for _ in module.children()):
+            hooks += [module.register_forward_pre_hook(before), module.register_forward_hook(after(name))]
+    try:
+        with FlopCounterMode(display=False) as counter, torch.inference_mode():
+            run()
+    finally:
+        for h in hooks:
+            h.remove()
+    return costs
+
+
+def attainable_seconds(costs: list[LayerCost], peak: float, bandwidth: float) -> float:
+    """The attainable bound of a pass: sum over its layers of max(FLOPs / peak, bytes / bandwidth)."""
+    return sum(c.seconds(peak, bandwidth) for c in costs)
+
+
 def peak_flops(dtype_name: str = "fp32", n: int = 2048, seconds: float = 1.0) -> float:
     """Measured matrix-product peak FLOP/s at a precision ('fp32' or 'bf16') on this machine's CPU: the fastest of
     the n x n products that fit in ``seconds``, after as long a warm-up (AMX clocks ramp up: the best of three
@@ -139,6 +203,20 @@ def peak_flops(dtype_name: str = "fp32", n: int = 2048, seconds: float = 1.0) ->
         if t0 - start >= seconds:  # past the warm-up
             best = min(best, time.perf_counter() - t0)
     return 2.0 * n ** 3 / best
+
+
+def memory_bandwidth(mib: int = 512, seconds: float = 1.0) -> float:
+    """Measured memory bandwidth in bytes/s: the fastest copy of a ``mib`` MiB tensor (read + write, far beyond the
+    caches) among those that fit in ``seconds``, after one to touch the pages."""
+    src = torch.ones(mib << 18)  # float32: mib MiB
+    dst = torch.empty_like(src)
+    dst.copy_(src)
+    best, start = float("inf"), time.perf_counter()
+    while time.perf_counter() - start < seconds or best == float("inf"):
+        t0 = time.perf_counter()
+        dst.copy_(src)
+        best = min(best, time.perf_counter() - t0)
+    return 2.0 * src.numel() * src.element_size() / best
 
 
 def _child_main(conn, fn: Callable[..., dict], args: tuple) -> None:
@@ -183,10 +261,12 @@ def machine_info() -> dict:
 
 def format_table(result: dict) -> str:
     """The rows as a Markdown table."""
-    lines = ["| row | ours | baseline | unit | ratio (x better) | roofline share | note |",
-             "| --- | ---: | ---: | --- | ---: | ---: | --- |"]
+    lines = ["| row | ours | baseline | unit | ratio (x better) | roofline share | attainable share | note |",
+             "| --- | ---: | ---: | --- | ---: | ---: | ---: | --- |"]
+
+    def pct(x: float | None) -> str:
+        return "" if x is None else f"{100 * x:.0f}%"
     for r in result["rows"]:
-        share = "" if r["roofline_share"] is None else f"{100 * r['roofline_share']:.0f}%"
         lines.append(f"| {r['name']} | {r['ours']:.4g} | {r['baseline']:.4g} | {r['unit']} | {r['ratio']:.2f} | "
-                     f"{share} | {r['note']} |")
+                     f"{pct(r['roofline_share'])} | {pct(r.get('attainable_share'))} | {r['note']} |")
     return "\n".join(lines)

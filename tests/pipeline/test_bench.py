@@ -95,3 +95,20 @@ def test_scale_features_have_one_query_per_vehicle_and_a_moderate_map():
     qf, gf, q_ids, g_ids, q_cams, g_cams = labelled_features(200, 2600, 64)
     assert qf.dtype == np.float32 and gf.shape == (2600, 64) and sorted(q_ids) == list(range(200))
     assert 0.2 < metrics_from_features(qf, gf, q_ids, g_ids, q_cams, g_cams)["mAP"] < 0.95
+
+
+def test_layer_costs_give_the_hand_computed_attainable_bound():
+    """Conv 2 -> 4 channels, 3 x 3, no bias, on (1, 2, 5, 5), then ReLU: the conv does 2 * 4 * 25 * 2 * 9 = 3,600
+    FLOPs and moves 50 + 100 input/output values and 72 weights; the ReLU 0 FLOPs, 100 + 100 values. At
+    1,000 FLOP/s and 1,000 bytes/s: fp32 max(3.6, 0.888) + max(0, 0.8) = 4.4 s; int8 (1 byte) 3.6 + 0.2 = 3.8 s."""
+    import torch
+
+    from pamtri.pipeline.bench.harness import attainable_seconds, layer_costs
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(2, 4, 3, padding=1, bias=False), torch.nn.ReLU())
+    x = torch.randn(1, 2, 5, 5)
+    costs = layer_costs(model, lambda: model(x))
+    assert [(c.name, c.flops, c.bytes) for c in costs] == [("0", 3600, 888), ("1", 0, 800)]
+    assert attainable_seconds(costs, 1000.0, 1000.0) == pytest.approx(4.4)
+    assert attainable_seconds(layer_costs(model, lambda: model(x), element_bytes=1), 1000.0, 1000.0) == \
+        pytest.approx(3.8)
