@@ -17,8 +17,9 @@ import torch
 from pamtri.common.atomic import atomic_write_bytes
 from pamtri.common.checkpoint import save_checkpoint
 from pamtri.common.config import to_dict
+from pamtri.common.device import autocast
 from pamtri.pipeline.infer import Pipeline, run_pose
-from pamtri.pipeline.quantize import Thresholds, export_int8
+from pamtri.pipeline.quantize import Thresholds, export_int8, int8_retrieval
 from pamtri.pipeline.runtimes import OnnxNetwork, cpu_name, record_fastest
 from pamtri.pose.codec import HeatmapCodec
 from pamtri.pose.config import PoseConfig
@@ -26,27 +27,35 @@ from pamtri.pose.predict import PosePredictor
 from pamtri.reid.config import DataConfig, ReIDConfig
 
 from .baselines import naive_two_stage
-from .harness import Row, count_flops, make_row, peak_flops, timed
+from .harness import Row, attainable_seconds, count_flops, layer_costs, make_row, memory_bandwidth, peak_flops, timed
 from .inputs import paper_models
 
 log = logging.getLogger(__name__)
 
 
-def _roofline(fast, pose, reid, images, ours_rate: float, naive_rate: float, batch: int) -> tuple[float, str]:
-    """(share of the measured matmul peak our rate reaches, the row's note) from the FLOPs of one image."""
-
+def _roofline(fast, pose, reid, images, ours_rate: float, naive_rate: float, batch: int
+              ) -> tuple[float, float, str]:
+    """(share of the measured matmul peak our rate reaches, share of the per-layer attainable bound it reaches,
+    the row's note) from the FLOPs of one image and its layers' FLOPs and bytes (``harness.layer_costs``)."""
     x, kv = fast.reid_inputs(images[:1], run_pose(fast.predictor, images[:1], fast.grid))
     crop = torch.from_numpy(fast.predictor.crop(images[0])[0][None])
     flops = 2 * count_flops(lambda: pose(crop)) + count_flops(lambda: reid(x, kv))
     prec = "bf16" if fast.dtype == torch.bfloat16 else "fp32"
     peak = peak_flops(prec)
     peak32 = peak if prec == "fp32" else peak_flops("fp32")
+    bandwidth = memory_bandwidth()
+    crops = torch.cat([crop, crop.flip(-1)]).contiguous(memory_format=torch.channels_last)  # the flip test's two
+    with autocast(fast.device, fast.dtype):
+        costs = (layer_costs(fast.predictor.model, lambda: fast.predictor.model(crops))
+                 + layer_costs(fast.model, lambda: fast.model(x, kv)))
+    bound = attainable_seconds(costs, peak, bandwidth)  # seconds per image
     naive_share = flops * naive_rate / peak32
     note = (f"HRNet-W32 256x256 flip test + DenseNet121 (3+36 ch) 256x256, batch {batch}, {prec}; "
             f"{flops / 1e9:.1f} GFLOP/img; peak {prec} matmul {peak / 1e9:.0f} GFLOP/s, fp32 "
-            f"{peak32 / 1e9:.0f}; the naive path already runs at {100 * naive_share:.0f}% of the fp32 peak, so "
-            f"even 100% of the {prec} peak would be {peak / (flops * naive_rate):.1f}x it")
-    return flops * ours_rate / peak, note
+            f"{peak32 / 1e9:.0f}; memory bandwidth {bandwidth / 1e9:.1f} GB/s; attainable bound (per layer, "
+            f"networks only) {1 / bound:.1f} img/s; the naive path already runs at {100 * naive_share:.0f}% of the "
+            f"fp32 peak, so even 100% of the {prec} peak would be {peak / (flops * naive_rate):.1f}x it")
+    return flops * ours_rate / peak, bound * ours_rate, note
 
 
 def fast_pipeline(pose, reid, batch: int, compile: bool = False):
@@ -59,7 +68,8 @@ def fast_pipeline(pose, reid, batch: int, compile: bool = False):
 def bench_inference(quick: bool) -> list[Row]:
     """Two-stage inference at paper sizes: our pipeline vs the naive path (fp32, eager, NCHW, batch 1,
     per-keypoint Python decoding, heatmaps through 36 JPEG files as the reference does), then the same job,
-    images and batch on the ONNX runtimes and INT8 (:func:`runtime_rows`)."""
+    images and batch on the ONNX runtimes and INT8 (:func:`runtime_rows`); a full run adds the INT8 guard on
+    the latest demo run's trained models (:func:`int8_trained_row`)."""
 
     n_ours, n_naive = (8, 2) if quick else (32, 6)
     pose, reid = paper_models()
@@ -76,13 +86,16 @@ def bench_inference(quick: bool) -> list[Row]:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     ours_rate, naive_rate = n_ours / t_ours, n_naive / t_naive
-    share, note = _roofline(fast, pose, reid, images, ours_rate, naive_rate, n_ours)
-    row = make_row("inference", ours_rate, naive_rate, "img/s", roofline_share=share, note=note)
-    rows = [row] if quick else [row, compile_row(pose, reid, images, ours_rate, share / ours_rate)]
-    return [*rows, *runtime_rows(pose, reid, images, ours_rate, record=not quick)]
+    share, attainable, note = _roofline(fast, pose, reid, images, ours_rate, naive_rate, n_ours)
+    row = make_row("inference", ours_rate, naive_rate, "img/s", roofline_share=share, note=note,
+                   attainable_share=attainable)
+    rows = [row] if quick else [row, compile_row(pose, reid, images, ours_rate, share / ours_rate,
+                                                 attainable / ours_rate)]
+    trained = [] if quick else int8_trained_row()  # the INT8 guard on the demo's trained models (minutes)
+    return [*rows, *runtime_rows(pose, reid, images, ours_rate, record=not quick), *trained]
 
 
-def compile_row(pose, reid, images, eager_rate: float, share_per_rate: float) -> Row:
+def compile_row(pose, reid, images, eager_rate: float, share_per_rate: float, attainable_per_rate: float) -> Row:
     """``inference_compile``: the same job on ``Pipeline(compile=True)`` (inductor with freezing) vs eager
     (``eager_rate``), with the compile time and the job size from which it pays (full bench only: the compile
     alone takes minutes)."""
@@ -95,6 +108,7 @@ def compile_row(pose, reid, images, eager_rate: float, share_per_rate: float) ->
     pays = (f"so it pays from about {steady / (1 / eager_rate - 1 / rate):,.0f} images" if rate > eager_rate
             else "and it never pays here")
     return make_row("inference_compile", rate, eager_rate, "img/s", roofline_share=rate * share_per_rate,
+                    attainable_share=rate * attainable_per_rate,
                     note=f"torch.compile (inductor, freezing), same images and batch; ratio vs eager; compile "
                          f"{steady:.0f} s, {pays}")
 
@@ -223,3 +237,54 @@ def runtime_rows(pose, reid, images, torch_rate: float, record: bool, size: int 
         log.info("bench: fastest runtime here %s (recorded for `pamtri embed --runtime auto`)",
                  record_fastest(rates, cpu_name()))
     return rows
+
+
+DEMO_RUNS = Path("runs/demo")  # where `pamtri demo` (make demo) writes its timestamped runs
+
+
+def latest_demo_run(runs: Path = DEMO_RUNS) -> Path | None:
+    """The newest run under ``runs`` with trained pose and pose-aware ReID checkpoints and its data set."""
+    done = [r for r in sorted(runs.glob("*"), reverse=True)
+            if all((r / p).is_file() for p in ("pose/best.pt", "reid_pose/best.pt", "data/label_query.csv"))]
+    return done[0] if done else None
+
+
+def _linked_images(folder: Path, images: list[Path]) -> Path:
+    """``folder`` holding symbolic links to ``images`` (a calibration / guard subset without copies)."""
+    folder.mkdir()
+    for i, src in enumerate(images):
+        (folder / f"{i:04d}{src.suffix}").symlink_to(src.resolve())
+    return folder
+
+
+def int8_trained_row(run: Path | None = None, calibration: int = 128, guard: int = 64) -> list[Row]:
+    """``inference_int8_trained``: the INT8 guard on TRAINED models, those of the latest demo run (none: no row):
+    both networks quantised for onnxruntime (calibrated on ``calibration`` training images, the guard on
+    ``guard`` query images), then mAP / rank-1 of the run's query vs test split with both INT8 graphs against the
+    fp32 graphs (ours: INT8 mAP, baseline: fp32 mAP)."""
+    run = run or latest_demo_run()
+    if run is None:
+        log.warning("bench: no demo run under %s (make demo), no inference_int8_trained row", DEMO_RUNS)
+        return []
+    pose_pt, reid_pt, data = run / "pose/best.pt", run / "reid_pose/best.pt", run / "data"
+    work = Path(tempfile.mkdtemp(prefix="pamtri-bench-int8-trained-"))
+    try:
+        calib = _linked_images(work / "calib", sorted((data / "image_train").iterdir())[:calibration])
+        held = _linked_images(work / "guard", sorted((data / "image_query").iterdir())[::3][:guard])
+        measure = Thresholds(cosine=-1.0, top10=0.0, within=0.0)
+        p = export_int8("pose", pose_pt, work / "pose.int8.onnx", calib, held, thresholds=measure)
+        r = export_int8("reid", reid_pt, work / "reid.int8.onnx", calib, held, pose_weights=pose_pt,
+                        thresholds=measure, heads=True)
+        ch = int8_retrieval(pose_pt, reid_pt, p.path, r.path, data)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    default = Thresholds()
+    passed = r.cosine >= default.cosine and r.top10 >= default.top10 and p.within >= default.within
+    note = (f"trained demo models ({run.name}), onnxruntime QDQ INT8 of both networks vs fp32 on onnxruntime; "
+            f"guard ({guard} query images, calibrated on {calibration} training images): cosine {r.cosine:.4f}, "
+            f"top-10 agreement {r.top10:.3f}, pose {100 * p.within:.0f}% of visible keypoints within 0.5 px: "
+            f"{'passes' if passed else 'fails'} the default guard; {ch.queries} queries x {ch.gallery} gallery: mAP "
+            f"{100 * ch.fp32_map:.2f} -> {100 * ch.int8_map:.2f}, rank-1 {100 * ch.fp32_rank1:.2f} -> "
+            f"{100 * ch.int8_rank1:.2f}, feature cosine {ch.cosine:.4f}, query->gallery top-10 agreement "
+            f"{ch.top10:.3f}")
+    return [make_row("inference_int8_trained", ch.int8_map, ch.fp32_map, "mAP", note=note)]

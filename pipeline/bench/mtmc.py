@@ -3,11 +3,11 @@
 Seeded tracklet features: a centre per vehicle, an offset per camera, noise per tracklet; each vehicle is seen
 by 2-4 cameras in time order. Ours: the FAISS k-NN graph + constrained average linkage (memory N x k). The
 baseline: the same clustering on a dense N x N matrix, which at 100,000 tracklets would need 40 GB per matrix,
-so it runs on a part and is extrapolated as N^2 (the note says so). Each runs in a spawn child for its peak RSS.
+so it runs on a part and is extrapolated as N^2 (the note says so). Each runs in a spawn child; its peak is
+``harness.peak_rss`` of the association alone.
 """
 from __future__ import annotations
 
-import resource
 import time
 
 import numpy as np
@@ -15,7 +15,7 @@ import numpy as np
 from pamtri.pipeline.mtmc.associate import Timing, associate
 from pamtri.pipeline.mtmc.config import AssociationConfig
 
-from .harness import Row, in_spawn_child, make_row
+from .harness import Row, in_spawn_child, make_row, peak_rss
 
 SHAPES = {False: (100_000, 128), True: (10_000, 64)}  # (tracklets, dim) by quick
 DENSE_PART = {False: 8_000, True: 2_000}
@@ -37,18 +37,14 @@ def tracklet_set(n: int, dim: int, seed: int = 0, cams: int = 40):
     return f.astype(np.float32), ids, Timing(cam, t0, t0 + 5.0, {})
 
 
-def _rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-
-
 def _work(n: int, dim: int, dense: bool) -> dict:
     import faiss  # noqa: F401 - imported before the baseline RSS, as torch (reid.distance) is
 
     f, ids, timing = tracklet_set(n, dim)
     cfg = AssociationConfig(threshold=0.6, dense_max=n if dense else 1, knn=20)
-    base, t0 = _rss_mib(), time.perf_counter()
-    labels, mode = associate(f, timing, cfg)
-    seconds, peak = time.perf_counter() - t0, _rss_mib() - base
+    t0 = time.perf_counter()
+    (labels, mode), peak = peak_rss(lambda: associate(f, timing, cfg))
+    seconds = time.perf_counter() - t0
     # pairwise precision / recall of "same vehicle" on the tracklets
     same_pred = np.bincount(labels)
     same_true = np.bincount(ids)
@@ -79,4 +75,4 @@ def bench_mtmc(quick: bool) -> list[Row]:
             f"extrapolated as N^2")
     return [make_row("mtmc_associate", ours["seconds"], dense["seconds"] * grow, "s", note=note),
             make_row("mtmc_associate_peak", ours["peak_mib"], dense["peak_mib"] * grow, "MiB",
-                     note="peak RSS of a spawn child beyond its features (ru_maxrss)")]
+                     note="the work's own peak RSS in a spawn child, beyond its features (VmHWM reset by clear_refs)")]

@@ -1,13 +1,13 @@
 """The ``evaluate_large`` and ``rerank_large`` rows: evaluation and re-ranking at the VERI-Wild-large shape.
 
 10,000 queries x 138,517 gallery images, 1024-d (quick: 1,000 x 13,000, 256-d), seeded clustered features with
-vehicle ids and cameras. Each measurement runs in its own ``multiprocessing`` spawn child: peak memory is the
-child's ``ru_maxrss`` at the end minus its ``ru_maxrss`` once the features exist (so the features themselves,
-567 MB at full size, are not counted).
+vehicle ids and cameras. Each measurement runs in its own ``multiprocessing`` spawn child; its peak memory is
+``harness.peak_rss`` of the work alone: the child's resident high-water mark, reset once the features exist,
+minus its resident size then (so the features themselves, 567 MB at full size, are not counted, and a work whose
+peak is below the features' generation still reads its own peak, not 0 as a difference of ``ru_maxrss`` did).
 """
 from __future__ import annotations
 
-import resource
 import time
 
 import numpy as np
@@ -17,7 +17,7 @@ from pamtri.reid import distance, metrics
 from pamtri.reid.rerank import rerank_neighbours
 
 from .baselines import euclidean, rerank_dense
-from .harness import Row, in_spawn_child, make_row
+from .harness import Row, in_spawn_child, make_row, peak_rss
 
 SHAPES = {False: (10_000, 138_517, 1024), True: (1_000, 13_000, 256)}  # (queries, gallery, dim) by quick
 
@@ -43,33 +43,32 @@ def labelled_features(nq: int, ng: int, dim: int, seed: int = 0, cams: int = 20)
     return draw(q_ids, q_cams), draw(g_ids, g_cams), q_ids, g_ids, q_cams, g_cams
 
 
-def _rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
+def _evaluate_dense(qf, gf, q_ids, g_ids, q_cams, g_cams) -> dict:
+    dist = distance.pairwise_distance(torch.from_numpy(qf), torch.from_numpy(gf))
+    return metrics.metrics_from_distances(dist, q_ids, g_ids, q_cams, g_cams)
+
+
+def _rerank_dense(qf, gf, q_ids, g_ids, q_cams, g_cams) -> dict:
+    final = rerank_dense(euclidean(qf, gf), euclidean(qf, qf), euclidean(gf, gf))
+    return metrics.metrics_from_distances(final.astype(np.float32), q_ids, g_ids, q_cams, g_cams)
 
 
 def _work(task: str, shape: tuple[int, int, int], part: tuple[int, int]) -> dict:
     """In the child: features of ``shape``, the first ``part`` (queries, gallery) of them, then ``task`` ->
-    {"seconds", "peak_mib" (beyond the features), "mAP"}."""
-
-
+    {"seconds", "peak_mib" (the work's own peak beyond the features, ``harness.peak_rss``), "mAP"}."""
     qf, gf, q_ids, g_ids, q_cams, g_cams = labelled_features(*shape)
     nq, ng = part
-    qf, gf, q_ids, g_ids, q_cams, g_cams = qf[:nq], gf[:ng], q_ids[:nq], g_ids[:ng], q_cams[:nq], g_cams[:ng]
-    base, t0 = _rss_mib(), time.perf_counter()
-    if task == "evaluate":
-        res = metrics.metrics_from_features(qf, gf, q_ids, g_ids, q_cams, g_cams)
-    elif task == "evaluate_dense":
-        dist = distance.pairwise_distance(torch.from_numpy(qf), torch.from_numpy(gf))
-        res = metrics.metrics_from_distances(dist, q_ids, g_ids, q_cams, g_cams)
-    elif task == "rerank":
-        order, dist = rerank_neighbours(qf, gf, top=100)
-        seconds, peak = time.perf_counter() - t0, _rss_mib() - base  # the evaluation after it is not counted
-        res = metrics.metrics_from_ranked_lists(order, dist, qf, gf, q_ids, g_ids, q_cams, g_cams)
+    data = qf[:nq], gf[:ng], q_ids[:nq], g_ids[:ng], q_cams[:nq], g_cams[:ng]
+    t0 = time.perf_counter()
+    if task == "rerank":  # the evaluation after it is not counted
+        (order, dist), peak = peak_rss(lambda: rerank_neighbours(data[0], data[1], top=100))
+        seconds = time.perf_counter() - t0
+        res = metrics.metrics_from_ranked_lists(order, dist, *data)
         return {"seconds": seconds, "peak_mib": peak, "mAP": res["mAP"]}
-    else:  # rerank_dense
-        final = rerank_dense(euclidean(qf, gf), euclidean(qf, qf), euclidean(gf, gf))
-        res = metrics.metrics_from_distances(final.astype(np.float32), q_ids, g_ids, q_cams, g_cams)
-    return {"seconds": time.perf_counter() - t0, "peak_mib": _rss_mib() - base, "mAP": res["mAP"]}
+    work = {"evaluate": metrics.metrics_from_features, "evaluate_dense": _evaluate_dense,
+            "rerank_dense": _rerank_dense}[task]
+    res, peak = peak_rss(lambda: work(*data))
+    return {"seconds": time.perf_counter() - t0, "peak_mib": peak, "mAP": res["mAP"]}
 
 
 def measured(task: str, shape: tuple[int, int, int], part: tuple[int, int] | None = None) -> dict:
@@ -87,7 +86,7 @@ def bench_scale(quick: bool) -> list[Row]:
     dense = measured("evaluate_dense", shape, (part_q, ng))
     scale = nq / part_q
     how = "measured" if scale == 1 else f"{part_q} queries measured, x{scale:.0f} extrapolated"
-    memo = "peak RSS of a spawn child beyond its features (ru_maxrss)"
+    memo = "the work's own peak RSS in a spawn child, beyond its features (VmHWM reset by clear_refs)"
     note = f"{nq}x{ng}, {dim}-d; dense path {how}; mAP {ours['mAP']:.4f}"
     rows = [make_row("evaluate_large", ours["seconds"], dense["seconds"] * scale, "s", note=note),
             make_row("evaluate_large_peak", ours["peak_mib"], dense["peak_mib"] * scale, "MiB",

@@ -8,7 +8,7 @@ from pamtri.common.training import optimiser_step
 from pamtri.pose.train import weighted_mse
 from pamtri.reid.losses import triplet_batch_hard
 
-from .harness import Row, count_flops, make_row, peak_flops, timed
+from .harness import Row, attainable_seconds, count_flops, layer_costs, make_row, memory_bandwidth, peak_flops, timed
 from .inputs import paper_models
 
 
@@ -25,6 +25,20 @@ def _train_step_rate(model, make_batch, loss_fn, batch: int, fast: bool, steps: 
     seconds = timed(step, repeat=steps, warmup=1)
     flops = count_flops(step) // batch
     return batch / seconds, flops
+
+
+def train_bound(model, make_batch, loss_fn, batch: int, peak: float, bandwidth: float) -> float:
+    """Attainable seconds per image of a fast training step: each layer's forward bound (``layer_costs`` under
+    bf16 autocast + channels-last) three times (forward, gradient of the input, gradient of the weights: each
+    about the forward's FLOPs and bytes), plus fused Adam's pass over the parameters (read parameter, gradient and
+    the two moments, write three: 28 bytes per fp32 parameter)."""
+    device = torch.device("cpu")
+    model = model.to(memory_format=torch.channels_last).train()
+    inputs = [t.contiguous(memory_format=torch.channels_last) if t.ndim == 4 else t for t in make_batch(batch)]
+    with autocast(device, autocast_dtype(device, "auto")):
+        costs = layer_costs(model, lambda: loss_fn(model, *inputs))
+    adam = 28 * sum(p.numel() for p in model.parameters()) / bandwidth
+    return (3 * attainable_seconds(costs, peak, bandwidth) + adam) / batch
 
 
 def _pose_batch(b: int) -> list:
@@ -55,6 +69,7 @@ def bench_train(quick: bool) -> list[Row]:
     batch, steps = (4, 1) if quick else (16, 2)
     rows = []
     prec_peak = {}
+    bandwidth = memory_bandwidth()
     for name, model_index, make, loss in (("train_pose", 0, _pose_batch, _pose_loss),
                                           ("train_reid", 1, _reid_batch, _reid_loss)):
         fast_rate, flops = _train_step_rate(paper_models()[model_index], make, loss, batch, True, steps)
@@ -63,8 +78,11 @@ def bench_train(quick: bool) -> list[Row]:
         if prec not in prec_peak:
             prec_peak[prec] = peak_flops(prec)
         share = flops * fast_rate / prec_peak[prec]
+        bound = train_bound(paper_models()[model_index], make, loss, batch, prec_peak[prec], bandwidth)
         what = "HRNet-W32 256x256" if name == "train_pose" else "DenseNet121 39 ch 256x256 + ID/triplet"
         rows.append(make_row(name, fast_rate, base_rate, "img/s", roofline_share=share,
+                             attainable_share=bound * fast_rate,
                              note=f"{what}, batch {batch}, Adam; {prec} autocast + channels-last vs fp32 NCHW; "
-                                  f"{flops / 1e9:.1f} GFLOP/img"))
+                                  f"{flops / 1e9:.1f} GFLOP/img; attainable bound {1 / bound:.1f} img/s (per layer: "
+                                  f"3x the forward's max(FLOPs / peak, bytes / {bandwidth / 1e9:.1f} GB/s), + Adam)"))
     return rows
