@@ -27,7 +27,7 @@ from pamtri.common.atomic import atomic_write_bytes, atomic_write_text
 from pamtri.common.checkpoint import file_sha256
 from pamtri.common.errors import ConfigError, PamtriError
 
-from .export import export_pose, export_reid
+from .export import export_pipeline, export_pose, export_reid
 
 log = logging.getLogger(__name__)
 
@@ -150,6 +150,51 @@ def cached_onnx(stage: str, weights: str | os.PathLike, size_hw: tuple[int, int]
             export_reid(weights, path, size=size_hw, heads=True)
         stamp_graph(path, sha)
     return path
+
+
+def pipeline_stage(pose_weights: str | os.PathLike | None, flip_test: bool = True) -> str:
+    """The cache name of the one-graph export (``pipeline.export.PipelineGraph``) of a ReID checkpoint with
+    ``pose_weights`` (its SHA-256 in the name) and the flip test on or off, for :func:`_cache_path` /
+    :func:`int8_cache_path`."""
+    pose = file_sha256(pose_weights)[:16] if pose_weights else "nopose"
+    return f"pipeline-{pose}" + ("" if flip_test else "-noflip")
+
+
+def _pipeline_sha256(pose_weights, reid_weights) -> str:
+    """One SHA-256 for the pair of checkpoints a one-graph export comes from (its cache stamp)."""
+    pose = file_sha256(pose_weights) if pose_weights else ""
+    return hashlib.sha256((file_sha256(reid_weights) + pose).encode()).hexdigest()
+
+
+def cached_pipeline_onnx(pose_weights: str | os.PathLike | None, reid_weights: str | os.PathLike,
+                         size_hw: tuple[int, int], flip_test: bool = True) -> Path:
+    """The one-graph ONNX file of both checkpoints at ``size_hw`` (H, W), exported on first use (checked against
+    the torch module with onnxruntime) and stamped like the stage graphs (:func:`cached_onnx`)."""
+    path = _cache_path(pipeline_stage(pose_weights, flip_test), reid_weights, size_hw, ".onnx")
+    sha = _pipeline_sha256(pose_weights, reid_weights)
+    if path.is_file() and (problem := graph_problem(path, sha)) is not None:
+        log.warning("%s: %s; exporting it again", path, problem)
+        path.unlink()
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        log.info("exporting %s and %s as one graph to %s", pose_weights, reid_weights, path)
+        export_pipeline(pose_weights, reid_weights, path, size=size_hw, flip_test=flip_test)
+        stamp_graph(path, sha)
+    return path
+
+
+def pipeline_network(pose_weights: str | os.PathLike | None, reid_weights: str | os.PathLike, runtime: str,
+                     precision: str, size_hw: tuple[int, int], flip_test: bool = True,
+                     device: str | torch.device = "cpu") -> OnnxNetwork:
+    """The one graph of both checkpoints on ``runtime``: on openvino the guarded INT8 IR when ``pamtri export onnx
+    --stage pipeline --int8 --runtime openvino`` wrote one, else the cached fp32 graph."""
+    if runtime == "openvino":
+        int8 = int8_cache_path(pipeline_stage(pose_weights, flip_test), reid_weights, size_hw)
+        if int8.is_file() and int8.with_suffix(".bin").is_file():
+            log.info("--runtime openvino: the INT8 one graph %s", int8)
+            return OnnxNetwork(int8, runtime, precision, device=device)
+    return OnnxNetwork(cached_pipeline_onnx(pose_weights, reid_weights, size_hw, flip_test), runtime, precision,
+                       device=device)
 
 
 class OnnxNetwork(nn.Module):
