@@ -90,6 +90,7 @@ class _FeatureAndHeads(nn.Module):
 
 
 HEADS = ("color", "type")
+NETWORK_SCOPES = ("/pose/", "/reid/")  # ONNX node name prefixes of the two networks in a PipelineGraph export
 WARP_SUBPIXEL_BITS = 5  # cv2.warpAffine's INTER_BITS: source positions on a 1/32-pixel grid
 
 
@@ -137,8 +138,9 @@ class PipelineGraph(nn.Module):
         if self.predictor is None:
             keypoints = torch.zeros((images.shape[0], NUM_KEYPOINTS, 3), device=x.device)
         else:
-            # cv2.warpAffine of the uint8 image (rounded), then pose.transforms.normalise
-            crop = torch.round(self.crop_rows @ x @ self.crop_cols_t)
+            # cv2.warpAffine of the uint8 image, rounded half up as cv2 does (floor(v + 0.5): OpenVINO's CPU plugin
+            # fails to compile Round between a MatMul and per-channel arithmetic), then pose.transforms.normalise
+            crop = torch.floor(self.crop_rows @ x @ self.crop_cols_t + 0.5)
             hm = self.predictor.heatmaps((crop - self.pose_mean) / self.pose_std)
             decoded = self.predictor.codec.decode_tensor(hm)
             keypoints = torch.cat([apply(self.crop_to_image, decoded[..., :2]), decoded[..., 2:]], dim=-1)

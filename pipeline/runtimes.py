@@ -273,13 +273,20 @@ def _openvino_model(path: str, threads: int, precision: str):
     if hint:
         config["INFERENCE_PRECISION_HINT"] = hint
     compiled = core.compile_model(core.read_model(path), "CPU", config)
-    inputs = [i.get_any_name() for i in compiled.inputs]
-    outputs = [o.get_any_name() for o in compiled.outputs]
+    inputs = [_port_name(i) for i in compiled.inputs]
+    outputs = [_port_name(o) for o in compiled.outputs]
 
     def run(feed):
         result = compiled(feed)
         return [result[o] for o in compiled.outputs]
     return inputs, outputs, run
+
+
+def _port_name(port) -> str:
+    """The graph's own name of an OpenVINO input / output: a tensor that is also an intermediate result carries
+    the exporter's node-path name ('/Concat_3_output_0') too, and ``get_any_name`` may give that one."""
+    names = sorted(port.get_names(), key=lambda n: (n.startswith("/"), n))
+    return names[0] if names else port.get_any_name()
 
 
 def network_file(stage: str, weights: str | os.PathLike, size_hw: tuple[int, int], runtime: str) -> Path:
