@@ -21,7 +21,7 @@ import numpy as np
 from pamtri.common.atomic import atomic_write_bytes, atomic_write_text
 from pamtri.common.errors import ConfigError
 
-from .export import ExportMismatchError, ExportReport, export_pipeline
+from .export import ExportMismatchError, ExportReport, export_pipeline, layout_input
 from .infer import Pipeline
 from .runtimes import OnnxNetwork
 from .synth.render import render_sample
@@ -67,11 +67,12 @@ def pipeline_parity(graph_path: str | os.PathLike, pose_weights, reid_weights, i
     pipe.height, pipe.width = h, w
     images = images if images is not None else generated_images(PARITY_IMAGES, (h, w))
     want = pipe.embed_arrays(images)
-    got = dict(zip(net.output_names, net.run({"images": np.stack(images)})))
+    layout = graph_metadata(graph_path).get("input_layout_option", "nhwc-uint8")
+    got = dict(zip(net.output_names, net.run({"images": layout_input(np.stack(images), layout)})))
     a, b = want["features"], got["embedding"]
     cos = (a * b).sum(1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-12)
     px = None
-    if pipe.needs_pose:
+    if pipe.needs_pose and "keypoints" in got:
         sure = want["keypoints"][..., 2] >= 0.5
         dist = np.linalg.norm(want["keypoints"][..., :2] - got["keypoints"][..., :2], axis=-1)
         px = float(dist[sure].max() if sure.any() else dist.max())

@@ -90,6 +90,9 @@ class _FeatureAndHeads(nn.Module):
 
 
 HEADS = ("color", "type")
+# the one graph's input: uint8 0-255 NHWC (default); float32 0-255 NHWC (DeepStream's tracker ReID with
+# netScaleFactor 1, offsets 0); float32 NCHW normalised with the ImageNet mean / std (BoxMOT's ReID backends)
+INPUT_LAYOUTS = ("nhwc-uint8", "nhwc-float", "nchw-float")
 NETWORK_SCOPES = ("/pose/", "/reid/")  # ONNX node name prefixes of the two networks in a PipelineGraph export
 WARP_SUBPIXEL_BITS = 5  # cv2.warpAffine's INTER_BITS: source positions on a 1/32-pixel grid
 
@@ -107,14 +110,21 @@ class PipelineGraph(nn.Module):
     predictor (an RGB-only model exported without pose weights) the keypoints are zeros, as ``Pipeline.embed``
     gives them."""
 
-    def __init__(self, predictor: PosePredictor | None, reid_model: nn.Module, spec: ReidInput):
+    def __init__(self, predictor: PosePredictor | None, reid_model: nn.Module, spec: ReidInput,
+                 input_layout: str = "nhwc-uint8", embedding_only: bool = False):
         super().__init__()
+        if input_layout not in INPUT_LAYOUTS:
+            raise ConfigError(f"--input-layout {input_layout!r}: one of {', '.join(INPUT_LAYOUTS)}")
         self.spec = spec
+        self.input_layout = input_layout
         self.reid = reid_model
         self.heads = [h for h in HEADS if getattr(reid_model, f"{h}_classifier", None) is not None]
-        self.output_names = ["embedding", "keypoints", *self.heads, "feature"]
+        self.embedding_only = embedding_only
+        self.output_names = ["embedding"] if embedding_only else ["embedding", "keypoints", *self.heads, "feature"]
         self.predictor = predictor
         self.pose = predictor.model if predictor is not None else None
+        self.register_buffer("imagenet_mean", torch.from_numpy(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("imagenet_std", torch.from_numpy(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
         if predictor is None:
             return
         h, w = spec.height, spec.width
@@ -129,11 +139,15 @@ class PipelineGraph(nn.Module):
         rows, cols = sampling_matrices(grid, codec.heatmap_size, (spec.grid, spec.grid))
         self.register_buffer("grid_rows", torch.from_numpy(rows), persistent=False)
         self.register_buffer("grid_cols_t", torch.from_numpy(cols.T.copy()), persistent=False)
-        self.register_buffer("pose_mean", torch.from_numpy(IMAGENET_MEAN * 255).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("pose_std", torch.from_numpy(IMAGENET_STD * 255).view(1, 3, 1, 1), persistent=False)
+
+    def pixels(self, images: torch.Tensor) -> torch.Tensor:
+        """The graph's input in its layout -> (N, 3, H, W) float RGB, 0 .. 255."""
+        if self.input_layout == "nchw-float":
+            return (images.float() * self.imagenet_std + self.imagenet_mean) * 255.0
+        return images.permute(0, 3, 1, 2).float()
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        x = images.permute(0, 3, 1, 2).float()  # (N, 3, H, W), 0 .. 255
+        x = self.pixels(images)
         maps, kv = [], None
         if self.predictor is None:
             keypoints = torch.zeros((images.shape[0], NUM_KEYPOINTS, 3), device=x.device)
@@ -141,7 +155,7 @@ class PipelineGraph(nn.Module):
             # cv2.warpAffine of the uint8 image, rounded half up as cv2 does (floor(v + 0.5): OpenVINO's CPU plugin
             # fails to compile Round between a MatMul and per-channel arithmetic), then pose.transforms.normalise
             crop = torch.floor(self.crop_rows @ x @ self.crop_cols_t + 0.5)
-            hm = self.predictor.heatmaps((crop - self.pose_mean) / self.pose_std)
+            hm = self.predictor.heatmaps((crop / 255.0 - self.imagenet_mean) / self.imagenet_std)
             decoded = self.predictor.codec.decode_tensor(hm)
             keypoints = torch.cat([apply(self.crop_to_image, decoded[..., :2]), decoded[..., 2:]], dim=-1)
             if self.spec.heatmaps:
@@ -155,12 +169,32 @@ class PipelineGraph(nn.Module):
             net_input = torch.cat([net_input, self.spec.pose_planes(maps)], dim=1)
         out = self.reid(net_input, kv)
         feature = out["embedding"].float()
+        if self.embedding_only:
+            return F.normalize(feature, dim=1)
         return (F.normalize(feature, dim=1), keypoints, *(out[h] for h in self.heads), feature)
 
 
+def layout_input(images: np.ndarray, layout: str) -> np.ndarray:
+    """uint8 RGB crops (N, H, W, 3) -> the one graph's input in ``layout`` (INPUT_LAYOUTS)."""
+    if layout == "nhwc-uint8":
+        return np.ascontiguousarray(images, dtype=np.uint8)
+    if layout == "nhwc-float":
+        return np.ascontiguousarray(images, dtype=np.float32)
+    x = (np.asarray(images, np.float32) / 255.0 - IMAGENET_MEAN) / IMAGENET_STD
+    return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+
+
+def _layout_metadata(layout: str) -> dict:
+    if layout == "nchw-float":
+        return {"input_layout": "NCHW", "input_dtype": "float32", "value_range": "normalised: (x / 255 - mean) / std "
+                "with the ImageNet mean [0.485, 0.456, 0.406] and std [0.229, 0.224, 0.225]"}
+    return {"input_layout": "NHWC", "input_dtype": "uint8" if layout == "nhwc-uint8" else "float32",
+            "value_range": [0, 255]}
+
+
 def pipeline_graph(pose_weights: str | os.PathLike | None, reid_weights: str | os.PathLike,
-                   size: tuple[int, int] | None = None, flip_test: bool | None = None
-                   ) -> tuple[PipelineGraph, dict]:
+                   size: tuple[int, int] | None = None, flip_test: bool | None = None,
+                   input_layout: str = "nhwc-uint8", embedding_only: bool = False) -> tuple[PipelineGraph, dict]:
     """(the fp32 CPU ``PipelineGraph`` of two checkpoints at ``size`` (H, W), default the ReID checkpoint's input
     size; its ONNX metadata). ``pose_weights`` may be None only for an RGB-only ReID model."""
     model, ckpt = load_reid(reid_weights)
@@ -179,17 +213,19 @@ def pipeline_graph(pose_weights: str | os.PathLike | None, reid_weights: str | o
                      "pose_weights_sha256": file_sha256(pose_weights), "pose_model": pose_cfg.model.name,
                      "pose_input_size_wh": list(codec.input_size), "codec": codec.to_dict(),
                      "flip_test": predictor.flip_test, "box_enlarge": predictor.enlarge}
-    graph = PipelineGraph(predictor, model.float().eval(), spec).eval()
+    graph = PipelineGraph(predictor, model.float().eval(), spec, input_layout, embedding_only).eval()
     meta = {"stage": "pipeline", "pamtri_version": __version__,
-            "input": "uint8 RGB crops (N, H, W, 3), NHWC, values 0-255, each resized by the caller to W x H with "
-                     "OpenCV bilinear (cv2.resize(crop, (W, H), interpolation=cv2.INTER_LINEAR)), no padding, as "
-                     "`pamtri embed` resizes; normalisation happens inside the graph",
-            "input_layout": "NHWC", "color_order": "RGB", "value_range": [0, 255], "input_dtype": "uint8",
+            "input": f"RGB crops ({input_layout}), each resized by the caller to W x H with OpenCV bilinear "
+                     "(cv2.resize(crop, (W, H), interpolation=cv2.INTER_LINEAR)), no padding, as `pamtri embed` "
+                     "resizes; the rest of the normalisation happens inside the graph",
+            "input_name": "images", "input_layout_option": input_layout, **_layout_metadata(input_layout),
+            "color_order": "RGB",
             "outputs": {"embedding": "L2-normalised ReID feature (N, D)",
                         "keypoints": "(N, 36, 3): x, y in the input's pixels (pixel centres at integers), "
                                      "confidence" + ("" if predictor else "; zeros: exported without pose"),
                         **{hd: f"{hd} logits" for hd in graph.heads},
-                        "feature": "the embedding before the L2 normalisation (what `pamtri embed` stores)"},
+                        "feature": "the embedding before the L2 normalisation (what `pamtri embed` stores)"}
+            if not embedding_only else {"embedding": "L2-normalised ReID feature (N, D), the only output"},
             "reid_weights": os.path.basename(os.fspath(reid_weights)), "reid_weights_sha256": file_sha256(reid_weights),
             "backbone": model.cfg.backbone, "embedding_dim": model.embedding_dim, **spec.metadata(), **pose_meta}
     return graph, meta
@@ -197,17 +233,18 @@ def pipeline_graph(pose_weights: str | os.PathLike | None, reid_weights: str | o
 
 def export_pipeline(pose_weights: str | os.PathLike | None, reid_weights: str | os.PathLike,
                     out: str | os.PathLike, size: tuple[int, int] | None = None, opset: int = DEFAULT_OPSET,
-                    check: bool = True, tolerance: float = DEFAULT_TOLERANCE, flip_test: bool | None = None
-                    ) -> ExportReport:
+                    check: bool = True, tolerance: float = DEFAULT_TOLERANCE, flip_test: bool | None = None,
+                    input_layout: str = "nhwc-uint8", embedding_only: bool = False) -> ExportReport:
     """Export both checkpoints as one ``PipelineGraph`` ONNX file (input 'images' uint8 (N, H, W, 3); outputs
     'embedding', 'keypoints', 'color', 'type', 'feature'), checked against the module with onnxruntime (``verify``; the
     parity with ``Pipeline.embed`` is ``pipeline.deploy.pipeline_parity``)."""
     _require_onnx()
     if int(opset) < 16:
         raise ConfigError(f"--opset {opset}: the pipeline graph needs opset 16 or later (default {DEFAULT_OPSET})")
-    graph, meta = pipeline_graph(pose_weights, reid_weights, size, flip_test)
+    graph, meta = pipeline_graph(pose_weights, reid_weights, size, flip_test, input_layout, embedding_only)
     h, w = graph.spec.height, graph.spec.width
-    example = {"images": torch.randint(0, 256, (2, h, w, 3), dtype=torch.uint8)}
+    pixels = torch.randint(0, 256, (2, h, w, 3), dtype=torch.uint8).numpy()
+    example = {"images": torch.from_numpy(layout_input(pixels, input_layout))}
     return _export(graph, example, graph.output_names, out, opset, meta, check, tolerance)
 
 
@@ -325,8 +362,8 @@ def verify(onnx_bytes: bytes, model: nn.Module, example: dict[str, torch.Tensor]
     gen = torch.Generator().manual_seed(0)
     inputs = {}
     for name, t in example.items():
-        if t.dtype == torch.uint8:  # images: random pixels
-            inputs[name] = torch.randint(0, 256, (3, *t.shape[1:]), generator=gen, dtype=torch.uint8)
+        if t.dtype == torch.uint8 or getattr(model, "input_layout", None) == "nhwc-float":  # images: random pixels
+            inputs[name] = torch.randint(0, 256, (3, *t.shape[1:]), generator=gen, dtype=torch.uint8).to(t.dtype)
             continue
         x = torch.randn((3, *t.shape[1:]), generator=gen)
         inputs[name] = x.clamp(-0.5, 0.5) if name == "keypoints" else x
