@@ -136,18 +136,24 @@ def cached_onnx(stage: str, weights: str | os.PathLike, size_hw: tuple[int, int]
     """The ONNX file of one stage's network at ``size_hw`` (H, W) pixels, exported on first use; the ReID graph
     outputs feature + colour + type logits (``export_reid(heads=True)``)."""
 
-    path = _cache_path(stage, weights, size_hw, ".onnx")
-    sha = file_sha256(weights)
-    if path.is_file() and (problem := graph_problem(path, sha)) is not None:
-        log.warning("%s: %s; exporting it again", path, problem)
-        path.unlink()
-    if not path.is_file():
-        path.parent.mkdir(parents=True, exist_ok=True)
+    def export(path):
         log.info("exporting the %s network of %s to %s", stage, weights, path)
         if stage == "pose":
             export_pose(weights, path, size=size_hw)
         else:
             export_reid(weights, path, size=size_hw, heads=True)
+    return _cached(_cache_path(stage, weights, size_hw, ".onnx"), file_sha256(weights), export)
+
+
+def _cached(path: Path, sha: str, export) -> Path:
+    """``path`` after ``export(path)`` wrote and :func:`stamp_graph` stamped it with ``sha``, unless a graph
+    stamped so is there (one that fails :func:`graph_problem` is exported again, with a warning)."""
+    if path.is_file() and (problem := graph_problem(path, sha)) is not None:
+        log.warning("%s: %s; exporting it again", path, problem)
+        path.unlink()
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        export(path)
         stamp_graph(path, sha)
     return path
 
@@ -170,17 +176,11 @@ def cached_pipeline_onnx(pose_weights: str | os.PathLike | None, reid_weights: s
                          size_hw: tuple[int, int], flip_test: bool = True) -> Path:
     """The one-graph ONNX file of both checkpoints at ``size_hw`` (H, W), exported on first use (checked against
     the torch module with onnxruntime) and stamped like the stage graphs (:func:`cached_onnx`)."""
-    path = _cache_path(pipeline_stage(pose_weights, flip_test), reid_weights, size_hw, ".onnx")
-    sha = _pipeline_sha256(pose_weights, reid_weights)
-    if path.is_file() and (problem := graph_problem(path, sha)) is not None:
-        log.warning("%s: %s; exporting it again", path, problem)
-        path.unlink()
-    if not path.is_file():
-        path.parent.mkdir(parents=True, exist_ok=True)
+    def export(path):
         log.info("exporting %s and %s as one graph to %s", pose_weights, reid_weights, path)
         export_pipeline(pose_weights, reid_weights, path, size=size_hw, flip_test=flip_test)
-        stamp_graph(path, sha)
-    return path
+    return _cached(_cache_path(pipeline_stage(pose_weights, flip_test), reid_weights, size_hw, ".onnx"),
+                   _pipeline_sha256(pose_weights, reid_weights), export)
 
 
 def pipeline_network(pose_weights: str | os.PathLike | None, reid_weights: str | os.PathLike, runtime: str,

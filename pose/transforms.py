@@ -110,16 +110,18 @@ def sampling_matrices(m: np.ndarray, in_size: tuple[int, int], out_size: tuple[i
     """Bilinear resampling through an axis-aligned (2, 3) output -> input pixel affine ``m`` as two matrices:
     (rows (Ho, Hi), columns (Wo, Wi)) float32, so that ``rows @ image @ columns.T`` maps an (.., Hi, Wi) image to
     (.., Ho, Wo), zero outside (cv2.warpAffine's BORDER_CONSTANT 0, grid_sample's zeros padding with
-    align_corners=True); sizes are (width, height). ``subpixel_bits``: source positions rounded down to 1 / 2^bits
-    of a pixel, as cv2.warpAffine does (5 bits). One MatMul pair in a graph, which every runtime runs fast."""
+    align_corners=True); sizes are (width, height). ``subpixel_bits``: source positions rounded to 1 / 2^bits of a
+    pixel as cv2.warpAffine's fixed point does (5 bits); its integer weights are then these products exactly. One MatMul pair in a graph, which every runtime runs fast."""
     m = np.asarray(m, dtype=np.float64)
     if abs(m[0, 1]) > 1e-12 or abs(m[1, 0]) > 1e-12:
         raise ValueError("sampling_matrices takes an axis-aligned affine (no rotation or shear)")
 
     def axis(scale, offset, n_in, n_out):
         src = scale * np.arange(n_out) + offset
-        if subpixel_bits is not None:
-            src = np.floor(np.round(src * 1024) / (1024 >> subpixel_bits)) / (1 << subpixel_bits)
+        if subpixel_bits is not None:  # cv2's fixed point: both terms in 1/1024 pixel, rounded to 1/2^bits
+            step = 1024 >> subpixel_bits
+            src = np.floor((np.rint(scale * np.arange(n_out) * 1024) + np.rint(offset * 1024) + step // 2) / step)
+            src = src / (1 << subpixel_bits)
         lo = np.floor(src)
         frac = src - lo
         out = np.zeros((n_out, n_in), np.float64)
