@@ -6,6 +6,10 @@
   vector (N, 108) in [-0.5, 0.5] -> the test-time embedding (N, D) of ``ReIDNet.embed``; preparing the
   input stays outside (see reid.inputs.ReidInput.batch).
 
+- pipeline (``PipelineGraph``): both stages and every step between them in one graph: uint8 RGB crops
+  (N, H, W, 3), already resized to the ReID input size -> the L2-normalised embedding (N, D), keypoints (N, 36, 3)
+  in the crop's pixels and the colour / type logits (docs/deploy.md).
+
 The batch axis is dynamic; the image size is fixed at export. The ONNX file carries the preprocessing
 facts a deployer needs (input size, mean/std, cell convention ...) as JSON in its metadata ``pamtri``.
 """
@@ -21,14 +25,21 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
+from pamtri import __version__
 from pamtri.common.atomic import atomic_write_bytes
+from pamtri.common.checkpoint import file_sha256
 from pamtri.common.config import to_dict
 from pamtri.common.errors import ConfigError, PamtriError
+from pamtri.pose.keypoints import NUM_KEYPOINTS
+from pamtri.pose.predict import PosePredictor
+from pamtri.pose.transforms import IMAGENET_MEAN, IMAGENET_STD, apply, compose, invert, sampling_matrices
 from pamtri.pose.weights import load as load_pose
 from pamtri.reid.inputs import ReidInput
 from pamtri.reid.model import KEYPOINT_DIM
+from pamtri.reid.pose_inputs import grid_to_source_cells
 from pamtri.reid.weights import load as load_reid
 
 log = logging.getLogger(__name__)
@@ -76,6 +87,165 @@ class _FeatureAndHeads(nn.Module):
     def forward(self, images: torch.Tensor, keypoints: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
         out = self.model(images, keypoints)
         return tuple(out[k] for k in self.keys)
+
+
+HEADS = ("color", "type")
+# the one graph's input: uint8 0-255 NHWC (default); float32 0-255 NHWC (DeepStream's tracker ReID with
+# netScaleFactor 1, offsets 0); float32 NCHW normalised with the ImageNet mean / std (BoxMOT's ReID backends)
+INPUT_LAYOUTS = ("nhwc-uint8", "nhwc-float", "nchw-float")
+NETWORK_SCOPES = ("/pose/", "/reid/")  # ONNX node name prefixes of the two networks in a PipelineGraph export
+WARP_SUBPIXEL_BITS = 5  # cv2.warpAffine's INTER_BITS: source positions on a 1/32-pixel grid
+
+
+class PipelineGraph(nn.Module):
+    """Two-stage inference as one traceable module for images already resized to the ReID input (H, W):
+    uint8 RGB (N, H, W, 3) -> (L2-normalised embedding (N, D), keypoints (N, 36, 3) in the input's pixels +
+    confidence, the colour and type logits (those the model has), the embedding before normalisation (N, D), as
+    ``Pipeline.embed`` returns it): ``output_names``.
+
+    Every step is the torch code ``Pipeline`` runs (pose.predict.PosePredictor's crop box and flip test,
+    pose.codec's decoding, reid.inputs.ReidInput's channels and keypoint vector, the networks), with tensor forms
+    where that code is numpy / cv2: the crop and the heatmap resampling as constant bilinear sampling matrices
+    (``pose.transforms.sampling_matrices``), the segments by ``pose.segments.rasterise_tensor``. Without a pose
+    predictor (an RGB-only model exported without pose weights) the keypoints are zeros, as ``Pipeline.embed``
+    gives them."""
+
+    def __init__(self, predictor: PosePredictor | None, reid_model: nn.Module, spec: ReidInput,
+                 input_layout: str = "nhwc-uint8", embedding_only: bool = False):
+        super().__init__()
+        if input_layout not in INPUT_LAYOUTS:
+            raise ConfigError(f"--input-layout {input_layout!r}: one of {', '.join(INPUT_LAYOUTS)}")
+        self.spec = spec
+        self.input_layout = input_layout
+        self.reid = reid_model
+        self.heads = [h for h in HEADS if getattr(reid_model, f"{h}_classifier", None) is not None]
+        self.embedding_only = embedding_only
+        self.output_names = ["embedding"] if embedding_only else ["embedding", "keypoints", *self.heads, "feature"]
+        self.predictor = predictor
+        self.pose = predictor.model if predictor is not None else None
+        self.register_buffer("imagenet_mean", torch.from_numpy(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("imagenet_std", torch.from_numpy(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        if predictor is None:
+            return
+        h, w = spec.height, spec.width
+        codec = predictor.codec
+        to_crop = predictor.crop_transform(w, h)
+        rows, cols = sampling_matrices(invert(to_crop), (w, h), codec.input_size, WARP_SUBPIXEL_BITS)
+        self.register_buffer("crop_rows", torch.from_numpy(rows), persistent=False)
+        self.register_buffer("crop_cols_t", torch.from_numpy(cols.T.copy()), persistent=False)
+        self.crop_to_image = invert(to_crop)
+        cell_to_pixel = compose(self.crop_to_image, codec.cells_to_input)
+        grid = grid_to_source_cells(cell_to_pixel[None], np.array([[w, h]]), (spec.grid, spec.grid))[0]
+        rows, cols = sampling_matrices(grid, codec.heatmap_size, (spec.grid, spec.grid))
+        self.register_buffer("grid_rows", torch.from_numpy(rows), persistent=False)
+        self.register_buffer("grid_cols_t", torch.from_numpy(cols.T.copy()), persistent=False)
+
+    def pixels(self, images: torch.Tensor) -> torch.Tensor:
+        """The graph's input in its layout -> (N, 3, H, W) float RGB, 0 .. 255."""
+        if self.input_layout == "nchw-float":
+            return (images.float() * self.imagenet_std + self.imagenet_mean) * 255.0
+        return images.permute(0, 3, 1, 2).float()
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        x = self.pixels(images)
+        maps, kv = [], None
+        if self.predictor is None:
+            keypoints = torch.zeros((images.shape[0], NUM_KEYPOINTS, 3), device=x.device)
+        else:
+            # cv2.warpAffine of the uint8 image, rounded half up as cv2 does (floor(v + 0.5): OpenVINO's CPU plugin
+            # fails to compile Round between a MatMul and per-channel arithmetic), then pose.transforms.normalise
+            crop = torch.floor(self.crop_rows @ x @ self.crop_cols_t + 0.5)
+            hm = self.predictor.heatmaps((crop / 255.0 - self.imagenet_mean) / self.imagenet_std)
+            decoded = self.predictor.codec.decode_tensor(hm)
+            keypoints = torch.cat([apply(self.crop_to_image, decoded[..., :2]), decoded[..., 2:]], dim=-1)
+            if self.spec.heatmaps:
+                maps.append(self.grid_rows @ hm @ self.grid_cols_t)
+            if self.spec.segments:
+                maps.append(self.spec.segments_tensor(keypoints))
+            if self.spec.keypoints:
+                kv = self.spec.keypoint_vector(keypoints)
+        net_input = self.spec.normalise_rgb(x / 255.0)
+        if maps:
+            net_input = torch.cat([net_input, self.spec.pose_planes(maps)], dim=1)
+        out = self.reid(net_input, kv)
+        feature = out["embedding"].float()
+        if self.embedding_only:
+            return F.normalize(feature, dim=1)
+        return (F.normalize(feature, dim=1), keypoints, *(out[h] for h in self.heads), feature)
+
+
+def layout_input(images: np.ndarray, layout: str) -> np.ndarray:
+    """uint8 RGB crops (N, H, W, 3) -> the one graph's input in ``layout`` (INPUT_LAYOUTS)."""
+    if layout == "nhwc-uint8":
+        return np.ascontiguousarray(images, dtype=np.uint8)
+    if layout == "nhwc-float":
+        return np.ascontiguousarray(images, dtype=np.float32)
+    x = (np.asarray(images, np.float32) / 255.0 - IMAGENET_MEAN) / IMAGENET_STD
+    return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+
+
+def _layout_metadata(layout: str) -> dict:
+    if layout == "nchw-float":
+        return {"input_layout": "NCHW", "input_dtype": "float32", "value_range": "normalised: (x / 255 - mean) / std "
+                "with the ImageNet mean [0.485, 0.456, 0.406] and std [0.229, 0.224, 0.225]"}
+    return {"input_layout": "NHWC", "input_dtype": "uint8" if layout == "nhwc-uint8" else "float32",
+            "value_range": [0, 255]}
+
+
+def pipeline_graph(pose_weights: str | os.PathLike | None, reid_weights: str | os.PathLike,
+                   size: tuple[int, int] | None = None, flip_test: bool | None = None,
+                   input_layout: str = "nhwc-uint8", embedding_only: bool = False) -> tuple[PipelineGraph, dict]:
+    """(the fp32 CPU ``PipelineGraph`` of two checkpoints at ``size`` (H, W), default the ReID checkpoint's input
+    size; its ONNX metadata). ``pose_weights`` may be None only for an RGB-only ReID model."""
+    model, ckpt = load_reid(reid_weights)
+    spec = ReidInput.from_checkpoint(ckpt, model.cfg, os.fspath(reid_weights))
+    h, w = size if size else (spec.height, spec.width)
+    _check_size(h, w, 1, reid_weights)
+    spec = dataclasses.replace(spec, height=h, width=w)
+    if spec.needs_pose and not pose_weights:
+        raise ConfigError(f"{reid_weights}: this ReID model uses pose input; pass --pose-weights too")
+    predictor, pose_meta = None, {}
+    if pose_weights:
+        pose_model, (pose_cfg, codec) = load_pose(pose_weights)
+        predictor = PosePredictor.from_config(pose_model, pose_cfg, codec, device="cpu", precision="fp32",
+                                              flip_test=flip_test)
+        pose_meta = {"pose_weights": os.path.basename(os.fspath(pose_weights)),
+                     "pose_weights_sha256": file_sha256(pose_weights), "pose_model": pose_cfg.model.name,
+                     "pose_input_size_wh": list(codec.input_size), "codec": codec.to_dict(),
+                     "flip_test": predictor.flip_test, "box_enlarge": predictor.enlarge}
+    graph = PipelineGraph(predictor, model.float().eval(), spec, input_layout, embedding_only).eval()
+    meta = {"stage": "pipeline", "pamtri_version": __version__,
+            "input": f"RGB crops ({input_layout}), each resized by the caller to W x H with OpenCV bilinear "
+                     "(cv2.resize(crop, (W, H), interpolation=cv2.INTER_LINEAR)), no padding, as `pamtri embed` "
+                     "resizes; the rest of the normalisation happens inside the graph",
+            "input_name": "images", "input_layout_option": input_layout, **_layout_metadata(input_layout),
+            "color_order": "RGB",
+            "outputs": {"embedding": "L2-normalised ReID feature (N, D)",
+                        "keypoints": "(N, 36, 3): x, y in the input's pixels (pixel centres at integers), "
+                                     "confidence" + ("" if predictor else "; zeros: exported without pose"),
+                        **{hd: f"{hd} logits" for hd in graph.heads},
+                        "feature": "the embedding before the L2 normalisation (what `pamtri embed` stores)"}
+            if not embedding_only else {"embedding": "L2-normalised ReID feature (N, D), the only output"},
+            "reid_weights": os.path.basename(os.fspath(reid_weights)), "reid_weights_sha256": file_sha256(reid_weights),
+            "backbone": model.cfg.backbone, "embedding_dim": model.embedding_dim, **spec.metadata(), **pose_meta}
+    return graph, meta
+
+
+def export_pipeline(pose_weights: str | os.PathLike | None, reid_weights: str | os.PathLike,
+                    out: str | os.PathLike, size: tuple[int, int] | None = None, opset: int = DEFAULT_OPSET,
+                    check: bool = True, tolerance: float = DEFAULT_TOLERANCE, flip_test: bool | None = None,
+                    input_layout: str = "nhwc-uint8", embedding_only: bool = False) -> ExportReport:
+    """Export both checkpoints as one ``PipelineGraph`` ONNX file (input 'images' uint8 (N, H, W, 3); outputs
+    'embedding', 'keypoints', 'color', 'type', 'feature'), checked against the module with onnxruntime (``verify``; the
+    parity with ``Pipeline.embed`` is ``pipeline.deploy.pipeline_parity``)."""
+    _require_onnx()
+    if int(opset) < 16:
+        raise ConfigError(f"--opset {opset}: the pipeline graph needs opset 16 or later (default {DEFAULT_OPSET})")
+    graph, meta = pipeline_graph(pose_weights, reid_weights, size, flip_test, input_layout, embedding_only)
+    h, w = graph.spec.height, graph.spec.width
+    pixels = torch.randint(0, 256, (2, h, w, 3), dtype=torch.uint8).numpy()
+    example = {"images": torch.from_numpy(layout_input(pixels, input_layout))}
+    return _export(graph, example, graph.output_names, out, opset, meta, check, tolerance)
 
 
 def _require_onnx():
@@ -157,6 +327,7 @@ def _export(model: nn.Module, example: dict[str, torch.Tensor], output_names: li
         torch.onnx.export(model, tuple(example.values()), buf, input_names=names, output_names=output_names,
                           dynamic_axes=dynamic, opset_version=int(opset), do_constant_folding=True, dynamo=False)
     proto = onnx.load_from_string(buf.getvalue())
+    _fix_output_dims(proto, model, example)
     entry = proto.metadata_props.add()
     entry.key, entry.value = "pamtri", json.dumps(meta)
     onnx.checker.check_model(proto)
@@ -167,6 +338,19 @@ def _export(model: nn.Module, example: dict[str, torch.Tensor], output_names: li
     def shapes(values):
         return {v.name: [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim] for v in values}
     return ExportReport(str(out), shapes(proto.graph.input), shapes(proto.graph.output), diff, tolerance)
+
+
+def _fix_output_dims(proto, model: nn.Module, example: dict[str, torch.Tensor]) -> None:
+    """Write the outputs' fixed sizes (all but the batch axis) into the graph where the exporter left a symbolic
+    name (after a normalisation or a cast), from a PyTorch run on ``example``: a serving config or a TensorRT
+    profile reads them from there."""
+    with torch.no_grad():
+        outs = model(*example.values())
+    outs = outs if isinstance(outs, tuple) else (outs,)
+    for value, out in zip(proto.graph.output, outs):
+        for d, size in list(zip(value.type.tensor_type.shape.dim, out.shape))[1:]:
+            if d.dim_param:
+                d.dim_value = int(size)
 
 
 def verify(onnx_bytes: bytes, model: nn.Module, example: dict[str, torch.Tensor], tolerance: float) -> float | None:
@@ -181,6 +365,9 @@ def verify(onnx_bytes: bytes, model: nn.Module, example: dict[str, torch.Tensor]
     gen = torch.Generator().manual_seed(0)
     inputs = {}
     for name, t in example.items():
+        if t.dtype == torch.uint8 or getattr(model, "input_layout", None) == "nhwc-float":  # images: random pixels
+            inputs[name] = torch.randint(0, 256, (3, *t.shape[1:]), generator=gen, dtype=torch.uint8).to(t.dtype)
+            continue
         x = torch.randn((3, *t.shape[1:]), generator=gen)
         inputs[name] = x.clamp(-0.5, 0.5) if name == "keypoints" else x
     session = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])

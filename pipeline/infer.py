@@ -25,15 +25,15 @@ from pamtri.common.config import from_dict
 from pamtri.common.device import autocast, autocast_dtype, pick_device
 from pamtri.common.errors import ConfigError
 from pamtri.data.images import read_image
-from pamtri.pose.codec import HeatmapCodec
 from pamtri.pose.predict import PosePredictor
-from pamtri.pose.transforms import compose, invert
+from pamtri.pose.transforms import compose
 from pamtri.pose.weights import load as load_pose
 from pamtri.reid.config import DataConfig
 from pamtri.reid.inputs import ReidInput
+from pamtri.reid.pose_inputs import grid_to_source_cells
 from pamtri.reid.weights import load as load_reid
 
-from .runtimes import check_runtime, onnx_networks, resolve_runtime
+from .runtimes import check_runtime, onnx_networks, pipeline_network, resolve_runtime
 
 log = logging.getLogger(__name__)
 
@@ -51,9 +51,7 @@ def heatmaps_to_image_frame(heatmaps: torch.Tensor, cell_to_pixel: np.ndarray, i
     wo, ho = out_size
     dev = heatmaps.device
     # output cells -> image pixels -> crop cells, per image
-    frames = np.stack([HeatmapCodec(input_size=(int(iw), int(ih)), heatmap_size=(wo, ho)).cells_to_input
-                       for iw, ih in np.asarray(image_sizes)])
-    m = torch.as_tensor(compose(invert(np.asarray(cell_to_pixel, dtype=np.float64)), frames), dtype=torch.float32,
+    m = torch.as_tensor(grid_to_source_cells(cell_to_pixel, image_sizes, (wo, ho)), dtype=torch.float32,
                         device=dev)  # (N, 2, 3)
     j = torch.arange(wo, device=dev, dtype=torch.float32)[None, None, :]
     i = torch.arange(ho, device=dev, dtype=torch.float32)[None, :, None]
@@ -91,10 +89,13 @@ class Pipeline:
     normalisation, keypoint vector); models run under ``torch.inference_mode``, channels-last, with
     bfloat16/float16 autocast where the device supports it. ``network`` runs the ReID forward in place of
     ``reid_model`` (whose config still says what to stack): an ONNX runtime's stand-in (pipeline.runtimes).
+    ``graph`` (an OnnxNetwork of ``pipeline.export.PipelineGraph``) runs everything after the resize instead: the
+    one-graph runtime.
     """
 
     def __init__(self, predictor, reid_model, data_cfg, batch_size: int = 32, channels_last: bool = True,
-                 compile: bool = False, network: torch.nn.Module | None = None):
+                 compile: bool = False, network: torch.nn.Module | None = None, graph=None):
+        self.graph = graph
         self.predictor = predictor
         self.device = predictor.device
         self.model = (network if network is not None else reid_model).to(self.device).eval()
@@ -129,10 +130,13 @@ class Pipeline:
     @classmethod
     def from_weights(cls, pose_weights: str | os.PathLike | None, reid_weights: str | os.PathLike,
                      device: str = "auto", precision: str = "auto", batch_size: int = 32,
-                     flip_test: bool | None = None, compile: bool = False, runtime: str = "torch") -> Pipeline:
-        """Load a pose checkpoint (``pamtri pose train``) and a ReID checkpoint (``pamtri reid train``); both
-        networks run on ``runtime`` (pipeline.runtimes.RUNTIMES, 'auto' or 'measured':
-        ``runtimes.resolve_runtime``), everything around them in torch."""
+                     flip_test: bool | None = None, compile: bool = False, runtime: str = "torch",
+                     one_graph: bool = True) -> Pipeline:
+        """Load a pose checkpoint (``pamtri pose train``) and a ReID checkpoint (``pamtri reid train``) to run on
+        ``runtime`` (pipeline.runtimes.RUNTIMES, 'auto' or 'measured': ``runtimes.resolve_runtime``). On
+        onnxruntime / openvino everything after the resize runs as one ONNX graph (``pipeline.export.
+        PipelineGraph``); ``one_graph=False``: only the two networks run there, everything around them in torch
+        (the per-stage graphs)."""
         reid_model, ckpt = load_reid(reid_weights)
         data = dict((ckpt.get("config") or {}).get("data") or {})
         data_cfg = from_dict(DataConfig, data, f"{reid_weights} (stored data config)")
@@ -152,6 +156,12 @@ class Pipeline:
         log.info("runtime: %s (%s)", runtime, why)
         if runtime == "torch":
             return cls(predictor, reid_model, data_cfg, batch_size=batch_size, compile=compile)
+        if one_graph:
+            _check_onnx_runtime(runtime, compile, predictor.device)
+            graph = pipeline_network(pose_weights, reid_weights, runtime, precision,
+                                     (int(data_cfg.height), int(data_cfg.width)),
+                                     predictor.flip_test if pose_weights else True, predictor.device)
+            return cls(predictor, reid_model, data_cfg, batch_size=batch_size, channels_last=False, graph=graph)
         return cls(predictor, reid_model, data_cfg, batch_size=batch_size, channels_last=False,
                    network=_onnx_stand_ins(predictor, pose_weights, reid_weights, data_cfg, runtime, precision,
                                            compile))
@@ -175,6 +185,8 @@ class Pipeline:
             out = self.embed_arrays(list(images) + [images[-1]] * pad,
                                     None if cameras is None else list(cameras) + [-1] * pad)
             return {k: v[:n] for k, v in out.items()}
+        if self.graph is not None:
+            return self._graph_arrays(images, cameras)
         pose = run_pose(self.predictor, images, self.grid) if self.needs_pose else None
         x, kv = self.reid_inputs(images, pose)
         side = {} if cameras is None else {"cameras": torch.as_tensor(np.asarray(cameras, np.int64), device=x.device)}
@@ -187,6 +199,21 @@ class Pipeline:
             result["part_visibility"] = out["part_visibility"].float().cpu().numpy()
         for head in ("color", "type"):
             result[head] = (out[head].argmax(1).cpu().numpy() if head in out else np.full(n, -1)).astype(np.int64)
+        return result
+
+    def _graph_arrays(self, images: Sequence[np.ndarray], cameras: Sequence[int] | None) -> dict[str, np.ndarray]:
+        """embed_arrays on the one graph: the images resized to the input size (``ReidInput.resize``) in, the
+        graph's unnormalised feature, keypoints (mapped back to the images' pixels), colour and type out."""
+        if self.cfg.sie_cameras and cameras is not None and any(int(c) >= 0 for c in cameras):
+            raise ConfigError("camera ids (the ViT's SIE) are no input of the one ONNX graph; use --runtime torch")
+        out = dict(zip(self.graph.output_names, self.graph.run({"images": self.input.resize(images)})))
+        n = len(images)
+        sizes = np.array([[im.shape[1], im.shape[0]] for im in images], dtype=np.float32)
+        result = {"features": np.asarray(out["feature"], np.float32),
+                  "keypoints": self.input.from_input_pixels(out["keypoints"], sizes) if self.needs_pose
+                  else np.zeros((n, 36, 3), np.float32)}
+        for head in ("color", "type"):
+            result[head] = (out[head].argmax(1) if head in out else np.full(n, -1)).astype(np.int64)
         return result
 
     def embed(self, images: Sequence[str | os.PathLike | np.ndarray], progress: bool = False,
@@ -217,13 +244,7 @@ class Pipeline:
 def _onnx_stand_ins(predictor, pose_weights, reid_weights, data_cfg, runtime: str, precision: str,
                     compile: bool) -> torch.nn.Module:
     """Put the pose network of ``predictor`` on ``runtime`` and return the ReID network's stand-in."""
-
-    check_runtime(runtime)
-    if compile:
-        raise ConfigError(f"--compile applies to --runtime torch only, not {runtime}")
-    if predictor.device.type != "cpu" and not (runtime == "onnxruntime" and predictor.device.type == "cuda"):
-        raise ConfigError(f"--runtime {runtime} runs on the CPU (onnxruntime also on CUDA); pass --device cpu "
-                          f"(or --runtime torch)")
+    _check_onnx_runtime(runtime, compile, predictor.device)
     pose_size = None
     if pose_weights:
         w, h = predictor.codec.input_size
@@ -233,6 +254,16 @@ def _onnx_stand_ins(predictor, pose_weights, reid_weights, data_cfg, runtime: st
     if pose_net is not None:
         predictor.model = pose_net
     return reid_net
+
+
+def _check_onnx_runtime(runtime: str, compile: bool, device: torch.device) -> None:
+    """ConfigError / PamtriError when ``runtime`` cannot run here as asked (its package, --compile, the device)."""
+    check_runtime(runtime)
+    if compile:
+        raise ConfigError(f"--compile applies to --runtime torch only, not {runtime}")
+    if device.type != "cpu" and not (runtime == "onnxruntime" and device.type == "cuda"):
+        raise ConfigError(f"--runtime {runtime} runs on the CPU (onnxruntime also on CUDA); pass --device cpu "
+                          f"(or --runtime torch)")
 
 
 class _NoPose:

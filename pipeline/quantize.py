@@ -12,6 +12,7 @@ Both graphs run on the runtime the model is for: the fp32 one in fp32, the INT8 
 from __future__ import annotations
 
 import importlib.util
+import json
 import logging
 import os
 import platform
@@ -30,11 +31,12 @@ from pamtri.data.readers import read_split
 from pamtri.pose.predict import PosePredictor
 from pamtri.pose.weights import load as load_pose
 from pamtri.reid.distance import pairwise_distance
+from pamtri.reid.inputs import ReidInput
 from pamtri.reid.metrics import metrics_from_features
 
-from .export import export_pose, export_reid
+from .export import NETWORK_SCOPES, export_pipeline, export_pose, export_reid
 from .infer import Pipeline, run_pose
-from .runtimes import OnnxNetwork, int8_cache_path, openvino_core
+from .runtimes import OnnxNetwork, int8_cache_path, openvino_core, pipeline_stage
 
 log = logging.getLogger(__name__)
 
@@ -166,8 +168,8 @@ def _input_convolutions(model) -> list[str]:
     return [n.name for n in model.graph.node if n.op_type == "Conv" and n.input[0] in inputs]
 
 
-def quantize_onnx(fp32_path: str | os.PathLike, int8_path: str | os.PathLike, feeds: list[dict[str, np.ndarray]]
-                  ) -> None:
+def quantize_onnx(fp32_path: str | os.PathLike, int8_path: str | os.PathLike, feeds: list[dict[str, np.ndarray]],
+                  prefixes: tuple[str, ...] | None = None) -> None:
     """Static INT8 quantisation for onnxruntime's CPU kernels: QDQ, per-channel int8 weights, activations of
     :func:`int8_scheme` with min-max ranges from ``feeds``, on the graph after onnxruntime's pre-processing
     (constant folding, Identity nodes removed: an exported graph that shares one bias tensor between
@@ -175,7 +177,8 @@ def quantize_onnx(fp32_path: str | os.PathLike, int8_path: str | os.PathLike, fe
     (:func:`shared_concat_scales`). The convolutions reading the graph's input stay in float: one uint8 scale
     over the ReID input's RGB and 36 heatmap channels (different ranges) took the trained demo model's guard
     from cosine 0.9932 / top-10 0.955 to 0.9884 / 0.927. Symbolic shape inference is skipped (it fails on
-    HRNet)."""
+    HRNet). ``prefixes``: quantise only the nodes whose names start with one of them (the one graph's two
+    networks, not the steps between them); None: every node."""
     import onnx
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -190,6 +193,7 @@ def quantize_onnx(fp32_path: str | os.PathLike, int8_path: str | os.PathLike, fe
             quant_pre_process(str(fp32_path), pre, skip_symbolic_shape=True)
             quantize_static(pre, str(int8_path), _Feeds(feeds), quant_format=QuantFormat.QDQ, per_channel=True,
                             reduce_range=reduce_range, weight_type=QuantType.QInt8,
+                            nodes_to_quantize=_nodes_named(pre, prefixes),
                             nodes_to_exclude=_input_convolutions(onnx.load(pre, load_external_data=False)),
                             activation_type=QuantType.QUInt8 if activations == "uint8" else QuantType.QInt8)
     finally:
@@ -200,7 +204,7 @@ def quantize_onnx(fp32_path: str | os.PathLike, int8_path: str | os.PathLike, fe
 
 
 def quantize_openvino(fp32_path: str | os.PathLike, int8_path: str | os.PathLike,
-                      feeds: list[dict[str, np.ndarray]]) -> None:
+                      feeds: list[dict[str, np.ndarray]], prefixes: tuple[str, ...] | None = None) -> None:
     """Static INT8 quantisation with NNCF (OpenVINO's default: symmetric int8 weights and activations, ranges
     from ``feeds``, fast bias correction) of the fp32 ONNX graph -> OpenVINO IR ``int8_path`` (.xml + .bin)."""
     if importlib.util.find_spec("nncf") is None or importlib.util.find_spec("openvino") is None:
@@ -209,14 +213,30 @@ def quantize_openvino(fp32_path: str | os.PathLike, int8_path: str | os.PathLike
     import openvino as ov
 
     logging.getLogger("nncf").setLevel(logging.WARNING)
-    model = nncf.quantize(openvino_core().read_model(str(fp32_path)), nncf.Dataset(feeds), subset_size=len(feeds))
+    model = openvino_core().read_model(str(fp32_path))
+    scope = {}
+    if prefixes is not None:  # OpenVINO names its operations after the ONNX nodes they come from (+ a suffix)
+        scope["ignored_scope"] = nncf.IgnoredScope(names=[op.get_friendly_name() for op in model.get_ordered_ops()
+                                                          if not op.get_friendly_name().startswith(prefixes)],
+                                                   validate=False)
+    model = nncf.quantize(model, nncf.Dataset(feeds), subset_size=len(feeds), **scope)
     ov.save_model(model, str(int8_path), compress_to_fp16=False)
 
 
-def quantize(runtime: str, fp32_path, int8_path, feeds: list[dict[str, np.ndarray]]) -> None:
+def quantize(runtime: str, fp32_path, int8_path, feeds: list[dict[str, np.ndarray]],
+             prefixes: tuple[str, ...] | None = None) -> None:
     """INT8 ``int8_path`` from the fp32 ONNX graph with ``runtime``'s quantiser (quantize_onnx /
-    quantize_openvino)."""
-    (quantize_openvino if runtime == "openvino" else quantize_onnx)(fp32_path, int8_path, feeds)
+    quantize_openvino); ``prefixes``: quantise only the nodes whose names start so (None: all)."""
+    (quantize_openvino if runtime == "openvino" else quantize_onnx)(fp32_path, int8_path, feeds, prefixes)
+
+
+def _nodes_named(onnx_path, prefixes: tuple[str, ...] | None) -> list[str] | None:
+    """The names of the ONNX graph's nodes that start with one of ``prefixes`` (None: None, every node)."""
+    if prefixes is None:
+        return None
+    import onnx
+    return [n.name for n in onnx.load(str(onnx_path), load_external_data=False).graph.node
+            if n.name.startswith(prefixes)]
 
 
 def mean_cosine(a: np.ndarray, b: np.ndarray) -> float:
@@ -302,6 +322,40 @@ def _reid_guard(weights, pose_weights, fp32_path, int8_path, calib, held, thresh
         report.failures.append(f"top-10 agreement {report.top10:.3f} < {thresholds.top10:g}")
 
 
+def _pipeline_guard(weights, pose_weights, fp32_path, int8_path, calib, held, thresholds: Thresholds,
+                    report: Int8Report, runtime: str) -> None:
+    """Calibrate the one graph (only its two networks are quantised) on ``calib`` resized to its input; compare
+    its features (cosine, top-10 agreement) and keypoints (the pose guard's share within ``max_px``) on
+    ``held``."""
+    fp32 = OnnxNetwork(fp32_path, runtime, "fp32")
+    meta = json.loads(_metadata(fp32_path)["pamtri"])
+    spec = ReidInput(*meta["input_size_hw"])
+
+    def feeds(paths):
+        return _batches({"images": spec.resize([read_image(p) for p in paths])})
+    quantize(runtime, fp32_path, int8_path, feeds(calib), NETWORK_SCOPES)
+    guard = feeds(held)
+    outs = {}
+    for name, net in (("fp32", fp32), ("int8", OnnxNetwork(int8_path, runtime, "auto"))):
+        runs = [dict(zip(net.output_names, net.run(feed))) for feed in guard]
+        outs[name] = {k: np.concatenate([r[k] for r in runs]) for k in ("embedding", "keypoints")}
+    report.cosine = mean_cosine(outs["fp32"]["embedding"], outs["int8"]["embedding"])
+    report.top10 = topk_agreement(outs["fp32"]["embedding"], outs["int8"]["embedding"], 10)
+    if pose_weights:
+        report.within = keypoints_within(outs["fp32"]["keypoints"], outs["int8"]["keypoints"], thresholds.max_px)
+    within = f"share of keypoints within {thresholds.max_px:g} px"
+    for measured, minimum, what in ((report.cosine, thresholds.cosine, "cosine to fp32"),
+                                    (report.top10, thresholds.top10, "top-10 agreement"),
+                                    (report.within, thresholds.within, within)):
+        if measured is not None and measured < minimum:
+            report.failures.append(f"{what} {measured:.4f} < {minimum:g}")
+
+
+def _metadata(onnx_path) -> dict[str, str]:
+    import onnx
+    return {p.key: p.value for p in onnx.load(str(onnx_path), load_external_data=False).metadata_props}
+
+
 def export_int8(stage: str, weights: str | os.PathLike, out: str | os.PathLike, calibrate: str | os.PathLike,
                 guard: str | os.PathLike | None = None, pose_weights: str | os.PathLike | None = None,
                 thresholds: Thresholds | None = None, heads: bool = False, runtime: str = "onnxruntime",
@@ -324,6 +378,9 @@ def export_int8(stage: str, weights: str | os.PathLike, out: str | os.PathLike, 
         if stage == "pose":
             export_pose(weights, fp32_path, **export_kw)
             _pose_guard(weights, fp32_path, int8_path, calib, held, thresholds, report, runtime)
+        elif stage == "pipeline":
+            export_pipeline(pose_weights, weights, fp32_path, **export_kw)
+            _pipeline_guard(weights, pose_weights, fp32_path, int8_path, calib, held, thresholds, report, runtime)
         else:
             export_reid(weights, fp32_path, heads=heads, **export_kw)
             _reid_guard(weights, pose_weights, fp32_path, int8_path, calib, held, thresholds, report, runtime)
@@ -332,9 +389,18 @@ def export_int8(stage: str, weights: str | os.PathLike, out: str | os.PathLike, 
                               f"(on {len(held)} guard images; calibrated on {len(calib)} from {calibrate})")
         _write_model(int8_path, out)
         if runtime == "openvino":
-            report.cached = str(int8_cache_path(stage, weights, _input_size(fp32_path)))
+            report.cached = str(_int8_cache(stage, weights, pose_weights, fp32_path, export_kw.get("flip_test")))
             _write_model(int8_path, report.cached)
     return report
+
+
+def _int8_cache(stage: str, weights, pose_weights, fp32_path: Path, flip_test: bool | None) -> Path:
+    """Where ``--runtime openvino`` looks for the INT8 IR of this export (``runtimes.int8_cache_path``)."""
+    if stage != "pipeline":
+        return int8_cache_path(stage, weights, _input_size(fp32_path))
+    meta = json.loads(_metadata(fp32_path)["pamtri"])
+    return int8_cache_path(pipeline_stage(pose_weights, meta.get("flip_test", True)), weights,
+                           tuple(meta["input_size_hw"]))
 
 
 def _write_model(model: Path, out: str | os.PathLike) -> None:

@@ -27,7 +27,7 @@ from pamtri.common.atomic import atomic_write_bytes, atomic_write_text
 from pamtri.common.checkpoint import file_sha256
 from pamtri.common.errors import ConfigError, PamtriError
 
-from .export import export_pose, export_reid
+from .export import export_pipeline, export_pose, export_reid
 
 log = logging.getLogger(__name__)
 
@@ -136,20 +136,65 @@ def cached_onnx(stage: str, weights: str | os.PathLike, size_hw: tuple[int, int]
     """The ONNX file of one stage's network at ``size_hw`` (H, W) pixels, exported on first use; the ReID graph
     outputs feature + colour + type logits (``export_reid(heads=True)``)."""
 
-    path = _cache_path(stage, weights, size_hw, ".onnx")
-    sha = file_sha256(weights)
-    if path.is_file() and (problem := graph_problem(path, sha)) is not None:
-        log.warning("%s: %s; exporting it again", path, problem)
-        path.unlink()
-    if not path.is_file():
-        path.parent.mkdir(parents=True, exist_ok=True)
+    def export(path):
         log.info("exporting the %s network of %s to %s", stage, weights, path)
         if stage == "pose":
             export_pose(weights, path, size=size_hw)
         else:
             export_reid(weights, path, size=size_hw, heads=True)
+    return _cached(_cache_path(stage, weights, size_hw, ".onnx"), file_sha256(weights), export)
+
+
+def _cached(path: Path, sha: str, export) -> Path:
+    """``path`` after ``export(path)`` wrote and :func:`stamp_graph` stamped it with ``sha``, unless a graph
+    stamped so is there (one that fails :func:`graph_problem` is exported again, with a warning)."""
+    if path.is_file() and (problem := graph_problem(path, sha)) is not None:
+        log.warning("%s: %s; exporting it again", path, problem)
+        path.unlink()
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        export(path)
         stamp_graph(path, sha)
     return path
+
+
+def pipeline_stage(pose_weights: str | os.PathLike | None, flip_test: bool = True) -> str:
+    """The cache name of the one-graph export (``pipeline.export.PipelineGraph``) of a ReID checkpoint with
+    ``pose_weights`` (its SHA-256 in the name) and the flip test on or off, for :func:`_cache_path` /
+    :func:`int8_cache_path`."""
+    pose = file_sha256(pose_weights)[:16] if pose_weights else "nopose"
+    return f"pipeline-{pose}" + ("" if flip_test else "-noflip")
+
+
+def _pipeline_sha256(pose_weights, reid_weights) -> str:
+    """One SHA-256 for the pair of checkpoints a one-graph export comes from (its cache stamp)."""
+    pose = file_sha256(pose_weights) if pose_weights else ""
+    return hashlib.sha256((file_sha256(reid_weights) + pose).encode()).hexdigest()
+
+
+def cached_pipeline_onnx(pose_weights: str | os.PathLike | None, reid_weights: str | os.PathLike,
+                         size_hw: tuple[int, int], flip_test: bool = True) -> Path:
+    """The one-graph ONNX file of both checkpoints at ``size_hw`` (H, W), exported on first use (checked against
+    the torch module with onnxruntime) and stamped like the stage graphs (:func:`cached_onnx`)."""
+    def export(path):
+        log.info("exporting %s and %s as one graph to %s", pose_weights, reid_weights, path)
+        export_pipeline(pose_weights, reid_weights, path, size=size_hw, flip_test=flip_test)
+    return _cached(_cache_path(pipeline_stage(pose_weights, flip_test), reid_weights, size_hw, ".onnx"),
+                   _pipeline_sha256(pose_weights, reid_weights), export)
+
+
+def pipeline_network(pose_weights: str | os.PathLike | None, reid_weights: str | os.PathLike, runtime: str,
+                     precision: str, size_hw: tuple[int, int], flip_test: bool = True,
+                     device: str | torch.device = "cpu") -> OnnxNetwork:
+    """The one graph of both checkpoints on ``runtime``: on openvino the guarded INT8 IR when ``pamtri export onnx
+    --stage pipeline --int8 --runtime openvino`` wrote one, else the cached fp32 graph."""
+    if runtime == "openvino":
+        int8 = int8_cache_path(pipeline_stage(pose_weights, flip_test), reid_weights, size_hw)
+        if int8.is_file() and int8.with_suffix(".bin").is_file():
+            log.info("--runtime openvino: the INT8 one graph %s", int8)
+            return OnnxNetwork(int8, runtime, precision, device=device)
+    return OnnxNetwork(cached_pipeline_onnx(pose_weights, reid_weights, size_hw, flip_test), runtime, precision,
+                       device=device)
 
 
 class OnnxNetwork(nn.Module):
@@ -228,13 +273,20 @@ def _openvino_model(path: str, threads: int, precision: str):
     if hint:
         config["INFERENCE_PRECISION_HINT"] = hint
     compiled = core.compile_model(core.read_model(path), "CPU", config)
-    inputs = [i.get_any_name() for i in compiled.inputs]
-    outputs = [o.get_any_name() for o in compiled.outputs]
+    inputs = [_port_name(i) for i in compiled.inputs]
+    outputs = [_port_name(o) for o in compiled.outputs]
 
     def run(feed):
         result = compiled(feed)
         return [result[o] for o in compiled.outputs]
     return inputs, outputs, run
+
+
+def _port_name(port) -> str:
+    """The graph's own name of an OpenVINO input / output: a tensor that is also an intermediate result carries
+    the exporter's node-path name ('/Concat_3_output_0') too, and ``get_any_name`` may give that one."""
+    names = sorted(port.get_names(), key=lambda n: (n.startswith("/"), n))
+    return names[0] if names else port.get_any_name()
 
 
 def network_file(stage: str, weights: str | os.PathLike, size_hw: tuple[int, int], runtime: str) -> Path:

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
+import torch
 
 from pamtri.common.config import from_dict, to_dict
 from pamtri.common.errors import ConfigError
@@ -115,6 +116,12 @@ class HeatmapCodec:
         xy = xy.cpu().numpy() if not isinstance(xy, np.ndarray) else xy
         conf = conf.cpu().numpy() if not isinstance(conf, np.ndarray) else conf
         return np.concatenate([apply(self.cells_to_input, xy), conf[..., None]], axis=-1).astype(np.float32)
+
+    def decode_tensor(self, heatmaps: torch.Tensor) -> torch.Tensor:
+        """:meth:`decode` in torch, on the heatmaps' device: (N, K, H, W) -> (N, K, 3) float32 tensor; traceable
+        (the one-graph ONNX export, ``pipeline.export.PipelineGraph``, runs it)."""
+        xy, conf = decode(heatmaps, self.decode_method, self.blur_sigma)
+        return torch.cat([apply(self.cells_to_input, xy), conf[..., None]], dim=-1)
 
     def flip_back(self, heatmaps):
         """Heatmaps (N, 36, H, W) predicted on a horizontally flipped input -> unflipped (channels swapped,

@@ -57,10 +57,11 @@ def _gaussian_kernel(sigma: float, dtype, device) -> torch.Tensor:
 
 def _argmax(hm: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Integer peak column, row and the peak value of (N, K, H, W) heatmaps, each (N, K)."""
-    n, k, h, w = hm.shape
-    flat = hm.reshape(n, k, h * w)
-    if flat.device.type == "cpu":
-        # numpy's vectorised argmax is ~3x faster than torch.max with indices on CPU (docs/perf.md)
+    w = hm.shape[-1]
+    flat = hm.flatten(2)
+    if flat.device.type == "cpu" and not torch.jit.is_tracing():
+        # numpy's vectorised argmax is ~3x faster than torch.max with indices on CPU (docs/perf.md); a traced
+        # graph (the one-graph ONNX export) takes torch's, which picks the first maximum too
         idx = torch.from_numpy(np.argmax(flat.numpy(), axis=-1))
     else:
         idx = flat.argmax(dim=-1)
@@ -69,14 +70,14 @@ def _argmax(hm: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
 
 def _patches(grid: torch.Tensor, px: torch.Tensor, py: torch.Tensor, r: int) -> torch.Tensor:
-    """(N, K, 2r+1, 2r+1) windows of grid (N, K, H, W) centred on integer peaks (N, K); zero outside the grid."""
-    n, k, h, w = grid.shape
+    """(N, K, 2r+1, 2r+1) windows of grid (N, K, H, W) centred on integer peaks (N, K); zero outside the grid.
+    Gathered from the flattened maps (no batch index), so the traced graph keeps a dynamic batch axis."""
+    h, w = grid.shape[-2:]
     offs = torch.arange(-r, r + 1, device=grid.device)
     rows, cols = py[..., None] + offs, px[..., None] + offs  # (N, K, P)
     inside = ((rows >= 0) & (rows < h))[..., :, None] & ((cols >= 0) & (cols < w))[..., None, :]
-    ni = torch.arange(n, device=grid.device)[:, None, None, None]
-    ki = torch.arange(k, device=grid.device)[None, :, None, None]
-    vals = grid[ni, ki, rows.clamp(0, h - 1)[..., :, None], cols.clamp(0, w - 1)[..., None, :]]
+    index = rows.clamp(0, h - 1)[..., :, None] * w + cols.clamp(0, w - 1)[..., None, :]  # (N, K, P, P)
+    vals = grid.flatten(2).gather(-1, index.flatten(2)).reshape(index.shape)
     return vals * inside
 
 
@@ -86,9 +87,15 @@ def _blurred_neighbourhood(hm: torch.Tensor, px: torch.Tensor, py: torch.Tensor,
     kern = _gaussian_kernel(sigma, hm.dtype, hm.device)
     r = kern.numel() // 2
     p = _patches(hm, px, py, r + 1)                       # (N, K, P, P), P = 2r + 3
-    x = p.unfold(-1, 2 * r + 1, 1) @ kern                 # blur along x at 3 columns: (N, K, P, 3)
-    y = x.transpose(-1, -2).unfold(-1, 2 * r + 1, 1) @ kern  # then along y at 3 rows: (N, K, 3 cols, 3 rows)
+    x = _windows(p, 2 * r + 1) @ kern                 # blur along x at 3 columns: (N, K, P, 3)
+    y = _windows(x.transpose(-1, -2), 2 * r + 1) @ kern  # then along y at 3 rows: (N, K, 3 cols, 3 rows)
     return y.transpose(-1, -2)
+
+
+def _windows(x: torch.Tensor, size: int) -> torch.Tensor:
+    """(..., L) -> (..., L - size + 1, size): the sliding windows of ``Tensor.unfold(-1, size, 1)``, made of
+    slices (which every ONNX runtime runs)."""
+    return torch.stack([x[..., j:j + size] for j in range(x.shape[-1] - size + 1)], dim=-2)
 
 
 def _taylor_step(lg: torch.Tensor, px: torch.Tensor, py: torch.Tensor, h: int, w: int
@@ -154,7 +161,8 @@ def decode(heatmaps, method: DecodeMethod = "dark", blur_sigma: float | None = 2
             # there the raw log-heatmap is used.
             margin = int(math.ceil(2 * blur_sigma))
             far = (px >= margin) & (px <= w - 1 - margin) & (py >= margin) & (py <= h - 1 - margin)
-            ox, oy, ok = torch.where(far, bx, ox), torch.where(far, by, oy), torch.where(far, bok, ok)
+            # (ok as and/or, not a where over booleans, which onnxruntime's Where does not take)
+            ox, oy, ok = torch.where(far, bx, ox), torch.where(far, by, oy), (far & bok) | (~far & ok)
         ok = ok & (conf > 0)
         x = x + torch.where(ok, ox, torch.zeros_like(ox))
         y = y + torch.where(ok, oy, torch.zeros_like(oy))

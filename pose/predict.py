@@ -45,13 +45,17 @@ class PosePredictor:
         return cls(model, codec, cfg.eval.flip_test if flip_test is None else flip_test, device,
                    precision or cfg.precision, cfg.data.box_enlarge)
 
-    def crop(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """uint8 RGB (H, W, 3) -> (normalised crop (3, h, w) float32, (2, 3) crop pixels -> image pixels)."""
-        height, width = image.shape[:2]
+    def crop_transform(self, width: int, height: int) -> np.ndarray:
+        """(2, 3) image pixels -> crop pixels for an image of ``width`` x ``height``: the box enlarged by
+        ``enlarge`` and padded to the network's aspect."""
         size = self.codec.input_size
         centre, box = image_box(width, height, size[0] / size[1], self.enlarge)
-        m = crop_matrix(centre, box, size)
-        return normalise(warp(image, m, size)), invert(m).astype(np.float32)
+        return crop_matrix(centre, box, size)
+
+    def crop(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """uint8 RGB (H, W, 3) -> (normalised crop (3, h, w) float32, (2, 3) crop pixels -> image pixels)."""
+        m = self.crop_transform(image.shape[1], image.shape[0])
+        return normalise(warp(image, m, self.codec.input_size)), invert(m).astype(np.float32)
 
     @torch.no_grad()
     def heatmaps(self, x: torch.Tensor) -> torch.Tensor:

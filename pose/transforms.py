@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
+import torch
 
 from pamtri.data.images import IMAGENET_MEAN as _MEAN
 from pamtri.data.images import IMAGENET_STD as _STD
@@ -93,11 +94,43 @@ def invert(m: np.ndarray) -> np.ndarray:
     return np.concatenate([a_inv, -(a_inv @ m[..., :, 2:])], axis=-1)
 
 
-def apply(m: np.ndarray, xy: np.ndarray) -> np.ndarray:
-    """Map points (..., K, 2) through (..., 2, 3) matrices (batch dims broadcast); returns float64 (..., K, 2)."""
+def apply(m: np.ndarray, xy):
+    """Map points (..., K, 2) through (..., 2, 3) matrices (batch dims broadcast); returns float64 (..., K, 2), or,
+    for a torch ``xy``, a tensor of its dtype and device."""
+    if isinstance(xy, torch.Tensor):
+        mt = torch.as_tensor(np.asarray(m), dtype=xy.dtype, device=xy.device)
+        return xy @ mt[..., :, :2].transpose(-1, -2) + mt[..., None, :, 2]
     m = np.asarray(m, dtype=np.float64)
     xy = np.asarray(xy, dtype=np.float64)
     return xy @ np.swapaxes(m[..., :, :2], -1, -2) + m[..., None, :, 2]
+
+
+def sampling_matrices(m: np.ndarray, in_size: tuple[int, int], out_size: tuple[int, int],
+                      subpixel_bits: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Bilinear resampling through an axis-aligned (2, 3) output -> input pixel affine ``m`` as two matrices:
+    (rows (Ho, Hi), columns (Wo, Wi)) float32, so that ``rows @ image @ columns.T`` maps an (.., Hi, Wi) image to
+    (.., Ho, Wo), zero outside (cv2.warpAffine's BORDER_CONSTANT 0, grid_sample's zeros padding with
+    align_corners=True); sizes are (width, height). ``subpixel_bits``: source positions rounded to 1 / 2^bits of a
+    pixel as cv2.warpAffine's fixed point does (5 bits); its integer weights are then these products exactly. One MatMul pair in a graph, which every runtime runs fast."""
+    m = np.asarray(m, dtype=np.float64)
+    if abs(m[0, 1]) > 1e-12 or abs(m[1, 0]) > 1e-12:
+        raise ValueError("sampling_matrices takes an axis-aligned affine (no rotation or shear)")
+
+    def axis(scale, offset, n_in, n_out):
+        src = scale * np.arange(n_out) + offset
+        if subpixel_bits is not None:  # cv2's fixed point: both terms in 1/1024 pixel, rounded to 1/2^bits
+            step = 1024 >> subpixel_bits
+            src = np.floor((np.rint(scale * np.arange(n_out) * 1024) + np.rint(offset * 1024) + step // 2) / step)
+            src = src / (1 << subpixel_bits)
+        lo = np.floor(src)
+        frac = src - lo
+        out = np.zeros((n_out, n_in), np.float64)
+        for k, weight in ((lo, 1 - frac), (lo + 1, frac)):
+            ok = (k >= 0) & (k < n_in)
+            out[np.flatnonzero(ok), k[ok].astype(np.int64)] += weight[ok]
+        return out.astype(np.float32)
+    return (axis(m[1, 1], m[1, 2], int(in_size[1]), int(out_size[1])),
+            axis(m[0, 0], m[0, 2], int(in_size[0]), int(out_size[0])))
 
 
 def warp(image: np.ndarray, m: np.ndarray, output_size: tuple[int, int]) -> np.ndarray:

@@ -22,7 +22,8 @@ import torch.nn.functional as F
 from pamtri.common.config import from_dict
 from pamtri.data.images import IMAGENET_MEAN, IMAGENET_STD
 from pamtri.pose.keypoints import NUM_KEYPOINTS, NUM_SEGMENTS
-from pamtri.pose.segments import rasterise_batch
+from pamtri.pose.segments import rasterise_batch, rasterise_tensor
+from pamtri.pose.transforms import apply
 
 from .config import DataConfig
 from .pose_inputs import image_grid
@@ -82,8 +83,13 @@ class ReidInput:
                 "pose_channel_std": self.pose_std, "pose_grid": self.grid,
                 "segment_threshold": self.segment_threshold}
 
-    def keypoint_vector(self, keypoints: np.ndarray) -> np.ndarray:
-        """(..., 36, 3) keypoints in the input's pixels -> (..., 108) float32 vector in [-0.5, 0.5]."""
+    def keypoint_vector(self, keypoints):
+        """(..., 36, 3) keypoints in the input's pixels -> (..., 108) float32 vector in [-0.5, 0.5]; numpy, or a
+        tensor for a tensor (traceable)."""
+        if isinstance(keypoints, torch.Tensor):
+            k = keypoints.float()
+            v = torch.stack([k[..., 0] / self.width - 0.5, k[..., 1] / self.height - 0.5, k[..., 2] - 0.5], dim=-1)
+            return v.clamp(-0.5, 0.5).flatten(-2)
         k = np.asarray(keypoints, dtype=np.float32)
         v = np.empty(k.shape, dtype=np.float32)
         v[..., 0] = k[..., 0] / self.width - 0.5
@@ -100,6 +106,41 @@ class ReidInput:
         k[..., 1] = (k[..., 1] + 0.5) * (self.height / sizes[:, None, 1]) - 0.5
         return k
 
+    def from_input_pixels(self, keypoints: np.ndarray, image_sizes: np.ndarray) -> np.ndarray:
+        """Inverse of :meth:`to_input_pixels`: (N, 36, 3) keypoints in the input's pixels -> in the original pixels of
+        images of (N, 2) (width, height)."""
+        k = np.array(keypoints, dtype=np.float32)
+        sizes = np.asarray(image_sizes, dtype=np.float32)
+        k[..., 0] = (k[..., 0] + 0.5) * (sizes[:, None, 0] / self.width) - 0.5
+        k[..., 1] = (k[..., 1] + 0.5) * (sizes[:, None, 1] / self.height) - 0.5
+        return k
+
+    def resize(self, images: Sequence[np.ndarray]) -> np.ndarray:
+        """uint8 RGB images of any sizes -> (N, H, W, 3) uint8, resized with OpenCV bilinear to (W, H), no padding:
+        the one resize of the ReID input (and the one-graph export's input contract)."""
+        h, w = self.height, self.width
+        return np.stack([cv2.resize(im, (w, h), interpolation=cv2.INTER_LINEAR) for im in images])
+
+    def segments_tensor(self, keypoints: torch.Tensor) -> torch.Tensor:
+        """(N, 36, 3) keypoints in the input's pixels -> (N, 13, g, g) float segments on the pose grid over the
+        (H, W) input (traceable; ``pose.segments.rasterise_tensor``)."""
+        cells = apply(image_grid((self.width, self.height), self.grid).input_to_cells, keypoints[..., :2].float())
+        return rasterise_tensor(torch.cat([cells, keypoints[..., 2:].float()], dim=-1), (self.grid, self.grid),
+                                self.segment_threshold)
+
+    def normalise_rgb(self, rgb: torch.Tensor) -> torch.Tensor:
+        """(N, 3, H, W) RGB in [0, 1] -> normalised by ``mean`` / ``std``."""
+        mean = torch.tensor(self.mean, dtype=torch.float32, device=rgb.device).view(1, 3, 1, 1)
+        std = torch.tensor(self.std, dtype=torch.float32, device=rgb.device).view(1, 3, 1, 1)
+        return (rgb - mean) / std
+
+    def pose_planes(self, maps: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Pose channels on the grid (heatmaps (N, 36, g, g) then segments (N, 13, g, g), those the model stacks)
+        -> (N, 36 + 13, H, W) normalised and bilinearly resampled to the input size."""
+        # normalised before the upsampling, on 16x fewer values (bilinear weights sum to 1: same result)
+        stacked = (torch.cat(list(maps), 1).float() - self.pose_mean) / self.pose_std
+        return F.interpolate(stacked, size=(self.height, self.width), mode="bilinear", align_corners=False)
+
     def batch(self, images: Sequence[np.ndarray], heatmaps: torch.Tensor | None = None,
               keypoints: np.ndarray | None = None, device: torch.device | str = "cpu",
               channels_last: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -111,7 +152,7 @@ class ReidInput:
 
         h, w = self.height, self.width
         device = torch.device(device)
-        resized = np.stack([cv2.resize(im, (w, h), interpolation=cv2.INTER_LINEAR) for im in images])
+        resized = self.resize(images)
         rgb = torch.from_numpy(resized).to(device).permute(0, 3, 1, 2).float().div_(255.0)
         maps, kv = [], None
         if self.needs_pose:
@@ -129,10 +170,7 @@ class ReidInput:
                 kv = torch.from_numpy(self.keypoint_vector(self.to_input_pixels(keypoints, sizes))).to(device)
         layout = torch.channels_last if channels_last else torch.contiguous_format
         x = torch.empty((len(images), 3 + sum(m.shape[1] for m in maps), h, w), device=device, memory_format=layout)
-        mean = torch.tensor(self.mean, dtype=torch.float32, device=device).view(1, 3, 1, 1)
-        std = torch.tensor(self.std, dtype=torch.float32, device=device).view(1, 3, 1, 1)
-        x[:, :3] = (rgb - mean) / std
-        if maps:  # normalised before the upsampling, on 16x fewer values (bilinear weights sum to 1: same result)
-            stacked = (torch.cat(maps, 1).float() - self.pose_mean) / self.pose_std
-            x[:, 3:] = F.interpolate(stacked, size=(h, w), mode="bilinear", align_corners=False)
+        x[:, :3] = self.normalise_rgb(rgb)
+        if maps:
+            x[:, 3:] = self.pose_planes(maps)
         return x, kv

@@ -19,6 +19,7 @@ from pamtri.data.records import Record
 from pamtri.pose.cache import Cache, dequantise
 from pamtri.pose.codec import HeatmapCodec
 from pamtri.pose.segments import rasterise
+from pamtri.pose.transforms import compose, invert
 
 
 @dataclass
@@ -51,6 +52,15 @@ def image_grid(image_size: tuple[int, int], size: int, sigma: float = 2.0) -> He
     """The codec of a ``size`` x ``size`` heatmap grid spanning a whole image of ``image_size`` (width, height)
     pixels; cell (i, j) covers pixels [j W / size, (j + 1) W / size) x [i H / size, (i + 1) H / size)."""
     return HeatmapCodec(input_size=image_size, heatmap_size=(size, size), sigma=sigma)
+
+
+def grid_to_source_cells(cell_to_pixel: np.ndarray, image_sizes: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
+    """(N, 2, 3) affines: cells of the (width, height) ``grid`` spanning each image of (N, 2) ``image_sizes``
+    (width, height; ``image_grid``'s cells) -> cells of a source heatmap whose cells map to image pixels through
+    ``cell_to_pixel`` (N, 2, 3): how the pose stage's crop heatmaps are resampled onto the ReID grid."""
+    frames = np.stack([HeatmapCodec(input_size=(int(iw), int(ih)), heatmap_size=grid).cells_to_input
+                       for iw, ih in np.asarray(image_sizes)])
+    return compose(invert(np.asarray(cell_to_pixel, dtype=np.float64)), frames)
 
 
 class KeypointPose:

@@ -146,7 +146,8 @@ def _int8_pipeline(runtime: str, pose_pt: Path, reid_pt: Path, folder: Path, bat
                     thresholds=measure, runtime=runtime)
     r = export_int8("reid", reid_pt, folder / f"reid.int8{ext}", folder / "calib", folder / "guard",
                     pose_weights=pose_pt, thresholds=measure, heads=True, runtime=runtime)
-    pipe = Pipeline.from_weights(pose_pt, reid_pt, device="cpu", batch_size=batch, runtime=runtime)
+    pipe = Pipeline.from_weights(pose_pt, reid_pt, device="cpu", batch_size=batch, runtime=runtime,
+                                 one_graph=False)
     pipe.predictor.model = OnnxNetwork(p.path, runtime, "auto")
     pipe.model = OnnxNetwork(r.path, runtime, "auto", as_dict=True)
     default = Thresholds()
@@ -179,6 +180,57 @@ def int8_row(pose_pt: Path, reid_pt: Path, folder: Path, images, rates: dict[str
                           f"the {len(images)} bench images, calibrated on {len(images)} others; {notes}")]
 
 
+def graph_rows(pose_pt: Path, reid_pt: Path, folder: Path, images, torch_rate: float, stage_rates: dict[str, float]
+               ) -> tuple[list[Row], dict[str, float]]:
+    """``inference_graph_onnxruntime`` / ``inference_graph_openvino``: the one graph (pipeline.export.PipelineGraph,
+    what ``--runtime`` runs) vs the per-stage graphs of the same runtime (``stage_rates``), with its ratio vs torch
+    eager (``torch_rate``) in the note; ``inference_graph_int8``: the fastest INT8 one graph (onnxruntime QDQ,
+    OpenVINO NNCF) vs the fastest fp32 one graph, its guard in the note. Same images and batch as ``inference``.
+    -> (rows, the one graph's images/s per runtime)."""
+    batch, rows, rates = len(images), [], {}
+    for runtime in ("onnxruntime", "openvino"):
+        if importlib.util.find_spec(runtime) is None:
+            continue
+        pipe = Pipeline.from_weights(pose_pt, reid_pt, device="cpu", batch_size=batch, runtime=runtime)
+        rates[runtime] = batch / timed(partial(pipe.embed_arrays, images), repeat=2)
+        stage = stage_rates.get(runtime, torch_rate)
+        rows.append(make_row(f"inference_graph_{runtime}", rates[runtime], stage, "img/s",
+                             note=f"the one ONNX graph (crop, flip test, decoding, pose channels and both networks "
+                                  f"in one graph) on {runtime}; ratio vs the per-stage {runtime} graphs "
+                                  f"({stage:.3g} img/s); {rates[runtime] / torch_rate:.2f}x torch eager "
+                                  f"({torch_rate:.3g} img/s); same images and batch {batch}"))
+    if rates:
+        rows += _graph_int8_row(pose_pt, reid_pt, folder, images, rates)
+    return rows, rates
+
+
+def _graph_int8_row(pose_pt: Path, reid_pt: Path, folder: Path, images, rates: dict[str, float]) -> list[Row]:
+    """``inference_graph_int8`` (see :func:`graph_rows`); the guard is measured and reported, never enforced."""
+    if not (folder / "calib").is_dir():
+        _write_int8_images(folder, images)
+    measure = Thresholds(cosine=-1.0, top10=0.0, within=0.0)
+    measured = {}
+    for runtime in rates:
+        if runtime == "openvino" and importlib.util.find_spec("nncf") is None:
+            continue
+        ext = ".xml" if runtime == "openvino" else ".onnx"
+        r = export_int8("pipeline", reid_pt, folder / f"graph.int8{ext}", folder / "calib", folder / "guard",
+                        pose_weights=pose_pt, thresholds=measure, runtime=runtime)
+        pipe = Pipeline.from_weights(pose_pt, reid_pt, device="cpu", batch_size=len(images), runtime=runtime)
+        pipe.graph = OnnxNetwork(r.path, runtime, "auto")
+        rate = len(images) / timed(partial(pipe.embed_arrays, images), repeat=2)
+        measured[runtime] = (rate, f"cosine {r.cosine:.4f}, top-10 agreement {r.top10:.3f}, "
+                                   f"{100 * r.within:.0f}% of visible keypoints within 0.5 px")
+    if not measured:
+        return []
+    fastest, best = max(measured, key=lambda k: measured[k][0]), max(rates, key=rates.get)
+    notes = "; ".join(f"{k} {rate:.3g} img/s, guard {note}" for k, (rate, note) in measured.items())
+    return [make_row("inference_graph_int8", measured[fastest][0], rates[best], "img/s",
+                     note=f"the one graph with both networks INT8 (onnxruntime QDQ / OpenVINO NNCF), fastest "
+                          f"{fastest}, ratio vs the fastest fp32 one graph ({best}); guard on the {len(images)} "
+                          f"bench images (random weights), calibrated on {len(images)} others; {notes}")]
+
+
 GPU_PROVIDERS = {"cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
 
 
@@ -197,7 +249,8 @@ def cuda_rows(pose_pt: Path, reid_pt: Path, images, cpu_rate: float) -> list[Row
         variants += [(f"inference_onnxruntime_{name}", "onnxruntime", name == "tensorrt")
                      for name in ("cuda", "tensorrt") if GPU_PROVIDERS[name] in offered]
     for name, runtime, tensorrt in variants:
-        pipe = Pipeline.from_weights(pose_pt, reid_pt, device="cuda", batch_size=batch, runtime=runtime)
+        pipe = Pipeline.from_weights(pose_pt, reid_pt, device="cuda", batch_size=batch, runtime=runtime,
+                                     one_graph=False)
         if tensorrt:
             pipe.predictor.model = OnnxNetwork(pipe.predictor.model.path, runtime, device="cuda", tensorrt=True)
             pipe.model = OnnxNetwork(pipe.model.path, runtime, as_dict=True, device="cuda", tensorrt=True)
@@ -225,17 +278,20 @@ def runtime_rows(pose, reid, images, torch_rate: float, record: bool, size: int 
             if importlib.util.find_spec(runtime) is None:
                 log.warning("bench: %s is not installed, no inference_%s row", runtime, runtime)
                 continue
-            pipe = Pipeline.from_weights(pose_pt, reid_pt, device="cpu", batch_size=batch, runtime=runtime)
+            pipe = Pipeline.from_weights(pose_pt, reid_pt, device="cpu", batch_size=batch, runtime=runtime,
+                                         one_graph=False)
             rates[runtime] = batch / timed(partial(pipe.embed_arrays, images), repeat=2)
             rows.append(make_row(f"inference_{runtime}", rates[runtime], torch_rate, "img/s",
                                  note=f"same job, images and batch {batch} as `inference`; ratio vs the torch path"))
         rows += int8_row(pose_pt, reid_pt, work, images, rates)
+        graph, graph_rates = graph_rows(pose_pt, reid_pt, work, images, torch_rate, rates)
+        rows += graph
         rows += cuda_rows(pose_pt, reid_pt, images, torch_rate)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    if record:
+    if record:  # `--runtime onnxruntime|openvino` runs the one graph: its rates are the runtimes' rates
         log.info("bench: fastest runtime here %s (recorded for `pamtri embed --runtime auto`)",
-                 record_fastest(rates, cpu_name()))
+                 record_fastest({**rates, **graph_rates}, cpu_name()))
     return rows
 
 

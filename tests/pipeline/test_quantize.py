@@ -126,7 +126,8 @@ def test_openvino_nncf_int8_passes_on_real_images_and_embed_runs_it(folders, rei
     assert out.with_suffix(".bin").stat().st_size > 0
     ops = {op.get_type_name() for op in ov.Core().read_model(str(out)).get_ops()}
     assert "FakeQuantize" in ops
-    pipe = Pipeline.from_weights(None, reid_weights, device="cpu", precision="fp32", runtime="openvino")
+    pipe = Pipeline.from_weights(None, reid_weights, device="cpu", precision="fp32", runtime="openvino",
+                                 one_graph=False)  # the per-stage graphs (the one graph: test_pipeline_graph.py)
     assert pipe.model.path.endswith(".int8.xml")  # the guarded INT8 model, not the fp32 graph
     rng = np.random.default_rng(3)
     images = [rng.integers(0, 255, (48, 48, 3), dtype=np.uint8) for _ in range(4)]

@@ -1,4 +1,6 @@
-"""``--runtime``: both networks on onnxruntime / OpenVINO give the torch path's features (tiny models, fp32)."""
+"""``--runtime``: both networks on onnxruntime / OpenVINO give the torch path's features (tiny models, fp32): the
+per-stage graphs (``one_graph=False``) on images of any size, the one graph (the default) on images at the input
+size."""
 import numpy as np
 import pytest
 
@@ -29,8 +31,9 @@ def images():
     return [rng.integers(0, 255, (40 + 7 * i, 60 - 3 * i, 3), dtype=np.uint8) for i in range(5)]
 
 
-def _embed(weights, images, runtime):
-    pipe = Pipeline.from_weights(*weights, device="cpu", precision="fp32", batch_size=3, runtime=runtime)
+def _embed(weights, images, runtime, one_graph=False):
+    pipe = Pipeline.from_weights(*weights, device="cpu", precision="fp32", batch_size=3, runtime=runtime,
+                                 one_graph=one_graph)
     return pipe.embed(images)
 
 
@@ -86,7 +89,7 @@ def test_the_onnx_files_are_exported_once_per_weights(weights, images, one_torch
     from pamtri.pipeline import export
     _embed(weights, images[:1], "onnxruntime")
     cached = sorted(p.name for p in (weights[0].parent / ".pamtri-onnx").iterdir())
-    assert [n.split("-")[0] for n in cached] == ["pose.pt.pose", "reid.pt.reid"]
+    assert [n.split("-")[0] for n in cached if ".pipeline" not in n] == ["pose.pt.pose", "reid.pt.reid"]
 
     def fail(*args, **kwargs):
         raise AssertionError("exported again")
@@ -108,9 +111,9 @@ def test_embed_command_takes_the_runtime(weights, images, tmp_path, one_torch_th
     from pamtri.pipeline.cli import main
     (tmp_path / "img").mkdir()
     for i, im in enumerate(images[:3]):
-        cv2.imwrite(str(tmp_path / "img" / f"{i}.png"), im[..., ::-1])
+        cv2.imwrite(str(tmp_path / "img" / f"{i}.png"), cv2.resize(im[..., ::-1], (32, 32)))
     outs = {}
-    for runtime in ("torch", "onnxruntime"):
+    for runtime in ("torch", "onnxruntime"):  # onnxruntime: the one graph, which takes crops at the input size
         outs[runtime] = tmp_path / f"{runtime}.npz"
         assert main(["embed", "--pose-weights", str(weights[0]), "--reid-weights", str(weights[1]), "--images",
                      str(tmp_path / "img"), "--out", str(outs[runtime]), "--precision", "fp32",
@@ -149,12 +152,16 @@ def test_bench_runtime_rows_and_the_recorded_default(weights, tmp_path, monkeypa
     torch_pipe = Pipeline.from_weights(*weights, device="cpu", batch_size=4, runtime="torch")
     torch_rate = 4 / timed(lambda: torch_pipe.embed_arrays(images), repeat=2)
     rows = {r.name: r for r in runtime_rows(pose, reid, images, torch_rate, record=True, size=64)}
-    expected = {"inference_onnxruntime", "inference_int8"} | (
-        {"inference_openvino"} if _installed("openvino") else set())
-    assert set(rows) == expected
-    for name in expected - {"inference_int8"}:
+    per_stage = {"inference_onnxruntime"} | ({"inference_openvino"} if _installed("openvino") else set())
+    graph = {n.replace("inference_", "inference_graph_") for n in per_stage}
+    assert set(rows) == per_stage | graph | {"inference_int8", "inference_graph_int8"}
+    for name in per_stage:
         assert rows[name].baseline == torch_rate and rows[name].ratio == pytest.approx(rows[name].ours / torch_rate)
-    assert "cosine" in rows["inference_int8"].note and "top-10 agreement" in rows["inference_int8"].note
+        # the one graph against the same runtime's per-stage graphs, and against torch eager in its note
+        assert rows[name.replace("inference_", "inference_graph_")].baseline == rows[name].ours
+        assert "x torch eager" in rows[name.replace("inference_", "inference_graph_")].note
+    for name in ("inference_int8", "inference_graph_int8"):
+        assert "cosine" in rows[name].note and "top-10 agreement" in rows[name].note
     recorded = json.loads((tmp_path / "runtime.json").read_text())
     rates = recorded["images_per_s"]
     assert rates[recorded["runtime"]] >= rates["torch"] == torch_rate
