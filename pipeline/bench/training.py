@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from pamtri.common.device import autocast_dtype, cpu_supports_bf16
+from pamtri.common.device import autocast, autocast_dtype, cpu_supports_bf16
 from pamtri.common.training import optimiser_step
 from pamtri.pose.train import weighted_mse
 from pamtri.reid.losses import triplet_batch_hard
