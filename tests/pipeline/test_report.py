@@ -15,7 +15,8 @@ def test_html_templates_escape_what_data_puts_in_them_and_markdown_ones_do_not()
 
 
 def test_the_demo_report_templates_render_one_context_to_markdown_and_html():
-    ctx = dict(run="r1", timings={"synth": 1.5}, synth=dict(ids=3, images_per_id=2, size=64, style="flat"),
+    ctx = dict(run="r1", timings={"synth": 1.5}, budget_line="Budget 13.5 minutes.",
+               synth=dict(ids=3, images_per_id=2, size=64, style="flat"),
                pck=dict(n_images=4, columns=["Wheel", "Mean"], values=["10.00", "n/a"]),
                reid=dict(columns=["variant", "mAP"], rows=[["a <b>", "12.34"]]),
                figures=dict(data=[{"alt": "d", "src": "data/p.png"}], pose=[], reid=[{"alt": "c", "src": "c.png"}]))
@@ -23,6 +24,7 @@ def test_the_demo_report_templates_render_one_context_to_markdown_and_html():
     assert "| Wheel | Mean |\n| ---: | ---: |\n| 10.00 | n/a |" in md
     assert "| a <b> | 12.34 |" in md and "![c](c.png)" in md
     assert "<td>a &lt;b&gt;</td>" in html and "src='c.png'" in html and "<td>1.5</td>" in html
+    assert "Budget 13.5 minutes." in md and "<p>Budget 13.5 minutes.</p>" in html
 
 
 def test_every_template_is_package_data():
