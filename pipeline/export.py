@@ -186,8 +186,9 @@ def layout_input(images: np.ndarray, layout: str) -> np.ndarray:
 
 def _layout_metadata(layout: str) -> dict:
     if layout == "nchw-float":
-        return {"input_layout": "NCHW", "input_dtype": "float32", "value_range": "normalised: (x / 255 - mean) / std "
-                "with the ImageNet mean [0.485, 0.456, 0.406] and std [0.229, 0.224, 0.225]"}
+        return {"input_layout": "NCHW", "input_dtype": "float32",
+                "value_range": "normalised: (x / 255 - mean) / std with the ImageNet mean and std",
+                "input_mean": IMAGENET_MEAN.tolist(), "input_std": IMAGENET_STD.tolist()}
     return {"input_layout": "NHWC", "input_dtype": "uint8" if layout == "nhwc-uint8" else "float32",
             "value_range": [0, 255]}
 

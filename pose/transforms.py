@@ -111,7 +111,8 @@ def sampling_matrices(m: np.ndarray, in_size: tuple[int, int], out_size: tuple[i
     (rows (Ho, Hi), columns (Wo, Wi)) float32, so that ``rows @ image @ columns.T`` maps an (.., Hi, Wi) image to
     (.., Ho, Wo), zero outside (cv2.warpAffine's BORDER_CONSTANT 0, grid_sample's zeros padding with
     align_corners=True); sizes are (width, height). ``subpixel_bits``: source positions rounded to 1 / 2^bits of a
-    pixel as cv2.warpAffine's fixed point does (5 bits); its integer weights are then these products exactly. One MatMul pair in a graph, which every runtime runs fast."""
+    pixel as cv2.warpAffine's fixed point does (5 bits); its integer weights are then these products exactly. One
+    MatMul pair in a graph, which every runtime runs fast."""
     m = np.asarray(m, dtype=np.float64)
     if abs(m[0, 1]) > 1e-12 or abs(m[1, 0]) > 1e-12:
         raise ValueError("sampling_matrices takes an axis-aligned affine (no rotation or shear)")
