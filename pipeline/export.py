@@ -186,9 +186,9 @@ def layout_input(images: np.ndarray, layout: str) -> np.ndarray:
 
 def _layout_metadata(layout: str) -> dict:
     if layout == "nchw-float":
-        mean, std = ([round(float(v), 3) for v in a] for a in (IMAGENET_MEAN, IMAGENET_STD))
         return {"input_layout": "NCHW", "input_dtype": "float32",
-                "value_range": f"normalised: (x / 255 - mean) / std with the ImageNet mean {mean} and std {std}"}
+                "value_range": "normalised: (x / 255 - mean) / std with the ImageNet mean and std",
+                "input_mean": IMAGENET_MEAN.tolist(), "input_std": IMAGENET_STD.tolist()}
     return {"input_layout": "NHWC", "input_dtype": "uint8" if layout == "nhwc-uint8" else "float32",
             "value_range": [0, 255]}
 
@@ -283,9 +283,6 @@ def export_reid(weights: str | os.PathLike, out: str | os.PathLike, size: tuple[
 
     _require_onnx()
     model, ckpt = load_reid(weights)
-    if model.num_parts:
-        raise ConfigError(f"{weights}: a model with part features (model.parts {model.cfg.parts}) is not exported yet "
-                          "(its part outputs have no ONNX graph); run it with --runtime torch")
     spec = ReidInput.from_checkpoint(ckpt, model.cfg, os.fspath(weights))
     h, w = size if size else (spec.height, spec.width)
     _check_size(h, w, 1, weights)

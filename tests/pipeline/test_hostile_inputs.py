@@ -77,7 +77,9 @@ def test_cache_build_decodes_huge_images_shrunk_with_keypoints_in_original_pixel
 
 def _reid_embed(weights, runtime, images):
     from pamtri.pipeline.infer import Pipeline
-    pipe = Pipeline.from_weights(None, weights, device="cpu", precision="fp32", batch_size=2, runtime=runtime)
+    # the per-stage graph: the cache checks (runtimes._cached) are the same for the one graph of --runtime
+    pipe = Pipeline.from_weights(None, weights, device="cpu", precision="fp32", batch_size=2, runtime=runtime,
+                                 one_graph=False)
     return pipe.embed(images)["features"]
 
 

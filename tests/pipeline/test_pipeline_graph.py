@@ -236,13 +236,13 @@ def test_triton_repository_matches_the_graph(pose_weights, hsk_weights, tmp_path
     assert config["max_batch_size"] == 16 and config["dynamic_batching"]["preferred_batch_size"] == [4, 8, 16]
     types = {onnx.TensorProto.UINT8: "TYPE_UINT8", onnx.TensorProto.FLOAT: "TYPE_FP32"}
     for kind, values in (("input", graph.graph.input), ("output", graph.graph.output)):
-        entries = config[kind] if isinstance(config[kind], list) else [config[kind]]
+        entries = config[kind]  # a list of messages
         assert [e["name"] for e in entries] == [v.name for v in values]
         for e, v in zip(entries, values):
             t = v.type.tensor_type
             assert e["data_type"] == types[t.elem_type]
             assert e["dims"] == [d.dim_value for d in t.shape.dim][1:]  # the batch axis is max_batch_size's
-    assert config["input"]["dims"] == [H, W, 3] and config["output"][0]["name"] == "embedding"
+    assert config["input"][0]["dims"] == [H, W, 3] and config["output"][0]["name"] == "embedding"
     assert main(["export", "triton", "--reid-weights", str(hsk_weights), "--pose-weights", str(pose_weights),
                  "--out", str(repo), "--name", "a/b"]) == 1
 

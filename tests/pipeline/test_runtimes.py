@@ -135,6 +135,7 @@ def test_the_measured_runtime_is_the_recorded_fastest_never_slower_than_torch(tm
     assert measured_runtime("cpu A", record) == "torch"
 
 
+@pytest.mark.timeout(1500)  # four INT8 quantisations (per-stage and one graph; onnxruntime and NNCF)
 def test_bench_runtime_rows_and_the_recorded_default(weights, tmp_path, monkeypatch, one_torch_thread):
     """The bench's own rows on tiny models: each runtime vs the torch path on the same images and batch; the
     runtime recorded for `--runtime auto` is one whose measured rate is at least torch's."""
@@ -177,12 +178,12 @@ def _installed(name):
 def test_runtime_measured_follows_the_record_of_this_cpu_and_auto_never_does(weights, tmp_path, monkeypatch):
     from pamtri.pipeline.runtimes import OnnxNetwork, cpu_name, record_fastest
     monkeypatch.setenv("PAMTRI_RUNTIME_RECORD", str(tmp_path / "runtime.json"))
-    assert not isinstance(Pipeline.from_weights(*weights, device="cpu", runtime="measured").model, OnnxNetwork)
+    assert Pipeline.from_weights(*weights, device="cpu", runtime="measured").graph is None
     record_fastest({"torch": 1.0, "onnxruntime": 2.0}, cpu_name())
     pipe = Pipeline.from_weights(*weights, device="cpu", runtime="measured")
-    assert isinstance(pipe.model, OnnxNetwork) and pipe.model.runtime == "onnxruntime"
+    assert isinstance(pipe.graph, OnnxNetwork) and pipe.graph.runtime == "onnxruntime"  # the one graph
     # auto is one rule a user can predict: the machine's benchmark history does not change it
-    assert not isinstance(Pipeline.from_weights(*weights, device="cpu", runtime="auto").model, OnnxNetwork)
+    assert Pipeline.from_weights(*weights, device="cpu", runtime="auto").graph is None
 
 
 def test_the_runtime_rule_is_stated_for_each_choice():
@@ -210,9 +211,12 @@ def test_the_cpu_path_keeps_the_cpu_provider_when_a_gpu_build_is_installed(weigh
     want = _embed(weights, images[:2], "onnxruntime")
     monkeypatch.setattr(ort, "get_available_providers",
                         lambda: ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"])
-    pipe = Pipeline.from_weights(*weights, device="cpu", precision="fp32", batch_size=3, runtime="onnxruntime")
+    pipe = Pipeline.from_weights(*weights, device="cpu", precision="fp32", batch_size=3, runtime="onnxruntime",
+                                 one_graph=False)
     assert pipe.model.providers == pipe.predictor.model.providers == ["CPUExecutionProvider"]
     np.testing.assert_array_equal(pipe.embed(images[:2])["features"], want["features"])
+    graph = Pipeline.from_weights(*weights, device="cpu", precision="fp32", runtime="onnxruntime").graph
+    assert graph.providers == ["CPUExecutionProvider"]
 
 
 def test_the_bench_has_no_cuda_rows_without_a_gpu(monkeypatch):
