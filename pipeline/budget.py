@@ -148,7 +148,7 @@ class Budget:
     def __init__(self, minutes: float, started: float, data: Path, pose_config: Path, reid_config: Path,
                  min_pose_epochs: int, min_reid_epochs: int):
         self.seconds, self.started = 60.0 * minutes, started
-        self.data, self.pose_config, self.reid_config = data, pose_config, reid_config
+        self.pose_config, self.reid_config = pose_config, reid_config
         self.min_pose, self.min_reid = min_pose_epochs, min_reid_epochs
         self.images, self.identities = training_set_size(data)
         self.pose: EpochPlan | None = None
@@ -185,8 +185,8 @@ class Budget:
         if not self.seconds:
             self.reid = unscaled(reid_cfg.optim)
             return self.reid
-        timed = self.pose.epochs * self.pose_steps * self.pose.step_seconds
-        self.overhead = max(MIN_OVERHEAD, pose_seconds / timed)
+        pose_steps_seconds = self.pose.epochs * self.pose_steps * self.pose.step_seconds
+        self.overhead = max(MIN_OVERHEAD, pose_seconds / pose_steps_seconds)
         reid_step = reid_step_seconds(reid_cfg, self.identities)
         training = self.left() / (1 + OUTSIDE_TRAINING / 2)  # what remains outside: evaluations and the city
         self.reid = plan(reid_cfg.optim, self._reid_steps(reid_cfg), reid_step, self.overhead, training,
