@@ -43,6 +43,25 @@ def add_pipeline_args(parser: argparse.ArgumentParser) -> None:
                              "then ran 4%% slower than eager, docs/perf.md; try it on a GPU)")
 
 
+def non_negative(text: str) -> float:
+    """An argparse type: a float >= 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"{text} is negative (or not a number); give a weight >= 0")
+    return value
+
+
+def add_part_weight_arg(parser: argparse.ArgumentParser) -> None:
+    """``--part-weight`` of ``search`` and ``index search`` (models with part features, issue 25)."""
+    parser.add_argument("--part-weight", type=non_negative, default=1.0, metavar="W",
+                        help="models with part features: weight of the co-visible part distance relative to the "
+                             "global one (lambda = W x the index's part_scale; 0: the global distance alone; "
+                             "default 1). The global top 100 are re-scored")
+
+
 def pipeline_options(args: argparse.Namespace) -> dict:
     """``Pipeline.from_weights`` keyword arguments from the options of :func:`add_pipeline_args`."""
     return dict(device=args.device, precision=args.precision, batch_size=args.batch_size,

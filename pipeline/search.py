@@ -33,14 +33,16 @@ RESULT_COLUMNS = ("query", "rank", "image", "distance", "camera")
 
 
 def search_gallery(query: Sequence[str], gallery: str | os.PathLike, out: str | os.PathLike, *, top: int = 10,
-                   rerank: bool = False, out_csv: str | os.PathLike | None = None, **embed_options) -> list[dict]:
+                   rerank: bool = False, part_weight: float = 1.0, out_csv: str | os.PathLike | None = None,
+                   **embed_options) -> list[dict]:
     """``pamtri search``, the simple form of ``pamtri index search``: embed the ``query`` image files with the
     weights the gallery records (or those given), search ``gallery`` (an index, or a gallery .npz / shard folder
     held as a flat Euclidean index for the call) -> result rows (columns ``index.RESULT_COLUMNS``, rank 1 first),
     written to the CSV ``out_csv`` when given and drawn as the rank list PNG ``out``. ``embed_options``:
     pose_weights, reid_weights and the ``Pipeline.from_weights`` options."""
 
-    options = dict(images=list(query), top=top, rerank=rerank, out=out_csv, png=out, **embed_options)
+    options = dict(images=list(query), top=top, rerank=rerank, part_weight=part_weight, out=out_csv, png=out,
+                   **embed_options)
     if is_index(gallery):
         return search_to_csv(gallery, **options)
     with tempfile.TemporaryDirectory(prefix="pamtri-search-") as tmp:
@@ -94,12 +96,14 @@ def query_features(features: str | os.PathLike | None, images: list[str] | None,
 
 def search_to_csv(path: str | os.PathLike, features: str | os.PathLike | None = None, images: list[str] | None = None,
                   *, top: int = 10, exclude_same_camera: bool = False, rerank: bool = False, rerank_top: int = 100,
-                  out: str | os.PathLike | None = None, png: str | os.PathLike | None = None, **embed_options
-                  ) -> list[dict]:
+                  part_weight: float = 1.0, out: str | os.PathLike | None = None,
+                  png: str | os.PathLike | None = None, **embed_options) -> list[dict]:
     """Search the index at ``path`` for the queries of :func:`query_features` -> result rows (columns
     RESULT_COLUMNS, rank 1 first), written to the CSV ``out`` and drawn as a rank list PNG ``png`` when given;
-    with ``rerank`` the ``rerank_top`` nearest are k-reciprocal re-ranked (:func:`rerank_index`).
-    ``embed_options``: pose_weights, reid_weights and the ``Pipeline.from_weights`` options for ``images``."""
+    with ``rerank`` the ``rerank_top`` nearest are k-reciprocal re-ranked (:func:`rerank_index`); otherwise, for a
+    model with part features, ``part_weight`` weighs the co-visible part term (``index.search_covisible``; 0: the
+    global distance alone). ``embed_options``: pose_weights, reid_weights and the ``Pipeline.from_weights`` options
+    for ``images``."""
     idx = open_index(path)
     try:
         queries = query_features(features, images, idx, **embed_options)
@@ -109,7 +113,8 @@ def search_to_csv(path: str | os.PathLike, features: str | os.PathLike | None = 
         if rerank:
             pos, dist = rerank_index(idx, queries.features, top, candidates=rerank_top, **filters)
         else:  # a model with part features: the global top RESCORE_TOP re-scored by the co-visible distance
-            pos, dist = search_covisible(idx, queries.features, queries.parts, top, **filters)
+            pos, dist = search_covisible(idx, queries.features, queries.parts, top, part_weight=part_weight,
+                                         **filters)
         names, paths, cams = _column(idx, "name"), _column(idx, "path"), _column(idx, "camera")
     finally:
         idx.close()

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from pamtri.pipeline.cli import add_pipeline_args, pipeline_options
+from pamtri.pipeline.cli import add_part_weight_arg, add_pipeline_args, pipeline_options
 
 
 def register(subparsers) -> None:
@@ -42,6 +42,7 @@ def register(subparsers) -> None:
                    help="k-reciprocal re-ranking (k1=20, k2=6, lambda=0.3) from the index's neighbour lists")
     s.add_argument("--rerank-top", type=int, default=100, metavar="L",
                    help="with --rerank: how many nearest of each query are re-ranked (default 100)")
+    add_part_weight_arg(s)
     s.add_argument("--out", metavar="CSV", help="results CSV: query, rank, image, distance, camera (rank 1 first)")
     s.add_argument("--png", metavar="PNG", help="rank list picture (needs the image files)")
     s.add_argument("--pose-weights", help="with --images: override the pose weights the index records")
@@ -72,7 +73,7 @@ def cmd_index_search(args: argparse.Namespace) -> int:
     from pamtri.pipeline.search import search_to_csv
     rows = search_to_csv(args.index, args.features, args.images, top=args.top,
                          exclude_same_camera=args.exclude_same_camera, rerank=args.rerank,
-                         rerank_top=args.rerank_top, out=args.out, png=args.png,
+                         rerank_top=args.rerank_top, part_weight=args.part_weight, out=args.out, png=args.png,
                          pose_weights=args.pose_weights, reid_weights=args.reid_weights, **pipeline_options(args))
     if args.out is None:
         for r in rows:

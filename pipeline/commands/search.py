@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from pamtri.pipeline.cli import add_pipeline_args, pipeline_options
+from pamtri.pipeline.cli import add_part_weight_arg, add_pipeline_args, pipeline_options
 
 
 def register(subparsers) -> None:
@@ -19,6 +19,7 @@ def register(subparsers) -> None:
     s.add_argument("--top", type=int, default=10)
     s.add_argument("--rerank", action="store_true",
                    help="k-reciprocal re-ranking of the 100 nearest from k-NN lists (k1=20, k2=6, lambda=0.3)")
+    add_part_weight_arg(s)
     s.add_argument("--pose-weights", help="override the pose weights recorded in the gallery file")
     s.add_argument("--reid-weights", help="override the ReID weights recorded in the gallery file")
     s.add_argument("--out", default="search.png", help="rank list PNG (default search.png)")
@@ -29,8 +30,9 @@ def register(subparsers) -> None:
 
 def cmd_search(args: argparse.Namespace) -> int:
     from pamtri.pipeline.search import search_gallery
-    rows = search_gallery(args.query, args.gallery, args.out, top=args.top, rerank=args.rerank, out_csv=args.out_csv,
-                          pose_weights=args.pose_weights, reid_weights=args.reid_weights, **pipeline_options(args))
+    rows = search_gallery(args.query, args.gallery, args.out, top=args.top, rerank=args.rerank,
+                          part_weight=args.part_weight, out_csv=args.out_csv, pose_weights=args.pose_weights,
+                          reid_weights=args.reid_weights, **pipeline_options(args))
     for q in args.query:
         print(q)
         for r in (r for r in rows if r["query"] == os.path.basename(q)):

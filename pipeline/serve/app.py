@@ -340,7 +340,10 @@ def create_app(config: ServeConfig, pipe=None):
                      exclude_same_camera: Annotated[bool, Query(description="leave out query_camera")] = False,
                      query_camera: Annotated[int | None, Query(description="the queries' camera")] = None,
                      rerank: Annotated[bool, Query(description="k-reciprocal re-ranking (index search)")] = False,
-                     rerank_top: Annotated[int, Query(ge=1, le=1000)] = 100):
+                     rerank_top: Annotated[int, Query(ge=1, le=1000)] = 100,
+                     part_weight: Annotated[float, Query(ge=0, le=100, description="models with part features: "
+                                                         "weight of the co-visible part distance (0: global "
+                                                         "distance alone)")] = 1.0):
         """For each upload, the ``top`` nearest indexed images: image id and name, distance, camera, time."""
         if exclude_same_camera and query_camera is None:
             raise HTTPException(400, "exclude_same_camera needs query_camera (the camera the queries come from)")
@@ -364,7 +367,8 @@ def create_app(config: ServeConfig, pipe=None):
             else:
                 parts = (out["part_features"], out["part_visibility"]) if "part_features" in out else None
                 pos, dist = search_covisible(snap.idx, out["features"], parts, top, query_cameras=qcams,
-                                             exclude_same_camera=exclude_same_camera, keep=keep)
+                                             exclude_same_camera=exclude_same_camera, keep=keep,
+                                             part_weight=part_weight)
             queries = []
             for i, name in enumerate(names):
                 hits = [{"rank": r + 1, **snap.row(p), "distance": float(d)}

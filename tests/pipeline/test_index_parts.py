@@ -67,3 +67,32 @@ def test_parts_survive_an_add_and_old_files_load(tmp_path):
     finally:
         idx.close()
     assert pos[:, 0].tolist() == [0, 1]
+
+
+@pytest.mark.parametrize("weight", [0.0, 0.5])
+def test_index_search_part_weight_reaches_the_rescoring(tmp_path, weight):
+    from pamtri.pipeline.cli import build_parser
+    from pamtri.pipeline.search import search_to_csv
+    g, gp, gv = data(40, 3)
+    q, qp, qv = data(3, 4)
+    gi.build_index([write_parts(tmp_path / "g.npz", g, gp, gv, [f"g{i}.jpg" for i in range(40)])],
+                   tmp_path / "g.faiss", "flat", "euclidean").close()
+    queries = write_parts(tmp_path / "q.npz", q, qp, qv, ["q0.jpg", "q1.jpg", "q2.jpg"])
+    args = build_parser().parse_args(["index", "search", str(tmp_path / "g.faiss"), "--features", str(queries),
+                                      "--part-weight", str(weight)])
+    rows = search_to_csv(args.index, args.features, top=40, part_weight=args.part_weight)
+    idx = gi.open_index(tmp_path / "g.faiss")
+    scale = idx.info["part_scale"]
+    idx.close()
+    brute = covisible_distance((q, qp, qv), (g, gp, gv), "euclidean", weight * scale).numpy()
+    for qi in range(3):
+        got = [r["distance"] for r in rows if r["query"] == f"q{qi}.jpg"]
+        np.testing.assert_allclose(got, np.sort(brute[qi]), rtol=1e-4, atol=1e-5)
+
+
+def test_part_weight_must_be_a_non_negative_number(capsys):
+    from pamtri.pipeline.cli import build_parser
+    for bad in ("-1", "nan", "heavy"):
+        with pytest.raises(SystemExit):
+            build_parser().parse_args(["search", "--query", "a.jpg", "--gallery", "g.npz", "--part-weight", bad])
+        assert "--part-weight" in capsys.readouterr().err
