@@ -264,9 +264,17 @@ def openvino_core():
     return ov.Core()
 
 
+def openvino_default_precision() -> str:
+    """'bf16' or 'fp32': what OpenVINO's CPU plugin runs a float graph at when not told (its
+    INFERENCE_PRECISION_HINT: bf16 on CPUs with AVX512_BF16 or AMX)."""
+    hint = str(openvino_core().get_property("CPU", "INFERENCE_PRECISION_HINT"))
+    return "bf16" if "bf" in hint.lower() else "fp32"
+
+
 def _openvino_model(path: str, threads: int, precision: str):
     """(input names, output names, feed dict -> list of arrays) of an OpenVINO CPU model; ``precision`` 'fp32'
-    forces f32 (OpenVINO otherwise runs bf16 on CPUs with AMX), 'bf16' asks for bf16, anything else its default."""
+    forces f32 (OpenVINO otherwise runs bf16 on CPUs with AVX512_BF16 or AMX), 'bf16' asks for bf16, anything else
+    its default."""
     core = openvino_core()
     config = {"INFERENCE_NUM_THREADS": threads}
     hint = {"fp32": "f32", "bf16": "bf16"}.get(precision)

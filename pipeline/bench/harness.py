@@ -9,6 +9,7 @@ import time
 import tracemalloc
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -190,16 +191,22 @@ def attainable_seconds(costs: list[LayerCost], peak: float, bandwidth: float) ->
 
 
 def peak_flops(dtype_name: str = "fp32", n: int = 2048, seconds: float = 1.0) -> float:
-    """Measured matrix-product peak FLOP/s at a precision ('fp32' or 'bf16') on this machine's CPU: the fastest of
-    the n x n products that fit in ``seconds``, after as long a warm-up (AMX clocks ramp up: the best of three
-    products read 772-1,580 GFLOP/s bf16 on calls seconds apart, against 2,100 after a second of warm-up)."""
-    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype_name]
-    a = torch.randn(n, n, dtype=dtype)
-    b = torch.randn(n, n, dtype=dtype)
+    """Measured matrix-product peak FLOP/s (int8: operations/s) at a precision ('fp32', 'bf16' or 'int8': int8 x
+    int8 -> int32 through ``torch._int_mm``, oneDNN's VNNI kernels where the CPU has them) on this machine's CPU:
+    the fastest of the n x n products that fit in ``seconds``, after as long a warm-up (AMX clocks ramp up: the
+    best of three products read 772-1,580 GFLOP/s bf16 on calls seconds apart, against 2,100 after a second of
+    warm-up)."""
+    if dtype_name == "int8":
+        a = torch.randint(-128, 128, (n, n), dtype=torch.int8)
+        b = torch.randint(-128, 128, (n, n), dtype=torch.int8)
+        product = partial(torch._int_mm, a, b)
+    else:
+        dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype_name]
+        product = partial(torch.matmul, torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype))
     best, start = float("inf"), time.perf_counter()
     while time.perf_counter() - start < 2 * seconds or best == float("inf"):
         t0 = time.perf_counter()
-        a @ b
+        product()
         if t0 - start >= seconds:  # past the warm-up
             best = min(best, time.perf_counter() - t0)
     return 2.0 * n ** 3 / best

@@ -20,23 +20,37 @@ from pamtri.common.config import to_dict
 from pamtri.common.device import autocast
 from pamtri.pipeline.infer import Pipeline, run_pose
 from pamtri.pipeline.quantize import Thresholds, export_int8, int8_retrieval
-from pamtri.pipeline.runtimes import OnnxNetwork, cpu_name, record_fastest
+from pamtri.pipeline.runtimes import OnnxNetwork, cpu_name, openvino_default_precision, record_fastest
 from pamtri.pose.codec import HeatmapCodec
 from pamtri.pose.config import PoseConfig
 from pamtri.pose.predict import PosePredictor
 from pamtri.reid.config import DataConfig, ReIDConfig
 
 from .baselines import naive_two_stage
-from .harness import Row, attainable_seconds, count_flops, layer_costs, make_row, memory_bandwidth, peak_flops, timed
+from .harness import (
+    LayerCost,
+    Row,
+    attainable_seconds,
+    count_flops,
+    layer_costs,
+    make_row,
+    memory_bandwidth,
+    peak_flops,
+    timed,
+)
 from .inputs import paper_models
 
 log = logging.getLogger(__name__)
 
 
+PRECISION_BYTES = {"fp32": 4, "bf16": 2, "int8": 1}  # element size of weights and activations at each precision
+
+
 def _roofline(fast, pose, reid, images, ours_rate: float, naive_rate: float, batch: int
-              ) -> tuple[float, float, str]:
+              ) -> tuple[float, float, str, dict[str, float]]:
     """(share of the measured matmul peak our rate reaches, share of the per-layer attainable bound it reaches,
-    the row's note) from the FLOPs of one image and its layers' FLOPs and bytes (``harness.layer_costs``)."""
+    the row's note, the bound at each runtime precision: :func:`precision_bounds`) from the FLOPs of one image and
+    its layers' FLOPs and bytes (``harness.layer_costs``)."""
     x, kv = fast.reid_inputs(images[:1], run_pose(fast.predictor, images[:1], fast.grid))
     crop = torch.from_numpy(fast.predictor.crop(images[0])[0][None])
     flops = 2 * count_flops(lambda: pose(crop)) + count_flops(lambda: reid(x, kv))
@@ -45,17 +59,52 @@ def _roofline(fast, pose, reid, images, ours_rate: float, naive_rate: float, bat
     peak32 = peak if prec == "fp32" else peak_flops("fp32")
     bandwidth = memory_bandwidth()
     crops = torch.cat([crop, crop.flip(-1)]).contiguous(memory_format=torch.channels_last)  # the flip test's two
-    with autocast(fast.device, fast.dtype):
-        costs = (layer_costs(fast.predictor.model, lambda: fast.predictor.model(crops))
-                 + layer_costs(fast.model, lambda: fast.model(x, kv)))
-    bound = attainable_seconds(costs, peak, bandwidth)  # seconds per image
+
+    def costs(width: int | None):
+        with autocast(fast.device, fast.dtype):
+            return (layer_costs(fast.predictor.model, lambda: fast.predictor.model(crops), width)
+                    + layer_costs(fast.model, lambda: fast.model(x, kv), width))
+    bound = attainable_seconds(costs(None), peak, bandwidth)  # seconds per image
+    bounds = precision_bounds(costs(1), bandwidth, {prec: peak, "fp32": peak32})
     naive_share = flops * naive_rate / peak32
     note = (f"HRNet-W32 256x256 flip test + DenseNet121 (3+36 ch) 256x256, batch {batch}, {prec}; "
             f"{flops / 1e9:.1f} GFLOP/img; peak {prec} matmul {peak / 1e9:.0f} GFLOP/s, fp32 "
             f"{peak32 / 1e9:.0f}; memory bandwidth {bandwidth / 1e9:.1f} GB/s; attainable bound (per layer, "
             f"networks only) {1 / bound:.1f} img/s; the naive path already runs at {100 * naive_share:.0f}% of the "
             f"fp32 peak, so even 100% of the {prec} peak would be {peak / (flops * naive_rate):.1f}x it")
-    return flops * ours_rate / peak, bound * ours_rate, note
+    return flops * ours_rate / peak, bound * ours_rate, note, bounds
+
+
+def precision_bounds(elements: list[LayerCost], bandwidth: float, peaks: dict[str, float]) -> dict[str, float]:
+    """Seconds per image of both networks' per-layer attainable bound at each precision of ``PRECISION_BYTES``:
+    each layer's FLOPs against that precision's matrix peak (``peaks``, else measured: ``harness.peak_flops``), its
+    ``elements`` (``layer_costs`` at one byte each) at that precision's size against ``bandwidth``. The bound the
+    runtime rows' ``attainable_share`` is read against."""
+    bounds = {}
+    for prec, width in PRECISION_BYTES.items():
+        peak = peaks.get(prec) or peak_flops(prec)
+        bounds[prec] = attainable_seconds([LayerCost(c.name, c.flops, c.bytes * width) for c in elements], peak,
+                                          bandwidth)
+    return bounds
+
+
+def runtime_precision(runtime: str) -> str:
+    """The precision a float graph runs at on ``runtime`` without a hint: onnxruntime fp32, OpenVINO its CPU
+    default (``runtimes.openvino_default_precision``)."""
+    return openvino_default_precision() if runtime == "openvino" else "fp32"
+
+
+def share_of(bounds: dict[str, float] | None, precision: str, rate: float) -> float | None:
+    """The attainable share of ``rate`` images/s against the bound at ``precision`` (None without bounds)."""
+    return None if not bounds else rate * bounds[precision]
+
+
+def bound_note(bounds: dict[str, float] | None, precision: str) -> str:
+    """What a runtime row's ``attainable_share`` is read against (empty without bounds)."""
+    if not bounds:
+        return ""
+    return (f"; attainable share against the networks' per-layer {precision} bound "
+            f"({1 / bounds[precision]:.3g} img/s)")
 
 
 def fast_pipeline(pose, reid, batch: int, compile: bool = False):
@@ -86,13 +135,13 @@ def bench_inference(quick: bool) -> list[Row]:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     ours_rate, naive_rate = n_ours / t_ours, n_naive / t_naive
-    share, attainable, note = _roofline(fast, pose, reid, images, ours_rate, naive_rate, n_ours)
+    share, attainable, note, bounds = _roofline(fast, pose, reid, images, ours_rate, naive_rate, n_ours)
     row = make_row("inference", ours_rate, naive_rate, "img/s", roofline_share=share, note=note,
                    attainable_share=attainable)
     rows = [row] if quick else [row, compile_row(pose, reid, images, ours_rate, share / ours_rate,
                                                  attainable / ours_rate)]
     trained = [] if quick else int8_trained_row()  # the INT8 guard on the demo's trained models (minutes)
-    return [*rows, *runtime_rows(pose, reid, images, ours_rate, record=not quick), *trained]
+    return [*rows, *runtime_rows(pose, reid, images, ours_rate, record=not quick, bounds=bounds), *trained]
 
 
 def compile_row(pose, reid, images, eager_rate: float, share_per_rate: float, attainable_per_rate: float) -> Row:
@@ -159,7 +208,8 @@ def _int8_pipeline(runtime: str, pose_pt: Path, reid_pt: Path, folder: Path, bat
     return pipe, note
 
 
-def int8_row(pose_pt: Path, reid_pt: Path, folder: Path, images, rates: dict[str, float]) -> list[Row]:
+def int8_row(pose_pt: Path, reid_pt: Path, folder: Path, images, rates: dict[str, float],
+             bounds: dict[str, float] | None = None) -> list[Row]:
     """``inference_int8``: the fastest INT8 runtime (onnxruntime; OpenVINO too when it and NNCF are installed)
     vs the best fp32/bf16 one in ``rates``; the note gives each INT8 runtime's rate and guard figures."""
     runtimes = [r for r in ("onnxruntime", "openvino") if r in rates]
@@ -176,12 +226,14 @@ def int8_row(pose_pt: Path, reid_pt: Path, folder: Path, images, rates: dict[str
     best = max(rates, key=rates.get)
     notes = "; ".join(f"{r} {rate:.3g} img/s: {note}" for r, (rate, note) in measured.items())
     return [make_row("inference_int8", measured[fastest][0], rates[best], "img/s",
+                     attainable_share=share_of(bounds, "int8", measured[fastest][0]),
                      note=f"fastest INT8 runtime {fastest}, ratio vs the best fp32/bf16 runtime ({best}); guard on "
-                          f"the {len(images)} bench images, calibrated on {len(images)} others; {notes}")]
+                          f"the {len(images)} bench images, calibrated on {len(images)} others; {notes}"
+                          f"{bound_note(bounds, 'int8')}")]
 
 
-def graph_rows(pose_pt: Path, reid_pt: Path, folder: Path, images, torch_rate: float, stage_rates: dict[str, float]
-               ) -> tuple[list[Row], dict[str, float]]:
+def graph_rows(pose_pt: Path, reid_pt: Path, folder: Path, images, torch_rate: float, stage_rates: dict[str, float],
+               bounds: dict[str, float] | None = None) -> tuple[list[Row], dict[str, float]]:
     """``inference_graph_onnxruntime`` / ``inference_graph_openvino``: the one graph (pipeline.export.PipelineGraph,
     what ``--runtime`` runs) vs the per-stage graphs of the same runtime (``stage_rates``), with its ratio vs torch
     eager (``torch_rate``) in the note; ``inference_graph_int8``: the fastest INT8 one graph (onnxruntime QDQ,
@@ -195,16 +247,19 @@ def graph_rows(pose_pt: Path, reid_pt: Path, folder: Path, images, torch_rate: f
         rates[runtime] = batch / timed(partial(pipe.embed_arrays, images), repeat=2)
         stage = stage_rates.get(runtime, torch_rate)
         rows.append(make_row(f"inference_graph_{runtime}", rates[runtime], stage, "img/s",
+                             attainable_share=share_of(bounds, runtime_precision(runtime), rates[runtime]),
                              note=f"the one ONNX graph (crop, flip test, decoding, pose channels and both networks "
                                   f"in one graph) on {runtime}; ratio vs the per-stage {runtime} graphs "
                                   f"({stage:.3g} img/s); {rates[runtime] / torch_rate:.2f}x torch eager "
-                                  f"({torch_rate:.3g} img/s); same images and batch {batch}"))
+                                  f"({torch_rate:.3g} img/s); same images and batch {batch}"
+                                  f"{bound_note(bounds, runtime_precision(runtime))}"))
     if rates:
-        rows += _graph_int8_row(pose_pt, reid_pt, folder, images, rates)
+        rows += _graph_int8_row(pose_pt, reid_pt, folder, images, rates, bounds)
     return rows, rates
 
 
-def _graph_int8_row(pose_pt: Path, reid_pt: Path, folder: Path, images, rates: dict[str, float]) -> list[Row]:
+def _graph_int8_row(pose_pt: Path, reid_pt: Path, folder: Path, images, rates: dict[str, float],
+                    bounds: dict[str, float] | None = None) -> list[Row]:
     """``inference_graph_int8`` (see :func:`graph_rows`); the guard is measured and reported, never enforced."""
     if not (folder / "calib").is_dir():
         _write_int8_images(folder, images)
@@ -226,9 +281,11 @@ def _graph_int8_row(pose_pt: Path, reid_pt: Path, folder: Path, images, rates: d
     fastest, best = max(measured, key=lambda k: measured[k][0]), max(rates, key=rates.get)
     notes = "; ".join(f"{k} {rate:.3g} img/s, guard {note}" for k, (rate, note) in measured.items())
     return [make_row("inference_graph_int8", measured[fastest][0], rates[best], "img/s",
+                     attainable_share=share_of(bounds, "int8", measured[fastest][0]),
                      note=f"the one graph with both networks INT8 (onnxruntime QDQ / OpenVINO NNCF), fastest "
                           f"{fastest}, ratio vs the fastest fp32 one graph ({best}); guard on the {len(images)} "
-                          f"bench images (random weights), calibrated on {len(images)} others; {notes}")]
+                          f"bench images (random weights), calibrated on {len(images)} others; {notes}"
+                          f"{bound_note(bounds, 'int8')}")]
 
 
 GPU_PROVIDERS = {"cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
@@ -263,7 +320,8 @@ def cuda_rows(pose_pt: Path, reid_pt: Path, images, cpu_rate: float) -> list[Row
     return rows
 
 
-def runtime_rows(pose, reid, images, torch_rate: float, record: bool, size: int = 256) -> list[Row]:
+def runtime_rows(pose, reid, images, torch_rate: float, record: bool, size: int = 256,
+                 bounds: dict[str, float] | None = None) -> list[Row]:
     """``inference_onnxruntime``, ``inference_openvino`` (images/s vs the torch path, ``torch_rate``) and
     ``inference_int8`` (vs the best fp32/bf16 runtime; :func:`int8_row`), plus the CUDA rows on a GPU
     (:func:`cuda_rows`), on the same images and batch, networks at ``size``
@@ -282,9 +340,11 @@ def runtime_rows(pose, reid, images, torch_rate: float, record: bool, size: int 
                                          one_graph=False)
             rates[runtime] = batch / timed(partial(pipe.embed_arrays, images), repeat=2)
             rows.append(make_row(f"inference_{runtime}", rates[runtime], torch_rate, "img/s",
-                                 note=f"same job, images and batch {batch} as `inference`; ratio vs the torch path"))
-        rows += int8_row(pose_pt, reid_pt, work, images, rates)
-        graph, graph_rates = graph_rows(pose_pt, reid_pt, work, images, torch_rate, rates)
+                                 attainable_share=share_of(bounds, runtime_precision(runtime), rates[runtime]),
+                                 note=f"same job, images and batch {batch} as `inference`; ratio vs the torch path"
+                                      f"{bound_note(bounds, runtime_precision(runtime))}"))
+        rows += int8_row(pose_pt, reid_pt, work, images, rates, bounds)
+        graph, graph_rates = graph_rows(pose_pt, reid_pt, work, images, torch_rate, rates, bounds)
         rows += graph
         rows += cuda_rows(pose_pt, reid_pt, images, torch_rate)
     finally:

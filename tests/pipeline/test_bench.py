@@ -112,3 +112,14 @@ def test_layer_costs_give_the_hand_computed_attainable_bound():
     assert attainable_seconds(costs, 1000.0, 1000.0) == pytest.approx(4.4)
     assert attainable_seconds(layer_costs(model, lambda: model(x), element_bytes=1), 1000.0, 1000.0) == \
         pytest.approx(3.8)
+    # the runtime rows' bounds: the same layers at 4 / 2 / 1 bytes per value, each precision against its own peak
+    from pamtri.pipeline.bench.inference import precision_bounds
+    bounds = precision_bounds(layer_costs(model, lambda: model(x), element_bytes=1), 1000.0,
+                              {"fp32": 1000.0, "bf16": 2000.0, "int8": 4000.0})
+    assert bounds == pytest.approx({"fp32": 4.4, "bf16": 1.8 + 0.4, "int8": 0.9 + 0.2})
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16", "int8"])
+def test_peak_flops_measures_each_precision(precision):
+    from pamtri.pipeline.bench.harness import peak_flops
+    assert 1e8 < peak_flops(precision, n=256, seconds=0.05) < 1e14

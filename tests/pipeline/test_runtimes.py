@@ -152,7 +152,8 @@ def test_bench_runtime_rows_and_the_recorded_default(weights, tmp_path, monkeypa
     images = [rng.integers(0, 255, (64, 64, 3), dtype=np.uint8) for _ in range(4)]
     torch_pipe = Pipeline.from_weights(*weights, device="cpu", batch_size=4, runtime="torch")
     torch_rate = 4 / timed(lambda: torch_pipe.embed_arrays(images), repeat=2)
-    rows = {r.name: r for r in runtime_rows(pose, reid, images, torch_rate, record=True, size=64)}
+    bounds = {"fp32": 0.01, "bf16": 0.005, "int8": 0.002}  # seconds per image: what attainable_share reads against
+    rows = {r.name: r for r in runtime_rows(pose, reid, images, torch_rate, record=True, size=64, bounds=bounds)}
     per_stage = {"inference_onnxruntime"} | ({"inference_openvino"} if _installed("openvino") else set())
     graph = {n.replace("inference_", "inference_graph_") for n in per_stage}
     assert set(rows) == per_stage | graph | {"inference_int8", "inference_graph_int8"}
@@ -163,6 +164,12 @@ def test_bench_runtime_rows_and_the_recorded_default(weights, tmp_path, monkeypa
         assert "x torch eager" in rows[name.replace("inference_", "inference_graph_")].note
     for name in ("inference_int8", "inference_graph_int8"):
         assert "cosine" in rows[name].note and "top-10 agreement" in rows[name].note
+    from pamtri.pipeline.bench.inference import runtime_precision
+    for name, row in rows.items():
+        runtime = name.rsplit("_", 1)[1]
+        precision = "int8" if runtime == "int8" else runtime_precision(runtime)
+        assert row.attainable_share == pytest.approx(row.ours * bounds[precision])
+        assert f"per-layer {precision} bound" in row.note
     recorded = json.loads((tmp_path / "runtime.json").read_text())
     rates = recorded["images_per_s"]
     assert rates[recorded["runtime"]] >= rates["torch"] == torch_rate
