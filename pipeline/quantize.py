@@ -438,20 +438,18 @@ def _top10_agreement(query: dict[str, np.ndarray], gallery: dict[str, np.ndarray
     return float(np.mean([len(set(a) & set(b)) / len(a) for a, b in zip(*tops)]))
 
 
-def int8_retrieval(pose_weights, reid_weights, pose_int8, reid_int8, root: str | os.PathLike, fmt: str = "auto",
-                   batch: int = 32) -> RetrievalChange:
-    """The INT8 graphs ``pose_int8`` / ``reid_int8`` (onnxruntime) against the fp32 pipeline of the same
-    checkpoints on onnxruntime, on the query and test splits of the data set at ``root``: mAP and rank-1
-    (cameras as the data set gives them), cosine, top-10 agreement."""
+def int8_retrieval(pose_weights, reid_weights, int8: str | os.PathLike | tuple, root: str | os.PathLike,
+                   fmt: str = "auto", batch: int = 32, runtime: str = "onnxruntime") -> RetrievalChange:
+    """INT8 against fp32 for the same checkpoints on ``runtime``, on the query and test splits of the data set at
+    ``root``: mAP and rank-1 (cameras as the data set gives them), cosine, top-10 agreement. ``int8``: the one
+    graph's INT8 model, or (pose INT8 graph, ReID INT8 graph) of the per-stage path; the fp32 side is the same
+    path (one graph, or per-stage graphs) at fp32."""
     query, gallery = read_split(root, "query", fmt), read_split(root, "test", fmt)
     feats: dict[str, dict[str, np.ndarray]] = {"query": {}, "gallery": {}}
     scores = {}
     for name in ("fp32", "int8"):
-        pipe = Pipeline.from_weights(pose_weights, reid_weights, device="cpu", precision="fp32", batch_size=batch,
-                                     runtime="onnxruntime")
-        if name == "int8":
-            pipe.predictor.model = OnnxNetwork(pose_int8, "onnxruntime", "auto")
-            pipe.model = OnnxNetwork(reid_int8, "onnxruntime", "auto", as_dict=True)
+        pipe = _int8_or_fp32_pipeline(pose_weights, reid_weights, int8 if name == "int8" else None,
+                                      isinstance(int8, tuple), runtime, batch)
         for split, records in (("query", query), ("gallery", gallery)):
             feats[split][name] = pipe.embed([r.path for r in records])["features"]
         scores[name] = metrics_from_features(
@@ -463,3 +461,17 @@ def int8_retrieval(pose_weights, reid_weights, pose_int8, reid_int8, root: str |
     return RetrievalChange(len(query), len(gallery), scores["fp32"]["mAP"], scores["int8"]["mAP"],
                            float(scores["fp32"]["cmc"][0]), float(scores["int8"]["cmc"][0]), cosine,
                            _top10_agreement(feats["query"], feats["gallery"]))
+
+
+def _int8_or_fp32_pipeline(pose_weights, reid_weights, int8, per_stage: bool, runtime: str, batch: int) -> Pipeline:
+    """The fp32 pipeline on ``runtime`` (one graph, or per-stage graphs with ``per_stage``), with the INT8
+    model(s) ``int8`` in place of its graph(s) when given."""
+    pipe = Pipeline.from_weights(pose_weights, reid_weights, device="cpu", precision="fp32", batch_size=batch,
+                                 runtime=runtime, one_graph=not per_stage)
+    if int8 is not None and per_stage:
+        if int8[0] is not None:  # (None, ReID graph): a ReID model without pose inputs
+            pipe.predictor.model = OnnxNetwork(int8[0], runtime, "auto")
+        pipe.model = OnnxNetwork(int8[1], runtime, "auto", as_dict=True)
+    elif int8 is not None:
+        pipe.graph = OnnxNetwork(int8, runtime, "auto")
+    return pipe

@@ -187,14 +187,11 @@ def pipeline_network(pose_weights: str | os.PathLike | None, reid_weights: str |
                      precision: str, size_hw: tuple[int, int], flip_test: bool = True,
                      device: str | torch.device = "cpu") -> OnnxNetwork:
     """The one graph of both checkpoints on ``runtime``: on openvino the guarded INT8 IR when ``pamtri export onnx
-    --stage pipeline --int8 --runtime openvino`` wrote one, else the cached fp32 graph."""
-    if runtime == "openvino":
-        int8 = int8_cache_path(pipeline_stage(pose_weights, flip_test), reid_weights, size_hw)
-        if int8.is_file() and int8.with_suffix(".bin").is_file():
-            log.info("--runtime openvino: the INT8 one graph %s", int8)
-            return OnnxNetwork(int8, runtime, precision, device=device)
-    return OnnxNetwork(cached_pipeline_onnx(pose_weights, reid_weights, size_hw, flip_test), runtime, precision,
-                       device=device)
+    --stage pipeline --int8 --runtime openvino`` wrote one and ``precision`` is not 'fp32', else the cached fp32
+    graph."""
+    path = (written_int8(runtime, precision, pipeline_stage(pose_weights, flip_test), reid_weights, size_hw)
+            or cached_pipeline_onnx(pose_weights, reid_weights, size_hw, flip_test))
+    return OnnxNetwork(path, runtime, precision, device=device)
 
 
 class OnnxNetwork(nn.Module):
@@ -297,15 +294,24 @@ def _port_name(port) -> str:
     return names[0] if names else port.get_any_name()
 
 
-def network_file(stage: str, weights: str | os.PathLike, size_hw: tuple[int, int], runtime: str) -> Path:
+def network_file(stage: str, weights: str | os.PathLike, size_hw: tuple[int, int], runtime: str,
+                 precision: str = "auto") -> Path:
     """The model file ``runtime`` runs for one stage: on openvino the guarded INT8 IR when one was written
-    (``int8_cache_path``), else the cached fp32 ONNX graph."""
-    if runtime == "openvino":
-        int8 = int8_cache_path(stage, weights, size_hw)
-        if int8.is_file() and int8.with_suffix(".bin").is_file():
-            log.info("--runtime openvino: the INT8 %s model %s", stage, int8)
-            return int8
-    return cached_onnx(stage, weights, size_hw)
+    (:func:`written_int8`), else the cached fp32 ONNX graph."""
+    return written_int8(runtime, precision, stage, weights, size_hw) or cached_onnx(stage, weights, size_hw)
+
+
+def written_int8(runtime: str, precision: str, stage: str, weights, size_hw: tuple[int, int]) -> Path | None:
+    """The guarded INT8 IR of ``stage`` (``int8_cache_path``) that ``--runtime openvino`` runs in place of the
+    fp32 graph, when one was written and ``precision`` is not 'fp32' (asking for fp32 gets the fp32 graph);
+    None otherwise."""
+    if runtime != "openvino" or precision == "fp32":
+        return None
+    int8 = int8_cache_path(stage, weights, size_hw)
+    if not (int8.is_file() and int8.with_suffix(".bin").is_file()):
+        return None
+    log.info("--runtime openvino: the INT8 %s model %s", stage, int8)
+    return int8
 
 
 def onnx_networks(pose_weights, reid_weights, runtime: str, precision: str, pose_size_hw: tuple[int, int] | None,
@@ -315,10 +321,10 @@ def onnx_networks(pose_weights, reid_weights, runtime: str, precision: str, pose
     model files."""
     pose = None
     if pose_weights:
-        pose = OnnxNetwork(network_file("pose", pose_weights, pose_size_hw, runtime), runtime, precision,
-                           device=device)
-    reid = OnnxNetwork(network_file("reid", reid_weights, reid_size_hw, runtime), runtime, precision, as_dict=True,
-                       device=device)
+        pose = OnnxNetwork(network_file("pose", pose_weights, pose_size_hw, runtime, precision), runtime,
+                           precision, device=device)
+    reid = OnnxNetwork(network_file("reid", reid_weights, reid_size_hw, runtime, precision), runtime, precision,
+                       as_dict=True, device=device)
     return pose, reid
 
 

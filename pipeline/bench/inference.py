@@ -391,7 +391,7 @@ def int8_trained_row(run: Path | None = None, calibration: int = 128, guard: int
         p = export_int8("pose", pose_pt, work / "pose.int8.onnx", calib, held, thresholds=measure)
         r = export_int8("reid", reid_pt, work / "reid.int8.onnx", calib, held, pose_weights=pose_pt,
                         thresholds=measure, heads=True)
-        ch = int8_retrieval(pose_pt, reid_pt, p.path, r.path, data)
+        ch = int8_retrieval(pose_pt, reid_pt, (p.path, r.path), data)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     default = Thresholds()

@@ -183,8 +183,10 @@ def test_openvino_int8_of_the_one_graph_is_what_embed_runs(pose_weights, tmp_pat
     assert main(["export", "onnx", "--stage", "pipeline", "--reid-weights", str(reid), "--out", str(out), "--int8",
                  "--calibrate", str(calib), "--runtime", "openvino"]) == 0
     assert "cached for `pamtri embed --runtime openvino`" in capsys.readouterr().out
-    pipe = Pipeline.from_weights(None, reid, device="cpu", precision="fp32", runtime="openvino")
+    pipe = Pipeline.from_weights(None, reid, device="cpu", runtime="openvino")
     assert pipe.graph.path.endswith(".int8.xml")
+    asked_fp32 = Pipeline.from_weights(None, reid, device="cpu", precision="fp32", runtime="openvino")
+    assert asked_fp32.graph.path.endswith(".onnx")  # --precision fp32 gets the fp32 graph, not the INT8 one
     images = generated_images(4, (H, W), seed=8)
     fp32 = Pipeline.from_weights(None, reid, device="cpu", precision="fp32").embed(images)["features"]
     from pamtri.pipeline.quantize import mean_cosine

@@ -126,9 +126,12 @@ def test_openvino_nncf_int8_passes_on_real_images_and_embed_runs_it(folders, rei
     assert out.with_suffix(".bin").stat().st_size > 0
     ops = {op.get_type_name() for op in ov.Core().read_model(str(out)).get_ops()}
     assert "FakeQuantize" in ops
-    pipe = Pipeline.from_weights(None, reid_weights, device="cpu", precision="fp32", runtime="openvino",
+    pipe = Pipeline.from_weights(None, reid_weights, device="cpu", runtime="openvino",
                                  one_graph=False)  # the per-stage graphs (the one graph: test_pipeline_graph.py)
     assert pipe.model.path.endswith(".int8.xml")  # the guarded INT8 model, not the fp32 graph
+    asked_fp32 = Pipeline.from_weights(None, reid_weights, device="cpu", precision="fp32", runtime="openvino",
+                                       one_graph=False)
+    assert asked_fp32.model.path.endswith(".onnx")  # --precision fp32 gets the fp32 graph
     rng = np.random.default_rng(3)
     images = [rng.integers(0, 255, (48, 48, 3), dtype=np.uint8) for _ in range(4)]
     fp32 = Pipeline.from_weights(None, reid_weights, device="cpu", precision="fp32", runtime="torch")
@@ -221,3 +224,21 @@ def test_shared_concat_scales_give_a_concat_group_the_union_of_its_ranges():
     assert got["a_s"] == got["b_s"] == got["c_s"] == pytest.approx((hi - lo) / 255)
     assert got["a_z"] == got["b_z"] == got["c_z"] == round(-lo / ((hi - lo) / 255))
     onnx.checker.check_model(model)
+
+
+@pytest.mark.parametrize("form", ["per-stage", "one graph"])
+def test_int8_retrieval_compares_the_int8_model_with_fp32(form, folders, reid_weights, tmp_path, one_torch_thread):
+    """The retrieval change runs the INT8 model it is given (features close to fp32 but not equal to them) on the
+    labelled query / test splits; the per-stage form once ran the fp32 one graph on both sides."""
+    from pamtri.pipeline.quantize import Thresholds, export_int8, int8_retrieval
+    from tests.conftest import write_tiny_synth_tree
+    calib, guard, _ = folders
+    root = write_tiny_synth_tree(tmp_path / "data", ids=8)
+    stage, out = ("reid", tmp_path / "reid.int8.onnx") if form == "per-stage" else ("pipeline", tmp_path / "g.onnx")
+    measure = Thresholds(cosine=-1.0, top10=0.0, within=0.0)  # measured, not enforced
+    report = export_int8(stage, reid_weights, out, calib, guard, thresholds=measure, heads=True)
+    change = int8_retrieval(None, reid_weights, (None, report.path) if form == "per-stage" else report.path, root)
+    assert change.queries > 0 and change.gallery > 0
+    assert 0.9 < change.cosine < 1 - 1e-6  # the INT8 model ran (the same fp32 graph twice gives 1)
+    assert 0.0 < change.fp32_map <= 1.0 and 0.0 < change.int8_map <= 1.0
+    assert 0.0 <= change.top10 <= 1.0
