@@ -34,13 +34,14 @@ PARITY_IMAGES = 8
 class Parity:
     """The graph against ``Pipeline.embed`` on ``n`` images: cosine of the features (lowest, mean), the largest
     keypoint distance in pixels among keypoints of confidence >= 0.5 (all when none is; None: the model takes no
-    pose) and
-    the share of colour / type predictions that agree (None: no such head)."""
+    pose), the share of colour / type predictions that agree (None: no such head) and the share of all keypoints
+    within half a pixel (a keypoint whose heatmap has two near-equal peaks may decode to the other one)."""
     n: int
     cosine_min: float
     cosine_mean: float
     keypoint_px: float | None
     heads_agree: float | None
+    keypoints_within: float | None = None
 
 
 def generated_images(n: int, size_hw: tuple[int, int], seed: int = 0) -> list[np.ndarray]:
@@ -63,22 +64,26 @@ def pipeline_parity(graph_path: str | os.PathLike, pose_weights, reid_weights, i
     pipe = Pipeline.from_weights(pose_weights, reid_weights, device="cpu", precision="fp32", flip_test=flip_test,
                                  runtime="torch")
     h, w = graph_input_size(graph_path)
-    pipe.input = dataclasses.replace(pipe.input, height=h, width=w)
-    pipe.height, pipe.width = h, w
+    reid_h, reid_w = graph_metadata(graph_path).get("reid_input_size_hw", (h, w))  # the ReID network's own input
+    pipe.input = dataclasses.replace(pipe.input, height=reid_h, width=reid_w)
+    pipe.height, pipe.width = reid_h, reid_w
     images = images if images is not None else generated_images(PARITY_IMAGES, (h, w))
     want = pipe.embed_arrays(images)
     layout = graph_metadata(graph_path).get("input_layout_option", "nhwc-uint8")
-    got = dict(zip(net.output_names, net.run({"images": layout_input(np.stack(images), layout)})))
+    feed = dataclasses.replace(pipe.input, height=h, width=w).graph_feed(images, net.input_names)
+    feed["images"] = layout_input(feed["images"], layout)
+    got = dict(zip(net.output_names, net.run(feed)))
     a, b = want["features"], got["embedding"]
     cos = (a * b).sum(1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-12)
-    px = None
+    px = within = None
     if pipe.needs_pose and "keypoints" in got:
         sure = want["keypoints"][..., 2] >= 0.5
         dist = np.linalg.norm(want["keypoints"][..., :2] - got["keypoints"][..., :2], axis=-1)
         px = float(dist[sure].max() if sure.any() else dist.max())
+        within = float(np.mean(dist <= 0.5))
     heads = [h for h in ("color", "type") if h in got]
     agree = float(np.mean([np.mean(got[h].argmax(1) == want[h]) for h in heads])) if heads else None
-    return Parity(len(images), float(cos.min()), float(cos.mean()), px, agree)
+    return Parity(len(images), float(cos.min()), float(cos.mean()), px, agree, within)
 
 
 def graph_input_size(path: str | os.PathLike) -> tuple[int, int]:

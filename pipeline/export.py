@@ -33,12 +33,22 @@ from pamtri.common.atomic import atomic_write_bytes
 from pamtri.common.checkpoint import file_sha256
 from pamtri.common.config import to_dict
 from pamtri.common.errors import ConfigError, PamtriError
+from pamtri.pose.codec import HeatmapCodec
 from pamtri.pose.keypoints import NUM_KEYPOINTS
 from pamtri.pose.predict import PosePredictor
-from pamtri.pose.transforms import IMAGENET_MEAN, IMAGENET_STD, apply, compose, invert, sampling_matrices
+from pamtri.pose.transforms import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    apply,
+    bilinear_weights,
+    compose,
+    invert,
+    sample_positions,
+    sampling_matrices,
+)
 from pamtri.pose.weights import load as load_pose
 from pamtri.reid.inputs import ReidInput
-from pamtri.reid.model import KEYPOINT_DIM
+from pamtri.reid.model import KEYPOINT_DIM, split_first_conv
 from pamtri.reid.pose_inputs import grid_to_source_cells
 from pamtri.reid.weights import load as load_reid
 
@@ -98,7 +108,8 @@ WARP_SUBPIXEL_BITS = 5  # cv2.warpAffine's INTER_BITS: source positions on a 1/3
 
 
 class PipelineGraph(nn.Module):
-    """Two-stage inference as one traceable module for images already resized to the ReID input (H, W):
+    """Two-stage inference as one traceable module for images already resized to its input (H, W) (``source``:
+    the ReID input, widened to the pose network's input where that is larger, ``ReidInput.covering``):
     uint8 RGB (N, H, W, 3) -> (L2-normalised embedding (N, D), keypoints (N, 36, 3) in the input's pixels +
     confidence, the colour and type logits (those the model has), the embedding before normalisation (N, D), as
     ``Pipeline.embed`` returns it): ``output_names``.
@@ -106,16 +117,20 @@ class PipelineGraph(nn.Module):
     Every step is the torch code ``Pipeline`` runs (pose.predict.PosePredictor's crop box and flip test,
     pose.codec's decoding, reid.inputs.ReidInput's channels and keypoint vector, the networks), with tensor forms
     where that code is numpy / cv2: the crop and the heatmap resampling as constant bilinear sampling matrices
-    (``pose.transforms.sampling_matrices``), the segments by ``pose.segments.rasterise_tensor``. Without a pose
-    predictor (an RGB-only model exported without pose weights) the keypoints are zeros, as ``Pipeline.embed``
-    gives them."""
+    (``pose.transforms.sampling_matrices``), the segments by ``pose.segments.rasterise_tensor``, the RGB resized to
+    the ReID input (where the input is larger) as OpenCV's bilinear resize of uint8 does. With ``sizes`` the graph
+    takes a second input, each crop's (width, height) before the caller's resize, and builds the crop and heatmap
+    sampling per image, so that the pose crop keeps the original crop's aspect as ``Pipeline.embed``'s does;
+    without it, the constant matrices of a crop already at the input's aspect. Without a pose predictor (an
+    RGB-only model exported without pose weights) the keypoints are zeros, as ``Pipeline.embed`` gives them."""
 
     def __init__(self, predictor: PosePredictor | None, reid_model: nn.Module, spec: ReidInput,
-                 input_layout: str = "nhwc-uint8", embedding_only: bool = False):
+                 input_layout: str = "nhwc-uint8", embedding_only: bool = False, sizes: bool = True):
         super().__init__()
         if input_layout not in INPUT_LAYOUTS:
             raise ConfigError(f"--input-layout {input_layout!r}: one of {', '.join(INPUT_LAYOUTS)}")
         self.spec = spec
+        self.source = spec if predictor is None else spec.covering(predictor.codec.input_size)
         self.input_layout = input_layout
         self.reid = reid_model
         self.heads = [h for h in HEADS if getattr(reid_model, f"{h}_classifier", None) is not None]
@@ -123,17 +138,21 @@ class PipelineGraph(nn.Module):
         self.output_names = ["embedding"] if embedding_only else ["embedding", "keypoints", *self.heads, "feature"]
         self.predictor = predictor
         self.pose = predictor.model if predictor is not None else None
+        self.input_names = ["images", "sizes"] if sizes and predictor is not None else ["images"]
         self.register_buffer("imagenet_mean", torch.from_numpy(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("imagenet_std", torch.from_numpy(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
         if predictor is None:
             return
-        h, w = spec.height, spec.width
+        h, w = self.source.height, self.source.width
         codec = predictor.codec
         to_crop = predictor.crop_transform(w, h)
         rows, cols = sampling_matrices(invert(to_crop), (w, h), codec.input_size, WARP_SUBPIXEL_BITS)
         self.register_buffer("crop_rows", torch.from_numpy(rows), persistent=False)
         self.register_buffer("crop_cols_t", torch.from_numpy(cols.T.copy()), persistent=False)
         self.crop_to_image = invert(to_crop)
+        # with the `sizes` input: the ReID grid's cells -> source pixels, and crop pixels -> heatmap cells
+        self.grid_to_pixel = HeatmapCodec(input_size=(w, h), heatmap_size=(spec.grid, spec.grid)).cells_to_input
+        self.pixel_to_cell = invert(codec.cells_to_input)
         cell_to_pixel = compose(self.crop_to_image, codec.cells_to_input)
         grid = grid_to_source_cells(cell_to_pixel[None], np.array([[w, h]]), (spec.grid, spec.grid))[0]
         rows, cols = sampling_matrices(grid, codec.heatmap_size, (spec.grid, spec.grid))
@@ -146,25 +165,66 @@ class PipelineGraph(nn.Module):
             return (images.float() * self.imagenet_std + self.imagenet_mean) * 255.0
         return images.permute(0, 3, 1, 2).float()
 
-    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    def sampling(self, sizes: torch.Tensor | None):
+        """(crop rows, crop columns^T, heatmap-to-grid rows, columns^T, crop pixels -> input pixels): constant
+        matrices for crops already at the input's aspect (no ``sizes``), else per image from the crops' original
+        (N, 2) ``sizes`` (width, height): the pose crop box of the original crop (its aspect kept), carried through
+        the caller's plain resize (``PosePredictor.crop_to_source_tensor``)."""
+        if sizes is None:
+            return (self.crop_rows, self.crop_cols_t, self.grid_rows, self.grid_cols_t,
+                    lambda xy: apply(self.crop_to_image, xy))
+        scale, offset = self.predictor.crop_to_source_tensor(sizes, (self.source.width, self.source.height))
+        (pw, ph), (hw, hh) = self.predictor.codec.input_size, self.predictor.codec.heatmap_size
+        crop_rows = bilinear_weights(sample_positions(scale[:, 1], offset[:, 1], ph, WARP_SUBPIXEL_BITS),
+                                     self.source.height)[:, None]
+        crop_cols = bilinear_weights(sample_positions(scale[:, 0], offset[:, 0], pw, WARP_SUBPIXEL_BITS),
+                                     self.source.width)[:, None]
+        m, k = self.grid_to_pixel.tolist(), self.pixel_to_cell.tolist()  # grid cell -> pixel -> crop -> cell
+        grid = torch.arange(self.spec.grid, dtype=torch.float32)
+        cells = [k[a][a] * ((m[a][a] * grid + m[a][2])[None] - offset[:, a, None]) / scale[:, a, None] + k[a][2]
+                 for a in (0, 1)]
+        grid_cols = bilinear_weights(cells[0], hw)[:, None]
+        grid_rows = bilinear_weights(cells[1], hh)[:, None]
+        return (crop_rows, crop_cols.transpose(-1, -2), grid_rows, grid_cols.transpose(-1, -2),
+                lambda xy: xy * scale[:, None] + offset[:, None])
+
+    def reid_rgb(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, 3, H, W) RGB 0 .. 255 at the graph's input -> at the ReID input: OpenCV's bilinear resize of uint8
+        (half-pixel centres, no antialiasing, rounded half up), as ``ReidInput.resize`` does from the same image."""
+        if (self.source.height, self.source.width) == (self.spec.height, self.spec.width):
+            return x
+        size = (self.spec.height, self.spec.width)
+        return torch.floor(F.interpolate(x, size=size, mode="bilinear", align_corners=False) + 0.5)
+
+    def reid_pixels(self, keypoints: torch.Tensor) -> torch.Tensor:
+        """(N, 36, 3) keypoints in the graph input's pixels -> in the ReID input's (``ReidInput.to_input_pixels``:
+        pixel centres map to pixel centres)."""
+        if (self.source.height, self.source.width) == (self.spec.height, self.spec.width):
+            return keypoints
+        scale = torch.tensor([self.spec.width / self.source.width, self.spec.height / self.source.height])
+        return torch.cat([(keypoints[..., :2] + 0.5) * scale - 0.5, keypoints[..., 2:]], dim=-1)
+
+    def forward(self, images: torch.Tensor, sizes: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
         x = self.pixels(images)
         maps, kv = [], None
         if self.predictor is None:
             keypoints = torch.zeros((images.shape[0], NUM_KEYPOINTS, 3), device=x.device)
         else:
+            crop_rows, crop_cols_t, grid_rows, grid_cols_t, to_source = self.sampling(sizes)
             # cv2.warpAffine of the uint8 image, rounded half up as cv2 does (floor(v + 0.5): OpenVINO's CPU plugin
             # fails to compile Round between a MatMul and per-channel arithmetic), then pose.transforms.normalise
-            crop = torch.floor(self.crop_rows @ x @ self.crop_cols_t + 0.5)
+            crop = torch.floor(crop_rows @ x @ crop_cols_t + 0.5)
             hm = self.predictor.heatmaps((crop / 255.0 - self.imagenet_mean) / self.imagenet_std)
             decoded = self.predictor.codec.decode_tensor(hm)
-            keypoints = torch.cat([apply(self.crop_to_image, decoded[..., :2]), decoded[..., 2:]], dim=-1)
+            keypoints = torch.cat([to_source(decoded[..., :2]), decoded[..., 2:]], dim=-1)
+            at_reid = self.reid_pixels(keypoints)
             if self.spec.heatmaps:
-                maps.append(self.grid_rows @ hm @ self.grid_cols_t)
+                maps.append(grid_rows @ hm @ grid_cols_t)
             if self.spec.segments:
-                maps.append(self.spec.segments_tensor(keypoints))
+                maps.append(self.spec.segments_tensor(at_reid))
             if self.spec.keypoints:
-                kv = self.spec.keypoint_vector(keypoints)
-        net_input = self.spec.normalise_rgb(x / 255.0)
+                kv = self.spec.keypoint_vector(at_reid)
+        net_input = self.spec.normalise_rgb(self.reid_rgb(x) / 255.0)
         if maps:
             net_input = torch.cat([net_input, self.spec.pose_planes(maps)], dim=1)
         out = self.reid(net_input, kv)
@@ -195,10 +255,17 @@ def _layout_metadata(layout: str) -> dict:
 
 def pipeline_graph(pose_weights: str | os.PathLike | None, reid_weights: str | os.PathLike,
                    size: tuple[int, int] | None = None, flip_test: bool | None = None,
-                   input_layout: str = "nhwc-uint8", embedding_only: bool = False) -> tuple[PipelineGraph, dict]:
+                   input_layout: str = "nhwc-uint8", embedding_only: bool = False, split_stem: bool = False,
+                   sizes: bool = True) -> tuple[PipelineGraph, dict]:
     """(the fp32 CPU ``PipelineGraph`` of two checkpoints at ``size`` (H, W), default the ReID checkpoint's input
-    size; its ONNX metadata). ``pose_weights`` may be None only for an RGB-only ReID model."""
+    size; its ONNX metadata). ``pose_weights`` may be None only for an RGB-only ReID model. ``split_stem``: the
+    ReID network's first convolution as one per input group (``reid.model.split_first_conv``; the INT8 export).
+    ``sizes``: with pose, a second input 'sizes' (N, 2) float32, each crop's original width and height, from
+    which the pose crop keeps the crop's aspect as ``Pipeline.embed`` does (without it, exact only for crops
+    already at the input's aspect)."""
     model, ckpt = load_reid(reid_weights)
+    if split_stem:
+        split_first_conv(model)
     spec = ReidInput.from_checkpoint(ckpt, model.cfg, os.fspath(reid_weights))
     h, w = size if size else (spec.height, spec.width)
     _check_size(h, w, 1, reid_weights)
@@ -214,12 +281,15 @@ def pipeline_graph(pose_weights: str | os.PathLike | None, reid_weights: str | o
                      "pose_weights_sha256": file_sha256(pose_weights), "pose_model": pose_cfg.model.name,
                      "pose_input_size_wh": list(codec.input_size), "codec": codec.to_dict(),
                      "flip_test": predictor.flip_test, "box_enlarge": predictor.enlarge}
-    graph = PipelineGraph(predictor, model.float().eval(), spec, input_layout, embedding_only).eval()
+    graph = PipelineGraph(predictor, model.float().eval(), spec, input_layout, embedding_only, sizes).eval()
     meta = {"stage": "pipeline", "pamtri_version": __version__,
             "input": f"RGB crops ({input_layout}), each resized by the caller to W x H with OpenCV bilinear "
                      "(cv2.resize(crop, (W, H), interpolation=cv2.INTER_LINEAR)), no padding, as `pamtri embed` "
                      "resizes; the rest of the normalisation happens inside the graph",
-            "input_name": "images", "input_layout_option": input_layout, **_layout_metadata(input_layout),
+            "input_name": "images", "input_names": graph.input_names,
+            "sizes": "float32 (N, 2): each crop's width and height before the resize (the pose crop keeps its aspect)"
+                     if "sizes" in graph.input_names else "no such input: crops are taken at the input's aspect",
+            "input_layout_option": input_layout, **_layout_metadata(input_layout),
             "color_order": "RGB",
             "outputs": {"embedding": "L2-normalised ReID feature (N, D)",
                         "keypoints": "(N, 36, 3): x, y in the input's pixels (pixel centres at integers), "
@@ -228,24 +298,30 @@ def pipeline_graph(pose_weights: str | os.PathLike | None, reid_weights: str | o
                         "feature": "the embedding before the L2 normalisation (what `pamtri embed` stores)"}
             if not embedding_only else {"embedding": "L2-normalised ReID feature (N, D), the only output"},
             "reid_weights": os.path.basename(os.fspath(reid_weights)), "reid_weights_sha256": file_sha256(reid_weights),
-            "backbone": model.cfg.backbone, "embedding_dim": model.embedding_dim, **spec.metadata(), **pose_meta}
+            "backbone": model.cfg.backbone, "embedding_dim": model.embedding_dim, **spec.metadata(),
+            "input_size_hw": [graph.source.height, graph.source.width],
+            "reid_input_size_hw": [spec.height, spec.width], **pose_meta}
     return graph, meta
 
 
 def export_pipeline(pose_weights: str | os.PathLike | None, reid_weights: str | os.PathLike,
                     out: str | os.PathLike, size: tuple[int, int] | None = None, opset: int = DEFAULT_OPSET,
                     check: bool = True, tolerance: float = DEFAULT_TOLERANCE, flip_test: bool | None = None,
-                    input_layout: str = "nhwc-uint8", embedding_only: bool = False) -> ExportReport:
+                    input_layout: str = "nhwc-uint8", embedding_only: bool = False, split_stem: bool = False,
+                    sizes: bool = True) -> ExportReport:
     """Export both checkpoints as one ``PipelineGraph`` ONNX file (input 'images' uint8 (N, H, W, 3); outputs
     'embedding', 'keypoints', 'color', 'type', 'feature'), checked against the module with onnxruntime (``verify``; the
     parity with ``Pipeline.embed`` is ``pipeline.deploy.pipeline_parity``)."""
     _require_onnx()
     if int(opset) < 16:
         raise ConfigError(f"--opset {opset}: the pipeline graph needs opset 16 or later (default {DEFAULT_OPSET})")
-    graph, meta = pipeline_graph(pose_weights, reid_weights, size, flip_test, input_layout, embedding_only)
-    h, w = graph.spec.height, graph.spec.width
+    graph, meta = pipeline_graph(pose_weights, reid_weights, size, flip_test, input_layout, embedding_only,
+                                 split_stem, sizes)
+    h, w = graph.source.height, graph.source.width
     pixels = torch.randint(0, 256, (2, h, w, 3), dtype=torch.uint8).numpy()
     example = {"images": torch.from_numpy(layout_input(pixels, input_layout))}
+    if "sizes" in graph.input_names:  # a wide and a tall crop, so that tracing keeps the per-image arithmetic
+        example["sizes"] = torch.tensor([[1.6 * w, 0.8 * h], [0.7 * w, 1.3 * h]], dtype=torch.float32)
     return _export(graph, example, graph.output_names, out, opset, meta, check, tolerance)
 
 
@@ -276,13 +352,16 @@ def export_pose(weights: str | os.PathLike, out: str | os.PathLike, size: tuple[
 
 def export_reid(weights: str | os.PathLike, out: str | os.PathLike, size: tuple[int, int] | None = None,
                 opset: int = DEFAULT_OPSET, check: bool = True, tolerance: float = DEFAULT_TOLERANCE,
-                heads: bool = False) -> ExportReport:
+                heads: bool = False, split_stem: bool = False) -> ExportReport:
     """Export a ReID checkpoint's embedding path; ``size`` (H, W) pixels, default the stored data config's.
     ``heads``: outputs 'embedding', 'color', 'type' (those the model has) as ``ReIDNet.forward`` names them, the
-    graph ``pamtri embed --runtime`` runs, instead of the single 'embedding'."""
+    graph ``pamtri embed --runtime`` runs, instead of the single 'embedding'. ``split_stem``: the first
+    convolution as one per input group (``reid.model.split_first_conv``; the INT8 export)."""
 
     _require_onnx()
     model, ckpt = load_reid(weights)
+    if split_stem:
+        split_first_conv(model)
     spec = ReidInput.from_checkpoint(ckpt, model.cfg, os.fspath(weights))
     h, w = size if size else (spec.height, spec.width)
     _check_size(h, w, 1, weights)

@@ -119,6 +119,14 @@ class Pipeline:
         self.needs_pose = self.input.needs_pose
 
     @property
+    def graph_input(self) -> ReidInput:
+        """The one graph's input: the ReID input widened to the pose network's input where that is larger
+        (``ReidInput.covering``, as ``pipeline.export.PipelineGraph`` defines it)."""
+        if isinstance(self.predictor, _NoPose):
+            return self.input
+        return self.input.covering(self.predictor.codec.input_size)
+
+    @property
     def grid(self) -> int:
         """Cells per side of the image-frame pose grid the model was trained on (the input's)."""
         return self.input.grid
@@ -202,15 +210,16 @@ class Pipeline:
         return result
 
     def _graph_arrays(self, images: Sequence[np.ndarray], cameras: Sequence[int] | None) -> dict[str, np.ndarray]:
-        """embed_arrays on the one graph: the images resized to the input size (``ReidInput.resize``) in, the
-        graph's unnormalised feature, keypoints (mapped back to the images' pixels), colour and type out."""
+        """embed_arrays on the one graph: the images resized to its input size (``graph_input``, ``ReidInput.resize``)
+        in, the graph's unnormalised feature, keypoints (mapped back to the images' pixels), colour and type out."""
         if self.cfg.sie_cameras and cameras is not None and any(int(c) >= 0 for c in cameras):
             raise ConfigError("camera ids (the ViT's SIE) are no input of the one ONNX graph; use --runtime torch")
-        out = dict(zip(self.graph.output_names, self.graph.run({"images": self.input.resize(images)})))
+        source = self.graph_input
+        out = dict(zip(self.graph.output_names, self.graph.run(source.graph_feed(images, self.graph.input_names))))
         n = len(images)
         sizes = np.array([[im.shape[1], im.shape[0]] for im in images], dtype=np.float32)
         result = {"features": np.asarray(out["feature"], np.float32),
-                  "keypoints": self.input.from_input_pixels(out["keypoints"], sizes) if self.needs_pose
+                  "keypoints": source.from_input_pixels(out["keypoints"], sizes) if self.needs_pose
                   else np.zeros((n, 36, 3), np.float32)}
         for head in ("color", "type"):
             result[head] = (out[head].argmax(1) if head in out else np.full(n, -1)).astype(np.int64)

@@ -332,7 +332,7 @@ def _pipeline_guard(weights, pose_weights, fp32_path, int8_path, calib, held, th
     spec = ReidInput(*meta["input_size_hw"])
 
     def feeds(paths):
-        return _batches({"images": spec.resize([read_image(p) for p in paths])})
+        return _batches(spec.graph_feed([read_image(p) for p in paths], fp32.input_names))
     quantize(runtime, fp32_path, int8_path, feeds(calib), NETWORK_SCOPES)
     guard = feeds(held)
     outs = {}
@@ -379,10 +379,10 @@ def export_int8(stage: str, weights: str | os.PathLike, out: str | os.PathLike, 
             export_pose(weights, fp32_path, **export_kw)
             _pose_guard(weights, fp32_path, int8_path, calib, held, thresholds, report, runtime)
         elif stage == "pipeline":
-            export_pipeline(pose_weights, weights, fp32_path, **export_kw)
+            export_pipeline(pose_weights, weights, fp32_path, split_stem=True, **export_kw)
             _pipeline_guard(weights, pose_weights, fp32_path, int8_path, calib, held, thresholds, report, runtime)
         else:
-            export_reid(weights, fp32_path, heads=heads, **export_kw)
+            export_reid(weights, fp32_path, heads=heads, split_stem=True, **export_kw)
             _reid_guard(weights, pose_weights, fp32_path, int8_path, calib, held, thresholds, report, runtime)
         if report.failures:
             raise Int8Refused(f"INT8 {stage} model refused, nothing written to {out}: {'; '.join(report.failures)} "

@@ -158,12 +158,17 @@ def _cached(path: Path, sha: str, export) -> Path:
     return path
 
 
+GRAPH_FORMAT = 2  # in the one graph's cache name. 2: the input covers the pose network's input, and a 'sizes' input
+#                  lets the pose crop keep each crop's aspect (graphs cached before fed the pose network a stretched,
+#                  upsampled copy of the ReID input: cosine 0.83 to the torch path on the demo's crops)
+
+
 def pipeline_stage(pose_weights: str | os.PathLike | None, flip_test: bool = True) -> str:
     """The cache name of the one-graph export (``pipeline.export.PipelineGraph``) of a ReID checkpoint with
     ``pose_weights`` (its SHA-256 in the name) and the flip test on or off, for :func:`_cache_path` /
     :func:`int8_cache_path`."""
     pose = file_sha256(pose_weights)[:16] if pose_weights else "nopose"
-    return f"pipeline-{pose}" + ("" if flip_test else "-noflip")
+    return f"pipeline{GRAPH_FORMAT}-{pose}" + ("" if flip_test else "-noflip")
 
 
 def _pipeline_sha256(pose_weights, reid_weights) -> str:
@@ -271,13 +276,18 @@ def openvino_default_precision() -> str:
 def _openvino_model(path: str, threads: int, precision: str):
     """(input names, output names, feed dict -> list of arrays) of an OpenVINO CPU model; ``precision`` 'fp32'
     forces f32 (OpenVINO otherwise runs bf16 on CPUs with AVX512_BF16 or AMX), 'bf16' asks for bf16, anything else
-    its default."""
+    its default, except that an INT8 model (FakeQuantize operations) runs its float parts at f32."""
     core = openvino_core()
     config = {"INFERENCE_NUM_THREADS": threads}
+    model = core.read_model(path)
     hint = {"fp32": "f32", "bf16": "bf16"}.get(precision)
+    if hint is None and any(op.get_type_name() == "FakeQuantize" for op in model.get_ops()):
+        # an INT8 model: its float parts (the one graph's decoding and resampling) at f32, not at the CPU's bf16
+        # default, whose 8-bit mantissa moved 35% of a trained pose model's keypoints beyond 0.5 px (f32: 10%)
+        hint = "f32"
     if hint:
         config["INFERENCE_PRECISION_HINT"] = hint
-    compiled = core.compile_model(core.read_model(path), "CPU", config)
+    compiled = core.compile_model(model, "CPU", config)
     inputs = [_port_name(i) for i in compiled.inputs]
     outputs = [_port_name(o) for o in compiled.outputs]
 

@@ -52,6 +52,22 @@ class PosePredictor:
         centre, box = image_box(width, height, size[0] / size[1], self.enlarge)
         return crop_matrix(centre, box, size)
 
+    def crop_to_source_tensor(self, sizes: torch.Tensor, source_wh: tuple[int, int]
+                              ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Images of original (N, 2) ``sizes`` (width, height) resized (plain, pixel centres to pixel centres) to
+        ``source_wh``: per image the axis-aligned affine crop pixels -> resized pixels, as (scale (N, 2), offset
+        (N, 2)) with x = scale * u + offset: :meth:`crop_transform`'s box, taken on the original image, carried
+        through the resize. Traceable (the one ONNX graph's crop)."""
+        pw, ph = self.codec.input_size
+        aspect = pw / ph
+        sizes = sizes.float()
+        bw = torch.maximum(sizes[:, 0] * self.enlarge, sizes[:, 1] * self.enlarge * aspect)  # transforms.image_box
+        to_original = torch.stack([bw / pw, bw / aspect / ph], dim=1)  # crop pixel -> original pixel (inverse
+        centre = torch.tensor([(pw - 1) / 2.0, (ph - 1) / 2.0])          # of transforms.crop_matrix)
+        offset = (sizes - 1) / 2.0 - centre * to_original
+        resize = torch.tensor([float(source_wh[0]), float(source_wh[1])]) / sizes
+        return to_original * resize, (offset + 0.5) * resize - 0.5
+
     def crop(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """uint8 RGB (H, W, 3) -> (normalised crop (3, h, w) float32, (2, 3) crop pixels -> image pixels)."""
         m = self.crop_transform(image.shape[1], image.shape[0])

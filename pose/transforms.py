@@ -134,6 +134,25 @@ def sampling_matrices(m: np.ndarray, in_size: tuple[int, int], out_size: tuple[i
             axis(m[0, 0], m[0, 2], int(in_size[0]), int(out_size[0])))
 
 
+def sample_positions(scale: torch.Tensor, offset: torch.Tensor, n_out: int, subpixel_bits: int | None = None
+                     ) -> torch.Tensor:
+    """(N,) per-image axis affines output -> input pixel -> (N, n_out) source positions of the output pixels,
+    rounded to 1 / 2^bits of a pixel as cv2.warpAffine's fixed point does with ``subpixel_bits`` (as
+    :func:`sampling_matrices`; halves rounded up): the traceable per-image form."""
+    i = torch.arange(n_out, dtype=torch.float32)
+    if subpixel_bits is None:
+        return scale[:, None] * i + offset[:, None]
+    step = 1024 >> subpixel_bits
+    fixed = torch.floor(scale[:, None] * i * 1024 + 0.5) + torch.floor(offset[:, None] * 1024 + 0.5)
+    return torch.floor((fixed + step // 2) / step) / (1 << subpixel_bits)
+
+
+def bilinear_weights(src: torch.Tensor, n_in: int) -> torch.Tensor:
+    """(..., n_out) source positions -> (..., n_out, n_in) bilinear weights (the hat 1 - |src - j|), zero outside
+    the ``n_in`` pixels (BORDER_CONSTANT 0): one axis of :func:`sampling_matrices`, per image and traceable."""
+    return torch.relu(1.0 - torch.abs(src[..., None] - torch.arange(n_in, dtype=src.dtype)))
+
+
 def warp(image: np.ndarray, m: np.ndarray, output_size: tuple[int, int]) -> np.ndarray:
     """Resample ``image`` (H, W, C) through image -> output matrix ``m`` into (height, width, C), bilinear,
     black outside."""

@@ -223,7 +223,12 @@ class ModelConfig:
 
     @property
     def in_channels(self) -> int:
-        return 3 + (NUM_KEYPOINTS if self.heatmaps else 0) + (NUM_SEGMENTS if self.segments else 0)
+        return sum(self.input_groups)
+
+    @property
+    def input_groups(self) -> list[int]:
+        """The input's channel groups in order: RGB, then the heatmaps and the segments when the model takes them."""
+        return [3] + ([NUM_KEYPOINTS] if self.heatmaps else []) + ([NUM_SEGMENTS] if self.segments else [])
 
 
 @dataclass

@@ -12,7 +12,7 @@ export because normalisation was applied twice).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import cv2
 import numpy as np
@@ -97,6 +97,13 @@ class ReidInput:
         v[..., 2] = k[..., 2] - 0.5
         return np.clip(v, -0.5, 0.5).reshape(*k.shape[:-2], -1)
 
+    def covering(self, size_wh: Sequence[int]) -> ReidInput:
+        """This input widened, per axis, to at least ``size_wh`` (W, H): the one ONNX graph's input when the pose
+        network's input is larger than the ReID input (so that the pose network sees as many pixels as it does
+        from the original crop; the graph resizes the RGB to the ReID input's size itself)."""
+        return replace(self, height=max(self.height, int(size_wh[1])),
+                       width=max(self.width, int(size_wh[0])))
+
     def to_input_pixels(self, keypoints: np.ndarray, image_sizes: np.ndarray) -> np.ndarray:
         """(N, 36, 3) keypoints in original pixels of images of (N, 2) (width, height) -> in the input's pixels
         after the plain resize to (W, H) (pixel centres map to pixel centres)."""
@@ -120,6 +127,15 @@ class ReidInput:
         the one resize of the ReID input (and the one-graph export's input contract)."""
         h, w = self.height, self.width
         return np.stack([cv2.resize(im, (w, h), interpolation=cv2.INTER_LINEAR) for im in images])
+
+    def graph_feed(self, images: Sequence[np.ndarray], names: Sequence[str] = ("images", "sizes")
+                   ) -> dict[str, np.ndarray]:
+        """The one ONNX graph's feed for images of any sizes: 'images' (:meth:`resize`) and, when the graph takes it
+        (``names``), 'sizes': (N, 2) float32, each image's width and height before the resize."""
+        feed = {"images": self.resize(images)}
+        if "sizes" in names:
+            feed["sizes"] = np.array([[im.shape[1], im.shape[0]] for im in images], dtype=np.float32)
+        return feed
 
     def segments_tensor(self, keypoints: torch.Tensor) -> torch.Tensor:
         """(N, 36, 3) keypoints in the input's pixels -> (N, 13, g, g) float segments on the pose grid over the

@@ -220,6 +220,47 @@ def widen_first_conv(conv: nn.Conv2d, in_channels: int, rgb_weight: torch.Tensor
     return new
 
 
+class SplitInputConv(nn.Module):
+    """``conv`` computed as the sum of one convolution per channel group of its input (``groups``; the first one
+    keeps the bias). Equal to ``conv`` (a convolution is linear in its input), but an INT8 quantiser then gives each
+    group its own activation range: RGB in ImageNet units and the pose channels in theirs, where one range over
+    both leaves the RGB channels a few levels."""
+
+    def __init__(self, conv: nn.Conv2d, groups: list[int]):
+        super().__init__()
+        if conv.groups != 1 or sum(groups) != conv.in_channels:
+            raise ValueError(f"channel groups {groups} do not split a {conv.in_channels}-channel convolution")
+        self.groups = list(groups)
+        self.convs = nn.ModuleList()
+        start = 0
+        for i, n in enumerate(groups):
+            part = nn.Conv2d(n, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, conv.dilation,
+                             bias=conv.bias is not None and i == 0)
+            with torch.no_grad():
+                part.weight.copy_(conv.weight[:, start:start + n])
+                if part.bias is not None:
+                    part.bias.copy_(conv.bias)
+            self.convs.append(part)
+            start += n
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        chunks = torch.split(x, self.groups, dim=1)
+        out = self.convs[0](chunks[0])
+        for conv, chunk in zip(self.convs[1:], chunks[1:]):
+            out = out + conv(chunk)
+        return out
+
+
+def split_first_conv(model: ReIDNet) -> ReIDNet:
+    """``model`` (changed in place) with its widened first convolution as a :class:`SplitInputConv` over its input
+    groups (``ModelConfig.input_groups``; the ViT's patch projection too), for INT8 export; RGB-only models are
+    returned unchanged."""
+    conv = model.backbone.get_submodule(model.first_conv) if model.first_conv else None
+    if isinstance(conv, nn.Conv2d) and len(model.cfg.input_groups) > 1:
+        replace_submodule(model.backbone, model.first_conv, SplitInputConv(conv, model.cfg.input_groups))
+    return model
+
+
 def _head(in_dim: int, hidden: int, out_dim: int) -> tuple[nn.Linear | None, nn.Linear]:
     fc = nn.Linear(in_dim, hidden) if hidden > 0 else None
     return fc, nn.Linear(hidden if hidden > 0 else in_dim, out_dim)

@@ -49,6 +49,10 @@ def register(subparsers) -> None:
                         "nhwc-float the same values as float32 (DeepStream's tracker ReID with netScaleFactor 1, "
                         "offsets 0, inputOrder 1); nchw-float float32 (N, 3, H, W) normalised with the ImageNet "
                         "mean/std (BoxMOT's ONNX / OpenVINO ReID backends); docs/deploy.md")
+    o.add_argument("--no-sizes", action="store_true",
+                   help="pipeline only: no 'sizes' input (each crop's width and height before the resize): for "
+                        "consumers that send one tensor (DeepStream's tracker ReID); the pose crop is then exact "
+                        "only for crops already at the input's aspect (docs/deploy.md)")
     o.add_argument("--embedding-only", action="store_true",
                    help="pipeline only: the L2-normalised embedding as the graph's only output (for consumers that "
                         "take a single output tensor, e.g. DeepStream's tracker ReID)")
@@ -106,7 +110,8 @@ def _print_parity(parity) -> None:
     if parity is None:
         print("not compared with Pipeline.embed (onnxruntime not installed or --no-check)")
         return
-    kp = "" if parity.keypoint_px is None else f"; keypoints within {parity.keypoint_px:.3g} px"
+    kp = "" if parity.keypoint_px is None else (f"; keypoints within {parity.keypoint_px:.3g} px, "
+                                                f"{100 * parity.keypoints_within:.1f}% within 0.5 px")
     print(f"onnxruntime vs Pipeline.embed (PyTorch fp32) on {parity.n} generated images: feature cosine min "
           f"{parity.cosine_min:.6f}, mean {parity.cosine_mean:.6f}{kp}")
 
@@ -130,8 +135,9 @@ def cmd_export_onnx(args: argparse.Namespace) -> int:
         raise ConfigError(f"--stage {args.stage} needs --weights PT")
     if args.stage != "pipeline" and args.reid_weights:
         raise ConfigError("--reid-weights applies to --stage pipeline (the other stages take --weights)")
-    if (args.input_layout != "nhwc-uint8" or args.embedding_only) and (args.stage != "pipeline" or args.int8):
-        raise ConfigError("--input-layout and --embedding-only apply to --stage pipeline without --int8")
+    if (args.input_layout != "nhwc-uint8" or args.embedding_only or args.no_sizes) and (
+            args.stage != "pipeline" or args.int8):
+        raise ConfigError("--input-layout, --embedding-only and --no-sizes apply to --stage pipeline without --int8")
     if args.int8 or args.calibrate:
         return cmd_export_int8(args, common)
     parity = None
@@ -140,7 +146,8 @@ def cmd_export_onnx(args: argparse.Namespace) -> int:
         if args.model:
             raise ConfigError("--model applies to --stage pose only")
         report, parity = export_checked(args.pose_weights, _pipeline_weights(args), args.out,
-                                        input_layout=args.input_layout, embedding_only=args.embedding_only, **common)
+                                        input_layout=args.input_layout, embedding_only=args.embedding_only,
+                                        sizes=not args.no_sizes, **common)
     elif args.stage == "pose":
         report = export_pose(args.weights, args.out, model_name=args.model, **common)
     else:

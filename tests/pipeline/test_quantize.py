@@ -242,3 +242,25 @@ def test_int8_retrieval_compares_the_int8_model_with_fp32(form, folders, reid_we
     assert 0.9 < change.cosine < 1 - 1e-6  # the INT8 model ran (the same fp32 graph twice gives 1)
     assert 0.0 < change.fp32_map <= 1.0 and 0.0 < change.int8_map <= 1.0
     assert 0.0 <= change.top10 <= 1.0
+
+
+def test_the_bench_measures_int8_on_a_demo_run(folders, tmp_path, one_torch_thread):
+    """``inference_int8_trained`` (per-stage graphs) and ``inference_graph_int8_trained`` (the one graph, each INT8
+    runtime) on a demo run's layout; the demo run's own folders get no INT8 model (the bench copies the weights)."""
+    from pamtri.pipeline.bench.inference import int8_trained_row, latest_demo_run
+    from tests.conftest import write_tiny_synth_tree
+    run = tmp_path / "runs" / "20260101-000000"
+    (run / "pose").mkdir(parents=True)
+    (run / "reid_pose").mkdir()
+    write_tiny_pose_checkpoint(run / "pose" / "best.pt")
+    write_tiny_reid_checkpoint(run / "reid_pose" / "best.pt", heatmaps=True, segments=False, keypoints=True,
+                               id_fc=64, attr_fc=32)
+    write_tiny_synth_tree(run / "data", ids=8)
+    assert latest_demo_run(tmp_path / "runs") == run
+    rows = {r.name: r for r in int8_trained_row(run, calibration=8, guard=8)}
+    assert set(rows) == {"inference_int8_trained", "inference_graph_int8_trained"}
+    for row in rows.values():
+        assert row.unit == "mAP" and 0.0 < row.ours <= 1.0 and 0.0 < row.baseline <= 1.0
+        assert "guard cosine" in row.note and "queries x" in row.note
+    assert "onnxruntime QDQ" in rows["inference_graph_int8_trained"].note
+    assert not [p for p in run.rglob("*") if ".int8." in p.name or p.name == ".pamtri-onnx"]

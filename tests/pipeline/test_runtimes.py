@@ -1,6 +1,6 @@
 """``--runtime``: both networks on onnxruntime / OpenVINO give the torch path's features (tiny models, fp32): the
-per-stage graphs (``one_graph=False``) on images of any size, the one graph (the default) on images at the input
-size."""
+per-stage graphs (``one_graph=False``) on images of any size, the one graph (the default) on images at its input
+size (other sizes: tests/pipeline/test_pipeline_graph.py)."""
 import numpy as np
 import pytest
 
@@ -111,9 +111,11 @@ def test_embed_command_takes_the_runtime(weights, images, tmp_path, one_torch_th
     from pamtri.pipeline.cli import main
     (tmp_path / "img").mkdir()
     for i, im in enumerate(images[:3]):
-        cv2.imwrite(str(tmp_path / "img" / f"{i}.png"), cv2.resize(im[..., ::-1], (32, 32)))
+        cv2.imwrite(str(tmp_path / "img" / f"{i}.png"), cv2.resize(im[..., ::-1], (64, 64)))
     outs = {}
-    for runtime in ("torch", "onnxruntime"):  # onnxruntime: the one graph, which takes crops at the input size
+    # onnxruntime: the one graph; crops at its input size (64 x 64: the ReID input, 32 x 32, widened to the pose
+    # network's) give the torch path's features to float rounding
+    for runtime in ("torch", "onnxruntime"):
         outs[runtime] = tmp_path / f"{runtime}.npz"
         assert main(["embed", "--pose-weights", str(weights[0]), "--reid-weights", str(weights[1]), "--images",
                      str(tmp_path / "img"), "--out", str(outs[runtime]), "--precision", "fp32",

@@ -211,3 +211,39 @@ def test_wrong_weights_are_refused(tmp_path):
         load_reid(path)
     with pytest.raises(CheckpointError, match="ImageNet"):
         build_model(replace(RGB, pretrained=str(path)), num_ids=2)
+
+
+@pytest.mark.parametrize("heat,seg,groups", [(True, False, [3, 36]), (True, True, [3, 36, 13]), (False, True, [3, 13])])
+def test_split_first_conv_gives_the_same_embedding(heat, seg, groups):
+    """The INT8 export's stem: one convolution per input group, summed, equals the widened convolution."""
+    from pamtri.reid.model import SplitInputConv, split_first_conv
+    torch.manual_seed(0)
+    cfg = ModelConfig(heatmaps=heat, segments=seg, keypoints=True)
+    model = build_model(cfg, num_ids=5).eval()
+    x, kv = torch.randn(2, cfg.in_channels, 32, 32), torch.rand(2, KEYPOINT_DIM) - 0.5
+    with torch.no_grad():
+        want = model.embed(x, kv)
+        split = split_first_conv(model)
+        got = split.embed(x, kv)
+    stem = split.backbone.get_submodule(split.first_conv)
+    assert isinstance(stem, SplitInputConv) and stem.groups == groups
+    assert [c.in_channels for c in stem.convs] == groups and stem.convs[0].bias is None  # DenseNet's conv0: no bias
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_split_input_conv_keeps_one_bias_and_refuses_a_wrong_split():
+    from pamtri.reid.model import SplitInputConv
+    conv = torch.nn.Conv2d(5, 4, 3, padding=1, bias=True)
+    split = SplitInputConv(conv, [2, 3])
+    assert split.convs[0].bias is not None and split.convs[1].bias is None
+    x = torch.randn(1, 5, 6, 6)
+    torch.testing.assert_close(split(x), conv(x), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="do not split"):
+        SplitInputConv(conv, [2, 2])
+
+
+def test_split_first_conv_leaves_an_rgb_model_alone():
+    from pamtri.reid.model import split_first_conv
+    model = build_model(RGB, num_ids=5)
+    conv = model.backbone.get_submodule(model.first_conv)
+    assert split_first_conv(model).backbone.get_submodule(model.first_conv) is conv
