@@ -29,6 +29,7 @@ VARIANTS = {
     "keypoints": (False, False, True, TINY, W),
     "bot_resnet50_k_h": (True, False, True, BOT, W),
     "vit_k_h": (True, False, True, VIT, 32),
+    "k_h_parts": (True, False, True, {**TINY, "parts": "groups"}, W),  # the global embedding (issue 25's parts)
 }
 
 
