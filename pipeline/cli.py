@@ -56,10 +56,11 @@ def non_negative(text: str) -> float:
 
 def add_part_weight_arg(parser: argparse.ArgumentParser) -> None:
     """``--part-weight`` of ``search`` and ``index search`` (models with part features, issue 25)."""
-    parser.add_argument("--part-weight", type=non_negative, default=1.0, metavar="W",
+    parser.add_argument("--part-weight", type=non_negative, default=None, metavar="W",
                         help="models with part features: weight of the co-visible part distance relative to the "
                              "global one (lambda = W x the index's part_scale; 0: the global distance alone; "
-                             "default 1). The global top 100 are re-scored")
+                             "default: the model's own eval.part_weight, recorded in the index). The global top "
+                             "100 are re-scored")
 
 
 def pipeline_options(args: argparse.Namespace) -> dict:

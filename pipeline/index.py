@@ -35,6 +35,7 @@ from pamtri.reid.distance import (
     squared_pairs,
 )
 from pamtri.reid.rerank import rerank_space, smallest_k
+from pamtri.reid.weights import evaluated_part_weight
 
 from .gallery import read_gallery
 
@@ -411,7 +412,8 @@ def build_index(feature_files: list[str | os.PathLike], out: str | os.PathLike, 
     info = {"model_sha256": fs.model_sha256, "dim": int(x.shape[1]), "metric": metric, "kind": kind,
             "params": params, "reid_weights": fs.reid_weights, "pose_weights": fs.pose_weights,
             "parts": None if fs.parts is None else list(fs.part_features.shape[1:]),
-            "part_scale": None if fs.parts is None else part_scale((x, *fs.parts), metric)}
+            "part_scale": None if fs.parts is None else part_scale((x, *fs.parts), metric),
+            "part_weight": None if fs.parts is None else evaluated_part_weight(fs.reid_weights)}
     with _lock(out).acquire(wait):
         _recover(out)
         _refuse_to_build(out)  # another build may have finished while this one computed
@@ -744,13 +746,17 @@ def rescore_covisible(idx: GalleryIndex, query: np.ndarray, query_parts: tuple[n
 
 
 def search_covisible(idx: GalleryIndex, query: np.ndarray, query_parts: tuple[np.ndarray, np.ndarray] | None,
-                     top: int = 10, candidates: int = RESCORE_TOP, part_weight: float = 1.0, **filters
+                     top: int = 10, candidates: int = RESCORE_TOP, part_weight: float | None = None, **filters
                      ) -> tuple[np.ndarray, np.ndarray]:
     """:func:`search_index`, then for an index of part features (and queries with theirs) the ``candidates``
     nearest by the global feature (at least ``top``) re-scored by the co-visible distance (:func:`rescore_covisible`)
     -> (positions (Q, top), distances (Q, top)). ``filters``: search_index's query_cameras, exclude_same_camera,
     keep. ``part_weight`` is relative: lambda = part_weight x the index's ``part_scale`` (``reid.distance.part_scale``
-    of the vectors it was built with). Without parts on either side, or with part_weight 0: search_index itself."""
+    of the vectors it was built with); None: the model's own (its ``eval.part_weight``, recorded at build; 1 in
+    indexes built before). Without parts on either side, or with part_weight 0: search_index itself."""
+    if part_weight is None:
+        recorded = idx.info.get("part_weight")
+        part_weight = 1.0 if recorded is None else float(recorded)
     if query_parts is None or not idx.info.get("parts") or part_weight == 0:
         return search_index(idx, query, top, **filters)
     pos, _ = search_index(idx, query, max(top, candidates), **filters)

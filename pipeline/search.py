@@ -33,7 +33,7 @@ RESULT_COLUMNS = ("query", "rank", "image", "distance", "camera")
 
 
 def search_gallery(query: Sequence[str], gallery: str | os.PathLike, out: str | os.PathLike, *, top: int = 10,
-                   rerank: bool = False, part_weight: float = 1.0, out_csv: str | os.PathLike | None = None,
+                   rerank: bool = False, part_weight: float | None = None, out_csv: str | os.PathLike | None = None,
                    **embed_options) -> list[dict]:
     """``pamtri search``, the simple form of ``pamtri index search``: embed the ``query`` image files with the
     weights the gallery records (or those given), search ``gallery`` (an index, or a gallery .npz / shard folder
@@ -96,14 +96,14 @@ def query_features(features: str | os.PathLike | None, images: list[str] | None,
 
 def search_to_csv(path: str | os.PathLike, features: str | os.PathLike | None = None, images: list[str] | None = None,
                   *, top: int = 10, exclude_same_camera: bool = False, rerank: bool = False, rerank_top: int = 100,
-                  part_weight: float = 1.0, out: str | os.PathLike | None = None,
+                  part_weight: float | None = None, out: str | os.PathLike | None = None,
                   png: str | os.PathLike | None = None, **embed_options) -> list[dict]:
     """Search the index at ``path`` for the queries of :func:`query_features` -> result rows (columns
     RESULT_COLUMNS, rank 1 first), written to the CSV ``out`` and drawn as a rank list PNG ``png`` when given;
     with ``rerank`` the ``rerank_top`` nearest are k-reciprocal re-ranked (:func:`rerank_index`); otherwise, for a
     model with part features, ``part_weight`` weighs the co-visible part term (``index.search_covisible``; 0: the
-    global distance alone). ``embed_options``: pose_weights, reid_weights and the ``Pipeline.from_weights`` options
-    for ``images``."""
+    global distance alone; None: the model's own). ``embed_options``: pose_weights, reid_weights and the
+    ``Pipeline.from_weights`` options for ``images``."""
     idx = open_index(path)
     try:
         queries = query_features(features, images, idx, **embed_options)

@@ -196,6 +196,18 @@ def load_pamtri_checkpoint(path: str | os.PathLike) -> ReIDNet:
     return model
 
 
+def evaluated_part_weight(path: str | os.PathLike) -> float:
+    """The co-visible part weight a ReID checkpoint's own configuration evaluates with (its stored
+    ``eval.part_weight``; models with parts, issue 25): the default of search over an index of its features. 1.0
+    (the configuration default) when the file cannot be read or stores no such key."""
+    try:
+        raw = load_checkpoint(path)
+    except CheckpointError:
+        return 1.0
+    stored = raw.get("config") if isinstance(raw.get("config"), dict) else {}
+    return float((stored.get("eval") or {}).get("part_weight", 1.0))
+
+
 def load(path: str | os.PathLike) -> tuple[ReIDNet, dict]:
     """A model from a pamtri ReID checkpoint (training state or best weights) or an official PAMTRI file;
     returns (model in eval mode, its description: the checkpoint dict with its stored configs)."""

@@ -341,9 +341,10 @@ def create_app(config: ServeConfig, pipe=None):
                      query_camera: Annotated[int | None, Query(description="the queries' camera")] = None,
                      rerank: Annotated[bool, Query(description="k-reciprocal re-ranking (index search)")] = False,
                      rerank_top: Annotated[int, Query(ge=1, le=1000)] = 100,
-                     part_weight: Annotated[float, Query(ge=0, le=100, description="models with part features: "
-                                                         "weight of the co-visible part distance (0: global "
-                                                         "distance alone)")] = 1.0):
+                     part_weight: Annotated[float | None, Query(ge=0, le=100, description="models with part "
+                                                                "features: weight of the co-visible part distance "
+                                                                "(0: global distance alone; default: the model's "
+                                                                "own)")] = None):
         """For each upload, the ``top`` nearest indexed images: image id and name, distance, camera, time."""
         if exclude_same_camera and query_camera is None:
             raise HTTPException(400, "exclude_same_camera needs query_camera (the camera the queries come from)")

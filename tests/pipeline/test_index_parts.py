@@ -96,3 +96,35 @@ def test_part_weight_must_be_a_non_negative_number(capsys):
         with pytest.raises(SystemExit):
             build_parser().parse_args(["search", "--query", "a.jpg", "--gallery", "g.npz", "--part-weight", bad])
         assert "--part-weight" in capsys.readouterr().err
+
+
+def test_the_index_searches_with_the_models_own_part_weight(tmp_path):
+    """A part model trained to rank by the global distance (eval.part_weight 0) is searched that way by default;
+    the weight is read from its checkpoint at build and recorded in the index; an explicit weight wins."""
+    import torch
+    g, gp, gv = data(30, 5)
+    q, qp, qv = data(2, 6)
+    for weight in (0.0, 0.5):
+        ckpt = tmp_path / f"reid{weight}.pt"
+        torch.save({"config": {"eval": {"part_weight": weight}}}, ckpt)
+        path = tmp_path / f"g{weight}.npz"
+        write_parts(path, g, gp, gv, [f"g{i}" for i in range(30)])
+        arrays = dict(np.load(path))
+        arrays["reid_weights"] = np.asarray(str(ckpt))
+        np.savez(path, **arrays)
+        idx = gi.build_index([path], tmp_path / f"g{weight}.faiss", "flat", "euclidean")
+        try:
+            assert idx.info["part_weight"] == weight
+            got = gi.search_covisible(idx, q, (qp, qv), top=30, candidates=30)
+            explicit = gi.search_covisible(idx, q, (qp, qv), top=30, candidates=30, part_weight=weight)
+            other = gi.search_covisible(idx, q, (qp, qv), top=30, candidates=30, part_weight=1.0)
+            scale = idx.info["part_scale"]
+        finally:
+            idx.close()
+        np.testing.assert_array_equal(got[0], explicit[0])
+        np.testing.assert_allclose(got[1], explicit[1])
+        brute = covisible_distance((q, qp, qv), (g, gp, gv), "euclidean", weight * scale).numpy()
+        np.testing.assert_allclose(got[1], np.sort(brute, axis=1), rtol=1e-4, atol=1e-5)
+        assert not np.allclose(other[1], got[1])
+    from pamtri.reid.weights import evaluated_part_weight
+    assert evaluated_part_weight(tmp_path / "missing.pt") == 1.0
