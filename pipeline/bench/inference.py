@@ -373,12 +373,14 @@ def _linked_images(folder: Path, images: list[Path]) -> Path:
     return folder
 
 
-def int8_trained_row(run: Path | None = None, calibration: int = 128, guard: int = 64) -> list[Row]:
+def int8_trained_row(run: Path | None = None, calibration: int = 128, guard: int = 64,
+                     runtimes: tuple[str, ...] = ("onnxruntime", "openvino")) -> list[Row]:
     """``inference_int8_trained``: the INT8 guard on TRAINED models, those of the latest demo run (none: no row):
     both networks quantised for onnxruntime as per-stage graphs (calibrated on ``calibration`` training images, the
     guard on ``guard`` query images), then mAP / rank-1 of the run's query vs test split with both INT8 graphs
     against the fp32 graphs (ours: INT8 mAP, baseline: fp32 mAP). ``inference_graph_int8_trained``: the same for
-    the one graph (what ``--runtime`` runs), on onnxruntime QDQ and OpenVINO NNCF, the better INT8 mAP the row's.
+    the one graph (what ``--runtime`` runs), on onnxruntime QDQ and OpenVINO NNCF (those of ``runtimes`` installed),
+    the better INT8 mAP the row's.
     The checkpoints are copied first, so that no INT8 model lands in the demo run's model cache."""
     run = run or latest_demo_run()
     if run is None:
@@ -388,8 +390,8 @@ def int8_trained_row(run: Path | None = None, calibration: int = 128, guard: int
     work = Path(tempfile.mkdtemp(prefix="pamtri-bench-int8-trained-"))
     try:
         pose_pt, reid_pt = work / "pose.pt", work / "reid.pt"
-        shutil.copyfile(run / "pose/best.pt", pose_pt)
-        shutil.copyfile(run / "reid_pose/best.pt", reid_pt)
+        atomic_write_bytes(pose_pt, (run / "pose/best.pt").read_bytes())
+        atomic_write_bytes(reid_pt, (run / "reid_pose/best.pt").read_bytes())
         calib = _linked_images(work / "calib", sorted((data / "image_train").iterdir())[:calibration])
         held = _linked_images(work / "guard", sorted((data / "image_query").iterdir())[::3][:guard])
         measure = Thresholds(cosine=-1.0, top10=0.0, within=0.0)
@@ -400,7 +402,7 @@ def int8_trained_row(run: Path | None = None, calibration: int = 128, guard: int
         stages = {"onnxruntime": (r.cosine, r.top10, p.within, change)}
         rows = [_trained_row("inference_int8_trained", run, stages, "per-stage graphs", calibration, guard)]
         graphs = {}
-        for runtime in ("onnxruntime", "openvino"):
+        for runtime in runtimes:
             if importlib.util.find_spec(runtime) is None or (runtime == "openvino" and
                                                              importlib.util.find_spec("nncf") is None):
                 continue
