@@ -7,8 +7,9 @@
   input stays outside (see reid.inputs.ReidInput.batch).
 
 - pipeline (``PipelineGraph``): both stages and every step between them in one graph: uint8 RGB crops
-  (N, H, W, 3), already resized to the ReID input size -> the L2-normalised embedding (N, D), keypoints (N, 36, 3)
-  in the crop's pixels and the colour / type logits (docs/deploy.md).
+  (N, H, W, 3), resized to the graph's input (the ReID input widened to the pose network's), and their sizes before
+  the resize (N, 2) -> the L2-normalised embedding (N, D), keypoints (N, 36, 3) in the input's pixels and the
+  colour / type logits (docs/deploy.md).
 
 The batch axis is dynamic; the image size is fixed at export. The ONNX file carries the preprocessing
 facts a deployer needs (input size, mean/std, cell convention ...) as JSON in its metadata ``pamtri``.
@@ -39,17 +40,13 @@ from pamtri.pose.predict import PosePredictor
 from pamtri.pose.transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,
-    apply,
     bilinear_weights,
-    compose,
     invert,
     sample_positions,
-    sampling_matrices,
 )
 from pamtri.pose.weights import load as load_pose
 from pamtri.reid.inputs import ReidInput
 from pamtri.reid.model import KEYPOINT_DIM, split_first_conv
-from pamtri.reid.pose_inputs import grid_to_source_cells
 from pamtri.reid.weights import load as load_reid
 
 log = logging.getLogger(__name__)
@@ -116,12 +113,12 @@ class PipelineGraph(nn.Module):
 
     Every step is the torch code ``Pipeline`` runs (pose.predict.PosePredictor's crop box and flip test,
     pose.codec's decoding, reid.inputs.ReidInput's channels and keypoint vector, the networks), with tensor forms
-    where that code is numpy / cv2: the crop and the heatmap resampling as constant bilinear sampling matrices
-    (``pose.transforms.sampling_matrices``), the segments by ``pose.segments.rasterise_tensor``, the RGB resized to
-    the ReID input (where the input is larger) as OpenCV's bilinear resize of uint8 does. With ``sizes`` the graph
-    takes a second input, each crop's (width, height) before the caller's resize, and builds the crop and heatmap
-    sampling per image, so that the pose crop keeps the original crop's aspect as ``Pipeline.embed``'s does;
-    without it, the constant matrices of a crop already at the input's aspect. Without a pose predictor (an
+    where that code is numpy / cv2: the crop and the heatmap resampling as bilinear sampling matrices
+    (``pose.transforms.sample_positions`` / ``bilinear_weights``), the segments by ``pose.segments.rasterise_tensor``,
+    the RGB resized to the ReID input (where the input is larger) as OpenCV's bilinear resize of uint8 does. With
+    ``sizes`` the graph takes a second input, each crop's (width, height) before the caller's resize, and builds the
+    sampling matrices per image, so that the pose crop keeps the original crop's aspect as ``Pipeline.embed``'s
+    does; without it, one set for crops already at the input's aspect. Without a pose predictor (an
     RGB-only model exported without pose weights) the keypoints are zeros, as ``Pipeline.embed`` gives them."""
 
     def __init__(self, predictor: PosePredictor | None, reid_model: nn.Module, spec: ReidInput,
@@ -143,21 +140,10 @@ class PipelineGraph(nn.Module):
         self.register_buffer("imagenet_std", torch.from_numpy(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
         if predictor is None:
             return
-        h, w = self.source.height, self.source.width
-        codec = predictor.codec
-        to_crop = predictor.crop_transform(w, h)
-        rows, cols = sampling_matrices(invert(to_crop), (w, h), codec.input_size, WARP_SUBPIXEL_BITS)
-        self.register_buffer("crop_rows", torch.from_numpy(rows), persistent=False)
-        self.register_buffer("crop_cols_t", torch.from_numpy(cols.T.copy()), persistent=False)
-        self.crop_to_image = invert(to_crop)
-        # with the `sizes` input: the ReID grid's cells -> source pixels, and crop pixels -> heatmap cells
-        self.grid_to_pixel = HeatmapCodec(input_size=(w, h), heatmap_size=(spec.grid, spec.grid)).cells_to_input
-        self.pixel_to_cell = invert(codec.cells_to_input)
-        cell_to_pixel = compose(self.crop_to_image, codec.cells_to_input)
-        grid = grid_to_source_cells(cell_to_pixel[None], np.array([[w, h]]), (spec.grid, spec.grid))[0]
-        rows, cols = sampling_matrices(grid, codec.heatmap_size, (spec.grid, spec.grid))
-        self.register_buffer("grid_rows", torch.from_numpy(rows), persistent=False)
-        self.register_buffer("grid_cols_t", torch.from_numpy(cols.T.copy()), persistent=False)
+        # the ReID grid's cells -> source pixels, and the pose crop's pixels -> its heatmap cells
+        self.grid_to_pixel = HeatmapCodec(input_size=(self.source.width, self.source.height),
+                                          heatmap_size=(spec.grid, spec.grid)).cells_to_input
+        self.pixel_to_cell = invert(predictor.codec.cells_to_input)
 
     def pixels(self, images: torch.Tensor) -> torch.Tensor:
         """The graph's input in its layout -> (N, 3, H, W) float RGB, 0 .. 255."""
@@ -166,13 +152,12 @@ class PipelineGraph(nn.Module):
         return images.permute(0, 3, 1, 2).float()
 
     def sampling(self, sizes: torch.Tensor | None):
-        """(crop rows, crop columns^T, heatmap-to-grid rows, columns^T, crop pixels -> input pixels): constant
-        matrices for crops already at the input's aspect (no ``sizes``), else per image from the crops' original
-        (N, 2) ``sizes`` (width, height): the pose crop box of the original crop (its aspect kept), carried through
-        the caller's plain resize (``PosePredictor.crop_to_source_tensor``)."""
+        """(crop rows, crop columns^T, heatmap-to-grid rows, columns^T, crop pixels -> input pixels), per image from
+        the crops' original (N, 2) ``sizes`` (width, height): the pose crop box of the original crop (its aspect
+        kept), carried through the caller's plain resize (``PosePredictor.crop_to_source_tensor``); without
+        ``sizes``, for crops already at the input's size (one set of matrices, constants in the exported graph)."""
         if sizes is None:
-            return (self.crop_rows, self.crop_cols_t, self.grid_rows, self.grid_cols_t,
-                    lambda xy: apply(self.crop_to_image, xy))
+            sizes = torch.tensor([[float(self.source.width), float(self.source.height)]])
         scale, offset = self.predictor.crop_to_source_tensor(sizes, (self.source.width, self.source.height))
         (pw, ph), (hw, hh) = self.predictor.codec.input_size, self.predictor.codec.heatmap_size
         crop_rows = bilinear_weights(sample_positions(scale[:, 1], offset[:, 1], ph, WARP_SUBPIXEL_BITS),
@@ -234,6 +219,15 @@ class PipelineGraph(nn.Module):
         return (F.normalize(feature, dim=1), keypoints, *(out[h] for h in self.heads), feature)
 
 
+def graph_metadata(path: str | os.PathLike) -> dict:
+    """The JSON metadata ``pamtri`` of an exported graph; ConfigError naming the file when it has none."""
+    onnx = _require_onnx()
+    meta = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+    if "pamtri" not in meta:
+        raise ConfigError(f"{path}: not a pamtri ONNX export (no 'pamtri' metadata)")
+    return json.loads(meta["pamtri"])
+
+
 def layout_input(images: np.ndarray, layout: str) -> np.ndarray:
     """uint8 RGB crops (N, H, W, 3) -> the one graph's input in ``layout`` (INPUT_LAYOUTS)."""
     if layout == "nhwc-uint8":
@@ -263,13 +257,7 @@ def pipeline_graph(pose_weights: str | os.PathLike | None, reid_weights: str | o
     ``sizes``: with pose, a second input 'sizes' (N, 2) float32, each crop's original width and height, from
     which the pose crop keeps the crop's aspect as ``Pipeline.embed`` does (without it, exact only for crops
     already at the input's aspect)."""
-    model, ckpt = load_reid(reid_weights)
-    if split_stem:
-        split_first_conv(model)
-    spec = ReidInput.from_checkpoint(ckpt, model.cfg, os.fspath(reid_weights))
-    h, w = size if size else (spec.height, spec.width)
-    _check_size(h, w, 1, reid_weights)
-    spec = dataclasses.replace(spec, height=h, width=w)
+    model, spec = _reid_for_export(reid_weights, size, split_stem)
     if spec.needs_pose and not pose_weights:
         raise ConfigError(f"{reid_weights}: this ReID model uses pose input; pass --pose-weights too")
     predictor, pose_meta = None, {}
@@ -309,7 +297,8 @@ def export_pipeline(pose_weights: str | os.PathLike | None, reid_weights: str | 
                     check: bool = True, tolerance: float = DEFAULT_TOLERANCE, flip_test: bool | None = None,
                     input_layout: str = "nhwc-uint8", embedding_only: bool = False, split_stem: bool = False,
                     sizes: bool = True) -> ExportReport:
-    """Export both checkpoints as one ``PipelineGraph`` ONNX file (input 'images' uint8 (N, H, W, 3); outputs
+    """Export both checkpoints as one ``PipelineGraph`` ONNX file (inputs 'images' uint8 (N, H, W, 3) and, with
+    ``sizes`` and pose weights, 'sizes' float32 (N, 2); outputs
     'embedding', 'keypoints', 'color', 'type', 'feature'), checked against the module with onnxruntime (``verify``; the
     parity with ``Pipeline.embed`` is ``pipeline.deploy.pipeline_parity``)."""
     _require_onnx()
@@ -359,13 +348,8 @@ def export_reid(weights: str | os.PathLike, out: str | os.PathLike, size: tuple[
     convolution as one per input group (``reid.model.split_first_conv``; the INT8 export)."""
 
     _require_onnx()
-    model, ckpt = load_reid(weights)
-    if split_stem:
-        split_first_conv(model)
-    spec = ReidInput.from_checkpoint(ckpt, model.cfg, os.fspath(weights))
-    h, w = size if size else (spec.height, spec.width)
-    _check_size(h, w, 1, weights)
-    spec = dataclasses.replace(spec, height=h, width=w)
+    model, spec = _reid_for_export(weights, size, split_stem)
+    h, w = spec.height, spec.width
     mc = model.cfg
     meta = {"stage": "reid", "weights": os.path.basename(os.fspath(weights)), "backbone": mc.backbone,
             "embedding_dim": model.embedding_dim, **spec.metadata(),
@@ -378,6 +362,19 @@ def export_reid(weights: str | os.PathLike, out: str | os.PathLike, size: tuple[
         net = _FeatureAndHeads(model)
         return _export(net, example, net.keys, out, opset, meta, check, tolerance)
     return _export(_Embedding(model), example, ["embedding"], out, opset, meta, check, tolerance)
+
+
+def _reid_for_export(weights: str | os.PathLike, size: tuple[int, int] | None, split_stem: bool
+                     ) -> tuple[nn.Module, ReidInput]:
+    """(the ReID checkpoint's model, its input contract at ``size`` (H, W), default the stored one); with
+    ``split_stem`` the first convolution as one per input group (``reid.model.split_first_conv``, INT8 exports)."""
+    model, ckpt = load_reid(weights)
+    if split_stem:
+        split_first_conv(model)
+    spec = ReidInput.from_checkpoint(ckpt, model.cfg, os.fspath(weights))
+    h, w = size if size else (spec.height, spec.width)
+    _check_size(h, w, 1, weights)
+    return model, dataclasses.replace(spec, height=h, width=w)
 
 
 def _check_size(h: int, w: int, multiple: int, weights) -> None:

@@ -112,24 +112,16 @@ def sampling_matrices(m: np.ndarray, in_size: tuple[int, int], out_size: tuple[i
     (.., Ho, Wo), zero outside (cv2.warpAffine's BORDER_CONSTANT 0, grid_sample's zeros padding with
     align_corners=True); sizes are (width, height). ``subpixel_bits``: source positions rounded to 1 / 2^bits of a
     pixel as cv2.warpAffine's fixed point does (5 bits); its integer weights are then these products exactly. One
-    MatMul pair in a graph, which every runtime runs fast."""
+    MatMul pair in a graph, which every runtime runs fast. One image of :func:`sample_positions` /
+    :func:`bilinear_weights`, the per-image traceable form the one ONNX graph builds."""
     m = np.asarray(m, dtype=np.float64)
     if abs(m[0, 1]) > 1e-12 or abs(m[1, 0]) > 1e-12:
         raise ValueError("sampling_matrices takes an axis-aligned affine (no rotation or shear)")
 
-    def axis(scale, offset, n_in, n_out):
-        src = scale * np.arange(n_out) + offset
-        if subpixel_bits is not None:  # cv2's fixed point: both terms in 1/1024 pixel, rounded to 1/2^bits
-            step = 1024 >> subpixel_bits
-            src = np.floor((np.rint(scale * np.arange(n_out) * 1024) + np.rint(offset * 1024) + step // 2) / step)
-            src = src / (1 << subpixel_bits)
-        lo = np.floor(src)
-        frac = src - lo
-        out = np.zeros((n_out, n_in), np.float64)
-        for k, weight in ((lo, 1 - frac), (lo + 1, frac)):
-            ok = (k >= 0) & (k < n_in)
-            out[np.flatnonzero(ok), k[ok].astype(np.int64)] += weight[ok]
-        return out.astype(np.float32)
+    def axis(scale, offset, n_in, n_out):  # the tensor form's one image
+        src = sample_positions(torch.tensor([scale], dtype=torch.float32),
+                               torch.tensor([offset], dtype=torch.float32), n_out, subpixel_bits)
+        return bilinear_weights(src, n_in)[0].numpy()
     return (axis(m[1, 1], m[1, 2], int(in_size[1]), int(out_size[1])),
             axis(m[0, 0], m[0, 2], int(in_size[0]), int(out_size[0])))
 
@@ -137,8 +129,8 @@ def sampling_matrices(m: np.ndarray, in_size: tuple[int, int], out_size: tuple[i
 def sample_positions(scale: torch.Tensor, offset: torch.Tensor, n_out: int, subpixel_bits: int | None = None
                      ) -> torch.Tensor:
     """(N,) per-image axis affines output -> input pixel -> (N, n_out) source positions of the output pixels,
-    rounded to 1 / 2^bits of a pixel as cv2.warpAffine's fixed point does with ``subpixel_bits`` (as
-    :func:`sampling_matrices`; halves rounded up): the traceable per-image form."""
+    rounded to 1 / 2^bits of a pixel as cv2.warpAffine's fixed point does with ``subpixel_bits`` (both terms in
+    1/1024 pixel, halves rounded up): traceable, per image."""
     i = torch.arange(n_out, dtype=torch.float32)
     if subpixel_bits is None:
         return scale[:, None] * i + offset[:, None]
@@ -149,7 +141,7 @@ def sample_positions(scale: torch.Tensor, offset: torch.Tensor, n_out: int, subp
 
 def bilinear_weights(src: torch.Tensor, n_in: int) -> torch.Tensor:
     """(..., n_out) source positions -> (..., n_out, n_in) bilinear weights (the hat 1 - |src - j|), zero outside
-    the ``n_in`` pixels (BORDER_CONSTANT 0): one axis of :func:`sampling_matrices`, per image and traceable."""
+    the ``n_in`` pixels (BORDER_CONSTANT 0, grid_sample's zeros padding with align_corners=True); traceable."""
     return torch.relu(1.0 - torch.abs(src[..., None] - torch.arange(n_in, dtype=src.dtype)))
 
 
