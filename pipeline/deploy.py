@@ -9,7 +9,6 @@ nothing is written.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import tempfile
 from dataclasses import dataclass
@@ -21,7 +20,7 @@ import numpy as np
 from pamtri.common.atomic import atomic_write_bytes, atomic_write_text
 from pamtri.common.errors import ConfigError
 
-from .export import ExportMismatchError, ExportReport, export_pipeline, layout_input
+from .export import ExportMismatchError, ExportReport, export_pipeline, graph_metadata, layout_input
 from .infer import Pipeline
 from .runtimes import OnnxNetwork
 from .synth.render import render_sample
@@ -63,13 +62,14 @@ def pipeline_parity(graph_path: str | os.PathLike, pose_weights, reid_weights, i
     net = OnnxNetwork(graph_path, runtime, "fp32")
     pipe = Pipeline.from_weights(pose_weights, reid_weights, device="cpu", precision="fp32", flip_test=flip_test,
                                  runtime="torch")
-    h, w = graph_input_size(graph_path)
-    reid_h, reid_w = graph_metadata(graph_path).get("reid_input_size_hw", (h, w))  # the ReID network's own input
+    meta = graph_metadata(graph_path)
+    h, w = meta["input_size_hw"]
+    reid_h, reid_w = meta.get("reid_input_size_hw", (h, w))  # the ReID network's own input
     pipe.input = dataclasses.replace(pipe.input, height=reid_h, width=reid_w)
     pipe.height, pipe.width = reid_h, reid_w
     images = images if images is not None else generated_images(PARITY_IMAGES, (h, w))
     want = pipe.embed_arrays(images)
-    layout = graph_metadata(graph_path).get("input_layout_option", "nhwc-uint8")
+    layout = meta.get("input_layout_option", "nhwc-uint8")
     feed = dataclasses.replace(pipe.input, height=h, width=w).graph_feed(images, net.input_names)
     feed["images"] = layout_input(feed["images"], layout)
     got = dict(zip(net.output_names, net.run(feed)))
@@ -86,18 +86,6 @@ def pipeline_parity(graph_path: str | os.PathLike, pose_weights, reid_weights, i
     return Parity(len(images), float(cos.min()), float(cos.mean()), px, agree, within)
 
 
-def graph_input_size(path: str | os.PathLike) -> tuple[int, int]:
-    """(H, W) of a one graph's (N, H, W, 3) input, from its metadata."""
-    return tuple(graph_metadata(path)["input_size_hw"])
-
-
-def graph_metadata(path: str | os.PathLike) -> dict:
-    """The JSON metadata ``pamtri`` of an exported graph."""
-    import onnx
-    meta = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
-    if "pamtri" not in meta:
-        raise ConfigError(f"{path}: not a pamtri ONNX export (no 'pamtri' metadata)")
-    return json.loads(meta["pamtri"])
 
 
 def export_checked(pose_weights, reid_weights, out: str | os.PathLike, min_cosine: float = MIN_COSINE,

@@ -12,7 +12,6 @@ Both graphs run on the runtime the model is for: the fp32 one in fp32, the INT8 
 from __future__ import annotations
 
 import importlib.util
-import json
 import logging
 import os
 import platform
@@ -34,7 +33,7 @@ from pamtri.reid.distance import pairwise_distance
 from pamtri.reid.inputs import ReidInput
 from pamtri.reid.metrics import metrics_from_features
 
-from .export import NETWORK_SCOPES, export_pipeline, export_pose, export_reid
+from .export import NETWORK_SCOPES, export_pipeline, export_pose, export_reid, graph_metadata
 from .infer import Pipeline, run_pose
 from .runtimes import OnnxNetwork, int8_cache_path, openvino_core, pipeline_stage
 
@@ -174,9 +173,10 @@ def quantize_onnx(fp32_path: str | os.PathLike, int8_path: str | os.PathLike, fe
     :func:`int8_scheme` with min-max ranges from ``feeds``, on the graph after onnxruntime's pre-processing
     (constant folding, Identity nodes removed: an exported graph that shares one bias tensor between
     convolutions through Identity nodes kept all of them in float), with one scale per Concat group
-    (:func:`shared_concat_scales`). The convolutions reading the graph's input stay in float: one uint8 scale
-    over the ReID input's RGB and 36 heatmap channels (different ranges) took the trained demo model's guard
-    from cosine 0.9932 / top-10 0.955 to 0.9884 / 0.927. Symbolic shape inference is skipped (it fails on
+    (:func:`shared_concat_scales`). The convolutions reading the graph's input directly stay in float (the pose
+    network's first; the ReID network's is split by input group at export instead, ``reid.model.SplitInputConv``:
+    one uint8 scale over RGB and 36 heatmap channels had taken the trained demo model's guard from cosine 0.9932 /
+    top-10 0.955 to 0.9884 / 0.927). Symbolic shape inference is skipped (it fails on
     HRNet). ``prefixes``: quantise only the nodes whose names start with one of them (the one graph's two
     networks, not the steps between them); None: every node."""
     import onnx
@@ -191,10 +191,11 @@ def quantize_onnx(fp32_path: str | os.PathLike, int8_path: str | os.PathLike, fe
         with tempfile.TemporaryDirectory(prefix="pamtri-int8-pre-") as tmp:
             pre = str(Path(tmp) / "pre.onnx")
             quant_pre_process(str(fp32_path), pre, skip_symbolic_shape=True)
+            pre_model = onnx.load(pre, load_external_data=False)
             quantize_static(pre, str(int8_path), _Feeds(feeds), quant_format=QuantFormat.QDQ, per_channel=True,
                             reduce_range=reduce_range, weight_type=QuantType.QInt8,
-                            nodes_to_quantize=_nodes_named(pre, prefixes),
-                            nodes_to_exclude=_input_convolutions(onnx.load(pre, load_external_data=False)),
+                            nodes_to_quantize=_nodes_named(pre_model, prefixes),
+                            nodes_to_exclude=_input_convolutions(pre_model),
                             activation_type=QuantType.QUInt8 if activations == "uint8" else QuantType.QInt8)
     finally:
         root.setLevel(level)
@@ -230,13 +231,11 @@ def quantize(runtime: str, fp32_path, int8_path, feeds: list[dict[str, np.ndarra
     (quantize_openvino if runtime == "openvino" else quantize_onnx)(fp32_path, int8_path, feeds, prefixes)
 
 
-def _nodes_named(onnx_path, prefixes: tuple[str, ...] | None) -> list[str] | None:
-    """The names of the ONNX graph's nodes that start with one of ``prefixes`` (None: None, every node)."""
+def _nodes_named(model, prefixes: tuple[str, ...] | None) -> list[str] | None:
+    """The names of an ``onnx.ModelProto``'s nodes that start with one of ``prefixes`` (None: None, every node)."""
     if prefixes is None:
         return None
-    import onnx
-    return [n.name for n in onnx.load(str(onnx_path), load_external_data=False).graph.node
-            if n.name.startswith(prefixes)]
+    return [n.name for n in model.graph.node if n.name.startswith(prefixes)]
 
 
 def mean_cosine(a: np.ndarray, b: np.ndarray) -> float:
@@ -328,8 +327,7 @@ def _pipeline_guard(weights, pose_weights, fp32_path, int8_path, calib, held, th
     its features (cosine, top-10 agreement) and keypoints (the pose guard's share within ``max_px``) on
     ``held``."""
     fp32 = OnnxNetwork(fp32_path, runtime, "fp32")
-    meta = json.loads(_metadata(fp32_path)["pamtri"])
-    spec = ReidInput(*meta["input_size_hw"])
+    spec = ReidInput(*graph_metadata(fp32_path)["input_size_hw"])
 
     def feeds(paths):
         return _batches(spec.graph_feed([read_image(p) for p in paths], fp32.input_names))
@@ -349,11 +347,6 @@ def _pipeline_guard(weights, pose_weights, fp32_path, int8_path, calib, held, th
                                     (report.within, thresholds.within, within)):
         if measured is not None and measured < minimum:
             report.failures.append(f"{what} {measured:.4f} < {minimum:g}")
-
-
-def _metadata(onnx_path) -> dict[str, str]:
-    import onnx
-    return {p.key: p.value for p in onnx.load(str(onnx_path), load_external_data=False).metadata_props}
 
 
 def export_int8(stage: str, weights: str | os.PathLike, out: str | os.PathLike, calibrate: str | os.PathLike,
@@ -398,7 +391,7 @@ def _int8_cache(stage: str, weights, pose_weights, fp32_path: Path, flip_test: b
     """Where ``--runtime openvino`` looks for the INT8 IR of this export (``runtimes.int8_cache_path``)."""
     if stage != "pipeline":
         return int8_cache_path(stage, weights, _input_size(fp32_path))
-    meta = json.loads(_metadata(fp32_path)["pamtri"])
+    meta = graph_metadata(fp32_path)
     return int8_cache_path(pipeline_stage(pose_weights, meta.get("flip_test", True)), weights,
                            tuple(meta["input_size_hw"]))
 
@@ -448,8 +441,8 @@ def int8_retrieval(pose_weights, reid_weights, int8: str | os.PathLike | tuple, 
     feats: dict[str, dict[str, np.ndarray]] = {"query": {}, "gallery": {}}
     scores = {}
     for name in ("fp32", "int8"):
-        pipe = _int8_or_fp32_pipeline(pose_weights, reid_weights, int8 if name == "int8" else None,
-                                      isinstance(int8, tuple), runtime, batch)
+        pipe = int8_or_fp32_pipeline(pose_weights, reid_weights, int8 if name == "int8" else None,
+                                     isinstance(int8, tuple), runtime, batch)
         for split, records in (("query", query), ("gallery", gallery)):
             feats[split][name] = pipe.embed([r.path for r in records])["features"]
         scores[name] = metrics_from_features(
@@ -463,10 +456,11 @@ def int8_retrieval(pose_weights, reid_weights, int8: str | os.PathLike | tuple, 
                            _top10_agreement(feats["query"], feats["gallery"]))
 
 
-def _int8_or_fp32_pipeline(pose_weights, reid_weights, int8, per_stage: bool, runtime: str, batch: int) -> Pipeline:
-    """The fp32 pipeline on ``runtime`` (one graph, or per-stage graphs with ``per_stage``), with the INT8
-    model(s) ``int8`` in place of its graph(s) when given."""
-    pipe = Pipeline.from_weights(pose_weights, reid_weights, device="cpu", precision="fp32", batch_size=batch,
+def int8_or_fp32_pipeline(pose_weights, reid_weights, int8, per_stage: bool, runtime: str, batch: int,
+                          precision: str = "fp32") -> Pipeline:
+    """The ``precision`` pipeline on ``runtime`` (one graph, or per-stage graphs with ``per_stage``), with the INT8
+    model(s) ``int8`` (a path, or (pose, ReID) paths) in place of its graph(s) when given."""
+    pipe = Pipeline.from_weights(pose_weights, reid_weights, device="cpu", precision=precision, batch_size=batch,
                                  runtime=runtime, one_graph=not per_stage)
     if int8 is not None and per_stage:
         if int8[0] is not None:  # (None, ReID graph): a ReID model without pose inputs

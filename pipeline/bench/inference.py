@@ -19,7 +19,7 @@ from pamtri.common.checkpoint import save_checkpoint
 from pamtri.common.config import to_dict
 from pamtri.common.device import autocast
 from pamtri.pipeline.infer import Pipeline, run_pose
-from pamtri.pipeline.quantize import Thresholds, export_int8, int8_retrieval
+from pamtri.pipeline.quantize import Thresholds, export_int8, int8_or_fp32_pipeline, int8_retrieval
 from pamtri.pipeline.runtimes import OnnxNetwork, cpu_name, openvino_default_precision, record_fastest
 from pamtri.pose.codec import HeatmapCodec
 from pamtri.pose.config import PoseConfig
@@ -195,10 +195,7 @@ def _int8_pipeline(runtime: str, pose_pt: Path, reid_pt: Path, folder: Path, bat
                     thresholds=measure, runtime=runtime)
     r = export_int8("reid", reid_pt, folder / f"reid.int8{ext}", folder / "calib", folder / "guard",
                     pose_weights=pose_pt, thresholds=measure, heads=True, runtime=runtime)
-    pipe = Pipeline.from_weights(pose_pt, reid_pt, device="cpu", batch_size=batch, runtime=runtime,
-                                 one_graph=False)
-    pipe.predictor.model = OnnxNetwork(p.path, runtime, "auto")
-    pipe.model = OnnxNetwork(r.path, runtime, "auto", as_dict=True)
+    pipe = int8_or_fp32_pipeline(pose_pt, reid_pt, (p.path, r.path), True, runtime, batch, precision="auto")
     default = Thresholds()
     passed = r.cosine >= default.cosine and r.top10 >= default.top10 and p.within >= default.within
     how = "OpenVINO NNCF" if runtime == "openvino" else "onnxruntime QDQ"
@@ -271,8 +268,7 @@ def _graph_int8_row(pose_pt: Path, reid_pt: Path, folder: Path, images, rates: d
         ext = ".xml" if runtime == "openvino" else ".onnx"
         r = export_int8("pipeline", reid_pt, folder / f"graph.int8{ext}", folder / "calib", folder / "guard",
                         pose_weights=pose_pt, thresholds=measure, runtime=runtime)
-        pipe = Pipeline.from_weights(pose_pt, reid_pt, device="cpu", batch_size=len(images), runtime=runtime)
-        pipe.graph = OnnxNetwork(r.path, runtime, "auto")
+        pipe = int8_or_fp32_pipeline(pose_pt, reid_pt, r.path, False, runtime, len(images), precision="auto")
         rate = len(images) / timed(partial(pipe.embed_arrays, images), repeat=2)
         measured[runtime] = (rate, f"cosine {r.cosine:.4f}, top-10 agreement {r.top10:.3f}, "
                                    f"{100 * r.within:.0f}% of visible keypoints within 0.5 px")
